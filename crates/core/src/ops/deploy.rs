@@ -1,0 +1,213 @@
+//! `deploy` and `destroy`: lock, plan, confirm, act, audit.
+
+use super::lock::LockGuard;
+use super::{OpsError, Provider, Scope, environment_key};
+use crate::Severity;
+use crate::engine::{self, Graph, RetryPolicy, Run, RunReport, SavedPlan};
+use crate::events::{EventSink, Operation, RunOutcome};
+use crate::journal::last_run;
+use crate::profile::Profile;
+use crate::state::{AuditEntry, StateStore};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub struct DeployOptions {
+    pub scope: Scope,
+    pub parallelism: usize,
+    /// Plan only: the same path as a deploy, stopping before the first
+    /// mutating call. Takes no lock.
+    pub dry_run: bool,
+    /// Apply exactly this plan, refusing where the world changed since.
+    pub saved_plan: Option<SavedPlan>,
+    /// How long steps in flight may finish after an interrupt.
+    pub grace: Duration,
+    pub retry: RetryPolicy,
+    pub cancel: CancellationToken,
+    pub skip_preflight: bool,
+}
+
+pub struct DeployOutcome {
+    pub plan: RunReport,
+    /// `None` for dry runs and when there was nothing to do.
+    pub applied: Option<RunReport>,
+    /// The unfinished run this one resumed.
+    pub resumed: Option<String>,
+    /// Preflight warnings and notes (errors stop the deploy instead).
+    pub preflight: Vec<super::Finding>,
+}
+
+impl DeployOutcome {
+    pub fn outcome(&self) -> RunOutcome {
+        self.applied
+            .as_ref()
+            .map(|r| r.outcome)
+            .unwrap_or(self.plan.outcome)
+    }
+}
+
+/// Deploys `profile` with `provider`. `confirm` sees the plan and says
+/// whether to go on; it is not asked when there is nothing to change.
+pub async fn deploy(
+    profile: &Profile,
+    provider: &dyn Provider,
+    store: Arc<dyn StateStore>,
+    sink: Arc<dyn EventSink>,
+    options: DeployOptions,
+    confirm: &(dyn Fn(&RunReport) -> bool + Sync),
+) -> Result<DeployOutcome, OpsError> {
+    run_operation(
+        Operation::Deploy,
+        profile,
+        provider,
+        store,
+        sink,
+        options,
+        confirm,
+    )
+    .await
+}
+
+/// Removes everything the profile's steps manage, within scope.
+pub async fn destroy(
+    profile: &Profile,
+    provider: &dyn Provider,
+    store: Arc<dyn StateStore>,
+    sink: Arc<dyn EventSink>,
+    options: DeployOptions,
+    confirm: &(dyn Fn(&RunReport) -> bool + Sync),
+) -> Result<DeployOutcome, OpsError> {
+    run_operation(
+        Operation::Destroy,
+        profile,
+        provider,
+        store,
+        sink,
+        options,
+        confirm,
+    )
+    .await
+}
+
+async fn run_operation(
+    operation: Operation,
+    profile: &Profile,
+    provider: &dyn Provider,
+    store: Arc<dyn StateStore>,
+    sink: Arc<dyn EventSink>,
+    options: DeployOptions,
+    confirm: &(dyn Fn(&RunReport) -> bool + Sync),
+) -> Result<DeployOutcome, OpsError> {
+    let environment = environment_key(profile);
+    if let Some(saved) = &options.saved_plan {
+        if saved.format != SavedPlan::FORMAT {
+            return Err(OpsError::BadPlan(format!(
+                "the plan file has format {}, this taskctl reads {}",
+                saved.format,
+                SavedPlan::FORMAT
+            )));
+        }
+        if saved.environment != environment {
+            return Err(OpsError::BadPlan(format!(
+                "the plan was made for {}, not {environment}",
+                saved.environment
+            )));
+        }
+    }
+    let graph = Graph::new(provider.steps(profile, &options.scope)?)?;
+    let run_id = Run::new_id();
+    let op_name = crate::journal::operation_name(operation);
+    let lock = if options.dry_run {
+        None
+    } else {
+        Some(LockGuard::acquire(store.clone(), &environment, &run_id, op_name).await?)
+    };
+    // The lock comes first: preflight and plan describe a world that only
+    // this run may change until it is done.
+    let mut warnings = Vec::new();
+    let result = async {
+        if operation == Operation::Deploy && !options.skip_preflight {
+            let findings = provider.preflight(profile).await?;
+            let errors: Vec<String> = findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .map(|f| format!("{}: {}", f.check, f.message))
+                .collect();
+            if !errors.is_empty() {
+                return Err(OpsError::Preflight(errors.join("; ")));
+            }
+            warnings = findings;
+        }
+        let resumed = match last_run(&store.journal().await?) {
+            Some(last) if last.finished.is_none() || !last.in_flight.is_empty() => Some(last.run),
+            _ => None,
+        };
+        let run = Run {
+            run_id: run_id.clone(),
+            environment: environment.clone(),
+            operation,
+            parallelism: options.parallelism,
+            grace: options.grace,
+            retry: options.retry,
+            store: store.clone(),
+            sink: sink.clone(),
+            cancel: options.cancel.clone(),
+            saved_plan: options.saved_plan.clone(),
+            resumes: resumed.clone(),
+        };
+        let planned = engine::plan(&graph, &run).await;
+        let to_do = match operation {
+            Operation::Destroy => planned.steps.iter().any(|s| {
+                s.change
+                    .as_ref()
+                    .is_some_and(|c| c.action != crate::engine::Action::Create)
+            }),
+            _ => planned.has_changes(),
+        };
+        if options.dry_run || planned.outcome != RunOutcome::Succeeded || !to_do {
+            return Ok(DeployOutcome {
+                plan: planned,
+                applied: None,
+                resumed,
+                preflight: std::mem::take(&mut warnings),
+            });
+        }
+        if !confirm(&planned) {
+            return Err(OpsError::NotConfirmed(format!(
+                "{op_name} not confirmed; nothing was changed"
+            )));
+        }
+        let applied = match operation {
+            Operation::Destroy => engine::destroy(&graph, &run, &planned).await?,
+            _ => engine::apply(&graph, &run, &planned).await?,
+        };
+        let changed = applied
+            .steps
+            .iter()
+            .filter(|s| s.outcome == crate::events::StepOutcome::Changed)
+            .count();
+        store
+            .append_audit(&AuditEntry::now(
+                op_name,
+                &environment,
+                Some(&run_id),
+                format!(
+                    "{} with {changed} change(s) in {:.1}s",
+                    crate::journal::outcome_name(applied.outcome),
+                    applied.duration.as_secs_f64()
+                ),
+            ))
+            .await?;
+        Ok(DeployOutcome {
+            plan: planned,
+            applied: Some(applied),
+            resumed,
+            preflight: std::mem::take(&mut warnings),
+        })
+    }
+    .await;
+    if let Some(lock) = lock {
+        lock.release().await?;
+    }
+    result
+}

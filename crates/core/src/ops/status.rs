@@ -1,0 +1,55 @@
+//! `status`: who holds the lock and what the last run did.
+
+use super::OpsError;
+use crate::journal::{LastRun, last_run};
+use crate::state::{Lease, StateStore};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct EnvironmentStatus {
+    pub environment: String,
+    pub state: String,
+    pub lock: Option<Lease>,
+    pub last_run: Option<LastRunView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastRunView {
+    pub run: String,
+    pub operation: String,
+    /// `succeeded`, `failed`, `interrupted`, or `unfinished` when the
+    /// process died without saying.
+    pub outcome: String,
+    pub completed_steps: usize,
+    /// Changes started and never finished: the next run re-observes them.
+    pub in_flight: Vec<String>,
+}
+
+impl From<LastRun> for LastRunView {
+    fn from(l: LastRun) -> Self {
+        LastRunView {
+            run: l.run,
+            operation: l.operation,
+            outcome: l.finished.unwrap_or_else(|| "unfinished".into()),
+            completed_steps: l.completed,
+            in_flight: l
+                .in_flight
+                .into_iter()
+                .map(|(s, a)| format!("{a} {s}"))
+                .collect(),
+        }
+    }
+}
+
+pub async fn status(
+    store: &dyn StateStore,
+    environment: &str,
+) -> Result<EnvironmentStatus, OpsError> {
+    let journal = store.journal().await?;
+    Ok(EnvironmentStatus {
+        environment: environment.to_string(),
+        state: store.location(),
+        lock: store.current_lock().await?,
+        last_run: last_run(&journal).map(Into::into),
+    })
+}

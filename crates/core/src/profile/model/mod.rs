@@ -1,0 +1,102 @@
+//! The profile's typed model: everything in the two seed documents.
+//!
+//! Doc comments here become the descriptions of `taskctl schema` and of
+//! `profiles/schema.json`. Values with a syntax of their own are
+//! [`Checked`](super::value::Checked) and are parsed by validation.
+
+mod agents;
+mod compute;
+mod deployment;
+mod environments;
+mod network;
+mod secrets;
+mod services;
+mod storage;
+mod target;
+
+pub use agents::*;
+pub use compute::*;
+pub use deployment::*;
+pub use environments::*;
+pub use network::*;
+pub use secrets::*;
+pub use services::*;
+pub use storage::*;
+pub use target::*;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The `apiVersion` this build of taskctl reads.
+pub const API_VERSION: &str = "taskctl.dev/v1";
+
+/// A taskctl profile: one declarative description of an environment of the
+/// Task Execution Layer, from network to agents.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Profile {
+    /// Version of the profile format: `taskctl.dev/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Always `Profile`.
+    pub kind: ProfileKind,
+    pub metadata: Metadata,
+    /// Profiles this one extends, relative to this file; they are merged
+    /// first, in order, and this file overrides them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    pub target: Target,
+    #[serde(default)]
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<Compute>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+    #[serde(default)]
+    pub services: Services,
+    /// The task-executor agents and the other workloads of the layer.
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+    /// Per-environment settings (development, staging, production); the one
+    /// named by `--env`, or else by `metadata.environment`, applies.
+    #[serde(default)]
+    pub environments: BTreeMap<String, Environment>,
+    #[serde(default)]
+    pub secrets: Secrets,
+    #[serde(default)]
+    pub deployment: Deployment,
+    #[serde(default)]
+    pub rollback: Rollback,
+    /// External programs usable as checks, steps and gates.
+    #[serde(default)]
+    pub plugins: Vec<Plugin>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ProfileKind {
+    Profile,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Metadata {
+    /// Name of the environment's deployment; used in resource names and tags.
+    pub name: String,
+    /// The environment applied when `--env` is not given.
+    pub environment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Extra labels and tags put on every resource taskctl creates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Profile {
+    /// The settings of the environment in force.
+    pub fn environment(&self) -> Option<&Environment> {
+        self.environments.get(&self.metadata.environment)
+    }
+}

@@ -1,0 +1,381 @@
+use crate::profile::value::{Checked, Duration, Quantity, SecretRef};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::HorizontalScaling;
+
+/// The platform services the agents need. Each is `managed` (taskctl runs
+/// it) unless `external` names an existing one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Services {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitMq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mongodb: Option<MongoDb>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<Postgres>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<Prometheus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grafana: Option<Grafana>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<Vault>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+}
+
+/// An existing service taskctl uses but does not run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct External {
+    /// Address, e.g. `amqp://rabbitmq.internal:5672/%2f`; no credentials in it.
+    pub url: String,
+    /// Credentials, as a secret reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Checked<SecretRef>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Persistence {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Volume size, e.g. `10Gi`.
+    pub size: Checked<Quantity>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The message broker.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RabbitMq {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+    /// Image of the managed broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The chart the seed deployment used, kept for reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    #[serde(default)]
+    pub clustering: Clustering,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
+    /// Broker plugins to enable.
+    #[serde(default = "default_rabbitmq_plugins")]
+    pub plugins: Vec<String>,
+    /// Credentials of the broker user the agents connect as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Checked<SecretRef>>,
+    /// Erlang cookie shared by the cluster's nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erlang_cookie: Option<Checked<SecretRef>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<HorizontalScaling>,
+}
+
+fn default_rabbitmq_plugins() -> Vec<String> {
+    vec![
+        "rabbitmq_management".into(),
+        "rabbitmq_prometheus".into(),
+        "rabbitmq_peer_discovery_k8s".into(),
+    ]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Clustering {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+impl Default for Clustering {
+    fn default() -> Self {
+        Clustering {
+            enabled: false,
+            replicas: 1,
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The document database.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MongoDb {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    #[serde(default)]
+    pub architecture: MongoArchitecture,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
+    /// Key file the replica set members authenticate each other with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyfile: Option<Checked<SecretRef>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password: Option<Checked<SecretRef>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MongoArchitecture {
+    #[default]
+    Standalone,
+    Replicaset,
+}
+
+/// The relational database of the task router (second seed).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Postgres {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Major version; 12 or newer.
+    pub version: u32,
+    pub database: String,
+    pub user: String,
+    pub password: Checked<SecretRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Backup {
+    /// Cron schedule, e.g. `0 3 * * *` for daily.
+    pub schedule: String,
+    pub retention: Checked<Duration>,
+}
+
+/// Metrics, alerting rules and Alertmanager.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Prometheus {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    /// How long samples are kept, e.g. `15d`.
+    pub retention: Checked<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Persistence>,
+    #[serde(default)]
+    pub alertmanager: Alertmanager,
+    #[serde(default)]
+    pub scrape_configs: Vec<ScrapeConfig>,
+    #[serde(default)]
+    pub alerting_rules: Vec<AlertRule>,
+    #[serde(default)]
+    pub recording_rules: Vec<RecordingRule>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Alertmanager {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ScrapeConfig {
+    pub job_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape_interval: Option<Checked<Duration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_path: Option<String>,
+    #[serde(default)]
+    pub static_configs: Vec<StaticConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// `host:port` addresses.
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AlertRule {
+    pub name: String,
+    /// PromQL expression; the alert fires while it returns samples.
+    pub expr: String,
+    /// How long the expression must hold before the alert fires.
+    #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
+    pub for_: Option<Checked<Duration>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RecordingRule {
+    /// Name of the recorded series, e.g. `task_error_rate`.
+    pub record: String,
+    pub expr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Grafana {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub dashboards: Vec<Dashboard>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Dashboard {
+    pub name: String,
+    /// Dashboard JSON, relative to the templates directory.
+    pub file: String,
+}
+
+/// The secret store.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Vault {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    #[serde(default)]
+    pub ha: VaultHa,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct VaultHa {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+impl Default for VaultHa {
+    fn default() -> Self {
+        VaultHa {
+            enabled: false,
+            replicas: 1,
+        }
+    }
+}
+
+/// Log shipping.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Logging {
+    pub fluentd: Fluentd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Fluentd {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    #[serde(default)]
+    pub inputs: Vec<FluentInput>,
+    #[serde(default)]
+    pub filters: Vec<FluentFilter>,
+    #[serde(default)]
+    pub outputs: Vec<FluentOutput>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FluentInput {
+    #[serde(rename = "type")]
+    pub kind: FluentInputKind,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FluentInputKind {
+    Forward,
+    Http,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FluentFilter {
+    #[serde(rename = "type")]
+    pub kind: FluentFilterKind,
+    pub format: FluentFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FluentFilterKind {
+    Parser,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FluentFormat {
+    Json,
+    Regexp,
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FluentOutput {
+    #[serde(rename = "type")]
+    pub kind: FluentOutputKind,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FluentOutputKind {
+    Elasticsearch,
+    Stdout,
+}

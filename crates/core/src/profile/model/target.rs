@@ -1,0 +1,110 @@
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where the stack is deployed.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct Target {
+    pub kind: TargetKind,
+    /// Settings of the `aws` target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsTarget>,
+    /// Settings of the `kubernetes` target (and of the in-cluster layers of `aws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesTarget>,
+    /// Settings of the `docker` target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerTarget>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// VPC, EKS cluster and node groups, then everything in the cluster.
+    Aws,
+    /// An existing cluster from kubeconfig; no infrastructure.
+    Kubernetes,
+    /// The containerized deployment on a local Docker engine.
+    Docker,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct AwsTarget {
+    /// AWS region, e.g. `us-west-2`; subnets' zones must be in it.
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct KubernetesTarget {
+    /// kubeconfig context; the current context when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct DockerTarget {
+    /// Docker engine address; `DOCKER_HOST` or the local socket when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Name of the bridge network the stack's containers share.
+    #[serde(default = "default_docker_network")]
+    pub network: String,
+    /// Registry to push built agent images to, e.g. `127.0.0.1:5000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+}
+
+fn default_docker_network() -> String {
+    "taskctl".into()
+}
+
+/// Where taskctl keeps its journal, lock and infrastructure state.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct State {
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// Directory of the `local` backend, relative to the working directory.
+    #[serde(default = "default_state_path")]
+    pub path: String,
+    /// Settings of the `s3` backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3State>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            backend: StateBackend::Local,
+            path: default_state_path(),
+            s3: None,
+        }
+    }
+}
+
+fn default_state_path() -> String {
+    ".taskctl".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackend {
+    /// A directory on this machine; works with nothing else installed.
+    #[default]
+    Local,
+    /// An S3 bucket shared by a team; the lock is a conditional write.
+    S3,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct S3State {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}

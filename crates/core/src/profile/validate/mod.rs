@@ -1,0 +1,153 @@
+//! Whole-profile checks on the typed model.
+//!
+//! Each check reports through [`Report`] with the path of the offending
+//! value; the report resolves paths to spans in the merged document, so
+//! problems point at the file and line that set the value.
+
+mod compute;
+mod network;
+mod procedures;
+mod workloads;
+
+use super::model::{API_VERSION, Profile, TargetKind};
+use super::node::{Node, Path};
+use super::value::{Checked, Syntax};
+use super::{Problem, Severity};
+use crate::path;
+
+pub(crate) struct Report<'a> {
+    doc: &'a Node,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Report<'a> {
+    fn push(&mut self, severity: Severity, path: Path, message: String, help: Option<String>) {
+        let span = self.doc.span_of(&path);
+        self.problems.push(Problem {
+            severity,
+            span,
+            path,
+            message,
+            help,
+            redact: false,
+        });
+    }
+
+    pub fn error(&mut self, path: Path, message: impl Into<String>) {
+        self.push(Severity::Error, path, message.into(), None);
+    }
+
+    pub fn error_help(&mut self, path: Path, message: impl Into<String>, help: impl Into<String>) {
+        self.push(Severity::Error, path, message.into(), Some(help.into()));
+    }
+
+    pub fn warning(&mut self, path: Path, message: impl Into<String>, help: Option<String>) {
+        self.push(Severity::Warning, path, message.into(), help);
+    }
+
+    pub fn note(&mut self, path: Path, message: impl Into<String>) {
+        self.push(Severity::Note, path, message.into(), None);
+    }
+
+    /// Reports a problem about a secret: the source line is masked.
+    pub fn secret_error(
+        &mut self,
+        path: Path,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.push(Severity::Error, path, message.into(), Some(help.into()));
+        if let Some(p) = self.problems.last_mut() {
+            p.redact = true;
+        }
+    }
+
+    /// Reports a malformed checked value; returns the parsed one.
+    pub fn check<'v, T: Syntax>(&mut self, value: &'v Checked<T>, path: Path) -> Option<&'v T> {
+        if let Some(message) = value.error() {
+            if T::ECHO {
+                self.error(path, message);
+            } else {
+                self.secret_error(
+                    path,
+                    message,
+                    "store the value in Vault and write `vault:PATH#KEY`, or pass it in the environment and write `env:NAME`",
+                );
+            }
+        }
+        value.get()
+    }
+}
+
+/// Checks the whole profile.
+pub(crate) fn validate(profile: &Profile, doc: &Node) -> Vec<Problem> {
+    let mut r = Report {
+        doc,
+        problems: Vec::new(),
+    };
+    if profile.api_version != API_VERSION {
+        r.error_help(
+            path!["apiVersion"],
+            format!("unsupported apiVersion `{}`", profile.api_version),
+            format!("this taskctl reads `{API_VERSION}`"),
+        );
+    }
+    check_name(&mut r, &profile.metadata.name);
+    check_target(&mut r, profile);
+    network::check(&mut r, profile);
+    compute::check(&mut r, profile);
+    workloads::check(&mut r, profile);
+    procedures::check(&mut r, profile);
+    r.problems
+}
+
+/// The name goes into AWS and Kubernetes resource names: a DNS label short
+/// enough to leave room for suffixes.
+fn check_name(r: &mut Report, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        r.error(
+            path!["metadata", "name"],
+            format!("invalid name `{name}`: expected 1 to 40 lowercase letters, digits and `-`, not starting or ending with `-`"),
+        );
+    }
+}
+
+fn check_target(r: &mut Report, p: &Profile) {
+    match p.target.kind {
+        TargetKind::Aws => {
+            if p.target.aws.is_none() {
+                r.error_help(
+                    path!["target"],
+                    "the `aws` target needs `target.aws.region`",
+                    "add `aws: {region: us-west-2}` under `target`",
+                );
+            }
+            if p.network.is_none() {
+                r.error(
+                    path!["network"],
+                    "the `aws` target needs a `network` section (VPC and subnets)",
+                );
+            }
+            if p.compute.is_none() {
+                r.error(path!["compute"], "the `aws` target needs a `compute` section (Kubernetes version and node groups)");
+            }
+        }
+        TargetKind::Kubernetes => {
+            if p.network.is_some() {
+                r.note(path!["network"], "the `kubernetes` target uses an existing cluster: `network` is not provisioned");
+            }
+        }
+        TargetKind::Docker => {
+            if p.network.is_some() || p.compute.is_some() {
+                r.note(path!["target", "kind"], "the `docker` target runs on one engine: `network` and `compute` are not provisioned");
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Deployment steps, rollback conditions and steps, plugins and managed
+//! secrets: every name must be a built-in or a declared plugin.
+
+use super::Report;
+use crate::diagnostic::did_you_mean;
+use crate::path;
+use crate::profile::builtins::*;
+use crate::profile::model::{Condition, PluginRole, Profile, StepRef};
+use crate::profile::node::Path;
+use std::collections::BTreeSet;
+
+pub(super) fn check(r: &mut Report, p: &Profile) {
+    let mut plugin_names = BTreeSet::new();
+    for (i, plugin) in p.plugins.iter().enumerate() {
+        if !plugin_names.insert(plugin.name.as_str()) {
+            r.error(
+                path!["plugins", i, "name"],
+                format!("plugin `{}` is declared twice", plugin.name),
+            );
+        }
+        if plugin.name.is_empty()
+            || !plugin
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            r.error(
+                path!["plugins", i, "name"],
+                format!(
+                    "invalid plugin name `{}`: letters, digits, `-` and `_` only",
+                    plugin.name
+                ),
+            );
+        }
+        if plugin.provides.is_empty() {
+            r.error(
+                path!["plugins", i, "provides"],
+                "a plugin must provide at least one of `check`, `step`, `gate`",
+            );
+        }
+    }
+
+    let d = &p.deployment;
+    steps(
+        r,
+        p,
+        &d.preparation,
+        PREPARATION_STEPS,
+        path!["deployment", "preparation"],
+        PluginRole::Check,
+    );
+    steps(
+        r,
+        p,
+        &d.deployment,
+        DEPLOYMENT_STEPS,
+        path!["deployment", "deployment"],
+        PluginRole::Step,
+    );
+    steps(
+        r,
+        p,
+        &d.verification,
+        VERIFICATION_STEPS,
+        path!["deployment", "verification"],
+        PluginRole::Gate,
+    );
+
+    let rb = &p.rollback;
+    for (i, cond) in rb.automatic.conditions.iter().enumerate() {
+        let at = path!["rollback", "automatic", "conditions", i];
+        let name = cond.name();
+        if !ROLLBACK_CONDITIONS.contains(&name) && !declared(p, name, PluginRole::Gate) {
+            unknown(
+                r,
+                at.clone(),
+                "rollback condition",
+                name,
+                ROLLBACK_CONDITIONS,
+            );
+        }
+        if let Condition::Detailed(spec) = cond {
+            if let Some(d) = &spec.for_ {
+                r.check(d, at.child("for"));
+            }
+            if spec.threshold.is_some_and(|t| !t.is_finite() || t < 0.0) {
+                r.error(
+                    at.child("threshold"),
+                    "a threshold must be a finite, non-negative number",
+                );
+            }
+            if spec.max_restarts.is_some() && name != "resource_exhaustion" {
+                r.error(
+                    at.child("max_restarts"),
+                    "`max_restarts` applies to `resource_exhaustion` only",
+                );
+            }
+        }
+    }
+    steps(
+        r,
+        p,
+        &rb.automatic.steps,
+        AUTOMATIC_ROLLBACK_STEPS,
+        path!["rollback", "automatic", "steps"],
+        PluginRole::Step,
+    );
+    for (i, pre) in rb.manual.prerequisites.iter().enumerate() {
+        if !MANUAL_PREREQUISITES.contains(&pre.as_str()) && !declared(p, pre, PluginRole::Check) {
+            unknown(
+                r,
+                path!["rollback", "manual", "prerequisites", i],
+                "rollback prerequisite",
+                pre,
+                MANUAL_PREREQUISITES,
+            );
+        }
+    }
+    steps(
+        r,
+        p,
+        &rb.manual.steps,
+        MANUAL_ROLLBACK_STEPS,
+        path!["rollback", "manual", "steps"],
+        PluginRole::Step,
+    );
+    if rb.keep_releases == 0 {
+        r.error(
+            path!["rollback", "keep_releases"],
+            "keep at least one release, or there is nothing to roll back to",
+        );
+    }
+
+    let mut paths = BTreeSet::new();
+    for (name, entry) in &p.secrets.entries {
+        let at = path!["secrets", "entries", name.as_str()];
+        if entry.path.trim_matches('/').is_empty() {
+            r.error(
+                at.child("path"),
+                "a secret needs a Vault path such as `secret/database`",
+            );
+        }
+        if !paths.insert(entry.path.trim_matches('/')) {
+            r.error(
+                at.child("path"),
+                format!("Vault path `{}` is used by two secrets", entry.path),
+            );
+        }
+        if let Some(rotation) = &entry.rotation
+            && let Some(d) = r.check(rotation, at.child("rotation"))
+            && d.0.as_secs() < 3600
+        {
+            r.warning(
+                at.child("rotation"),
+                "rotating more often than hourly restarts consumers constantly",
+                None,
+            );
+        }
+    }
+}
+
+fn declared(p: &Profile, name: &str, role: PluginRole) -> bool {
+    p.plugins
+        .iter()
+        .any(|pl| pl.name == name && pl.provides.contains(&role))
+}
+
+fn steps(
+    r: &mut Report,
+    p: &Profile,
+    list: &[StepRef],
+    builtins: &[&str],
+    at: Path,
+    role: PluginRole,
+) {
+    for (i, step) in list.iter().enumerate() {
+        match step {
+            StepRef::Builtin(name) => {
+                if !builtins.contains(&name.as_str()) && !declared(p, name, role) {
+                    unknown(r, at.child(i), "step", name, builtins);
+                }
+            }
+            StepRef::Plugin(ps) => {
+                match p.plugins.iter().find(|pl| pl.name == ps.plugin) {
+                    None => r.error_help(
+                        at.child(i).child("plugin"),
+                        format!("plugin `{}` is not declared", ps.plugin),
+                        "declare it under `plugins` with its name and what it provides",
+                    ),
+                    Some(pl) if !pl.provides.contains(&role) => r.error(
+                        at.child(i).child("plugin"),
+                        format!(
+                            "plugin `{}` does not provide `{}`, which this phase needs",
+                            ps.plugin,
+                            role_name(role)
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+                if let Some(t) = &ps.timeout
+                    && crate::profile::value::Duration::parse_str(t).is_err()
+                {
+                    r.error(
+                        at.child(i).child("timeout"),
+                        format!("malformed timeout `{t}`: expected a duration such as `5m`"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn role_name(role: PluginRole) -> &'static str {
+    match role {
+        PluginRole::Check => "check",
+        PluginRole::Step => "step",
+        PluginRole::Gate => "gate",
+    }
+}
+
+fn unknown(r: &mut Report, at: Path, what: &str, name: &str, builtins: &[&str]) {
+    let mut help = format!(
+        "built-in {what}s here: {}; or declare a plugin of that name",
+        builtins.join(", ")
+    );
+    if let Some(m) = did_you_mean(name, builtins.iter().copied()) {
+        help = format!("did you mean `{m}`? {help}");
+    }
+    r.error_help(at, format!("unknown {what} `{name}`"), help);
+}
