@@ -1,0 +1,130 @@
+//! Benchmark driver (used by `bench/agent/run.sh`): publishes noop tasks and
+//! measures how fast their results come back.
+//!
+//! `bench_driver publish <amqp-url> <task-queue> <result-queue> <n>`: purges
+//! both queues and publishes `n` persistent noop tasks (confirms pipelined)
+//! with `reply_to = <result-queue>`.
+//!
+//! `bench_driver collect <amqp-url> <result-queue> <n>`: consumes `n` results
+//! and prints one JSON line: results, seconds from the first result to the
+//! last, and tasks/s over that span (so worker start-up is not counted).
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use futures_lite::StreamExt;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+    },
+    types::FieldTable,
+};
+use taskctl_protocol::{TaskKind, TaskMessage};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("publish") if args.len() == 6 => {
+            publish(&args[2], &args[3], &args[4], args[5].parse()?).await
+        }
+        Some("collect") if args.len() == 5 => collect(&args[2], &args[3], args[4].parse()?).await,
+        _ => bail!(
+            "usage: bench_driver publish URL TASK_QUEUE RESULT_QUEUE N | collect URL RESULT_QUEUE N"
+        ),
+    }
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+async fn publish(url: &str, queue: &str, results: &str, n: usize) -> anyhow::Result<()> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .context("failed to connect")?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    for q in [queue, results] {
+        ch.queue_declare(q.into(), durable(), FieldTable::default())
+            .await?;
+        ch.queue_purge(q.into(), QueuePurgeOptions::default())
+            .await?;
+    }
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_reply_to(results.into());
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for i in chunk {
+            let task = TaskMessage::new(format!("bench-{i}"), TaskKind::Noop, 0);
+            let body = serde_json::to_vec(&task)?;
+            confirms.push(
+                ch.basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props.clone(),
+                )
+                .await?,
+            );
+        }
+        for c in confirms {
+            if !c.await?.is_ack() {
+                bail!("the broker nacked a task");
+            }
+        }
+    }
+    eprintln!(
+        "published {n} tasks to {queue} in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    conn.close(200, "done".into()).await?;
+    Ok(())
+}
+
+async fn collect(url: &str, results: &str, n: usize) -> anyhow::Result<()> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .context("failed to connect")?;
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(results.into(), durable(), FieldTable::default())
+        .await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            results.into(),
+            "bench-collector".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut first = None;
+    let mut seen = 0usize;
+    while seen < n {
+        let Some(delivery) = consumer.next().await else {
+            bail!("consumer ended after {seen} results");
+        };
+        let delivery = delivery?;
+        first.get_or_insert_with(Instant::now);
+        seen += 1;
+        // Ack in batches of 100 (multiple) to keep the collector cheap.
+        if seen.is_multiple_of(100) || seen == n {
+            delivery.ack(BasicAckOptions { multiple: true }).await?;
+        }
+    }
+    let span = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+    println!(
+        "{{\"results\":{n},\"seconds\":{span:.3},\"tasks_per_s\":{:.0}}}",
+        (n.saturating_sub(1)) as f64 / span.max(1e-9)
+    );
+    Ok(())
+}

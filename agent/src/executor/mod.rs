@@ -1,0 +1,121 @@
+//! Runs one task of any kind and reports its outcome; knows nothing of AMQP.
+//!
+//! The caller sets the timeout (the task's own, bounded by the agent's
+//! `EXECUTION_TIMEOUT`). Dropping a running future is a cancellation point: a
+//! command's whole process group is killed (see [`command`]).
+
+pub mod command;
+pub mod http;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use taskctl_protocol::{TaskKind, TaskMessage, TaskStatus};
+
+use crate::config::CommandLimits;
+
+/// What an attempt produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: TaskStatus,
+    pub code: Option<i32>,
+    pub output: String,
+    pub stderr: String,
+    pub truncated: bool,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn succeeded(output: String) -> Self {
+        Outcome {
+            status: TaskStatus::Succeeded,
+            code: None,
+            output,
+            stderr: String::new(),
+            truncated: false,
+            error: None,
+        }
+    }
+
+    pub fn with_error(status: TaskStatus, error: impl Into<String>) -> Self {
+        Outcome {
+            status,
+            code: None,
+            output: String::new(),
+            stderr: String::new(),
+            truncated: false,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// Everything the kinds need, built once per agent.
+pub struct Executor {
+    pub limits: CommandLimits,
+    pub output_limit: usize,
+    pub http: http::HttpRunner,
+}
+
+impl Executor {
+    pub fn new(
+        limits: CommandLimits,
+        output_limit: usize,
+        allowed_hosts: BTreeSet<String>,
+    ) -> Result<Self, http::HttpError> {
+        Ok(Executor {
+            limits,
+            output_limit,
+            http: http::HttpRunner::new(allowed_hosts, output_limit)?,
+        })
+    }
+
+    /// Runs `task` for at most `timeout`.
+    pub async fn run(&self, task: &TaskMessage, timeout: Duration) -> Outcome {
+        match &task.kind {
+            TaskKind::Noop => Outcome::succeeded(String::new()),
+            TaskKind::Echo { message, delay_ms } => {
+                let delay = Duration::from_millis(*delay_ms);
+                if delay > timeout {
+                    tokio::time::sleep(timeout).await;
+                    return Outcome::with_error(TaskStatus::TimedOut, timeout_message(timeout));
+                }
+                tokio::time::sleep(delay).await;
+                let (output, truncated) =
+                    taskctl_protocol::bounded_text(message.as_bytes(), self.output_limit);
+                Outcome {
+                    truncated,
+                    ..Outcome::succeeded(output)
+                }
+            }
+            TaskKind::Command { argv, env, cwd } => {
+                let spec = command::CommandSpec {
+                    argv,
+                    env,
+                    cwd: cwd.as_deref(),
+                    task_id: &task.id,
+                    attempt: task.attempt,
+                    idempotency_key: task.idempotency_key.as_deref(),
+                };
+                command::run(&spec, self.limits, self.output_limit, timeout).await
+            }
+            TaskKind::Http {
+                method,
+                url,
+                headers,
+                body,
+            } => {
+                let request = http::HttpRequest {
+                    method,
+                    url,
+                    headers,
+                    body: body.as_deref(),
+                    idempotency_key: task.idempotency_key.as_deref(),
+                };
+                self.http.run(&request, timeout).await
+            }
+        }
+    }
+}
+
+pub fn timeout_message(timeout: Duration) -> String {
+    format!("timed out after {} ms", timeout.as_millis())
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Throughput and peak RSS of three workers doing the same job on the same
+# RabbitMQ: N persistent noop tasks, each answered with a persistent result
+# (publisher confirm) before the ack.
+#   (a) task-executor (release build), MAX_CONCURRENT_TASKS=$CONCURRENCY
+#   (b) Celery prefork, -c $CELERY_CONCURRENCY, acks_late, rpc:// results
+#   (c) a raw lapin loop (agent/examples/bench_raw_loop.rs), 100 in flight:
+#       the ceiling for any worker that publishes results.
+# Tasks are published before each worker starts; tasks/s is measured from
+# the first result to the last, so start-up time is not counted. Peak RSS is
+# the sum over the worker's process tree, sampled every 20 ms.
+#
+# usage: bench/agent/run.sh [N] [which...]   (which: agent celery raw; default all)
+# env:   BENCH_AMQP_URL (default $TASKCTL_TEST_AMQP_URL, else guest@127.0.0.1)
+#        CONCURRENCY (default 100), CELERY_CONCURRENCY (default $CONCURRENCY)
+#        REPEAT (default 1): runs per worker, interleaved (agent, raw, celery,
+#        agent, ...) so load from other processes hits all alike; the summary
+#        gives the median tasks/s and the highest peak RSS.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+N=${1:-20000}
+shift || true
+which=${*:-agent celery raw}
+URL=${BENCH_AMQP_URL:-${TASKCTL_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}}
+C=${CONCURRENCY:-100}
+REPEAT=${REPEAT:-1}
+CC=${CELERY_CONCURRENCY:-$C}
+out="$here/results"
+rm -rf "$out"
+mkdir -p "$out"
+export BENCH_AMQP_URL=$URL
+
+echo "building release binaries" >&2
+(cd "$root" && cargo build -q --release -p task-executor --bins --examples)
+bin="$root/target/release"
+driver="$bin/examples/bench_driver"
+
+if [[ $which == *celery* && ! -x $here/.venv/bin/celery ]]; then
+    echo "installing celery into $here/.venv" >&2
+    python3 -m venv "$here/.venv"
+    "$here/.venv/bin/pip" install -q "celery==5.*"
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# run_worker NAME RESULT_QUEUE -- worker command...
+# Starts the collector, then the worker under the RSS sampler; stops the
+# worker when all results arrived.
+run_worker() {
+    local name=$1 results=$2
+    shift 3
+    "$driver" collect "$URL" "$results" "$N" >"$out/$name.json" &
+    local collector=$!
+    sleep 0.5
+    "$@" >"$out/$name.log" 2>&1 &
+    local worker=$!
+    python3 "$here/rss_peak.py" "$worker" >"$out/$name.rss" &
+    local sampler=$!
+    wait "$collector"
+    kill -TERM "$worker" 2>/dev/null || true
+    wait "$worker" 2>/dev/null || true
+    wait "$sampler"
+}
+
+for run in $(seq 1 "$REPEAT"); do
+if [[ $which == *agent* ]]; then
+    echo "(a) task-executor, MAX_CONCURRENT_TASKS=$C" >&2
+    "$driver" publish "$URL" bench.agent.tasks bench.agent.results "$N"
+    run_worker "agent.$run" bench.agent.results -- env -i PATH="$PATH" \
+        BROKER_URL="$URL" TASK_QUEUE=bench.agent.tasks GPU_TASK_QUEUE=bench.agent.gpu \
+        RESULT_QUEUE=bench.agent.results DEAD_LETTER_QUEUE=bench.agent.dead \
+        MAX_CONCURRENT_TASKS="$C" LOG_LEVEL=warn BIND_ADDRESS=127.0.0.1 \
+        HEALTH_PORT="$(free_port)" METRICS_PORT="$(free_port)" \
+        "$bin/task-executor"
+fi
+
+if [[ $which == *raw* ]]; then
+    echo "(c) raw loop, 100 in flight" >&2
+    "$driver" publish "$URL" bench.raw.tasks bench.raw.results "$N"
+    run_worker "raw.$run" bench.raw.results -- "$bin/examples/bench_raw_loop" "$URL" bench.raw.tasks
+fi
+
+if [[ $which == *celery* ]]; then
+    echo "(b) celery prefork -c $CC" >&2
+    cj="$out/celery.$run.json"
+    (cd "$here" && exec "$here/.venv/bin/python" celery_bench.py "$N") >"$cj" 2>"$out/celery-producer.log" &
+    producer=$!
+    until grep -q READY "$cj" 2>/dev/null; do sleep 0.2; done
+    (cd "$here" && exec "$here/.venv/bin/celery" -A celery_bench worker -P prefork -c "$CC" -l WARNING \
+        --without-gossip --without-mingle --without-heartbeat) >"$out/celery.log" 2>&1 &
+    worker=$!
+    python3 "$here/rss_peak.py" "$worker" >"$out/celery.$run.rss" &
+    sampler=$!
+    wait "$producer"
+    kill -TERM "$worker" 2>/dev/null || true
+    sleep 2
+    pkill -KILL -P "$worker" 2>/dev/null || true
+    kill -KILL "$worker" 2>/dev/null || true
+    wait "$worker" 2>/dev/null || true
+    wait "$sampler"
+    grep -v READY "$cj" >"$cj.tmp" && mv "$cj.tmp" "$cj"
+fi
+done
+
+python3 - "$out" "$N" "$C" "$CC" <<'PY'
+import glob, json, statistics, sys
+out, n, c, cc = sys.argv[1:5]
+rows = {}
+for name in ("agent", "celery", "raw"):
+    rates, rss = [], []
+    for f in sorted(glob.glob(f"{out}/{name}.*.json")):
+        try:
+            rates.append(json.load(open(f))["tasks_per_s"])
+            rss.append(float(open(f[:-5] + ".rss").read()))
+        except (OSError, ValueError, KeyError):
+            pass
+    if rates:
+        rows[name] = (statistics.median(rates), max(rss), rates)
+label = {"agent": f"task-executor (c={c})", "celery": f"celery prefork (c={cc})",
+         "raw": "raw loop (100 in flight)"}
+print(f"{n} persistent noop tasks with persistent confirmed results (median of runs)")
+for name, (rate, rss, rates) in rows.items():
+    print(f"  {label[name]:<28} {rate:>8.0f} tasks/s   peak RSS {rss:>7.1f} MB   runs: {rates}")
+if "agent" in rows and "raw" in rows:
+    print(f"  agent / raw loop:   {rows['agent'][0] / rows['raw'][0]:.2f} of the throughput")
+if "agent" in rows and "celery" in rows:
+    print(f"  agent / celery:     {rows['agent'][0] / rows['celery'][0]:.1f}x the throughput, "
+          f"{rows['celery'][1] / rows['agent'][1]:.1f}x less memory")
+PY
