@@ -1,0 +1,118 @@
+//! The AWS clients, built once from the environment.
+//!
+//! [`Aws::from_env`] follows the SDK's standard configuration: the credential
+//! chain (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, SSO, IMDS …), and the endpoint
+//! variables `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>`, which is how
+//! taskctl is pointed at an emulator such as moto: there is no test-only path.
+//! Retries use the SDK's standard mode (throttling and 5xx, with backoff).
+//!
+//! Every client carries the same [`CallLog`] interceptor.
+
+use crate::call_log::CallLog;
+use crate::error::{AwsError, ErrorKind, Result};
+use aws_config::BehaviorVersion;
+use aws_config::SdkConfig;
+use aws_config::retry::RetryConfig;
+
+/// Maximum attempts of one call (first try included) in standard retry mode.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// The EC2, EKS, IAM and STS clients of one region.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    pub(crate) ec2: aws_sdk_ec2::Client,
+    pub(crate) eks: aws_sdk_eks::Client,
+    pub(crate) iam: aws_sdk_iam::Client,
+    pub(crate) sts: aws_sdk_sts::Client,
+    pub(crate) config: SdkConfig,
+    region: String,
+    calls: CallLog,
+}
+
+impl Aws {
+    /// Loads the SDK's default configuration for `region`.
+    pub async fn from_env(region: &str) -> Result<Aws> {
+        if region.trim().is_empty() {
+            return Err(AwsError::new(
+                ErrorKind::Invalid,
+                "configure AWS clients",
+                "no region given",
+            ));
+        }
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()))
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .load()
+            .await;
+        Ok(Aws::from_config(config))
+    }
+
+    /// Builds the clients from an SDK configuration loaded elsewhere.
+    pub fn from_config(config: SdkConfig) -> Aws {
+        let calls = CallLog::new();
+        let ec2 = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&config)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let eks = aws_sdk_eks::Client::from_conf(
+            aws_sdk_eks::config::Builder::from(&config)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let iam = aws_sdk_iam::Client::from_conf(
+            aws_sdk_iam::config::Builder::from(&config)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let sts = aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::config::Builder::from(&config)
+                .interceptor(calls.clone())
+                .build(),
+        );
+        let region = config
+            .region()
+            .map(|r| r.as_ref().to_owned())
+            .unwrap_or_default();
+        Aws {
+            ec2,
+            eks,
+            iam,
+            sts,
+            config,
+            region,
+            calls,
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The log of every call made through these clients.
+    pub fn call_log(&self) -> &CallLog {
+        &self.calls
+    }
+
+    pub fn ec2(&self) -> &aws_sdk_ec2::Client {
+        &self.ec2
+    }
+
+    pub fn eks(&self) -> &aws_sdk_eks::Client {
+        &self.eks
+    }
+
+    pub fn iam(&self) -> &aws_sdk_iam::Client {
+        &self.iam
+    }
+
+    pub fn sts(&self) -> &aws_sdk_sts::Client {
+        &self.sts
+    }
+
+    /// The SDK configuration the clients were built from (credentials
+    /// provider, region, endpoint).
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.config
+    }
+}

@@ -1,0 +1,26 @@
+//! taskctl's Kubernetes layer: the manifests of the Task Execution Layer,
+//! rendered from a profile and checked against the Kubernetes schema, and
+//! the readiness of applied objects.
+//!
+//! Where to start:
+//! - [`render()`]: profile + templates directory → [`Manifest`]s in apply
+//!   order ([`ApplyLevel`]). The render context is a [`view::View`] built
+//!   from the typed profile; templates are Handlebars in strict mode, with
+//!   the helpers of [`template_helpers`].
+//! - [`check()`]: one manifest against its `k8s-openapi` type, failing on
+//!   any field the type does not know.
+//! - [`readiness`]: pure functions saying why an object is not ready yet.
+//!
+//! This crate does no I/O beyond reading the templates directory: applying
+//! objects to a cluster is the caller's job.
+
+pub mod manifest;
+pub mod readiness;
+pub mod render;
+pub mod schema;
+pub mod template_helpers;
+pub mod view;
+
+pub use manifest::{ApplyLevel, Manifest, to_yaml_stream};
+pub use render::{RenderError, Renderer, render};
+pub use schema::{SchemaError, check};
