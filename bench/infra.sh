@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Full infrastructure deploy of profiles/production.yaml on moto with an
+# injected per-call latency (a delaying proxy in front of moto), against the
+# critical path of the step graph: the longest chain of step durations, from
+# the plan's dependencies and the deploy's own step timings. Then a no-op
+# redeploy. Goals: wall <= 1.2x critical path; no-op redeploy <= 2 s.
+# Usage: bench/infra.sh [delay_ms]   (needs scripts/test-env.sh up)
+#        BUILD=debug bench/infra.sh   (skips the long release build of the AWS
+#        SDK; the figures are dominated by the injected latency either way)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+delay=${1:-100}
+eval "$(scripts/test-env.sh env)"
+build=${BUILD:-release}
+if [ "$build" = release ]; then cargo build --release -q -p taskctl; else cargo build -q -p taskctl; fi
+bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$build/taskctl
+moto_port=${TASKCTL_TEST_AWS_ENDPOINT##*:}
+proxy_port=$((20000 + RANDOM % 10000))
+python3 bench/latency_proxy.py "$proxy_port" 127.0.0.1 "$moto_port" "$delay" &
+proxy=$!
+work=$(mktemp -d)
+trap 'kill $proxy 2>/dev/null || true; rm -rf "$work"' EXIT
+sleep 0.5
+name="bench-$(date +%s)-$RANDOM"
+cat > "$work/env.yaml" <<YAML
+apiVersion: taskctl.dev/v1
+kind: Profile
+include: [$PWD/profiles/production.yaml]
+metadata: { name: $name }
+YAML
+export AWS_ENDPOINT_URL=http://127.0.0.1:$proxy_port AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-west-2 AWS_EC2_METADATA_DISABLED=true
+cd "$work"
+"$bin" plan -p env.yaml -o json > plan.ndjson
+start=$(date +%s.%N)
+"$bin" deploy -p env.yaml --yes -o json > deploy.ndjson
+end=$(date +%s.%N)
+nstart=$(date +%s.%N)
+"$bin" deploy -p env.yaml --yes -o json > noop.ndjson
+nend=$(date +%s.%N)
+python3 - "$start" "$end" "$nstart" "$nend" "$delay" <<'PY'
+import json, sys
+start, end, nstart, nend, delay = map(float, sys.argv[1:6])
+deps = {}
+for line in open("plan.ndjson"):
+    e = json.loads(line)
+    if e["event"] == "step_planned":
+        deps[e["step"]] = e["depends_on"]
+dur = {}
+for line in open("deploy.ndjson"):
+    e = json.loads(line)
+    if e["event"] == "step_finished":
+        dur[e["step"]] = e["duration_ms"] / 1000.0
+finish = {}
+def f(s):
+    if s not in finish:
+        finish[s] = max((f(d) for d in deps.get(s, [])), default=0.0) + dur.get(s, 0.0)
+    return finish[s]
+critical = max(f(s) for s in deps)
+wall = end - start
+print(f"per-call latency         {delay:.0f} ms")
+print(f"steps                    {len(deps)}")
+print(f"deploy wall time         {wall:.2f} s (includes preflight and plan)")
+print(f"critical path            {critical:.2f} s (longest chain of step durations)")
+print(f"wall / critical path     {wall / critical:.2f}x")
+print(f"no-op redeploy           {nend - nstart:.2f} s")
+PY
+"$bin" destroy -p env.yaml --yes -q >/dev/null 2>&1 || true

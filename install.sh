@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# install.sh: build taskctl and task-executor in release mode and install them.
+#
+# Usage:
+#   ./install.sh [--prefix DIR]              build, then install into DIR/bin
+#   ./install.sh [--prefix DIR] --uninstall  remove what a previous install put in DIR
+#   ./install.sh --help
+#
+# DIR defaults to $HOME/.local (no root needed); use --prefix /usr/local for a
+# system-wide install. The build honors CARGO_TARGET_DIR and Cargo's own config.
+# What was installed is listed in DIR/share/taskctl/install-manifest, so that
+# --uninstall removes exactly those files (and the directories it created).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BINARIES=(taskctl task-executor)
+
+log() { printf 'install.sh: %s\n' "$*" >&2; }
+die() {
+    printf 'install.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+}
+
+# abspath PATH: PATH made absolute against the current directory (the path
+# need not exist yet).
+abspath() {
+    case $1 in
+    /*) printf '%s' "$1" ;;
+    *) printf '%s/%s' "$PWD" "$1" ;;
+    esac
+}
+
+# The target directory cargo will use, from cargo itself: it accounts for
+# CARGO_TARGET_DIR, build.target-dir in .cargo/config.toml and the default.
+target_dir() {
+    local meta dir
+    meta=$(cargo metadata --format-version 1 --no-deps --locked) || die "cargo metadata failed (see above)."
+    dir=$(printf '%s' "$meta" | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    [[ -n $dir ]] || die "could not read the target directory from 'cargo metadata'."
+    printf '%s' "$dir"
+}
+
+do_install() {
+    local prefix=$1 bindir="$1/bin" sharedir="$1/share/taskctl" manifest target bin src dest tmp
+    manifest="$sharedir/install-manifest"
+
+    command -v cargo >/dev/null ||
+        die "cargo was not found on PATH: install Rust (https://rustup.rs), make sure ~/.cargo/bin is on PATH, then run ./install.sh again."
+
+    # A relative CARGO_TARGET_DIR means "relative to where I ran this": pin it
+    # down before changing into the repository.
+    if [[ -n ${CARGO_TARGET_DIR:-} ]]; then
+        CARGO_TARGET_DIR=$(abspath "$CARGO_TARGET_DIR")
+        export CARGO_TARGET_DIR
+    fi
+    # From the repository, so that its .cargo/config.toml (if any) applies.
+    cd "$REPO"
+    log "building ${BINARIES[*]} (release)"
+    cargo build --release --locked -p taskctl -p task-executor
+    target=$(target_dir)
+
+    # Record the directories this install creates, so --uninstall removes
+    # them again, but never one that existed before.
+    # On a reinstall, the directories the first install created stay ours.
+    local created=() d kind sum path
+    if [[ -f $manifest ]]; then
+        while read -r kind sum path; do
+            [[ $kind != dir ]] || created+=("$path")
+        done <"$manifest"
+    fi
+    for d in "$prefix" "$bindir" "$prefix/share" "$sharedir"; do
+        [[ -d $d ]] || created+=("$d")
+    done
+    mkdir -p "$bindir" "$sharedir"
+
+    local entries=()
+    for bin in "${BINARIES[@]}"; do
+        src="$target/release/$bin"
+        [[ -x $src ]] || die "the build did not produce $src."
+        dest="$bindir/$bin"
+        # Copy then rename: replacing a binary that is running fails with
+        # "Text file busy" if written in place; a rename always works.
+        tmp=$(mktemp "$bindir/.$bin.XXXXXX")
+        cp "$src" "$tmp"
+        chmod 755 "$tmp"
+        mv -f "$tmp" "$dest"
+        entries+=("file $(sha256sum "$dest" | cut -d' ' -f1) $dest")
+        log "installed $dest"
+    done
+
+    {
+        echo "# Written by taskctl's install.sh; read by install.sh --uninstall."
+        printf '%s\n' "${entries[@]}"
+        for d in "${created[@]}"; do
+            printf 'dir - %s\n' "$d"
+        done
+    } >"$manifest"
+
+    case ":$PATH:" in
+    *":$bindir:"*) ;;
+    *) log "note: $bindir is not on your PATH; add it, e.g. in ~/.profile: export PATH=\"$bindir:\$PATH\"" ;;
+    esac
+}
+
+do_uninstall() {
+    local prefix=$1 manifest="$1/share/taskctl/install-manifest" kind sum path dirs=() i
+    if [[ ! -f $manifest ]]; then
+        for i in "${BINARIES[@]}"; do
+            [[ ! -e $prefix/bin/$i ]] ||
+                die "$prefix/bin/$i exists but $manifest does not, so install.sh did not install it there: remove it by hand if it is yours to remove."
+        done
+        log "nothing to uninstall under $prefix (pass the --prefix used to install)"
+        return 0
+    fi
+
+    while read -r kind sum path; do
+        case $kind in
+        file)
+            if [[ ! -e $path ]]; then
+                log "already gone: $path"
+            elif [[ "$(sha256sum "$path" | cut -d' ' -f1)" != "$sum" ]]; then
+                # Someone replaced it since: not ours to delete.
+                log "left in place (changed since install.sh installed it): $path"
+            else
+                rm -f "$path"
+                log "removed $path"
+            fi
+            ;;
+        dir) dirs+=("$path") ;;
+        *) ;; # comment line
+        esac
+    done <"$manifest"
+    rm -f "$manifest"
+
+    # Deepest first; only directories this install created, and only if empty.
+    for ((i = ${#dirs[@]} - 1; i >= 0; i--)); do
+        if rmdir "${dirs[i]}" 2>/dev/null; then
+            log "removed empty directory ${dirs[i]}"
+        fi
+    done
+    rmdir "$prefix/share/taskctl" 2>/dev/null || true
+}
+
+main() {
+    local prefix="$HOME/.local" uninstall=0
+    while (($# > 0)); do
+        case $1 in
+        --prefix)
+            [[ $# -ge 2 && -n $2 ]] || die "--prefix needs a directory, e.g. --prefix /usr/local."
+            prefix=$2
+            shift 2
+            ;;
+        --prefix=*)
+            prefix=${1#--prefix=}
+            [[ -n $prefix ]] || die "--prefix needs a directory, e.g. --prefix=/usr/local."
+            shift
+            ;;
+        --uninstall)
+            uninstall=1
+            shift
+            ;;
+        -h | --help)
+            usage
+            return 0
+            ;;
+        *) die "unknown option '$1'; see ./install.sh --help." ;;
+        esac
+    done
+    prefix=$(abspath "$prefix")
+    prefix=${prefix%/}
+    [[ -n $prefix ]] || die "refusing to use / as the prefix."
+
+    if ((uninstall)); then
+        do_uninstall "$prefix"
+    else
+        do_install "$prefix"
+    fi
+}
+
+main "$@"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against the real servers: starts (and on a
+# fresh machine installs) moto, OpenBao, RabbitMQ and Prometheus on loopback
+# through scripts/test-env.sh, then runs the tests with cargo-nextest.
+# Extra arguments go to nextest, e.g. `scripts/test.sh -p taskctl-core`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "scripts/test.sh: cargo is missing; install Rust from https://rustup.rs first" >&2
+  exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi
+
+# The test environment prints `export NAME=value` lines for the tests.
+env_lines=$(scripts/test-env.sh up)
+eval "$env_lines"
+
+cargo nextest run --workspace --no-fail-fast "$@"

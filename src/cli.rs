@@ -1,0 +1,205 @@
+//! Command-line arguments: raw values only. Commands turn them into domain
+//! options and call the core.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "taskctl",
+    version,
+    about = "Validate, plan, deploy and roll back the Task Execution Layer from one profile",
+    long_about = None,
+    propagate_version = true,
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted.\nDocs: README.md and profiles/README.md."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Profile file; repeat to layer several (later ones override earlier)
+    #[arg(
+        short = 'p',
+        long = "profile",
+        global = true,
+        value_name = "FILE",
+        env = "TASKCTL_PROFILE",
+        value_delimiter = ','
+    )]
+    pub profiles: Vec<PathBuf>,
+    /// Environment overlay to apply (default: the profile's `metadata.environment`)
+    #[arg(
+        short = 'e',
+        long = "env",
+        global = true,
+        value_name = "NAME",
+        env = "TASKCTL_ENV"
+    )]
+    pub environment: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// More detail (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors and requested data
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// No colors (also when NO_COLOR is set)
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// Answer yes to confirmations (required where there is no terminal)
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable
+    Table,
+    /// JSON (one object; streams: one object per line)
+    Json,
+    /// YAML
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check profiles and report every problem with file:line:column
+    Validate(ValidateArgs),
+    /// Show what taskctl would use, fully resolved
+    #[command(subcommand)]
+    Render(RenderCommand),
+    /// Show what a deploy would change, per resource, with reasons
+    Plan(PlanArgs),
+    /// Make the target match the profile
+    Deploy(DeployArgs),
+    /// Remove everything the profile manages
+    Destroy(DestroyArgs),
+    /// Who holds the lock and what the last run did
+    Status,
+    /// Inspect or break the environment's lock
+    #[command(subcommand)]
+    Lock(LockCommand),
+    /// The audit log: deploys, destroys, rollbacks and lock breaks
+    Audit,
+    /// Print the profile's JSON Schema
+    Schema,
+    /// Print shell completions
+    Completions(CompletionsArgs),
+    /// Print version information
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Fail on warnings too
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayerArg {
+    /// Network, cluster and node groups
+    Infrastructure,
+    /// Platform services
+    Services,
+    /// The agents
+    Agents,
+}
+
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// Only these layers (repeatable); all by default
+    #[arg(long, value_enum, value_name = "LAYER")]
+    pub only: Vec<LayerArg>,
+    /// Steps run at once where dependencies allow
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallelism: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Exit 0 when nothing would change, 2 when changes are pending, 1 on error
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Save the plan; `deploy --plan FILE` applies exactly it
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Apply a plan saved with `plan --out`, refusing if the world changed since
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Plan only: the same path as a deploy, stopping before the first change
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds steps in flight may take to finish after Ctrl-C or SIGTERM
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub grace: u64,
+    /// Skip the checks against the real target before deploying
+    #[arg(long)]
+    pub skip_preflight: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Seconds steps in flight may take to finish after Ctrl-C or SIGTERM
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub grace: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the lock, since when, until when
+    Status,
+    /// Remove the lock whoever holds it (audited)
+    Break {
+        /// Why, for the audit log
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RenderCommand {
+    /// The merged profile after includes, layers, the environment overlay and ${VAR} expansion (secrets stay references)
+    Profile,
+    /// Every Kubernetes object of the profile, schema-checked, in apply order (like `helm template`)
+    Manifests(ManifestsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    /// Templates directory
+    #[arg(
+        long,
+        env = "TASKCTL_TEMPLATES",
+        default_value = "templates",
+        value_name = "DIR"
+    )]
+    pub templates: PathBuf,
+    /// Write one file per object into DIR instead of a YAML stream on stdout
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate completions for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}

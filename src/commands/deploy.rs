@@ -1,0 +1,183 @@
+//! `taskctl deploy` and `taskctl destroy`.
+
+use crate::cli::{DeployArgs, DestroyArgs, OutputFormat};
+use crate::commands::scope;
+use crate::context::{Context, interrupt_token};
+use crate::exit;
+use crate::providers;
+use crate::ui::{Shell, StatusStyle, plan as plan_view};
+use anyhow::Context as _;
+use std::time::Duration;
+use taskctl_core::engine::{RetryPolicy, RunReport, SavedPlan};
+use taskctl_core::events::RunOutcome;
+use taskctl_core::ops::{self, DeployOptions, DeployOutcome};
+
+pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Result<u8> {
+    let saved_plan = match &args.plan {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read plan `{}`", path.display()))?;
+            let plan: SavedPlan = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "`{}` is not a plan saved by `taskctl plan --out`",
+                    path.display()
+                )
+            })?;
+            Some(plan)
+        }
+        None => None,
+    };
+    let profile = ctx.valid_profile(shell)?;
+    let store = ctx.store(&profile)?;
+    let rt = ctx.runtime()?;
+    let outcome = rt.block_on(async {
+        let provider = providers::for_profile(&profile).await?;
+        let options = DeployOptions {
+            scope: scope(&args.scope),
+            parallelism: args.scope.parallelism.into(),
+            dry_run: args.dry_run,
+            saved_plan,
+            grace: Duration::from_secs(args.grace),
+            retry: RetryPolicy::default(),
+            cancel: interrupt_token(),
+            skip_preflight: args.skip_preflight,
+        };
+        let confirm = |plan: &RunReport| {
+            if ctx.output != OutputFormat::Json {
+                plan_view::render(plan, false, ctx.verbose);
+            }
+            ctx.confirm("Apply these changes?")
+        };
+        anyhow::Ok(
+            ops::deploy(
+                &profile,
+                provider.as_ref(),
+                store,
+                ctx.sink(),
+                options,
+                &confirm,
+            )
+            .await?,
+        )
+    })?;
+    finish(
+        ctx,
+        shell,
+        &outcome,
+        if args.dry_run { "dry run" } else { "deploy" },
+    )
+}
+
+pub fn destroy(ctx: &Context, shell: &mut Shell, args: DestroyArgs) -> anyhow::Result<u8> {
+    let profile = ctx.valid_profile(shell)?;
+    let store = ctx.store(&profile)?;
+    let rt = ctx.runtime()?;
+    let name = ops::environment_key(&profile);
+    let outcome = rt.block_on(async {
+        let provider = providers::for_profile(&profile).await?;
+        let options = DeployOptions {
+            scope: scope(&args.scope),
+            parallelism: args.scope.parallelism.into(),
+            dry_run: false,
+            saved_plan: None,
+            grace: Duration::from_secs(args.grace),
+            retry: RetryPolicy::default(),
+            cancel: interrupt_token(),
+            skip_preflight: true,
+        };
+        let confirm = |plan: &RunReport| {
+            if ctx.output != OutputFormat::Json {
+                plan_view::render(plan, true, ctx.verbose);
+            }
+            ctx.confirm(&format!("Destroy everything above in {name}?"))
+        };
+        anyhow::Ok(
+            ops::destroy(
+                &profile,
+                provider.as_ref(),
+                store,
+                ctx.sink(),
+                options,
+                &confirm,
+            )
+            .await?,
+        )
+    })?;
+    finish(ctx, shell, &outcome, "destroy")
+}
+
+fn finish(
+    ctx: &Context,
+    shell: &mut Shell,
+    outcome: &DeployOutcome,
+    what: &str,
+) -> anyhow::Result<u8> {
+    for f in &outcome.preflight {
+        shell.status(
+            StatusStyle::Warning,
+            "preflight",
+            &format!("{}: {}", f.check, f.message),
+        );
+    }
+    if let Some(resumed) = &outcome.resumed {
+        shell.status(
+            StatusStyle::Ok,
+            "resumed",
+            &format!("run {resumed} had not finished; its work was adopted"),
+        );
+    }
+    let report = outcome.applied.as_ref().unwrap_or(&outcome.plan);
+    if outcome.applied.is_none()
+        && ctx.output != OutputFormat::Json
+        && outcome.plan.outcome == RunOutcome::Succeeded
+    {
+        if what == "dry run" {
+            plan_view::render(&outcome.plan, false, ctx.verbose);
+        } else {
+            shell.status(
+                StatusStyle::Ok,
+                "nothing to do",
+                "everything already matches the profile",
+            );
+        }
+    }
+    match report.outcome {
+        RunOutcome::Succeeded => {
+            shell.status(
+                StatusStyle::Ok,
+                "done",
+                &format!("{what} finished in {:.1}s", report.duration.as_secs_f64()),
+            );
+            Ok(exit::SUCCESS)
+        }
+        RunOutcome::Interrupted => {
+            shell.status(
+                StatusStyle::Error,
+                "interrupted",
+                "the journal records where it stopped; run the same command again to resume",
+            );
+            Ok(exit::INTERRUPTED)
+        }
+        RunOutcome::Failed => {
+            let first = report.first_error();
+            let why = first
+                .map(|s| {
+                    format!(
+                        "{}: {}",
+                        s.id,
+                        s.error
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "a step failed".into());
+            shell.status(
+                StatusStyle::Error,
+                "failed",
+                &format!("{what} failed at {why}"),
+            );
+            Ok(exit::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! One module per command; `run` is the dispatch table.
+
+mod completions;
+mod deploy;
+mod plan;
+mod render;
+mod schema;
+mod state;
+mod validate;
+mod version;
+
+use crate::cli::{Command, LayerArg, RenderCommand, ScopeArgs};
+use crate::context::Context;
+use crate::ui::Shell;
+
+/// Runs a command; returns the process exit code.
+pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Validate(args) => validate::exec(ctx, shell, args),
+        Command::Render(RenderCommand::Profile) => render::profile(ctx, shell),
+        Command::Render(RenderCommand::Manifests(args)) => render::manifests(ctx, shell, args),
+        Command::Plan(args) => plan::exec(ctx, shell, args),
+        Command::Deploy(args) => deploy::deploy(ctx, shell, args),
+        Command::Destroy(args) => deploy::destroy(ctx, shell, args),
+        Command::Status => state::status(ctx, shell),
+        Command::Lock(command) => state::lock(ctx, shell, command),
+        Command::Audit => state::audit(ctx, shell),
+        Command::Schema => schema::exec(shell),
+        Command::Completions(args) => completions::exec(args),
+        Command::Version => version::exec(shell),
+    }
+}
+
+/// The layers `--only` names; all when none is named.
+pub fn scope(args: &ScopeArgs) -> taskctl_core::ops::Scope {
+    use taskctl_core::ops::{Layer, Scope};
+    if args.only.is_empty() {
+        return Scope::all();
+    }
+    Scope(
+        args.only
+            .iter()
+            .map(|l| match l {
+                LayerArg::Infrastructure => Layer::Infrastructure,
+                LayerArg::Services => Layer::Services,
+                LayerArg::Agents => Layer::Agents,
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,122 @@
+//! `taskctl status`, `taskctl lock status|break`, `taskctl audit`: reading
+//! and repairing an environment's state.
+
+use crate::cli::{LockCommand, OutputFormat};
+use crate::context::Context;
+use crate::exit;
+use crate::ui::{Shell, StatusStyle};
+use taskctl_core::ops;
+
+pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
+    let profile = ctx.valid_profile(shell)?;
+    let store = ctx.store(&profile)?;
+    let env = ops::environment_key(&profile);
+    let status = ctx.runtime()?.block_on(ops::status(store.as_ref(), &env))?;
+    if ctx.output != OutputFormat::Table {
+        shell.data(&status)?;
+        return Ok(exit::SUCCESS);
+    }
+    let mut text = format!(
+        "environment  {}\nstate        {}\n",
+        status.environment, status.state
+    );
+    match &status.lock {
+        Some(l) => {
+            text += &format!(
+                "lock         held by {} ({} run {}) since {}, expires {}\n",
+                l.holder,
+                l.operation,
+                l.run_id,
+                l.started(),
+                l.expires()
+            )
+        }
+        None => text += "lock         free\n",
+    }
+    match &status.last_run {
+        Some(r) => {
+            text += &format!(
+                "last run     {} {}: {} ({} step(s) done)\n",
+                r.operation, r.run, r.outcome, r.completed_steps
+            );
+            for s in &r.in_flight {
+                text += &format!("  in flight  {s} (the next run re-observes it)\n");
+            }
+        }
+        None => text += "last run     none\n",
+    }
+    shell.text(&text)?;
+    Ok(exit::SUCCESS)
+}
+
+pub fn lock(ctx: &Context, shell: &mut Shell, command: LockCommand) -> anyhow::Result<u8> {
+    let profile = ctx.valid_profile(shell)?;
+    let store = ctx.store(&profile)?;
+    let env = ops::environment_key(&profile);
+    let rt = ctx.runtime()?;
+    match command {
+        LockCommand::Status => {
+            let lease = rt.block_on(ops::lock_status(store.as_ref()))?;
+            if ctx.output != OutputFormat::Table {
+                shell.data(&lease)?;
+            } else {
+                match lease {
+                    Some(l) => shell.text(&format!(
+                        "{env} is locked by {} (pid {}, {} run {}) since {}, expires {}\n",
+                        l.holder,
+                        l.pid,
+                        l.operation,
+                        l.run_id,
+                        l.started(),
+                        l.expires()
+                    ))?,
+                    None => shell.text(&format!("{env} is not locked\n"))?,
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        LockCommand::Break { reason } => {
+            if !ctx.confirm(&format!(
+                "Break the lock of {env}? A run still holding it would go on unprotected."
+            )) {
+                anyhow::bail!("lock break not confirmed");
+            }
+            let removed = rt.block_on(ops::break_lock(store.as_ref(), &env, &reason))?;
+            match removed {
+                Some(l) => shell.status(
+                    StatusStyle::Ok,
+                    "broken",
+                    &format!(
+                        "removed the lock of {} (run {}); recorded in the audit log",
+                        l.holder, l.run_id
+                    ),
+                ),
+                None => shell.status(
+                    StatusStyle::Ok,
+                    "free",
+                    &format!("{env} was not locked; recorded in the audit log"),
+                ),
+            }
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+pub fn audit(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
+    let profile = ctx.valid_profile(shell)?;
+    let store = ctx.store(&profile)?;
+    let entries = ctx.runtime()?.block_on(store.audit())?;
+    if ctx.output != OutputFormat::Table {
+        shell.data(&entries)?;
+        return Ok(exit::SUCCESS);
+    }
+    let mut text = String::new();
+    for e in &entries {
+        text += &format!("{}  {:<13} {:<24} {}\n", e.at, e.action, e.actor, e.detail);
+    }
+    if entries.is_empty() {
+        text = "no audit entries yet\n".into();
+    }
+    shell.text(&text)?;
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,38 @@
+//! taskctl: the command-line front of the Task Execution Layer's
+//! provisioner.
+//!
+//! This binary only parses arguments, builds the context, calls the core and
+//! renders what comes back: `cli` holds the arguments, `commands` one module
+//! per command, `ui` all output. The work itself is in `crates/core`.
+
+mod cli;
+mod commands;
+mod context;
+mod exit;
+mod providers;
+mod ui;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let mut shell = ui::Shell::new(&cli.global);
+    let ctx = context::Context::new(cli.global);
+    match commands::run(&ctx, &mut shell, cli.command) {
+        Ok(code) => exit::code(code),
+        // `taskctl render manifests | head`: the reader left; not an error.
+        Err(err)
+            if err.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            exit::code(exit::SUCCESS)
+        }
+        Err(err) => {
+            shell.error_chain(&err);
+            exit::code(exit::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Event sinks: how a run looks while it happens.
+//!
+//! - [`Progress`]: a terminal: one live line per running step (spinner,
+//!   elapsed time, what it waits for), a line per finished step.
+//! - [`Lines`]: not a terminal: plain timestamped lines, no spinners.
+//! - [`JsonLines`]: `--output json`: one JSON object per event on stdout,
+//!   each with `ts` and `event` (the schema is in the README).
+
+use anstyle::{AnsiColor, Style};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+use taskctl_core::engine::{Action, StepId};
+use taskctl_core::events::{Event, EventSink, StepOutcome};
+
+const OK: Style = AnsiColor::Green.on_default().bold();
+const FAIL: Style = AnsiColor::Red.on_default().bold();
+const DIM: Style = Style::new().dimmed();
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+pub struct JsonLines;
+
+impl EventSink for JsonLines {
+    fn emit(&self, event: &Event) {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(event) else {
+            return;
+        };
+        let mut line = serde_json::Map::with_capacity(fields.len() + 1);
+        line.insert("ts".into(), now().into());
+        line.extend(fields);
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &line);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+}
+
+/// Plain lines on stderr, for logs and CI.
+pub struct Lines {
+    pub verbose: bool,
+}
+
+impl EventSink for Lines {
+    fn emit(&self, event: &Event) {
+        let line = match event {
+            Event::RunStarted {
+                run_id,
+                operation,
+                environment,
+                steps,
+                resumes,
+            } => {
+                let resumes = resumes
+                    .as_ref()
+                    .map(|r| format!(", resuming {r}"))
+                    .unwrap_or_default();
+                format!(
+                    "{operation:?} of {environment} started: run {run_id}, {steps} steps{resumes}"
+                )
+                .to_lowercase()
+            }
+            Event::StepPlanned { .. } => return,
+            Event::StepStarted { step, action, .. } => format!("{step}: {action} started"),
+            Event::StepProgress { step, message } => format!("{step}: {message}"),
+            Event::StepRetry {
+                step,
+                attempt,
+                delay_ms,
+                error,
+            } => {
+                format!("{step}: retry {attempt} in {delay_ms} ms after: {error}")
+            }
+            Event::StepFinished {
+                step,
+                outcome,
+                duration_ms,
+                error,
+            } => {
+                if *outcome == StepOutcome::Unchanged && !self.verbose {
+                    return;
+                }
+                let error = error.as_ref().map(|e| format!(": {e}")).unwrap_or_default();
+                format!(
+                    "{step}: {} in {}{error}",
+                    outcome_word(*outcome),
+                    seconds(*duration_ms)
+                )
+            }
+            Event::RunFinished {
+                outcome,
+                duration_ms,
+                changed,
+                unchanged,
+                failed,
+                skipped,
+                ..
+            } => format!(
+                "run {}: {changed} changed, {unchanged} unchanged, {failed} failed, {skipped} skipped in {}",
+                format!("{outcome:?}").to_lowercase(),
+                seconds(*duration_ms)
+            ),
+        };
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "{} {line}",
+            humantime::format_rfc3339_seconds(SystemTime::now())
+        );
+    }
+}
+
+/// Live progress on a terminal.
+pub struct Progress {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<StepId, (ProgressBar, Action)>>,
+    style: ProgressStyle,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        let style = ProgressStyle::with_template(
+            "{spinner:.cyan} {prefix:.bold} {elapsed:>4.dim} {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ ");
+        Progress {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
+            bars: Mutex::new(HashMap::new()),
+            style,
+        }
+    }
+
+    fn println(&self, line: String) {
+        let _ = self.multi.println(line);
+    }
+}
+
+impl EventSink for Progress {
+    fn emit(&self, event: &Event) {
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        match event {
+            Event::StepStarted { step, action, kind } => {
+                let bar = self.multi.add(ProgressBar::new_spinner());
+                bar.set_style(self.style.clone());
+                bar.set_prefix(format!("{action} {step}"));
+                bar.set_message(kind.clone());
+                bar.enable_steady_tick(Duration::from_millis(100));
+                bars.insert(step.clone(), (bar, *action));
+            }
+            Event::StepProgress { step, message } => {
+                if let Some((bar, _)) = bars.get(step) {
+                    bar.set_message(message.clone());
+                }
+            }
+            Event::StepRetry {
+                step,
+                attempt,
+                delay_ms,
+                error,
+            } => {
+                if let Some((bar, _)) = bars.get(step) {
+                    bar.set_message(format!("retry {attempt} in {delay_ms} ms: {error}"));
+                }
+            }
+            Event::StepFinished {
+                step,
+                outcome,
+                duration_ms,
+                error,
+            } => {
+                let action = bars.remove(step).map(|(bar, action)| {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                    action
+                });
+                let Some(action) = action else {
+                    if *outcome == StepOutcome::Failed || *outcome == StepOutcome::Interrupted {
+                        let msg = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                        self.println(format!(
+                            "{FAIL}✗{FAIL:#} {step} {}: {msg}",
+                            outcome_word(*outcome)
+                        ));
+                    }
+                    return;
+                };
+                let line = match (outcome, error) {
+                    (StepOutcome::Changed, _) => {
+                        format!(
+                            "{OK}✓{OK:#} {action} {step} {DIM}{}{DIM:#}",
+                            seconds(*duration_ms)
+                        )
+                    }
+                    (_, Some(e)) => format!(
+                        "{FAIL}✗{FAIL:#} {action} {step} {}: {e}",
+                        outcome_word(*outcome)
+                    ),
+                    (o, None) => format!("  {action} {step} {}", outcome_word(*o)),
+                };
+                self.println(line);
+            }
+            Event::RunStarted { .. } | Event::StepPlanned { .. } | Event::RunFinished { .. } => {}
+        }
+    }
+}
+
+fn outcome_word(o: StepOutcome) -> &'static str {
+    match o {
+        StepOutcome::Changed => "done",
+        StepOutcome::Unchanged => "unchanged",
+        StepOutcome::Planned => "planned",
+        StepOutcome::Failed => "failed",
+        StepOutcome::Skipped => "skipped",
+        StepOutcome::Interrupted => "interrupted",
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}

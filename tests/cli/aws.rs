@@ -1,0 +1,407 @@
+//! The `aws` target end to end through the CLI, against the moto server of
+//! `scripts/test-env.sh` (set `TASKCTL_TEST_AWS_ENDPOINT`). Results are
+//! checked with an independent client: boto3, through
+//! `crates/aws/tests/list_by_tag.py`.
+//!
+//! moto's state is shared by every test, so each test deploys its own
+//! environment (a unique `metadata.name`) and only looks at what carries
+//! that environment's tag.
+
+use crate::harness::{repo_root, stderr, stdout};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn moto() -> String {
+    std::env::var("TASKCTL_TEST_AWS_ENDPOINT").expect(
+        "TASKCTL_TEST_AWS_ENDPOINT is not set: these tests need the moto server; run them with scripts/test.sh, or `eval \"$(scripts/test-env.sh up)\"` first",
+    )
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    name: String,
+    profiles: Vec<PathBuf>,
+}
+
+impl Env {
+    /// A fresh environment from the production profile with its own name.
+    fn new(prefix: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("{prefix}-{:x}{:x}", std::process::id(), nanos);
+        let production = repo_root().join("profiles/production.yaml");
+        let overlay = dir.path().join("env.yaml");
+        std::fs::write(
+            &overlay,
+            format!("apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}]\nmetadata:\n  name: {name}\n", production.display()),
+        )
+        .unwrap();
+        Env {
+            dir,
+            name,
+            profiles: vec![overlay],
+        }
+    }
+
+    /// Adds a profile layer with `yaml` over the environment.
+    fn layer(&mut self, file: &str, yaml: &str) {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, yaml).unwrap();
+        self.profiles.push(path);
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskctl"));
+        cmd.args(args);
+        for p in &self.profiles {
+            cmd.arg("-p").arg(p);
+        }
+        cmd.current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("AWS_ENDPOINT_URL", moto())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-west-2")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("TASKCTL_PROFILE")
+            .env_remove("TASKCTL_ENV");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn tag(&self) -> String {
+        format!("{}/production", self.name)
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!(".taskctl/{}/production/journal.jsonl", self.name))
+    }
+
+    /// Everything carrying this environment's tag, as boto3 sees it.
+    fn listing(&self) -> Value {
+        let python = std::env::var("TASKCTL_TEST_ENV_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/taskctl-test-env")
+            })
+            .join("venv/bin/python");
+        let script = repo_root().join("crates/aws/tests/list_by_tag.py");
+        let out = Command::new(python)
+            .arg(script)
+            .arg(moto())
+            .arg("us-west-2")
+            .arg(self.tag())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "list_by_tag.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn count(listing: &Value, kind: &str) -> usize {
+    listing[kind].as_array().map(Vec::len).unwrap_or(0)
+}
+
+fn live_nat_gateways(listing: &Value) -> usize {
+    listing["nat_gateways"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter(|g| g["state"] != "deleted" && g["state"] != "deleting")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Exactly one of everything the production profile describes.
+fn assert_one_of_each(l: &Value) {
+    assert_eq!(count(l, "vpcs"), 1, "{l:#}");
+    assert_eq!(count(l, "subnets"), 4, "{l:#}");
+    assert_eq!(count(l, "internet_gateways"), 1, "{l:#}");
+    assert_eq!(live_nat_gateways(l), 2, "one NAT gateway per zone: {l:#}");
+    assert_eq!(count(l, "clusters"), 1, "{l:#}");
+    assert_eq!(
+        l["clusters"][0]["node_groups"].as_array().unwrap().len(),
+        2,
+        "{l:#}"
+    );
+}
+
+/// Checks one NDJSON line against the schema documented in the README.
+fn check_event(line: &str) -> Value {
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert!(
+        v["ts"].as_str().is_some_and(|t| t.contains('T')),
+        "ts: {line}"
+    );
+    let required: &[&str] = match v["event"].as_str().unwrap_or_default() {
+        "run_started" => &["run_id", "operation", "environment", "steps"],
+        "step_planned" => &["step", "kind", "action", "reason"],
+        "step_started" => &["step", "kind", "action"],
+        "step_progress" => &["step", "message"],
+        "step_retry" => &["step", "attempt", "delay_ms", "error"],
+        "step_finished" => &["step", "outcome", "duration_ms"],
+        "run_finished" => &[
+            "run_id",
+            "outcome",
+            "duration_ms",
+            "changed",
+            "unchanged",
+            "failed",
+            "skipped",
+        ],
+        other => panic!("unknown event `{other}`: {line}"),
+    };
+    for key in required {
+        assert!(!v[key].is_null(), "`{key}` missing: {line}");
+    }
+    v
+}
+
+fn events(out: &Output) -> Vec<Value> {
+    stdout(out).lines().map(check_event).collect()
+}
+
+#[test]
+fn plan_deploy_replan_and_destroy() {
+    let env = Env::new("e2e");
+    let plan = env.run(&["plan", "--detailed-exitcode", "-o", "json"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "changes pending on an empty account: {}",
+        stderr(&plan)
+    );
+    let planned: Vec<Value> = events(&plan)
+        .into_iter()
+        .filter(|e| e["event"] == "step_planned")
+        .collect();
+    assert_eq!(
+        planned.len(),
+        1,
+        "the infrastructure layer is one step: {planned:?}"
+    );
+    assert_eq!(planned[0]["action"], "create");
+    let resources = planned[0]["diffs"].as_array().unwrap();
+    assert!(
+        resources.len() >= 19,
+        "every resource is listed: {resources:?}"
+    );
+    assert!(
+        resources.iter().all(|d| d["from"] == "create"),
+        "{resources:?}"
+    );
+    assert_eq!(count(&env.listing(), "vpcs"), 0, "plan makes nothing");
+
+    let deploy = env.run(&["deploy", "--yes", "-o", "json"]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
+    let stream = events(&deploy);
+    let last = stream.last().unwrap();
+    assert_eq!(last["event"], "run_finished");
+    assert_eq!(last["outcome"], "succeeded");
+    assert_eq!(last["changed"], 1);
+
+    let l = env.listing();
+    assert_one_of_each(&l);
+    assert_eq!(l["vpcs"][0]["cidr"], "10.0.0.0/16");
+    assert_eq!(l["vpcs"][0]["dns_hostnames"], true);
+    let gpu = l["clusters"][0]["node_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"].as_str().unwrap().contains("gpu"))
+        .unwrap()
+        .clone();
+    assert!(
+        gpu["taints"].to_string().contains("nvidia.com/gpu"),
+        "{gpu:#}"
+    );
+    assert_eq!(gpu["instance_types"][0], "g5.xlarge");
+
+    let replan = env.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        replan.status.code(),
+        Some(0),
+        "no changes after deploy: {}",
+        stderr(&replan)
+    );
+    let again = env.run(&["deploy", "--yes"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("nothing to do"),
+        "{}",
+        stderr(&again)
+    );
+
+    let destroy = env.run(&["destroy", "--yes"]);
+    assert_eq!(destroy.status.code(), Some(0), "{}", stderr(&destroy));
+    let l = env.listing();
+    for kind in [
+        "vpcs",
+        "subnets",
+        "internet_gateways",
+        "clusters",
+        "security_groups",
+        "route_tables",
+    ] {
+        assert_eq!(count(&l, kind), 0, "{kind} left after destroy: {l:#}");
+    }
+    assert_eq!(live_nat_gateways(&l), 0, "{l:#}");
+}
+
+#[test]
+fn a_scaling_change_is_one_in_place_update() {
+    let mut env = Env::new("scale");
+    assert_eq!(env.run(&["deploy", "--yes"]).status.code(), Some(0));
+    let before = env.listing();
+    env.layer("bigger.yaml", "apiVersion: taskctl.dev/v1\nkind: Profile\ncompute:\n  node_groups:\n    - name: worker\n      scaling: { min: 5, desired: 7, max: 10 }\n");
+    let plan = env.run(&["plan", "-o", "json"]);
+    let changes: Vec<Value> = events(&plan)
+        .into_iter()
+        .filter(|e| e["event"] == "step_planned" && e["action"] != "no_op")
+        .collect();
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!(changes[0]["action"], "update");
+    let diffs = changes[0]["diffs"].as_array().unwrap();
+    assert_eq!(
+        diffs.len(),
+        1,
+        "only the worker node group changes: {diffs:#?}"
+    );
+    assert_eq!(diffs[0]["field"], "node-group/worker");
+    assert!(
+        diffs[0]["to"].as_str().unwrap().contains("desired 5 → 7"),
+        "{:#}",
+        diffs[0]
+    );
+    let deploy = env.run(&["deploy", "--yes"]);
+    assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
+    let after = env.listing();
+    let worker = |l: &Value| {
+        l["clusters"][0]["node_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"].as_str().unwrap().contains("worker"))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(worker(&after)["scaling"]["desiredSize"], 7);
+    assert_eq!(
+        worker(&after)["name"],
+        worker(&before)["name"],
+        "updated in place, not recreated"
+    );
+    assert_one_of_each(&after);
+    env.run(&["destroy", "--yes"]);
+}
+
+/// kill -9 at twelve different moments of a deploy (staggered after the
+/// journal records its intent): every re-run adopts what the killed one
+/// made, and the end result has no duplicate.
+#[test]
+fn kill_9_at_many_points_converges_without_duplicates() {
+    let env = Env::new("kill");
+    let mut kills = 0;
+    for k in 0..12u64 {
+        let before = std::fs::read_to_string(env.journal())
+            .map(|j| j.lines().count())
+            .unwrap_or(0);
+        let mut child = env
+            .command(&["deploy", "--yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        // Wait for this run's intent, then give it k * 120 ms more.
+        let finished = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            let intents = std::fs::read_to_string(env.journal())
+                .map(|j| {
+                    j.lines()
+                        .skip(before)
+                        .filter(|l| l.contains("\"record\":\"intent\""))
+                        .count()
+                })
+                .unwrap_or(0);
+            if intents > 0 {
+                std::thread::sleep(Duration::from_millis(k * 120));
+                break child.try_wait().unwrap().is_some();
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "deploy hangs");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        if finished {
+            continue;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    assert!(kills >= 6, "killed only {kills} times");
+    let last = env.run(&["deploy", "--yes"]);
+    assert_eq!(last.status.code(), Some(0), "{}", stderr(&last));
+    assert!(
+        stderr(&last).contains("resumed") || stderr(&last).contains("done"),
+        "{}",
+        stderr(&last)
+    );
+    assert_one_of_each(&env.listing());
+    let status = env.run(&["status", "-o", "json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["lock"].is_null(), "the lock is released: {status:#}");
+    env.run(&["destroy", "--yes"]);
+}
+
+#[test]
+fn a_second_concurrent_deploy_is_refused_and_told_who_holds_the_lock() {
+    let env = Env::new("lock");
+    let mut first = env
+        .command(&["deploy", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = env
+        .dir
+        .path()
+        .join(format!(".taskctl/{}/production/lock.json", env.name));
+    let started = Instant::now();
+    while !lock.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first deploy never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let second = env.run(&["deploy", "--yes"]);
+    let first_status = first.wait().unwrap();
+    assert!(first_status.success());
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    let err = stderr(&second);
+    assert!(
+        err.contains("is locked by") && err.contains("since"),
+        "{err}"
+    );
+    env.run(&["destroy", "--yes"]);
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the `taskctl` binary: one test binary, one module per
+//! command. Fixtures live in `tests/profiles/`; terminal output is pinned in
+//! `tests/cli/snapshots/` (review changes with `cargo insta review`, or set
+//! `INSTA_UPDATE=always` to rewrite them).
+
+mod aws;
+mod harness;
+mod render;
+mod schema;
+mod state;
+mod validate;

@@ -1,0 +1,92 @@
+use crate::harness::{profile, stderr, stdout, taskctl_in};
+
+/// A lease held by a live process (pid 1) of this machine, as another
+/// taskctl would leave it.
+fn hold_lock(dir: &std::path::Path) {
+    let lock_dir = dir.join(".taskctl/task-local/development");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let lease = serde_json::json!({
+        "holder": format!("alice@{host}"), "pid": 1, "run_id": "r-other", "operation": "deploy",
+        "started_at": now - 60, "expires_at": now + 3600,
+    });
+    std::fs::write(lock_dir.join("lock.json"), lease.to_string()).unwrap();
+}
+
+#[test]
+fn lock_status_names_the_holder_and_break_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = profile("local.yaml");
+    let out = taskctl_in(dir.path(), &["lock", "status", "-p", &local]);
+    assert_eq!(stdout(&out), "task-local/development is not locked\n");
+
+    hold_lock(dir.path());
+    let out = taskctl_in(dir.path(), &["lock", "status", "-p", &local]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("locked by alice@") && text.contains("deploy run r-other"),
+        "{text}"
+    );
+    let out = taskctl_in(dir.path(), &["status", "-p", &local, "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["lock"]["run_id"], "r-other");
+
+    // Without --yes and without a terminal, nobody can confirm: refused.
+    let out = taskctl_in(
+        dir.path(),
+        &["lock", "break", "--reason", "stuck", "-p", &local],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        dir.path()
+            .join(".taskctl/task-local/development/lock.json")
+            .exists()
+    );
+
+    let out = taskctl_in(
+        dir.path(),
+        &[
+            "lock",
+            "break",
+            "--reason",
+            "holder crashed",
+            "--yes",
+            "-p",
+            &local,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        !dir.path()
+            .join(".taskctl/task-local/development/lock.json")
+            .exists()
+    );
+    let out = taskctl_in(dir.path(), &["audit", "-p", &local, "-o", "json"]);
+    let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = &audit[0];
+    assert_eq!(entry["action"], "lock_break");
+    assert_eq!(entry["run_id"], "r-other");
+    assert!(
+        entry["detail"].as_str().unwrap().contains("holder crashed"),
+        "{entry}"
+    );
+}
+
+#[test]
+fn status_of_a_fresh_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = taskctl_in(dir.path(), &["status", "-p", &profile("local.yaml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("lock         free") && text.contains("last run     none"),
+        "{text}"
+    );
+}
