@@ -10,6 +10,7 @@
 //!   target's [`ops::Provider`].
 //! - [`journal`] and [`state`]: the append-only record of changes, the
 //!   environment lock and the audit log.
+//! - [`release`]: numbered records of what each deploy put on a target.
 //!
 //! This crate must not depend on the AWS SDK, kube or bollard: providers live
 //! in their own crates so that this one, and its tests, build fast.
@@ -20,6 +21,7 @@ pub mod events;
 pub mod journal;
 pub mod ops;
 pub mod profile;
+pub mod release;
 pub mod state;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
