@@ -69,6 +69,20 @@ impl Release {
     pub fn profile(&self) -> Result<Profile, serde_json::Error> {
         serde_json::from_value(self.profile.clone())
     }
+
+    /// The profile with every agent's image pinned to the digest this
+    /// release ran and no image build: deploying it restores the release
+    /// exactly, whatever the registry or the source tree holds now.
+    pub fn pinned_profile(&self) -> Result<Profile, serde_json::Error> {
+        let mut profile = self.profile()?;
+        for agent in &mut profile.agents {
+            if let Some(image) = self.images.get(&agent.name) {
+                agent.image = image.clone();
+                agent.build = None;
+            }
+        }
+        Ok(profile)
+    }
 }
 
 /// Where a target keeps its releases.

@@ -17,11 +17,16 @@ pub use plan::{PlanOptions, plan};
 pub use status::{EnvironmentStatus, status};
 
 use crate::engine::{GraphError, Step};
+use crate::events::EventSink;
 use crate::profile::Profile;
+use crate::release::ReleaseStore;
 use crate::state::{Lease, StateError};
 use async_trait::async_trait;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The layers of a deployment, in the order they are built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -71,6 +76,63 @@ pub trait Provider: Send + Sync {
 
     /// The steps that make the target match the profile, within `scope`.
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError>;
+
+    /// Where the target keeps its releases; `None` when it has none (the
+    /// AWS infrastructure layer: its history is the journal).
+    fn releases(&self, _profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
+        None
+    }
+
+    /// What the environment runs now, for the release record: images by
+    /// digest, configuration hashes, secret references. Called after a
+    /// successful apply.
+    async fn observe_release(&self, _profile: &Profile) -> Result<ReleaseFacts, OpsError> {
+        Ok(ReleaseFacts::default())
+    }
+
+    /// Checks the environment after an apply: the profile's verification
+    /// gates, then its automatic-rollback conditions. An empty list means
+    /// the target has nothing to verify.
+    async fn verify(
+        &self,
+        _profile: &Profile,
+        _sink: Arc<dyn EventSink>,
+        _cancel: &CancellationToken,
+    ) -> Result<Vec<Check>, OpsError> {
+        Ok(Vec::new())
+    }
+}
+
+/// What a provider observed of a deployed environment (see
+/// [`crate::release::Release`] for the meaning of each field).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReleaseFacts {
+    pub images: BTreeMap<String, String>,
+    pub config_hashes: BTreeMap<String, String>,
+    pub secret_refs: Vec<String>,
+}
+
+/// The result of one verification gate or rollback condition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// `check_service_health/automated-task-executor-1`, `high_error_rate`.
+    pub name: String,
+    /// `tcp`, `http`, `metric`, `functional`, `condition`.
+    pub kind: String,
+    pub passed: bool,
+    /// The value the check saw, for people: `HTTP 503 "not ready"`.
+    pub observed: String,
+    #[serde(with = "humantime_serde_secs")]
+    pub elapsed: Duration,
+}
+
+mod humantime_serde_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
 }
 
 /// What identifies an environment's state: the profile's name and the
