@@ -19,7 +19,10 @@ proxy_port=$((20000 + RANDOM % 10000))
 python3 bench/latency_proxy.py "$proxy_port" 127.0.0.1 "$moto_port" "$delay" &
 proxy=$!
 work=$(mktemp -d)
-trap 'kill $proxy 2>/dev/null || true; rm -rf "$work"' EXIT
+# A private copy: another checkout building into the same target directory
+# must not swap the binary under the benchmark.
+cp "$bin" "$work/taskctl" && bin=$work/taskctl
+trap 'kill $proxy 2>/dev/null || true; if [ -n "${KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi' EXIT
 sleep 0.5
 name="bench-$(date +%s)-$RANDOM"
 cat > "$work/env.yaml" <<YAML

@@ -191,20 +191,28 @@ fn plan_deploy_replan_and_destroy() {
         .into_iter()
         .filter(|e| e["event"] == "step_planned")
         .collect();
-    assert_eq!(
-        planned.len(),
-        1,
-        "the infrastructure layer is one step: {planned:?}"
-    );
-    assert_eq!(planned[0]["action"], "create");
-    let resources = planned[0]["diffs"].as_array().unwrap();
+    let creates: Vec<&str> = planned
+        .iter()
+        .filter(|e| e["action"] == "create")
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    // One step per resource: 2 roles, VPC, 4 subnets, IGW, 2 EIPs, 2 NATs,
+    // 3 route tables, SG, cluster, 2 node groups.
+    assert_eq!(creates.len(), 19, "every resource is listed: {planned:#?}");
+    for id in [
+        "aws/vpc",
+        "aws/subnet/private/us-west-2b",
+        "aws/nat-gateway/us-west-2a",
+        "aws/cluster",
+        "aws/node-group/gpu",
+    ] {
+        assert!(creates.contains(&id), "{id} in {creates:?}");
+    }
+    let cluster = planned.iter().find(|e| e["step"] == "aws/cluster").unwrap();
+    let deps = cluster["depends_on"].to_string();
     assert!(
-        resources.len() >= 19,
-        "every resource is listed: {resources:?}"
-    );
-    assert!(
-        resources.iter().all(|d| d["from"] == "create"),
-        "{resources:?}"
+        deps.contains("aws/security-group/cluster") && deps.contains("aws/iam-role/cluster"),
+        "{cluster:#}"
     );
     assert_eq!(count(&env.listing(), "vpcs"), 0, "plan makes nothing");
 
@@ -214,7 +222,7 @@ fn plan_deploy_replan_and_destroy() {
     let last = stream.last().unwrap();
     assert_eq!(last["event"], "run_finished");
     assert_eq!(last["outcome"], "succeeded");
-    assert_eq!(last["changed"], 1);
+    assert_eq!(last["changed"], 19);
 
     let l = env.listing();
     assert_one_of_each(&l);
@@ -275,19 +283,15 @@ fn a_scaling_change_is_one_in_place_update() {
         .into_iter()
         .filter(|e| e["event"] == "step_planned" && e["action"] != "no_op")
         .collect();
-    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!(changes.len(), 1, "only the worker node group: {changes:#?}");
+    assert_eq!(changes[0]["step"], "aws/node-group/worker");
     assert_eq!(changes[0]["action"], "update");
     let diffs = changes[0]["diffs"].as_array().unwrap();
+    assert_eq!(diffs.len(), 1, "{diffs:#?}");
+    assert_eq!(diffs[0]["field"], "scaling.desired");
     assert_eq!(
-        diffs.len(),
-        1,
-        "only the worker node group changes: {diffs:#?}"
-    );
-    assert_eq!(diffs[0]["field"], "node-group/worker");
-    assert!(
-        diffs[0]["to"].as_str().unwrap().contains("desired 5 → 7"),
-        "{:#}",
-        diffs[0]
+        (diffs[0]["from"].as_str(), diffs[0]["to"].as_str()),
+        (Some("5"), Some("7"))
     );
     let deploy = env.run(&["deploy", "--yes"]);
     assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
@@ -311,61 +315,71 @@ fn a_scaling_change_is_one_in_place_update() {
     env.run(&["destroy", "--yes"]);
 }
 
-/// kill -9 at twelve different moments of a deploy (staggered after the
-/// journal records its intent): every re-run adopts what the killed one
-/// made, and the end result has no duplicate.
+/// kill -9 at twelve different points of a deploy: right after the run
+/// journals its 1st, 2nd … 6th intent (two rounds), so the kill lands
+/// between "about to create X" and "X created" for a different resource
+/// each time. Every re-run adopts what the killed one made, and the end
+/// result has no duplicate.
 #[test]
 fn kill_9_at_many_points_converges_without_duplicates() {
     let env = Env::new("kill");
-    let mut kills = 0;
-    for k in 0..12u64 {
+    let mut kills = Vec::new();
+    for k in 0..12usize {
+        let target = k % 6 + 1;
         let before = std::fs::read_to_string(env.journal())
             .map(|j| j.lines().count())
             .unwrap_or(0);
+        let log = env.dir.path().join(format!("deploy-{k}.log"));
         let mut child = env
             .command(&["deploy", "--yes"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let started = Instant::now();
-        // Wait for this run's intent, then give it k * 120 ms more.
-        let finished = loop {
+        let killed_at = loop {
             if child.try_wait().unwrap().is_some() {
-                break true;
+                break None;
             }
-            let intents = std::fs::read_to_string(env.journal())
+            let intents: Vec<String> = std::fs::read_to_string(env.journal())
                 .map(|j| {
                     j.lines()
                         .skip(before)
                         .filter(|l| l.contains("\"record\":\"intent\""))
-                        .count()
+                        .map(str::to_owned)
+                        .collect()
                 })
-                .unwrap_or(0);
-            if intents > 0 {
-                std::thread::sleep(Duration::from_millis(k * 120));
-                break child.try_wait().unwrap().is_some();
+                .unwrap_or_default();
+            if intents.len() >= target {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                break intents.last().cloned();
             }
-            assert!(started.elapsed() < Duration::from_secs(120), "deploy hangs");
-            std::thread::sleep(Duration::from_millis(2));
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "deploy {k} hangs: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(1));
         };
-        if finished {
-            continue;
+        if let Some(intent) = killed_at {
+            let step: Value = serde_json::from_str(&intent).unwrap();
+            kills.push(step["step"].as_str().unwrap_or_default().to_owned());
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        kills += 1;
     }
-    assert!(kills >= 6, "killed only {kills} times");
+    let distinct: std::collections::BTreeSet<&String> = kills.iter().collect();
+    assert!(
+        kills.len() >= 10 && distinct.len() >= 6,
+        "killed {} times at {} distinct steps: {kills:?}",
+        kills.len(),
+        distinct.len()
+    );
     let last = env.run(&["deploy", "--yes"]);
     assert_eq!(last.status.code(), Some(0), "{}", stderr(&last));
-    assert!(
-        stderr(&last).contains("resumed") || stderr(&last).contains("done"),
-        "{}",
-        stderr(&last)
-    );
     assert_one_of_each(&env.listing());
+    let replan = env.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(replan.status.code(), Some(0), "{}", stderr(&replan));
     let status = env.run(&["status", "-o", "json"]);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert!(status["lock"].is_null(), "the lock is released: {status:#}");

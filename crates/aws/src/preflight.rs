@@ -41,7 +41,6 @@ fn failed(check: &'static str, e: &AwsError) -> Finding {
 /// Runs every check against the account and region of `aws`.
 pub async fn preflight(aws: &Aws, profile: &Profile) -> Vec<Finding> {
     let mut findings = Vec::new();
-    credentials(aws, &mut findings).await;
     if let Some(target) = &profile.target.aws
         && target.region != aws.region()
     {
@@ -67,10 +66,28 @@ pub async fn preflight(aws: &Aws, profile: &Profile) -> Vec<Finding> {
             e.message,
         )),
     }
-    let zones = zones(aws, profile, &mut findings).await;
-    instance_types(aws, profile, &zones, &mut findings).await;
-    gpus(aws, profile, &mut findings).await;
-    vpc_overlap(aws, profile, &mut findings).await;
+    // The checks are independent reads: run them together so preflight
+    // costs the slowest chain (zones, then offerings), not the sum.
+    let (mut identity, mut network, mut gpu, mut overlap) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    tokio::join!(
+        credentials(aws, &mut identity),
+        async {
+            let zones = zones(aws, profile, &mut network).await;
+            instance_types(aws, profile, &zones, &mut network).await;
+        },
+        gpus(aws, profile, &mut gpu),
+        vpc_overlap(aws, profile, &mut overlap),
+    );
+    // Without credentials every other check failed for the same reason:
+    // report the cause once.
+    let authenticated = !identity.iter().any(|f| f.severity == Severity::Error);
+    findings.splice(0..0, identity);
+    if authenticated {
+        findings.extend(network);
+        findings.extend(gpu);
+        findings.extend(overlap);
+    }
     findings
 }
 

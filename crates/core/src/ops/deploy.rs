@@ -4,7 +4,7 @@ use super::lock::LockGuard;
 use super::{OpsError, Provider, Scope, environment_key};
 use crate::Severity;
 use crate::engine::{self, Graph, RetryPolicy, Run, RunReport, SavedPlan};
-use crate::events::{EventSink, Operation, RunOutcome};
+use crate::events::{EventSink, Operation, Recorder, RunOutcome};
 use crate::journal::last_run;
 use crate::profile::Profile;
 use crate::state::{AuditEntry, StateStore};
@@ -126,8 +126,32 @@ async fn run_operation(
     // this run may change until it is done.
     let mut warnings = Vec::new();
     let result = async {
-        if operation == Operation::Deploy && !options.skip_preflight {
-            let findings = provider.preflight(profile).await?;
+        let resumed = match last_run(&store.journal().await?) {
+            Some(last) if last.finished.is_none() || !last.in_flight.is_empty() => Some(last.run),
+            _ => None,
+        };
+        let run = |sink: Arc<dyn EventSink>| Run {
+            run_id: run_id.clone(),
+            environment: environment.clone(),
+            operation,
+            parallelism: options.parallelism,
+            grace: options.grace,
+            retry: options.retry,
+            store: store.clone(),
+            sink,
+            cancel: options.cancel.clone(),
+            saved_plan: options.saved_plan.clone(),
+            resumes: resumed.clone(),
+        };
+        let planned = if operation == Operation::Deploy && !options.skip_preflight {
+            // Preflight and plan only read, so they run together; the plan's
+            // events are held back until preflight has passed, so a failed
+            // preflight shows no plan.
+            let held = Arc::new(Recorder::default());
+            let quiet = run(held.clone());
+            let (findings, planned) =
+                tokio::join!(provider.preflight(profile), engine::plan(&graph, &quiet));
+            let findings = findings?;
             let errors: Vec<String> = findings
                 .iter()
                 .filter(|f| f.severity == Severity::Error)
@@ -137,25 +161,14 @@ async fn run_operation(
                 return Err(OpsError::Preflight(errors.join("; ")));
             }
             warnings = findings;
-        }
-        let resumed = match last_run(&store.journal().await?) {
-            Some(last) if last.finished.is_none() || !last.in_flight.is_empty() => Some(last.run),
-            _ => None,
+            for event in held.events() {
+                sink.emit(&event);
+            }
+            planned
+        } else {
+            engine::plan(&graph, &run(sink.clone())).await
         };
-        let run = Run {
-            run_id: run_id.clone(),
-            environment: environment.clone(),
-            operation,
-            parallelism: options.parallelism,
-            grace: options.grace,
-            retry: options.retry,
-            store: store.clone(),
-            sink: sink.clone(),
-            cancel: options.cancel.clone(),
-            saved_plan: options.saved_plan.clone(),
-            resumes: resumed.clone(),
-        };
-        let planned = engine::plan(&graph, &run).await;
+        let run = run(sink.clone());
         let to_do = match operation {
             Operation::Destroy => planned.steps.iter().any(|s| {
                 s.change
