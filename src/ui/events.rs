@@ -351,3 +351,47 @@ fn seconds(ms: u64) -> String {
         format!("{:.1}s", ms as f64 / 1000.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_events_read_as_sentences() {
+        let line = |e: Event| release_line(&e).unwrap();
+        assert_eq!(
+            line(Event::RollbackStarted {
+                automatic: true,
+                from: Some(2),
+                to: 1,
+                reason: "check_service_health/a: HTTP 503".into(),
+            }),
+            "automatic rollback from release 2 to release 1 started: check_service_health/a: HTTP 503"
+        );
+        assert_eq!(
+            line(Event::RollbackFinished {
+                automatic: false,
+                to: 1,
+                revision: Some(4),
+                outcome: RunOutcome::Succeeded,
+            }),
+            "rollback to release 1 done: now release 4"
+        );
+        assert_eq!(
+            line(Event::VerificationFinished {
+                revision: 2,
+                passed: false,
+                checks: 3,
+                failed: 1,
+            }),
+            "release 2 failed verification: 1 of 3 check(s) failed"
+        );
+        assert!(
+            release_line(&Event::StepProgress {
+                step: StepId::new("x"),
+                message: "m".into(),
+            })
+            .is_none()
+        );
+    }
+}

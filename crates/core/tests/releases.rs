@@ -66,6 +66,8 @@ struct World {
     /// Verification fails while one of these images (tag, without digest) runs.
     bad: Mutex<BTreeSet<String>>,
     verifications: AtomicUsize,
+    /// When set, verification cannot run at all (its server is down).
+    verify_error: Mutex<Option<String>>,
     releases: Arc<MemoryReleases>,
 }
 
@@ -217,6 +219,9 @@ impl Provider for MemoryTarget {
         _cancel: &CancellationToken,
     ) -> Result<Vec<Check>, OpsError> {
         self.world.verifications.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = self.world.verify_error.lock().unwrap().clone() {
+            return Err(OpsError::Provider(e));
+        }
         let bad = self.world.bad.lock().unwrap().clone();
         Ok(self
             .world
@@ -477,6 +482,27 @@ async fn a_first_release_that_fails_verification_cannot_be_rolled_back() {
         vec![(1, ReleaseStatus::Deployed)]
     );
     assert_eq!(h.target.world.applied.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_release_that_cannot_be_verified_is_rolled_back() {
+    let h = Harness::new();
+    h.deploy("task-executor:v1").await;
+    *h.target.world.verify_error.lock().unwrap() =
+        Some("prometheus at 127.0.0.1:19090 refused the connection".into());
+    let outcome = h.deploy("task-executor:v2").await;
+    assert_eq!(outcome.outcome(), RunOutcome::Failed);
+    let report = outcome.release.unwrap();
+    let check = report.failed_check().unwrap();
+    assert_eq!(
+        (check.name.as_str(), check.kind.as_str()),
+        ("verification", "error")
+    );
+    assert!(check.observed.contains("refused the connection"));
+    match report.after_failure {
+        Some(AfterFailure::RolledBack(r)) => assert_eq!((r.to, r.revision), (1, Some(3))),
+        other => panic!("expected an automatic rollback, got {other:?}"),
+    }
 }
 
 #[tokio::test]

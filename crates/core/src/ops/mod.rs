@@ -97,7 +97,10 @@ pub trait Provider: Send + Sync {
 
     /// Checks the environment after an apply: the profile's verification
     /// gates, then its automatic-rollback conditions. An empty list means
-    /// the target has nothing to verify.
+    /// the target has nothing to verify. The operation emits a
+    /// `check_finished` event for every returned check, so providers only
+    /// report progress in between; an `Err` counts as a failed check named
+    /// `verification` (a release that cannot be verified is not a good one).
     async fn verify(
         &self,
         _profile: &Profile,
