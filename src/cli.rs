@@ -83,6 +83,10 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Who holds the lock and what the last run did
     Status,
+    /// The environment's releases: revision, status, when, images, why
+    History,
+    /// Restore a kept release (the one before the running one by default)
+    Rollback(RollbackArgs),
     /// Inspect or break the environment's lock
     #[command(subcommand)]
     Lock(LockCommand),
@@ -157,6 +161,25 @@ pub struct DeployArgs {
 pub struct DestroyArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
+    /// Seconds steps in flight may take to finish after Ctrl-C or SIGTERM
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The revision to restore (see `taskctl history`); default: the newest
+    /// release before the running one that did not fail
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub to: Option<u32>,
+    /// The lead who approved the rollback, for the audit log; required when
+    /// the profile asks for `approval_from_lead` and nobody can be asked
+    /// (CI, no terminal); also answers the confirmation
+    #[arg(long, value_name = "NAME")]
+    pub approve: Option<String>,
+    /// Steps run at once where dependencies allow
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallelism: u16,
     /// Seconds steps in flight may take to finish after Ctrl-C or SIGTERM
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub grace: u64,

@@ -141,6 +141,27 @@ fn finish(
             );
         }
     }
+    if let Some(release) = &outcome.release
+        && report.outcome == RunOutcome::Succeeded
+    {
+        if let Some(why) = release.failure_message() {
+            shell.status(
+                StatusStyle::Error,
+                "failed",
+                &format!("{what} failed: {why}"),
+            );
+            return Ok(exit::FAILURE);
+        }
+        shell.status(
+            StatusStyle::Ok,
+            "verified",
+            &format!(
+                "release {} recorded; verification passed ({} check(s))",
+                release.revision,
+                release.checks.len()
+            ),
+        );
+    }
     match report.outcome {
         RunOutcome::Succeeded => {
             shell.status(

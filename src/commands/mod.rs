@@ -3,6 +3,7 @@
 mod completions;
 mod deploy;
 mod plan;
+mod releases;
 mod render;
 mod schema;
 mod state;
@@ -23,6 +24,8 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
         Command::Deploy(args) => deploy::deploy(ctx, shell, args),
         Command::Destroy(args) => deploy::destroy(ctx, shell, args),
         Command::Status => state::status(ctx, shell),
+        Command::History => releases::history(ctx, shell),
+        Command::Rollback(args) => releases::rollback(ctx, shell, args),
         Command::Lock(command) => state::lock(ctx, shell, command),
         Command::Audit => state::audit(ctx, shell),
         Command::Schema => schema::exec(shell),

@@ -112,7 +112,7 @@ pub fn audit(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     }
     let mut text = String::new();
     for e in &entries {
-        text += &format!("{}  {:<13} {:<24} {}\n", e.at, e.action, e.actor, e.detail);
+        text += &format!("{}  {:<18} {:<24} {}\n", e.at, e.action, e.actor, e.detail);
     }
     if entries.is_empty() {
         text = "no audit entries yet\n".into();

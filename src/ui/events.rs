@@ -13,7 +13,7 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 use taskctl_core::engine::{Action, StepId};
-use taskctl_core::events::{Event, EventSink, StepOutcome};
+use taskctl_core::events::{Event, EventSink, RunOutcome, StepOutcome};
 
 const OK: Style = AnsiColor::Green.on_default().bold();
 const FAIL: Style = AnsiColor::Red.on_default().bold();
@@ -104,6 +104,21 @@ impl EventSink for Lines {
                 format!("{outcome:?}").to_lowercase(),
                 seconds(*duration_ms)
             ),
+            Event::CheckFinished {
+                name,
+                kind,
+                passed,
+                observed,
+                elapsed_s,
+            } => format!(
+                "check {name} ({kind}): {} in {}: {observed}",
+                if *passed { "passed" } else { "FAILED" },
+                seconds((elapsed_s * 1000.0) as u64)
+            ),
+            other => match release_line(other) {
+                Some(line) => line,
+                None => return,
+            },
         };
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
@@ -205,9 +220,117 @@ impl EventSink for Progress {
                 };
                 self.println(line);
             }
+            Event::CheckFinished {
+                name,
+                kind,
+                passed,
+                observed,
+                elapsed_s,
+            } => {
+                let mark = if *passed {
+                    format!("{OK}✓{OK:#}")
+                } else {
+                    format!("{FAIL}✗{FAIL:#}")
+                };
+                self.println(format!(
+                    "{mark} check {name} {DIM}{kind} {}{DIM:#} {observed}",
+                    seconds((elapsed_s * 1000.0) as u64)
+                ));
+            }
+            Event::RollbackStarted { .. } => {
+                if let Some(line) = release_line(event) {
+                    self.println(format!("{FAIL}↺{FAIL:#} {line}"));
+                }
+            }
+            Event::VerificationFinished { passed: false, .. }
+            | Event::RollbackFinished {
+                outcome: RunOutcome::Failed | RunOutcome::Interrupted,
+                ..
+            } => {
+                if let Some(line) = release_line(event) {
+                    self.println(format!("{FAIL}✗{FAIL:#} {line}"));
+                }
+            }
+            Event::ReleaseRecorded { .. }
+            | Event::VerificationStarted { .. }
+            | Event::VerificationFinished { .. }
+            | Event::RollbackFinished { .. } => {
+                if let Some(line) = release_line(event) {
+                    self.println(format!("{DIM}•{DIM:#} {line}"));
+                }
+            }
             Event::RunStarted { .. } | Event::StepPlanned { .. } | Event::RunFinished { .. } => {}
         }
     }
+}
+
+/// The line for a release, verification or rollback event, shared by the
+/// plain and the live sinks (which add their own marks).
+fn release_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::ReleaseRecorded {
+            revision,
+            status,
+            description,
+        } => format!("release {revision} {status}: {description}"),
+        Event::VerificationStarted { revision } => format!("verifying release {revision}"),
+        Event::VerificationFinished {
+            revision,
+            passed,
+            checks,
+            failed,
+        } => {
+            if *passed {
+                format!("release {revision} verified: {checks} check(s) passed")
+            } else {
+                format!(
+                    "release {revision} failed verification: {failed} of {checks} check(s) failed"
+                )
+            }
+        }
+        Event::RollbackStarted {
+            automatic,
+            from,
+            to,
+            reason,
+        } => {
+            let from = from
+                .map(|f| format!(" from release {f}"))
+                .unwrap_or_default();
+            let how = if *automatic {
+                "automatic rollback"
+            } else {
+                "rollback"
+            };
+            format!("{how}{from} to release {to} started: {reason}")
+        }
+        Event::RollbackFinished {
+            automatic,
+            to,
+            revision,
+            outcome,
+        } => {
+            let how = if *automatic {
+                "automatic rollback"
+            } else {
+                "rollback"
+            };
+            match (outcome, revision) {
+                (RunOutcome::Succeeded, Some(r)) => {
+                    format!("{how} to release {to} done: now release {r}")
+                }
+                (RunOutcome::Succeeded, None) => format!("{how} to release {to} done"),
+                (RunOutcome::Failed, Some(r)) => {
+                    format!(
+                        "{how} to release {to} done as release {r}, but its verification failed"
+                    )
+                }
+                (RunOutcome::Failed, None) => format!("{how} to release {to} failed"),
+                (RunOutcome::Interrupted, _) => format!("{how} to release {to} interrupted"),
+            }
+        }
+        _ => return None,
+    })
 }
 
 fn outcome_word(o: StepOutcome) -> &'static str {
@@ -226,5 +349,49 @@ fn seconds(ms: u64) -> String {
         format!("{ms}ms")
     } else {
         format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_events_read_as_sentences() {
+        let line = |e: Event| release_line(&e).unwrap();
+        assert_eq!(
+            line(Event::RollbackStarted {
+                automatic: true,
+                from: Some(2),
+                to: 1,
+                reason: "check_service_health/a: HTTP 503".into(),
+            }),
+            "automatic rollback from release 2 to release 1 started: check_service_health/a: HTTP 503"
+        );
+        assert_eq!(
+            line(Event::RollbackFinished {
+                automatic: false,
+                to: 1,
+                revision: Some(4),
+                outcome: RunOutcome::Succeeded,
+            }),
+            "rollback to release 1 done: now release 4"
+        );
+        assert_eq!(
+            line(Event::VerificationFinished {
+                revision: 2,
+                passed: false,
+                checks: 3,
+                failed: 1,
+            }),
+            "release 2 failed verification: 1 of 3 check(s) failed"
+        );
+        assert!(
+            release_line(&Event::StepProgress {
+                step: StepId::new("x"),
+                message: "m".into(),
+            })
+            .is_none()
+        );
     }
 }

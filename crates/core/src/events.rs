@@ -92,6 +92,52 @@ pub enum Event {
         failed: usize,
         skipped: usize,
     },
+    /// A release was written to the target's release store.
+    ReleaseRecorded {
+        revision: u32,
+        status: crate::release::ReleaseStatus,
+        description: String,
+    },
+    /// Verification of a release begins: its gates, then its
+    /// automatic-rollback conditions.
+    VerificationStarted {
+        revision: u32,
+    },
+    /// One gate or condition was evaluated. Emitted by the operation for
+    /// every check the provider returns, so providers need not.
+    CheckFinished {
+        name: String,
+        kind: String,
+        passed: bool,
+        /// What the check saw, for people (`HTTP 503`, `0.04 > 0.01`).
+        observed: String,
+        elapsed_s: f64,
+    },
+    VerificationFinished {
+        revision: u32,
+        passed: bool,
+        checks: usize,
+        failed: usize,
+    },
+    /// A rollback begins: `automatic` after a failed verification, or on
+    /// command.
+    RollbackStarted {
+        automatic: bool,
+        /// The release being left (`None` when none is recorded as running).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<u32>,
+        /// The release being restored.
+        to: u32,
+        reason: String,
+    },
+    RollbackFinished {
+        automatic: bool,
+        to: u32,
+        /// The new release that records the rollback; `None` when it failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        revision: Option<u32>,
+        outcome: RunOutcome,
+    },
 }
 
 pub trait EventSink: Send + Sync {

@@ -1,6 +1,7 @@
 //! `deploy` and `destroy`: lock, plan, confirm, act, audit.
 
 use super::lock::LockGuard;
+use super::releases::{Flow, ReleaseReport};
 use super::{OpsError, Provider, Scope, environment_key};
 use crate::Severity;
 use crate::engine::{self, Graph, RetryPolicy, Run, RunReport, SavedPlan};
@@ -35,14 +36,28 @@ pub struct DeployOutcome {
     pub resumed: Option<String>,
     /// Preflight warnings and notes (errors stop the deploy instead).
     pub preflight: Vec<super::Finding>,
+    /// The release the deploy recorded and its verification, on targets
+    /// that keep releases; `None` for dry runs, destroys, failed runs and
+    /// deploys that changed nothing once a release exists.
+    pub release: Option<ReleaseReport>,
 }
 
 impl DeployOutcome {
+    /// Failed too when the run succeeded but its release failed
+    /// verification, even if it was rolled back: what was asked for is not
+    /// what runs.
     pub fn outcome(&self) -> RunOutcome {
-        self.applied
+        let run = self
+            .applied
             .as_ref()
             .map(|r| r.outcome)
-            .unwrap_or(self.plan.outcome)
+            .unwrap_or(self.plan.outcome);
+        match &self.release {
+            Some(r) if run == RunOutcome::Succeeded && r.failed_check().is_some() => {
+                RunOutcome::Failed
+            }
+            _ => run,
+        }
     }
 }
 
@@ -177,12 +192,47 @@ async fn run_operation(
             }),
             _ => planned.has_changes(),
         };
+        // Releases are recorded only by real deploys on targets that keep
+        // them; plans and dry runs never record or verify anything.
+        let releases = match operation {
+            Operation::Deploy if !options.dry_run => provider.releases(profile),
+            _ => None,
+        };
+        let flow = releases.map(|releases| Flow {
+            profile,
+            provider,
+            store: store.clone(),
+            sink: sink.clone(),
+            releases,
+            environment: environment.clone(),
+            scope: options.scope.clone(),
+            parallelism: options.parallelism,
+            grace: options.grace,
+            retry: options.retry,
+            cancel: options.cancel.clone(),
+        });
         if options.dry_run || planned.outcome != RunOutcome::Succeeded || !to_do {
+            // Nothing to change, but nothing recorded either: what runs
+            // becomes release 1, so there is something to roll back to.
+            let release = match &flow {
+                Some(flow)
+                    if !options.dry_run
+                        && planned.outcome == RunOutcome::Succeeded
+                        && flow.releases.list().await?.is_empty() =>
+                {
+                    Some(
+                        flow.after_deploy(&run_id, "nothing to change; recorded what runs")
+                            .await?,
+                    )
+                }
+                _ => None,
+            };
             return Ok(DeployOutcome {
                 plan: planned,
                 applied: None,
                 resumed,
                 preflight: std::mem::take(&mut warnings),
+                release,
             });
         }
         if !confirm(&planned) {
@@ -199,23 +249,37 @@ async fn run_operation(
             .iter()
             .filter(|s| s.outcome == crate::events::StepOutcome::Changed)
             .count();
-        store
-            .append_audit(&AuditEntry::now(
-                op_name,
-                &environment,
-                Some(&run_id),
-                format!(
-                    "{} with {changed} change(s) in {:.1}s",
-                    crate::journal::outcome_name(applied.outcome),
-                    applied.duration.as_secs_f64()
-                ),
-            ))
-            .await?;
+        let detail = format!(
+            "{} with {changed} change(s) in {:.1}s",
+            crate::journal::outcome_name(applied.outcome),
+            applied.duration.as_secs_f64()
+        );
+        let release = match &flow {
+            Some(flow)
+                if applied.outcome == RunOutcome::Succeeded
+                    && (changed > 0 || flow.releases.list().await?.is_empty()) =>
+            {
+                // Writes the deploy's audit entry itself, with the release.
+                Some(flow.after_deploy(&run_id, &detail).await?)
+            }
+            _ => {
+                store
+                    .append_audit(&AuditEntry::now(
+                        op_name,
+                        &environment,
+                        Some(&run_id),
+                        detail,
+                    ))
+                    .await?;
+                None
+            }
+        };
         Ok(DeployOutcome {
             plan: planned,
             applied: Some(applied),
             resumed,
             preflight: std::mem::take(&mut warnings),
+            release,
         })
     }
     .await;

@@ -9,11 +9,16 @@
 mod deploy;
 mod lock;
 mod plan;
+mod releases;
 mod status;
 
 pub use deploy::{DeployOptions, DeployOutcome, deploy, destroy};
 pub use lock::{LockGuard, break_lock, lock_status};
 pub use plan::{PlanOptions, plan};
+pub use releases::{
+    AfterFailure, AutomaticRollbackReport, ReleaseReport, RollbackOptions, RollbackOutcome,
+    automatic_rollback_configured, history, rollback,
+};
 pub use status::{EnvironmentStatus, status};
 
 use crate::engine::{GraphError, Step};
@@ -92,7 +97,10 @@ pub trait Provider: Send + Sync {
 
     /// Checks the environment after an apply: the profile's verification
     /// gates, then its automatic-rollback conditions. An empty list means
-    /// the target has nothing to verify.
+    /// the target has nothing to verify. The operation emits a
+    /// `check_finished` event for every returned check, so providers only
+    /// report progress in between; an `Err` counts as a failed check named
+    /// `verification` (a release that cannot be verified is not a good one).
     async fn verify(
         &self,
         _profile: &Profile,
@@ -100,6 +108,20 @@ pub trait Provider: Send + Sync {
         _cancel: &CancellationToken,
     ) -> Result<Vec<Check>, OpsError> {
         Ok(Vec::new())
+    }
+
+    /// Checks that the backups a manual rollback may need exist and can be
+    /// read (`rollback.manual.prerequisites: backup_verification`), before
+    /// anything changes. `Ok(Some(what))` says what was verified;
+    /// `Ok(None)` means the target keeps no backups, so there is nothing to
+    /// verify (the rollback says so and audits it); an error stops the
+    /// rollback.
+    async fn verify_backups(
+        &self,
+        _profile: &Profile,
+        _target: &crate::release::Release,
+    ) -> Result<Option<String>, OpsError> {
+        Ok(None)
     }
 }
 
@@ -168,4 +190,17 @@ pub enum OpsError {
     /// A saved plan is for another environment or format.
     #[error("{0}")]
     BadPlan(String),
+    /// The target keeps no releases, so there is no history to show or
+    /// roll back to.
+    #[error(
+        "no releases on this target: the `{target}` target keeps none (its history is the journal: `taskctl status`), so there is nothing to list or roll back to"
+    )]
+    NoReleases { target: String },
+    /// A release cannot be used as asked: unknown revision, unreadable
+    /// profile, nothing earlier to roll back to.
+    #[error("{0}")]
+    Release(String),
+    /// A prerequisite of a manual rollback does not hold.
+    #[error("{0}")]
+    Prerequisite(String),
 }

@@ -96,6 +96,12 @@ pub struct AuditEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     pub detail: String,
+    /// Who approved the action when the profile requires an approval
+    /// (`rollback.manual.prerequisites: approval_from_lead`); kept apart
+    /// from `actor` because the person running the command is often not
+    /// the one who may allow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
 }
 
 impl AuditEntry {
@@ -112,7 +118,14 @@ impl AuditEntry {
             environment: environment.to_string(),
             run_id: run_id.map(str::to_string),
             detail: detail.into(),
+            approver: None,
         }
+    }
+
+    /// The same entry, recording who approved it.
+    pub fn approved_by(mut self, approver: Option<&str>) -> Self {
+        self.approver = approver.map(str::to_string);
+        self
     }
 }
 
