@@ -158,14 +158,11 @@ pub async fn watch_conditions(
                 "high_error_rate" => match &endpoints.prometheus_url {
                     None => not_evaluated(&name, "the target reported no Prometheus address"),
                     Some(prometheus_url) => {
-                        let query = spec.query.clone().unwrap_or_else(|| match recorded {
-                            true => "task_error_rate".to_owned(),
-                            false => RAW_ERROR_RATE.to_owned(),
-                        });
+                        let queries = error_rate_queries(&spec, recorded);
                         let threshold = spec.threshold.unwrap_or(DEFAULT_ERROR_RATE);
                         let secrets = redact::Secrets::of(prometheus_url);
                         let mut report = watch(&name, window, hold, stop, cancel, |budget| {
-                            error_rate(client, prometheus_url, &query, threshold, budget)
+                            error_rate(client, prometheus_url, &queries, threshold, budget)
                         })
                         .await;
                         report.observed = secrets.scrub(&report.observed);
@@ -184,6 +181,19 @@ pub async fn watch_conditions(
         }
     });
     join_all(watchers).await
+}
+
+/// What `high_error_rate` asks Prometheus, in order: the condition's own
+/// query; else the recorded `task_error_rate` when the profile records it,
+/// then the raw expression, because the recorded series exists only where
+/// the rule is loaded (not in an external Prometheus taskctl does not
+/// configure) and its absence must not read as "no errors".
+fn error_rate_queries(spec: &ConditionSpec, recorded: bool) -> Vec<String> {
+    match (&spec.query, recorded) {
+        (Some(query), _) => vec![query.clone()],
+        (None, true) => vec!["task_error_rate".to_owned(), RAW_ERROR_RATE.to_owned()],
+        (None, false) => vec![RAW_ERROR_RATE.to_owned()],
+    }
 }
 
 fn not_evaluated(name: &str, why: &str) -> ConditionReport {
@@ -296,20 +306,35 @@ async fn health(client: &reqwest::Client, endpoints: &Endpoints, budget: Duratio
     }
 }
 
+/// The first of `queries` that returns series decides.
 async fn error_rate(
     client: &reqwest::Client,
     prometheus_url: &str,
-    query: &str,
+    queries: &[String],
     threshold: f64,
     budget: Duration,
 ) -> Poll {
-    match metric::query(client, prometheus_url, query, budget).await {
-        Err(QueryError::Fatal(why) | QueryError::Retry(why)) => Poll::Unknown(why),
-        // No series: no task results to rate yet, which is not an error rate.
-        Ok(samples) if samples.is_empty() => {
-            Poll::Good(format!("no series for `{query}` (no task results to rate)"))
+    let mut samples = Vec::new();
+    for query in queries {
+        match metric::query(client, prometheus_url, query, budget).await {
+            Err(QueryError::Fatal(why) | QueryError::Retry(why)) => return Poll::Unknown(why),
+            Ok(found) if found.is_empty() => continue,
+            Ok(found) => {
+                samples = found;
+                break;
+            }
         }
-        Ok(samples) => {
+    }
+    match samples {
+        // No series: no task results to rate yet, which is not an error rate.
+        samples if samples.is_empty() => {
+            let asked: Vec<String> = queries.iter().map(|q| format!("`{q}`")).collect();
+            Poll::Good(format!(
+                "no series for {} (no task results to rate)",
+                asked.join(" nor ")
+            ))
+        }
+        samples => {
             let above: Vec<&Sample> = samples.iter().filter(|s| s.value > threshold).collect();
             match above.is_empty() {
                 true => {
@@ -343,4 +368,29 @@ async fn exhaustion(source: &dyn RestartSource, max: u32) -> Poll {
         "{} instances, at most {most} restarts each (max {max})",
         instances.len()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(query: Option<&str>) -> ConditionSpec {
+        ConditionSpec {
+            name: "high_error_rate".into(),
+            query: query.map(str::to_owned),
+            threshold: None,
+            for_: None,
+            max_restarts: None,
+        }
+    }
+
+    #[test]
+    fn error_rate_prefers_the_profile_query_then_the_recorded_rule() {
+        assert_eq!(error_rate_queries(&spec(Some("q")), true), ["q"]);
+        assert_eq!(
+            error_rate_queries(&spec(None), true),
+            ["task_error_rate", RAW_ERROR_RATE]
+        );
+        assert_eq!(error_rate_queries(&spec(None), false), [RAW_ERROR_RATE]);
+    }
 }

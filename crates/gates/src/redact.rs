@@ -30,6 +30,9 @@ pub fn url(raw: &str) -> String {
     }
 }
 
+/// Shortest credential searched for in free text.
+const MIN_WORD: usize = 3;
+
 /// The secrets of `address` (user, password, both as written and
 /// percent-decoded, and the whole URL), to be removed from any text.
 #[derive(Clone, Default)]
@@ -45,7 +48,9 @@ impl Secrets {
         let userinfo = after_scheme
             .and_then(|rest| rest.rfind('@').map(|at| &rest[..at]))
             .unwrap_or("");
-        for part in userinfo.split(':').filter(|p| !p.is_empty()) {
+        // A credential of one or two characters would match all over free
+        // text; the URL forms of it are still redacted.
+        for part in userinfo.split(':').filter(|p| p.len() >= MIN_WORD) {
             words.push(part.to_owned());
             let decoded = percent_decode(part);
             if decoded != part {
