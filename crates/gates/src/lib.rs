@@ -41,8 +41,9 @@
 //! user or password of any URL it was given: see [`redact`].
 //!
 //! Reading order: this file (types and the retry loop), then
-//! [`verification`] (profile → gates), [`conditions`] (rollback watchers),
-//! then one module per gate kind: `tcp`, `http`, `metric`, `functional`.
+//! `verification.rs` (profile → gates), `conditions.rs` (rollback
+//! watchers), then one module per gate kind: `tcp`, `http`, `metric`,
+//! `functional`.
 
 mod conditions;
 mod functional;

@@ -2,7 +2,7 @@
 //!
 //! The broker URL usually carries a user and password (`amqp://user:pass@…`),
 //! and Prometheus or an agent may sit behind basic auth. Every string a gate
-//! reports (observed values, summaries, `Debug`) goes through [`url`] for the
+//! reports (observed values, summaries, `Debug`) goes through [`url()`] for the
 //! addresses it shows and [`scrub`] for text that came from a client library,
 //! whose error messages may quote the address it was given.
 

@@ -175,11 +175,23 @@ pub fn broker_lock() -> BrokerLock {
 
 /// The `task-executor` binary of this workspace, built once per test
 /// process with `cargo build -p task-executor` (a no-op when it is up to
-/// date) so `cargo nextest run -p taskctl-gates` needs no prior step.
+/// date) so `cargo nextest run -p taskctl-gates` needs no prior step; the
+/// build also makes sure the binary in a target directory shared between
+/// checkouts is this checkout's. `TASKCTL_TEST_AGENT_BIN` names a prebuilt
+/// one instead.
 pub fn agent_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Ok(prebuilt) = std::env::var("TASKCTL_TEST_AGENT_BIN") {
+                let bin = PathBuf::from(prebuilt);
+                assert!(
+                    bin.exists(),
+                    "TASKCTL_TEST_AGENT_BIN={} does not exist",
+                    bin.display()
+                );
+                return bin;
+            }
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let status = Command::new(cargo)
                 .args(["build", "-p", "task-executor", "--bin", "task-executor"])
