@@ -19,4 +19,10 @@ fi
 env_lines=$(scripts/test-env.sh up)
 eval "$env_lines"
 
+# Tests that start the agent use the binary this very build makes (nextest
+# builds every binary before any test runs), rather than building a second
+# variant of it with other features.
+target_dir=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')}
+export TASKCTL_TEST_AGENT_BIN=${TASKCTL_TEST_AGENT_BIN:-$target_dir/debug/task-executor}
+
 cargo nextest run --workspace --no-fail-fast "$@"
