@@ -173,6 +173,34 @@ fn check_event(line: &str) -> Value {
     v
 }
 
+/// The AWS operations a run logged (with `RUST_LOG=taskctl_aws::call_log=trace`),
+/// split into read-only and mutating ones.
+fn aws_calls(log: &str) -> (Vec<String>, Vec<String>) {
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for line in log.lines().filter(|l| l.contains("aws call")) {
+        let field = |name: &str| {
+            let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+            let end = start + line[start..].find('"')?;
+            Some(line[start..end].to_owned())
+        };
+        let (Some(op), Some(mutating)) = (
+            field("operation"),
+            line.find("mutating=true")
+                .map(|_| true)
+                .or(line.find("mutating=false").map(|_| false)),
+        ) else {
+            panic!("unreadable call log line: {line}");
+        };
+        if mutating {
+            writes.push(op)
+        } else {
+            reads.push(op)
+        }
+    }
+    (reads, writes)
+}
+
 fn events(out: &Output) -> Vec<Value> {
     stdout(out).lines().map(check_event).collect()
 }
@@ -248,13 +276,28 @@ fn plan_deploy_replan_and_destroy() {
         "no changes after deploy: {}",
         stderr(&replan)
     );
-    let again = env.run(&["deploy", "--yes"]);
+    let again = env
+        .command(&["deploy", "--yes"])
+        .env("RUST_LOG", "taskctl_aws::call_log=trace")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     assert!(
         stderr(&again).contains("nothing to do"),
         "{}",
         stderr(&again)
     );
+    let (reads, writes) = aws_calls(&stderr(&again));
+    assert!(reads.len() >= 19, "every resource is looked at: {reads:?}");
+    assert_eq!(writes, Vec::<String>::new(), "a re-deploy changes nothing");
+    let dry = env
+        .command(&["plan"])
+        .env("RUST_LOG", "taskctl_aws::call_log=trace")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(aws_calls(&stderr(&dry)).1, Vec::<String>::new());
 
     let destroy = env.run(&["destroy", "--yes"]);
     assert_eq!(destroy.status.code(), Some(0), "{}", stderr(&destroy));

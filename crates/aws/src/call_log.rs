@@ -93,16 +93,20 @@ impl Intercept for CallLog {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let Some(meta) = cfg.load::<Metadata>() {
+            let call = Call {
+                service: meta.service().to_owned(),
+                operation: meta.name().to_owned(),
+            };
+            // `RUST_LOG=taskctl_aws::call_log=trace` shows every call a
+            // command makes: how the CLI tests count mutating calls.
             tracing::trace!(
                 provider = "aws",
                 service = meta.service(),
                 operation = meta.name(),
+                mutating = call.is_mutating(),
                 "aws call"
             );
-            self.push(Call {
-                service: meta.service().to_owned(),
-                operation: meta.name().to_owned(),
-            });
+            self.push(call);
         }
         Ok(())
     }
