@@ -67,6 +67,9 @@ pub struct Config {
     pub ready_delay: Duration,
     /// Nodes a DaemonSet schedules a pod on.
     pub nodes: i64,
+    /// Added before every answer, to stand for the round trip to a remote
+    /// API server (benchmarks); zero in tests.
+    pub latency: Duration,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
         Config {
             ready_delay: Duration::from_millis(50),
             nodes: 3,
+            latency: Duration::ZERO,
         }
     }
 }
@@ -391,6 +395,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
         query: query.clone(),
         content_type: content_type.clone(),
     });
+    if !shared.config.latency.is_zero() {
+        tokio::time::sleep(shared.config.latency).await;
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),

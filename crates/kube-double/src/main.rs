@@ -1,4 +1,4 @@
-//! `kube-double [--listen ADDR] [--ready-delay-ms N] [--kubeconfig FILE]`:
+//! `kube-double [--listen ADDR] [--ready-delay-ms N] [--latency-ms N] [--kubeconfig FILE]`:
 //! serves the Kubernetes API test double until Ctrl-C. Prints the URL; with
 //! `--kubeconfig`, writes a kubeconfig pointing at it. See the library's
 //! documentation for what it does and does not model.
@@ -15,10 +15,10 @@ async fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = match arg.as_str() {
-            "--listen" | "--ready-delay-ms" | "--kubeconfig" => args.next(),
+            "--listen" | "--ready-delay-ms" | "--latency-ms" | "--kubeconfig" => args.next(),
             "-h" | "--help" => {
                 println!(
-                    "usage: kube-double [--listen ADDR] [--ready-delay-ms N] [--kubeconfig FILE]"
+                    "usage: kube-double [--listen ADDR] [--ready-delay-ms N] [--latency-ms N] [--kubeconfig FILE]"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -37,6 +37,13 @@ async fn main() -> ExitCode {
                 Ok(ms) => config.ready_delay = Duration::from_millis(ms),
                 Err(_) => {
                     eprintln!("kube-double: --ready-delay-ms takes milliseconds, not `{value}`");
+                    return ExitCode::from(2);
+                }
+            },
+            "--latency-ms" => match value.parse() {
+                Ok(ms) => config.latency = Duration::from_millis(ms),
+                Err(_) => {
+                    eprintln!("kube-double: --latency-ms takes milliseconds, not `{value}`");
                     return ExitCode::from(2);
                 }
             },

@@ -14,7 +14,8 @@
 //! holds it, and the answer names the holder and since when); renewed in the
 //! background while held; an expired lease (its holder died without
 //! releasing) is taken over with an optimistic replace on its
-//! `resourceVersion`, so two takers cannot both win.
+//! `resourceVersion`, so two takers cannot both win. So is a lease held by
+//! a process of this machine that is gone (`user@host/pid`, no such pid).
 
 use crate::cluster::{FIELD_MANAGER, is_not_found, step_error};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -101,6 +102,22 @@ fn expiry(lease: &Lease) -> Option<jiff::Timestamp> {
     renewed
         .checked_add(jiff::SignedDuration::from_secs(secs))
         .ok()
+}
+
+/// Held by a process of this machine that no longer exists (killed before
+/// it could release), as the core's local lock judges it: waiting for the
+/// expiry would only delay the next run on the same machine.
+fn is_orphaned(holder: &str) -> bool {
+    let Some((user_host, pid)) = holder.rsplit_once('/') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    let ours = taskctl_core::state::holder();
+    user_host == ours
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl ClusterLock {
@@ -211,7 +228,12 @@ impl ClusterLock {
             .as_ref()
             .and_then(|s| s.holder_identity.as_deref())
             == Some(self.holder.as_str());
-        let expired = expiry(&current).is_none_or(|t| t <= now());
+        let holder = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            .unwrap_or_default();
+        let expired = expiry(&current).is_none_or(|t| t <= now()) || is_orphaned(holder);
         if !ours && !expired {
             return Err(self.held(&current));
         }

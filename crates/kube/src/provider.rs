@@ -16,8 +16,9 @@
 //!
 //! Before its first change, a step takes the environment's Lease in the
 //! cluster ([`crate::lock`]); the provider keeps it (renewed) until
-//! [`KubernetesProvider::release_locks`] or until it is dropped, after which
-//! it expires.
+//! [`KubernetesProvider::release_locks`] or until it is dropped (which
+//! releases it too, from a multi-threaded runtime); a killed process's lease
+//! expires, or is taken over at once by the next run on the same machine.
 
 use crate::cluster::{self, step_error};
 use crate::diff::diff;
@@ -127,6 +128,33 @@ impl Shared {
             }
             Err(LockError::Api(e)) => Err(e),
         }
+    }
+}
+
+impl Drop for Shared {
+    /// Releases the leases still held when the provider goes away, so the
+    /// next deploy need not wait for their expiry. Only possible from a
+    /// multi-threaded runtime (taskctl's); elsewhere the leases expire.
+    fn drop(&mut self) {
+        let held = std::mem::take(self.locks.get_mut());
+        if held.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                for guard in held.into_values() {
+                    if let Err(e) = guard.release().await {
+                        tracing::warn!("cannot release the cluster lease: {e}");
+                    }
+                }
+            })
+        });
     }
 }
 

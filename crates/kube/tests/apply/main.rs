@@ -48,7 +48,7 @@ impl Cluster {
     async fn start() -> Cluster {
         let double = KubeDouble::start(Config {
             ready_delay: Duration::from_millis(20),
-            nodes: 3,
+            ..Config::default()
         })
         .await
         .expect("the double listens on loopback");
@@ -650,4 +650,65 @@ fn base64_decode(s: &str) -> Vec<u8> {
     let b: k8s_openapi::ByteString =
         serde_json::from_value(Value::String(s.into())).expect("base64");
     b.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_going_away_releases_its_lease_and_a_dead_holder_on_this_machine_is_taken_over()
+{
+    let c = Cluster::start().await;
+    let profile = production();
+    let environment = taskctl_kube::provider::environment_label(&profile);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), SYSTEM_NAMESPACE);
+    let name = format!("taskctl-lock-{environment}");
+    {
+        let provider = c.provider(options());
+        let store = Arc::new(LocalStore::new(
+            c.state.path(),
+            &ops::environment_key(&profile),
+        ));
+        let outcome = ops::deploy(
+            &profile,
+            &provider,
+            store,
+            Arc::new(Discard),
+            DeployOptions {
+                scope: Scope::all(),
+                parallelism: 4,
+                dry_run: false,
+                saved_plan: None,
+                grace: Duration::from_secs(5),
+                retry: RetryPolicy::default(),
+                cancel: CancellationToken::new(),
+                skip_preflight: true,
+            },
+            &|_| true,
+        )
+        .await
+        .unwrap();
+        succeeded(&outcome);
+        assert!(
+            leases.get_opt(&name).await.unwrap().is_some(),
+            "held during the run"
+        );
+    }
+    assert!(
+        leases.get_opt(&name).await.unwrap().is_none(),
+        "released on drop"
+    );
+
+    // A lease of a process of this machine that is gone, renewed just now.
+    let dead = format!("{}/999999999", taskctl_core::state::holder());
+    let now = jiff::Timestamp::now().to_string();
+    let lease: k8s_openapi::api::coordination::v1::Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE},
+        "spec": {"holderIdentity": dead, "acquireTime": now, "renewTime": now, "leaseDurationSeconds": 600},
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let provider = c.provider(options());
+    let mut changed = production();
+    changed.agents[0].replicas = 4;
+    succeeded(&c.deploy(&provider, &changed).await);
 }
