@@ -5,6 +5,7 @@
 
 mod aws;
 mod harness;
+mod kubernetes;
 mod render;
 mod schema;
 mod state;

@@ -53,6 +53,10 @@ pub async fn client_from_kubeconfig(
             path: path.map(|p| p.display().to_string()),
             source,
         })?;
+    // With both of rustls' crypto providers compiled in (the AWS SDK brings
+    // aws-lc-rs), rustls will not pick one and the client would panic.
+    // Installing fails only when one is installed already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(Client::try_from(config)?)
 }
 
