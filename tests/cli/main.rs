@@ -5,6 +5,7 @@
 
 mod aws;
 mod harness;
+mod kubernetes;
 mod releases;
 mod render;
 mod schema;

@@ -11,16 +11,28 @@
 //!   any field the type does not know.
 //! - [`readiness`]: pure functions saying why an object is not ready yet.
 //!
-//! This crate does no I/O beyond reading the templates directory: applying
-//! objects to a cluster is the caller's job.
+//! - [`provider::KubernetesProvider`]: the `kubernetes` target: one engine
+//!   step per apply level, server-side apply, readiness waits, prune
+//!   ([`provider`]), releases kept as Secrets in the cluster ([`release`]),
+//!   one deploy at a time per environment through a Lease ([`lock`]).
+//!
+//! Rendering, checking and readiness do no I/O beyond reading the
+//! templates; [`cluster`] is where the `kube` client is used.
 
+pub mod cluster;
+pub mod diff;
+pub mod lock;
 pub mod manifest;
+pub mod provider;
 pub mod readiness;
+pub mod release;
 pub mod render;
+pub mod resources;
 pub mod schema;
 pub mod template_helpers;
 pub mod view;
 
 pub use manifest::{ApplyLevel, Manifest, to_yaml_stream};
+pub use provider::{KubeOptions, KubernetesProvider};
 pub use render::{RenderError, Renderer, render};
 pub use schema::{SchemaError, check};

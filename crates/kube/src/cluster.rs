@@ -1,0 +1,175 @@
+//! The connection to a cluster: a `kube` client from a kubeconfig, and the
+//! few calls taskctl makes on rendered objects (GET, server-side apply,
+//! LIST by label, DELETE), with errors mapped once to the engine's kinds.
+
+use crate::manifest::Manifest;
+use crate::resources::{self, Known};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::Value;
+use std::path::Path;
+use taskctl_core::engine::{ErrorKind, StepError};
+
+/// The field manager of every apply taskctl makes.
+pub const FIELD_MANAGER: &str = "taskctl";
+
+/// Why a cluster could not be reached or configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read the kubeconfig{}: {source}", path.as_ref().map(|p| format!(" `{p}`")).unwrap_or_default())]
+    Kubeconfig {
+        path: Option<String>,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot make a Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from a kubeconfig file (`path`, else `KUBECONFIG`, else
+/// `~/.kube/config`) and a context (else the current one), as kubectl
+/// chooses them.
+pub async fn client_from_kubeconfig(
+    path: Option<&Path>,
+    context: Option<&str>,
+) -> Result<Client, ClusterError> {
+    let kubeconfig = match path {
+        Some(p) => Kubeconfig::read_from(p),
+        None => Kubeconfig::read(),
+    }
+    .map_err(|source| ClusterError::Kubeconfig {
+        path: path.map(|p| p.display().to_string()),
+        source,
+    })?;
+    let options = KubeConfigOptions {
+        context: context.map(str::to_string),
+        cluster: None,
+        user: None,
+    };
+    let config = Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map_err(|source| ClusterError::Kubeconfig {
+            path: path.map(|p| p.display().to_string()),
+            source,
+        })?;
+    // With both of rustls' crypto providers compiled in (the AWS SDK brings
+    // aws-lc-rs), rustls will not pick one and the client would panic.
+    // Installing fails only when one is installed already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(Client::try_from(config)?)
+}
+
+/// The engine's view of a client error. Conflicts keep the server's words
+/// (they name the conflicting manager and fields).
+pub fn step_error(what: &str, e: kube::Error) -> StepError {
+    match e {
+        kube::Error::Api(status) => {
+            let kind = match status.code {
+                404 => ErrorKind::NotFound,
+                409 if status.reason == "AlreadyExists" => ErrorKind::AlreadyExists,
+                409 => ErrorKind::Conflict,
+                401 | 403 => ErrorKind::Denied,
+                429 => ErrorKind::Throttled,
+                400 | 415 | 422 => ErrorKind::Invalid,
+                c if c >= 500 => ErrorKind::Transient,
+                _ => ErrorKind::Other,
+            };
+            StepError::new(kind, format!("{what}: {}", status.message))
+        }
+        e @ (kube::Error::HyperError(_) | kube::Error::Service(_)) => {
+            StepError::new(ErrorKind::Transient, format!("{what}: {e}"))
+        }
+        e => StepError::new(ErrorKind::Other, format!("{what}: {e}")),
+    }
+}
+
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// The API of a known kind, in `namespace` when it is namespaced (all
+/// namespaces when `None`).
+pub fn api(client: &Client, known: &Known, namespace: Option<&str>) -> Api<DynamicObject> {
+    let ar = known.api_resource();
+    match (known.namespaced, namespace) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        (true, None) => Api::all_with(client.clone(), &ar),
+        (false, _) => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// The API of a rendered object.
+pub fn api_of(client: &Client, m: &Manifest) -> Result<Api<DynamicObject>, StepError> {
+    let known = resources::lookup(&m.api_version, &m.kind).ok_or_else(|| {
+        StepError::new(
+            ErrorKind::Invalid,
+            format!(
+                "{}: taskctl does not know the resource of {} {}",
+                m.id(),
+                m.api_version,
+                m.kind
+            ),
+        )
+    })?;
+    Ok(api(client, &known, m.namespace.as_deref()))
+}
+
+/// The live object, or `None`.
+pub async fn get(client: &Client, m: &Manifest) -> Result<Option<Value>, StepError> {
+    let api = api_of(client, m)?;
+    match api.get_opt(&m.name).await {
+        Ok(o) => Ok(o.map(|o| serde_json::to_value(o).unwrap_or(Value::Null))),
+        Err(e) => Err(step_error(&m.id(), e)),
+    }
+}
+
+/// Server-side apply of a rendered object as `taskctl`; `force` takes over
+/// fields another manager owns.
+pub async fn apply(client: &Client, m: &Manifest, force: bool) -> Result<Value, StepError> {
+    let api = api_of(client, m)?;
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    if force {
+        params = params.force();
+    }
+    match api.patch(&m.name, &params, &Patch::Apply(&m.value)).await {
+        Ok(o) => Ok(serde_json::to_value(o).unwrap_or(Value::Null)),
+        Err(e) => {
+            let mut err = step_error(&m.id(), e);
+            if err.kind == ErrorKind::Conflict && !force {
+                err.message.push_str(
+                    " (another field manager owns these fields; deploy with the provider's force_conflicts option to take them over)",
+                );
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Objects of a kind carrying the labels of `selector`.
+pub async fn list(
+    client: &Client,
+    known: &Known,
+    selector: &str,
+) -> Result<Vec<DynamicObject>, StepError> {
+    let api = api(client, known, None);
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .map(|l| l.items)
+        .map_err(|e| step_error(&format!("listing {}", known.plural), e))
+}
+
+/// Deletes an object; gone already is fine.
+pub async fn delete(
+    client: &Client,
+    known: &Known,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(), StepError> {
+    let api = api(client, known, namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(step_error(&format!("deleting {} {name}", known.kind), e)),
+    }
+}

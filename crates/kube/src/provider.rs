@@ -1,0 +1,905 @@
+//! The `kubernetes` target: the rendered manifests applied to a cluster.
+//!
+//! One engine step per [`ApplyLevel`] (`kubernetes/namespaces`,
+//! `kubernetes/rbac`, … `kubernetes/autoscalers`), each depending on the
+//! previous one, then `kubernetes/prune`. Within a level, objects are
+//! independent by construction, so a step applies them in parallel
+//! (bounded by [`KubeOptions::parallelism`]) by server-side apply as field
+//! manager `taskctl`, then waits until its workloads are ready, failing
+//! fast on pods that will not heal by waiting (CrashLoopBackOff, image pull
+//! errors) and on failed Jobs.
+//!
+//! `plan` reads every object and compares the rendered one with what is
+//! live on the fields taskctl sets ([`crate::diff`]); only objects that
+//! differ are applied, so an upgrade that changes one value sends one
+//! PATCH.
+//!
+//! Before its first change, a step takes the environment's Lease in the
+//! cluster ([`crate::lock`]); the provider keeps it (renewed) until
+//! [`KubernetesProvider::release_locks`] or until it is dropped (which
+//! releases it too, from a multi-threaded runtime); a killed process's lease
+//! expires, or is taken over at once by the next run on the same machine.
+
+use crate::cluster::{self, step_error};
+use crate::diff::diff;
+use crate::lock::{ClusterLock, LeaseGuard, LockError};
+use crate::manifest::{ApplyLevel, Manifest};
+use crate::readiness::{self, Readiness};
+use crate::release::KubeReleaseStore;
+use crate::resources::{self, Known};
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use taskctl_core::Severity;
+use taskctl_core::engine::{
+    Action, Change, ErrorKind, FieldDiff, Outputs, Step, StepContext, StepError, StepId, StepPlan,
+};
+use taskctl_core::ops::{Finding, Layer, OpsError, Provider, ReleaseFacts, Scope};
+use taskctl_core::profile::Profile;
+use taskctl_core::release::ReleaseStore;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// The label every rendered object carries: `<name>.<env>`.
+pub const ENVIRONMENT_LABEL: &str = "taskctl.dev/environment";
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by=taskctl";
+
+/// How the provider applies.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// The templates directory the manifests are rendered from.
+    pub templates: PathBuf,
+    /// Take over fields another field manager owns instead of failing
+    /// with the conflict (`kubectl apply --server-side --force-conflicts`).
+    pub force_conflicts: bool,
+    /// Let prune delete PersistentVolumeClaims, PersistentVolumes, CRDs,
+    /// Namespaces and Secrets too.
+    pub prune_all: bool,
+    /// Objects applied or read at once within a level.
+    pub parallelism: usize,
+    /// How long a level may take, readiness included.
+    pub step_timeout: Duration,
+    /// How often readiness is polled.
+    pub poll_interval: Duration,
+    /// How long the cluster Lease outlives its last renewal.
+    pub lock_ttl: Duration,
+    /// Who holds the Lease; `user@host/pid` when `None`.
+    pub holder: Option<String>,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            templates: PathBuf::from("templates"),
+            force_conflicts: false,
+            prune_all: false,
+            parallelism: 8,
+            step_timeout: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(2),
+            lock_ttl: Duration::from_secs(120),
+            holder: None,
+        }
+    }
+}
+
+struct Shared {
+    client: Client,
+    options: KubeOptions,
+    /// Environment label → the Lease held for it.
+    locks: tokio::sync::Mutex<BTreeMap<String, LeaseGuard>>,
+}
+
+impl Shared {
+    fn lock_for(&self, environment: &str) -> ClusterLock {
+        match &self.options.holder {
+            Some(h) => ClusterLock::with_holder(
+                self.client.clone(),
+                environment,
+                self.options.lock_ttl,
+                h.clone(),
+            ),
+            None => ClusterLock::new(self.client.clone(), environment, self.options.lock_ttl),
+        }
+    }
+
+    /// Takes the environment's Lease unless this provider holds it already.
+    async fn ensure_locked(&self, environment: &str) -> Result<(), StepError> {
+        let mut locks = self.locks.lock().await;
+        if locks.contains_key(environment) {
+            return Ok(());
+        }
+        match self.lock_for(environment).acquire().await {
+            Ok(guard) => {
+                locks.insert(environment.to_string(), guard);
+                Ok(())
+            }
+            Err(e @ LockError::Held { .. }) => {
+                Err(StepError::new(ErrorKind::Conflict, e.to_string()))
+            }
+            Err(LockError::Api(e)) => Err(e),
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// Releases the leases still held when the provider goes away, so the
+    /// next deploy need not wait for their expiry. Only possible from a
+    /// multi-threaded runtime (taskctl's); elsewhere the leases expire.
+    fn drop(&mut self) {
+        let held = std::mem::take(self.locks.get_mut());
+        if held.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                for guard in held.into_values() {
+                    if let Err(e) = guard.release().await {
+                        tracing::warn!("cannot release the cluster lease: {e}");
+                    }
+                }
+            })
+        });
+    }
+}
+
+/// The provider of the `kubernetes` target.
+pub struct KubernetesProvider {
+    shared: Arc<Shared>,
+}
+
+impl KubernetesProvider {
+    /// Connects with the kubeconfig (`KUBECONFIG` or `~/.kube/config`) and
+    /// the profile's `target.kubernetes.context`.
+    pub async fn connect(profile: &Profile, options: KubeOptions) -> Result<Self, OpsError> {
+        let context = profile
+            .target
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.context.as_deref());
+        let client = cluster::client_from_kubeconfig(None, context)
+            .await
+            .map_err(|e| OpsError::Provider(e.to_string()))?;
+        Ok(Self::with_client(client, options))
+    }
+
+    pub fn with_client(client: Client, options: KubeOptions) -> Self {
+        KubernetesProvider {
+            shared: Arc::new(Shared {
+                client,
+                options,
+                locks: tokio::sync::Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// Releases every Lease this provider holds (at the end of a run).
+    pub async fn release_locks(&self) -> Result<(), OpsError> {
+        let held: Vec<LeaseGuard> = std::mem::take(&mut *self.shared.locks.lock().await)
+            .into_values()
+            .collect();
+        for guard in held {
+            guard
+                .release()
+                .await
+                .map_err(|e| OpsError::Provider(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The manifests of `profile`, rendered and schema-checked.
+    pub fn manifests(&self, profile: &Profile) -> Result<Vec<Manifest>, OpsError> {
+        let manifests = crate::render(profile, &self.shared.options.templates)
+            .map_err(|e| OpsError::Provider(error_chain(&e)))?;
+        for m in &manifests {
+            crate::check(m).map_err(|e| OpsError::Provider(error_chain(&e)))?;
+        }
+        Ok(manifests)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `<name>.<env>`, the value of [`ENVIRONMENT_LABEL`].
+pub fn environment_label(profile: &Profile) -> String {
+    format!("{}.{}", profile.metadata.name, profile.metadata.environment)
+}
+
+/// The layer a rendered object belongs to: the agents' templates are the
+/// agents layer, everything else the services.
+fn layer_of(m: &Manifest) -> Layer {
+    if m.template.starts_with("agent/") {
+        Layer::Agents
+    } else {
+        Layer::Services
+    }
+}
+
+#[async_trait]
+impl Provider for KubernetesProvider {
+    fn name(&self) -> &str {
+        "kubernetes"
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        vec![Layer::Services, Layer::Agents]
+    }
+
+    async fn preflight(&self, profile: &Profile) -> Result<Vec<Finding>, OpsError> {
+        let mut findings = Vec::new();
+        match self.shared.client.apiserver_version().await {
+            Ok(v) => findings.push(Finding {
+                severity: Severity::Note,
+                check: "kubernetes-api".into(),
+                message: format!("API server {} answers", v.git_version),
+            }),
+            Err(e) => findings.push(Finding {
+                severity: Severity::Error,
+                check: "kubernetes-api".into(),
+                message: format!("the API server does not answer: {e}"),
+            }),
+        }
+        if let Err(e) = self.manifests(profile) {
+            findings.push(Finding {
+                severity: Severity::Error,
+                check: "manifests".into(),
+                message: e.to_string(),
+            });
+        }
+        Ok(findings)
+    }
+
+    fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
+        let manifests = self.manifests(profile)?;
+        let environment = environment_label(profile);
+        let mut by_level: BTreeMap<ApplyLevel, Vec<Manifest>> = BTreeMap::new();
+        for m in manifests.iter().filter(|m| scope.includes(layer_of(m))) {
+            by_level.entry(m.level).or_default().push(m.clone());
+        }
+        let mut steps: Vec<Arc<dyn Step>> = Vec::new();
+        let mut previous: Option<StepId> = None;
+        for (level, manifests) in by_level {
+            let id = StepId::new(format!("kubernetes/{level}"));
+            steps.push(Arc::new(LevelStep {
+                id: id.clone(),
+                depends: previous.iter().cloned().collect(),
+                environment: environment.clone(),
+                manifests,
+                shared: self.shared.clone(),
+                planned: Mutex::new(None),
+            }));
+            previous = Some(id);
+        }
+        // Pruning needs the whole render: with `--only`, what is not
+        // rendered may just be out of scope.
+        if scope.includes(Layer::Services) && scope.includes(Layer::Agents) {
+            let rendered = manifests
+                .iter()
+                .map(|m| ObjectKey {
+                    api_version: m.api_version.clone(),
+                    kind: m.kind.clone(),
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                })
+                .collect();
+            steps.push(Arc::new(PruneStep {
+                id: StepId::new("kubernetes/prune"),
+                depends: previous.iter().cloned().collect(),
+                environment,
+                rendered,
+                shared: self.shared.clone(),
+            }));
+        }
+        Ok(steps)
+    }
+
+    fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
+        Some(Arc::new(KubeReleaseStore::new(
+            self.shared.client.clone(),
+            &environment_label(profile),
+        )))
+    }
+
+    async fn observe_release(&self, profile: &Profile) -> Result<ReleaseFacts, OpsError> {
+        observe(&self.shared.client, &environment_label(profile))
+            .await
+            .map_err(|e| OpsError::Provider(e.to_string()))
+    }
+}
+
+/// Runs `f` on every item, at most `limit` at once; results in item order.
+async fn bounded<I, T, F, Fut>(limit: usize, items: Vec<I>, f: F) -> Vec<T>
+where
+    F: Fn(I) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let semaphore = Arc::new(Semaphore::new(limit.max(1)));
+    let mut set = JoinSet::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let fut = f(item);
+        let semaphore = semaphore.clone();
+        set.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            (i, fut.await)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(r) => out.push(r),
+            // A panicking task is a bug; surface it rather than lose it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {}
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, t)| t).collect()
+}
+
+/// What one object of a level needs.
+#[derive(Debug, Clone)]
+struct ObjectPlan {
+    action: Action,
+    diffs: Vec<FieldDiff>,
+}
+
+struct LevelStep {
+    id: StepId,
+    depends: Vec<StepId>,
+    environment: String,
+    manifests: Vec<Manifest>,
+    shared: Arc<Shared>,
+    /// The last plan, so `apply` patches what `plan` found different
+    /// without reading every object again (the engine plans right before
+    /// it applies).
+    planned: Mutex<Option<Vec<ObjectPlan>>>,
+}
+
+impl LevelStep {
+    async fn plan_objects(&self) -> Result<Vec<ObjectPlan>, StepError> {
+        let client = self.shared.client.clone();
+        let results = bounded(
+            self.shared.options.parallelism,
+            self.manifests.clone(),
+            move |m| {
+                let client = client.clone();
+                async move {
+                    let live = cluster::get(&client, &m).await?;
+                    Ok::<_, StepError>(match live {
+                        None => ObjectPlan {
+                            action: Action::Create,
+                            diffs: Vec::new(),
+                        },
+                        Some(live) => {
+                            let diffs = diff(&m.kind, &m.value, &live);
+                            ObjectPlan {
+                                action: if diffs.is_empty() {
+                                    Action::NoOp
+                                } else {
+                                    Action::Update
+                                },
+                                diffs,
+                            }
+                        }
+                    })
+                }
+            },
+        )
+        .await;
+        results.into_iter().collect()
+    }
+
+    fn change(&self, plans: &[ObjectPlan]) -> Change {
+        let created: Vec<&Manifest> = self
+            .manifests
+            .iter()
+            .zip(plans)
+            .filter(|(_, p)| p.action == Action::Create)
+            .map(|(m, _)| m)
+            .collect();
+        let updated: Vec<(&Manifest, &ObjectPlan)> = self
+            .manifests
+            .iter()
+            .zip(plans)
+            .filter(|(_, p)| p.action == Action::Update)
+            .collect();
+        if created.is_empty() && updated.is_empty() {
+            return Change {
+                action: Action::NoOp,
+                diffs: Vec::new(),
+                reason: format!("{} objects up to date", self.manifests.len()),
+            };
+        }
+        let mut diffs = Vec::new();
+        for m in &created {
+            diffs.push(FieldDiff::new(m.id(), "(absent)", "(created)"));
+        }
+        for (m, p) in &updated {
+            for d in &p.diffs {
+                diffs.push(FieldDiff::new(
+                    format!("{}: {}", m.id(), d.field),
+                    &d.from,
+                    &d.to,
+                ));
+            }
+        }
+        let mut parts = Vec::new();
+        if !created.is_empty() {
+            parts.push(format!("{} to create", created.len()));
+        }
+        if !updated.is_empty() {
+            let names: Vec<String> = updated.iter().map(|(m, _)| m.id()).collect();
+            parts.push(format!(
+                "{} to update ({})",
+                updated.len(),
+                names.join(", ")
+            ));
+        }
+        Change {
+            action: if updated.is_empty() && created.len() == self.manifests.len() {
+                Action::Create
+            } else {
+                Action::Update
+            },
+            diffs,
+            reason: format!("{} of {} objects", parts.join(", "), self.manifests.len()),
+        }
+    }
+
+    /// Polls the level's workloads until all are ready; fails at the first
+    /// that cannot become ready by waiting.
+    async fn wait_ready(&self, ctx: &StepContext) -> Result<(), StepError> {
+        let waited: Vec<&Manifest> = self
+            .manifests
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.kind.as_str(),
+                    "Deployment" | "StatefulSet" | "DaemonSet" | "Job"
+                )
+            })
+            .collect();
+        if waited.is_empty() {
+            return Ok(());
+        }
+        let mut pending: Vec<&Manifest> = waited.clone();
+        loop {
+            let mut still = Vec::new();
+            let mut first_reason = None;
+            for m in pending {
+                match readiness_of(&self.shared.client, m).await? {
+                    Readiness::Ready => {}
+                    Readiness::Failed(why) => {
+                        return Err(StepError::new(
+                            ErrorKind::Other,
+                            format!("{}: {why}", m.id()),
+                        ));
+                    }
+                    Readiness::NotReady(why) => {
+                        first_reason.get_or_insert_with(|| format!("{}: {why}", m.id()));
+                        still.push(m);
+                    }
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
+            }
+            ctx.progress(&format!(
+                "{} of {} ready; {}",
+                waited.len() - still.len(),
+                waited.len(),
+                first_reason.unwrap_or_default()
+            ));
+            pending = still;
+            tokio::select! {
+                _ = tokio::time::sleep(self.shared.options.poll_interval) => {}
+                _ = ctx.cancelled().cancelled() => {
+                    return Err(StepError::new(ErrorKind::Cancelled, "interrupted while waiting for readiness"));
+                }
+            }
+        }
+    }
+}
+
+/// Readiness of one workload; for a workload not ready yet, the first of its
+/// pods that will not start turns it into a failure.
+async fn readiness_of(client: &Client, m: &Manifest) -> Result<Readiness, StepError> {
+    let Some(live) = cluster::get(client, m).await? else {
+        return Ok(Readiness::NotReady("not found yet".into()));
+    };
+    let parse_error = |e: serde_json::Error| {
+        StepError::new(
+            ErrorKind::Other,
+            format!("{}: unexpected object from the API server: {e}", m.id()),
+        )
+    };
+    let readiness = match m.kind.as_str() {
+        "Deployment" => readiness::deployment(
+            &serde_json::from_value::<Deployment>(live.clone()).map_err(parse_error)?,
+        ),
+        "StatefulSet" => readiness::stateful_set(
+            &serde_json::from_value::<StatefulSet>(live.clone()).map_err(parse_error)?,
+        ),
+        "DaemonSet" => readiness::daemon_set(
+            &serde_json::from_value::<DaemonSet>(live.clone()).map_err(parse_error)?,
+        ),
+        "Job" => readiness::job(&serde_json::from_value::<Job>(live.clone()).map_err(parse_error)?),
+        _ => Readiness::Ready,
+    };
+    if !matches!(readiness, Readiness::NotReady(_)) || m.kind == "Job" {
+        return Ok(readiness);
+    }
+    let Some(labels) = live
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+    else {
+        return Ok(readiness);
+    };
+    let selector: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let namespace = m.namespace.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pods = pods
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await
+        .map_err(|e| step_error(&format!("pods of {}", m.id()), e))?;
+    if let Some(failure) = pods.items.iter().find_map(readiness::pod_failure) {
+        return Ok(Readiness::Failed(failure.to_string()));
+    }
+    Ok(readiness)
+}
+
+#[async_trait]
+impl Step for LevelStep {
+    fn id(&self) -> &StepId {
+        &self.id
+    }
+
+    fn kind(&self) -> &str {
+        "kubernetes-level"
+    }
+
+    fn depends_on(&self) -> Vec<StepId> {
+        self.depends.clone()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.shared.options.step_timeout
+    }
+
+    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+        let plans = self.plan_objects().await?;
+        let change = self.change(&plans);
+        *self.planned.lock().unwrap_or_else(|e| e.into_inner()) = Some(plans);
+        Ok(StepPlan {
+            change,
+            outputs: Outputs::from([("objects".into(), self.manifests.len().to_string())]),
+        })
+    }
+
+    async fn apply(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<Outputs, StepError> {
+        self.shared.ensure_locked(&self.environment).await?;
+        let cached = self
+            .planned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let plans = match cached {
+            Some(p) => p,
+            None => self.plan_objects().await?,
+        };
+        let changed: Vec<Manifest> = self
+            .manifests
+            .iter()
+            .zip(&plans)
+            .filter(|(_, p)| p.action.is_change())
+            .map(|(m, _)| m.clone())
+            .collect();
+        ctx.progress(&format!(
+            "applying {} of {} objects",
+            changed.len(),
+            self.manifests.len()
+        ));
+        let client = self.shared.client.clone();
+        let force = self.shared.options.force_conflicts;
+        let results = bounded(self.shared.options.parallelism, changed.clone(), move |m| {
+            let client = client.clone();
+            async move { cluster::apply(&client, &m, force).await }
+        })
+        .await;
+        let errors: Vec<StepError> = results.into_iter().filter_map(Result::err).collect();
+        if let Some(first) = errors.first() {
+            let mut err = first.clone();
+            if errors.len() > 1 {
+                err.message = format!(
+                    "{} (and {} more failed applies)",
+                    err.message,
+                    errors.len() - 1
+                );
+            }
+            return Err(err);
+        }
+        self.wait_ready(ctx).await?;
+        Ok(Outputs::from([
+            ("objects".into(), self.manifests.len().to_string()),
+            ("applied".into(), changed.len().to_string()),
+        ]))
+    }
+
+    async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
+        self.shared.ensure_locked(&self.environment).await?;
+        for m in self.manifests.iter().rev() {
+            let Some(known) = resources::lookup(&m.api_version, &m.kind) else {
+                continue;
+            };
+            if known.is_protected() && !self.shared.options.prune_all {
+                continue;
+            }
+            cluster::delete(&self.shared.client, &known, m.namespace.as_deref(), &m.name).await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ObjectKey {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+}
+
+impl ObjectKey {
+    fn id(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// Deletes what the environment's label finds and the render no longer has.
+struct PruneStep {
+    id: StepId,
+    depends: Vec<StepId>,
+    environment: String,
+    rendered: BTreeSet<ObjectKey>,
+    shared: Arc<Shared>,
+}
+
+impl PruneStep {
+    async fn candidates(&self) -> Result<Vec<(Known, ObjectKey)>, StepError> {
+        let selector = format!("{ENVIRONMENT_LABEL}={},{MANAGED_BY}", self.environment);
+        let kinds: Vec<Known> = resources::known()
+            .into_iter()
+            .filter(|k| self.shared.options.prune_all || !k.is_protected())
+            .collect();
+        let client = self.shared.client.clone();
+        let lists = bounded(self.shared.options.parallelism, kinds, move |known| {
+            let client = client.clone();
+            let selector = selector.clone();
+            async move {
+                let items = cluster::list(&client, &known, &selector).await;
+                (known, items)
+            }
+        })
+        .await;
+        let mut out = Vec::new();
+        for (known, items) in lists {
+            let items = match items {
+                Ok(i) => i,
+                // A resource the cluster does not serve has nothing to prune.
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for o in items {
+                let key = ObjectKey {
+                    api_version: known.api_version.to_string(),
+                    kind: known.kind.to_string(),
+                    namespace: if known.namespaced {
+                        o.metadata.namespace.clone()
+                    } else {
+                        None
+                    },
+                    name: o.metadata.name.clone().unwrap_or_default(),
+                };
+                if !self.rendered.contains(&key) {
+                    out.push((known.clone(), key));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Step for PruneStep {
+    fn id(&self) -> &StepId {
+        &self.id
+    }
+
+    fn kind(&self) -> &str {
+        "kubernetes-prune"
+    }
+
+    fn depends_on(&self) -> Vec<StepId> {
+        self.depends.clone()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.shared.options.step_timeout
+    }
+
+    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+        let candidates = self.candidates().await?;
+        let change = if candidates.is_empty() {
+            Change {
+                action: Action::NoOp,
+                diffs: Vec::new(),
+                reason: "nothing left over from earlier renders".into(),
+            }
+        } else {
+            let ids: Vec<String> = candidates.iter().map(|(_, k)| k.id()).collect();
+            Change {
+                action: Action::Delete,
+                diffs: ids
+                    .iter()
+                    .map(|id| FieldDiff::new(id, "(present)", "(deleted)"))
+                    .collect(),
+                reason: format!("no longer rendered: {}", ids.join(", ")),
+            }
+        };
+        Ok(StepPlan {
+            change,
+            outputs: Outputs::new(),
+        })
+    }
+
+    async fn apply(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<Outputs, StepError> {
+        self.shared.ensure_locked(&self.environment).await?;
+        let candidates = self.candidates().await?;
+        for (known, key) in &candidates {
+            ctx.progress(&format!("deleting {}", key.id()));
+            cluster::delete(
+                &self.shared.client,
+                known,
+                key.namespace.as_deref(),
+                &key.name,
+            )
+            .await?;
+        }
+        Ok(Outputs::from([(
+            "pruned".into(),
+            candidates.len().to_string(),
+        )]))
+    }
+
+    async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
+        // The level steps delete what is rendered; nothing of its own.
+        Ok(())
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// What the environment runs: each workload's first image, pinned by the
+/// digest its pods report; a hash of each ConfigMap; the secret references
+/// the pod templates name.
+pub async fn observe(client: &Client, environment: &str) -> Result<ReleaseFacts, StepError> {
+    let selector = format!("{ENVIRONMENT_LABEL}={environment},{MANAGED_BY}");
+    let mut facts = ReleaseFacts::default();
+    let mut refs = BTreeSet::new();
+    for kind in ["Deployment", "StatefulSet", "DaemonSet"] {
+        let known = resources::lookup("apps/v1", kind).expect("a known kind");
+        for w in cluster::list(client, &known, &selector).await? {
+            let name = w.metadata.name.clone().unwrap_or_default();
+            let namespace = w.metadata.namespace.clone().unwrap_or_default();
+            let template = w
+                .data
+                .pointer("/spec/template")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let container = template.pointer("/spec/containers/0");
+            let spec_image = container
+                .and_then(|c| c.get("image"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let container_name = container
+                .and_then(|c| c.get("name"))
+                .and_then(Value::as_str);
+            let mut image = spec_image.clone();
+            if let Some(labels) = w
+                .data
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+            {
+                let selector: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+                let pods = pods
+                    .list(&ListParams::default().labels(&selector.join(",")))
+                    .await
+                    .map_err(|e| step_error(&format!("pods of {kind} {namespace}/{name}"), e))?;
+                let id = pods.items.iter().find_map(|p| {
+                    p.status
+                        .as_ref()?
+                        .container_statuses
+                        .as_ref()?
+                        .iter()
+                        .find(|c| Some(c.name.as_str()) == container_name)
+                        .map(|c| c.image_id.clone())
+                        .filter(|id| id.contains("@sha256:"))
+                });
+                if let Some(id) = id {
+                    image = id.trim_start_matches("docker-pullable://").to_string();
+                }
+            }
+            facts.images.insert(name.clone(), image);
+            if let Some(sources) = template
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get("taskctl.dev/secret-sources"))
+                .and_then(Value::as_str)
+            {
+                for pair in sources.split(',').filter(|p| !p.is_empty()) {
+                    if let Some((_, reference)) = pair.split_once('=') {
+                        refs.insert(reference.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let config_maps = resources::lookup("v1", "ConfigMap").expect("a known kind");
+    for c in cluster::list(client, &config_maps, &selector).await? {
+        let content = serde_json::json!({
+            "data": c.data.get("data"),
+            "binaryData": c.data.get("binaryData"),
+        });
+        facts.config_hashes.insert(
+            format!(
+                "configmap/{}/{}",
+                c.metadata.namespace.unwrap_or_default(),
+                c.metadata.name.unwrap_or_default()
+            ),
+            sha256_hex(content.to_string().as_bytes()),
+        );
+    }
+    facts.secret_refs = refs.into_iter().collect();
+    Ok(facts)
+}

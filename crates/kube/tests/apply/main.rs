@@ -1,0 +1,714 @@
+//! The Kubernetes provider against `kube-double`, the named test double of
+//! the API server (no real cluster can run here): fresh install in level
+//! order, upgrades that patch only what changed, fail-fast on crash loops,
+//! conflicts with other field managers, prune, releases, rollback and the
+//! cluster lock. Each test starts its own double on a random loopback port
+//! and reaches it through a kubeconfig file, as taskctl would.
+
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube_double::{Config, KubeDouble, RequestRecord};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use taskctl_core::engine::{Action, RetryPolicy, RunReport};
+use taskctl_core::events::{Discard, RunOutcome};
+use taskctl_core::ops::{self, DeployOptions, DeployOutcome, Layer, Provider, Scope};
+use taskctl_core::profile::{LoadOptions, Profile, load};
+use taskctl_core::release::{Release, ReleaseStatus, to_prune};
+use taskctl_core::state::LocalStore;
+use taskctl_kube::lock::{ClusterLock, SYSTEM_NAMESPACE};
+use taskctl_kube::{ApplyLevel, KubeOptions, KubernetesProvider, Manifest};
+use tokio_util::sync::CancellationToken;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn production() -> Profile {
+    let loaded = load(&LoadOptions {
+        files: vec![workspace().join("profiles/production.yaml")],
+        environment: Some("production".into()),
+        vars: &|_| None,
+    });
+    loaded
+        .valid_profile()
+        .expect("the shipped production profile is valid")
+        .clone()
+}
+
+struct Cluster {
+    double: KubeDouble,
+    client: Client,
+    state: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let double = KubeDouble::start(Config {
+            ready_delay: Duration::from_millis(20),
+            ..Config::default()
+        })
+        .await
+        .expect("the double listens on loopback");
+        let state = tempfile::tempdir().expect("a temporary directory");
+        let kubeconfig = state.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, double.kubeconfig()).expect("kubeconfig written");
+        let client =
+            taskctl_kube::cluster::client_from_kubeconfig(Some(&kubeconfig), Some("double"))
+                .await
+                .expect("a client from the kubeconfig");
+        Cluster {
+            double,
+            client,
+            state,
+        }
+    }
+
+    fn provider(&self, options: KubeOptions) -> KubernetesProvider {
+        KubernetesProvider::with_client(self.client.clone(), options)
+    }
+
+    async fn deploy(&self, provider: &KubernetesProvider, profile: &Profile) -> DeployOutcome {
+        self.run(provider, profile, false).await
+    }
+
+    async fn plan(&self, provider: &KubernetesProvider, profile: &Profile) -> RunReport {
+        self.run(provider, profile, true).await.plan
+    }
+
+    async fn run(
+        &self,
+        provider: &KubernetesProvider,
+        profile: &Profile,
+        dry_run: bool,
+    ) -> DeployOutcome {
+        let store = Arc::new(LocalStore::new(
+            self.state.path(),
+            &ops::environment_key(profile),
+        ));
+        let outcome = ops::deploy(
+            profile,
+            provider,
+            store,
+            Arc::new(Discard),
+            DeployOptions {
+                scope: Scope(vec![Layer::Services, Layer::Agents]),
+                parallelism: 4,
+                dry_run,
+                saved_plan: None,
+                grace: Duration::from_secs(5),
+                retry: RetryPolicy::default(),
+                cancel: CancellationToken::new(),
+                skip_preflight: false,
+            },
+            &|_| true,
+        )
+        .await
+        .expect("the deploy runs");
+        provider.release_locks().await.expect("locks released");
+        outcome
+    }
+
+    /// PATCHes of the rendered objects (not of taskctl's own namespace).
+    fn patches(&self) -> Vec<RequestRecord> {
+        self.double
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH" && !r.path.contains(SYSTEM_NAMESPACE))
+            .collect()
+    }
+}
+
+fn options() -> KubeOptions {
+    KubeOptions {
+        templates: workspace().join("templates"),
+        poll_interval: Duration::from_millis(20),
+        step_timeout: Duration::from_secs(120),
+        ..KubeOptions::default()
+    }
+}
+
+/// The API path of a rendered object, as the double stores it.
+fn path_of(m: &Manifest) -> String {
+    let known = taskctl_kube::resources::lookup(&m.api_version, &m.kind).expect("a known kind");
+    let prefix = if m.api_version.contains('/') {
+        format!("/apis/{}", m.api_version)
+    } else {
+        format!("/api/{}", m.api_version)
+    };
+    match &m.namespace {
+        Some(ns) => format!("{prefix}/namespaces/{ns}/{}/{}", known.plural, m.name),
+        None => format!("{prefix}/{}/{}", known.plural, m.name),
+    }
+}
+
+fn succeeded(outcome: &DeployOutcome) -> &RunReport {
+    let applied = outcome.applied.as_ref().expect("something was applied");
+    if let Some(failed) = applied.first_error() {
+        panic!("step {} failed: {:?}", failed.id, failed.error);
+    }
+    assert_eq!(applied.outcome, RunOutcome::Succeeded);
+    applied
+}
+
+fn agent_deployment(c: &Cluster) -> Value {
+    c.double
+        .object("/apis/apps/v1/namespaces/agent-system/deployments/task-executor")
+        .expect("the agent Deployment exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_install_applies_every_object_level_by_level_and_waits_for_readiness() {
+    let c = Cluster::start().await;
+    let provider = c.provider(options());
+    let profile = production();
+    let manifests = provider.manifests(&profile).expect("render");
+
+    let applied = succeeded(&c.deploy(&provider, &profile).await).clone();
+    let ids: Vec<&str> = applied.steps.iter().map(|s| s.id.0.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "kubernetes/namespaces",
+            "kubernetes/rbac",
+            "kubernetes/config",
+            "kubernetes/storage",
+            "kubernetes/workloads",
+            "kubernetes/autoscalers",
+            "kubernetes/prune"
+        ]
+    );
+
+    // Every object exists, and was applied exactly once.
+    for m in &manifests {
+        assert!(
+            c.double.object(&path_of(m)).is_some(),
+            "{} was not applied",
+            m.id()
+        );
+    }
+    let patches = c.patches();
+    assert_eq!(patches.len(), manifests.len());
+    assert!(patches.iter().all(|p| p.content_type.as_deref()
+        == Some("application/apply-patch+yaml")
+        && p.query.contains("fieldManager=taskctl")));
+
+    // Levels in order: the level of each PATCH never goes down.
+    let level_of = |path: &str| {
+        manifests
+            .iter()
+            .find(|m| path_of(m) == path)
+            .map(|m| m.level)
+            .expect("a rendered object")
+    };
+    let levels: Vec<ApplyLevel> = patches.iter().map(|p| level_of(&p.path)).collect();
+    assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{levels:?}");
+    let first_namespaced = levels
+        .iter()
+        .position(|l| *l > ApplyLevel::Namespaces)
+        .unwrap();
+    assert!(
+        levels[..first_namespaced]
+            .iter()
+            .all(|l| *l == ApplyLevel::Namespaces)
+    );
+
+    // Every workload is ready by the same rules `kubectl rollout status` uses.
+    for m in manifests.iter().filter(|m| m.kind == "Deployment") {
+        let live = c.double.object(&path_of(m)).unwrap();
+        let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(live).unwrap();
+        assert!(
+            taskctl_kube::readiness::deployment(&d).is_ready(),
+            "{}",
+            m.id()
+        );
+    }
+    for m in manifests.iter().filter(|m| m.kind == "StatefulSet") {
+        let live = c.double.object(&path_of(m)).unwrap();
+        let s: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(live).unwrap();
+        assert!(
+            taskctl_kube::readiness::stateful_set(&s).is_ready(),
+            "{}",
+            m.id()
+        );
+    }
+
+    // A second deploy finds nothing to do and sends no PATCH.
+    c.double.clear_requests();
+    let again = c.deploy(&provider, &profile).await;
+    assert!(again.applied.is_none(), "nothing should change");
+    assert!(!again.plan.has_changes());
+    assert!(c.patches().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_patches_only_the_objects_it_changes() {
+    let c = Cluster::start().await;
+    let provider = c.provider(options());
+    let mut profile = production();
+    succeeded(&c.deploy(&provider, &profile).await);
+
+    profile.agents[0].replicas = 5;
+    let plan = c.plan(&provider, &profile).await;
+    let changes: Vec<_> = plan.changes().collect();
+    assert_eq!(
+        changes.len(),
+        1,
+        "only the workloads level changes: {changes:?}"
+    );
+    assert_eq!(changes[0].id.0, "kubernetes/workloads");
+    let change = changes[0].change.as_ref().unwrap();
+    assert_eq!(change.action, Action::Update);
+    let fields: Vec<&str> = change.diffs.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["Deployment agent-system/task-executor: spec.replicas"]
+    );
+    assert_eq!(
+        (change.diffs[0].from.as_str(), change.diffs[0].to.as_str()),
+        ("3", "5")
+    );
+
+    c.double.clear_requests();
+    succeeded(&c.deploy(&provider, &profile).await);
+    let patches: Vec<String> = c.patches().into_iter().map(|p| p.path).collect();
+    assert_eq!(
+        patches,
+        ["/apis/apps/v1/namespaces/agent-system/deployments/task-executor"]
+    );
+    assert_eq!(agent_deployment(&c)["spec"]["replicas"], 5);
+    assert_eq!(agent_deployment(&c)["status"]["readyReplicas"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_rollout_fails_fast_naming_the_pod() {
+    let c = Cluster::start().await;
+    let provider = c.provider(options());
+    let mut profile = production();
+    succeeded(&c.deploy(&provider, &profile).await);
+
+    profile.agents[0].image = "task-executor:1.0.1-crashloop".into();
+    let outcome = c.deploy(&provider, &profile).await;
+    let applied = outcome.applied.expect("the upgrade was applied");
+    assert_eq!(applied.outcome, RunOutcome::Failed);
+    let failed = applied.first_error().expect("a failed step");
+    assert_eq!(failed.id.0, "kubernetes/workloads");
+    let message = &failed.error.as_ref().unwrap().message;
+    assert!(message.contains("CrashLoopBackOff"), "{message}");
+    assert!(
+        message.contains("Deployment agent-system/task-executor"),
+        "{message}"
+    );
+    assert!(message.contains("pod task-executor-"), "{message}");
+    // Fail fast: the step did not run into its timeout.
+    assert!(failed.duration < options().step_timeout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_owned_by_another_manager_is_a_conflict_unless_forced() {
+    let c = Cluster::start().await;
+    let provider = c.provider(options());
+    let profile = production();
+    succeeded(&c.deploy(&provider, &profile).await);
+
+    // Someone scales the agents by hand with server-side apply.
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(c.client.clone(), "agent-system");
+    let patch = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "task-executor"}, "spec": {"replicas": 7}});
+    api.patch(
+        "task-executor",
+        &PatchParams::apply("kubectl-edit").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .expect("the hand edit");
+
+    let outcome = c.deploy(&provider, &profile).await;
+    let applied = outcome.applied.expect("applied");
+    let failed = applied.first_error().expect("a conflict");
+    let message = &failed.error.as_ref().unwrap().message;
+    assert!(
+        message.contains("conflict with \"kubectl-edit\""),
+        "{message}"
+    );
+    assert!(message.contains(".spec.replicas"), "{message}");
+    assert!(message.contains("force_conflicts"), "{message}");
+    assert_eq!(agent_deployment(&c)["spec"]["replicas"], 7);
+
+    let forcing = c.provider(KubeOptions {
+        force_conflicts: true,
+        ..options()
+    });
+    succeeded(&c.deploy(&forcing, &profile).await);
+    assert_eq!(agent_deployment(&c)["spec"]["replicas"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_what_the_render_dropped_but_never_a_volume_claim() {
+    let c = Cluster::start().await;
+    let provider = c.provider(options());
+    let profile = production();
+    succeeded(&c.deploy(&provider, &profile).await);
+
+    // Objects of an earlier render of this environment: a ConfigMap the
+    // templates no longer produce, and a claim a StatefulSet made.
+    let environment = taskctl_kube::provider::environment_label(&profile);
+    let labels = json!({
+        "taskctl.dev/environment": environment,
+        "app.kubernetes.io/managed-by": "taskctl",
+    });
+    let params = PatchParams::apply("taskctl");
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(c.client.clone(), "agent-system");
+    config_maps
+        .patch(
+            "old-agent-config",
+            &params,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "old-agent-config", "labels": labels},
+                "data": {"a": "b"},
+            })),
+        )
+        .await
+        .expect("leftover ConfigMap");
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(c.client.clone(), "agent-system");
+    claims
+        .patch("data-old-0", &params, &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data-old-0", "labels": labels},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        })))
+        .await
+        .expect("leftover claim");
+    // Another environment's object is none of this one's business.
+    config_maps
+        .patch("staging-only", &params, &Patch::Apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "staging-only", "labels": {"taskctl.dev/environment": format!("{}.staging", profile.metadata.name), "app.kubernetes.io/managed-by": "taskctl"}},
+        })))
+        .await
+        .expect("other environment's ConfigMap");
+
+    let plan = c.plan(&provider, &profile).await;
+    let changes: Vec<_> = plan.changes().collect();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let change = changes[0].change.as_ref().unwrap();
+    assert_eq!(
+        (changes[0].id.0.as_str(), change.action),
+        ("kubernetes/prune", Action::Delete)
+    );
+    assert_eq!(change.diffs.len(), 1);
+    assert_eq!(
+        change.diffs[0].field,
+        "ConfigMap agent-system/old-agent-config"
+    );
+
+    succeeded(&c.deploy(&provider, &profile).await);
+    assert!(
+        c.double
+            .object("/api/v1/namespaces/agent-system/configmaps/old-agent-config")
+            .is_none()
+    );
+    assert!(
+        c.double
+            .object("/api/v1/namespaces/agent-system/persistentvolumeclaims/data-old-0")
+            .is_some()
+    );
+    assert!(
+        c.double
+            .object("/api/v1/namespaces/agent-system/configmaps/staging-only")
+            .is_some()
+    );
+
+    // With prune_all, the claim goes too.
+    let all = c.provider(KubeOptions {
+        prune_all: true,
+        ..options()
+    });
+    let plan = c.plan(&all, &profile).await;
+    let prune = plan
+        .changes()
+        .find(|s| s.id.0 == "kubernetes/prune")
+        .expect("prune planned");
+    let fields: Vec<&str> = prune
+        .change
+        .as_ref()
+        .unwrap()
+        .diffs
+        .iter()
+        .map(|d| d.field.as_str())
+        .collect();
+    assert!(
+        fields.contains(&"PersistentVolumeClaim agent-system/data-old-0"),
+        "{fields:?}"
+    );
+}
+
+async fn record(provider: &KubernetesProvider, profile: &Profile, revision: u32) -> Release {
+    let facts = provider.observe_release(profile).await.expect("observed");
+    Release {
+        revision,
+        environment: ops::environment_key(profile),
+        run_id: format!("run-{revision}"),
+        created_at: 1_700_000_000 + u64::from(revision),
+        status: ReleaseStatus::Deployed,
+        description: "deploy".into(),
+        images: facts.images,
+        config_hashes: facts.config_hashes,
+        secret_refs: facts.secret_refs,
+        profile: serde_json::to_value(profile).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_are_gzipped_secrets_and_rolling_back_applies_release_one() {
+    let c = Cluster::start().await;
+    let provider = c.provider(options());
+    let v1 = production();
+    succeeded(&c.deploy(&provider, &v1).await);
+    let store = provider.releases(&v1).expect("the cluster keeps releases");
+    let r1 = record(&provider, &v1, 1).await;
+    // The image is pinned by the digest the pods report.
+    let image = &r1.images["task-executor"];
+    assert!(image.starts_with("task-executor:1.0.0@sha256:"), "{image}");
+    assert!(
+        r1.config_hashes
+            .contains_key("configmap/agent-system/agent-config"),
+        "{:?}",
+        r1.config_hashes
+    );
+    store.put(&r1).await.expect("release 1 stored");
+
+    let mut v2 = v1.clone();
+    v2.agents[0].replicas = 6;
+    v2.agents[0].image = "task-executor:1.1.0".into();
+    succeeded(&c.deploy(&provider, &v2).await);
+    let mut superseded = r1.clone();
+    superseded.status = ReleaseStatus::Superseded;
+    store.put(&superseded).await.expect("release 1 superseded");
+    store
+        .put(&record(&provider, &v2, 2).await)
+        .await
+        .expect("release 2 stored");
+
+    // One Secret per revision, of the release type, labelled, gzipped.
+    let environment = taskctl_kube::provider::environment_label(&v1);
+    let secret = c
+        .double
+        .object(&format!(
+            "/api/v1/namespaces/taskctl-system/secrets/taskctl-release-{environment}-v1"
+        ))
+        .expect("release 1's Secret");
+    assert_eq!(secret["type"], "taskctl.dev/release.v1");
+    assert_eq!(
+        secret["metadata"]["labels"]["taskctl.dev/release-of"],
+        environment.as_str()
+    );
+    assert_eq!(secret["metadata"]["labels"]["taskctl.dev/revision"], "1");
+    let data = secret["data"]["release"].as_str().expect("base64 data");
+    let bytes = base64_decode(data);
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip magic");
+    let back = taskctl_kube::release::decode("test", &bytes).expect("a release");
+    assert_eq!(back, superseded);
+
+    // Rollback to 1: deploy release 1's pinned profile.
+    let current = store.current().await.unwrap().expect("a current release");
+    assert_eq!(current.revision, 2);
+    let pinned = store
+        .get(1)
+        .await
+        .unwrap()
+        .unwrap()
+        .pinned_profile()
+        .expect("a profile");
+    succeeded(&c.deploy(&provider, &pinned).await);
+    let d = agent_deployment(&c);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        image.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_ten_releases_are_kept() {
+    let c = Cluster::start().await;
+    let provider = c.provider(options());
+    let profile = production();
+    let store = provider.releases(&profile).unwrap();
+    for revision in 1..=12 {
+        let mut r = record(&provider, &profile, revision).await;
+        r.status = if revision == 12 {
+            ReleaseStatus::Deployed
+        } else {
+            ReleaseStatus::Superseded
+        };
+        store.put(&r).await.unwrap();
+    }
+    let kept = store.list().await.unwrap();
+    assert_eq!(kept.len(), 12);
+    for revision in to_prune(&kept, 10) {
+        store.delete(revision).await.unwrap();
+    }
+    let revisions: Vec<u32> = store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.revision)
+        .collect();
+    assert_eq!(revisions, (3..=12).collect::<Vec<_>>());
+    let secrets: Vec<String> = c
+        .double
+        .paths()
+        .into_iter()
+        .filter(|p| p.contains("/secrets/taskctl-release-"))
+        .collect();
+    assert_eq!(secrets.len(), 10, "{secrets:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_deploy_is_refused_naming_the_lease_holder() {
+    let c = Cluster::start().await;
+    let profile = production();
+    let environment = taskctl_kube::provider::environment_label(&profile);
+    let alice = ClusterLock::with_holder(
+        c.client.clone(),
+        &environment,
+        Duration::from_secs(60),
+        "alice@ops-1/4242".into(),
+    );
+    let held = alice.acquire().await.expect("alice takes the lease");
+
+    let bob = c.provider(KubeOptions {
+        holder: Some("bob@ci-7/99".into()),
+        ..options()
+    });
+    let outcome = c.deploy(&bob, &profile).await;
+    let applied = outcome.applied.expect("bob's run started");
+    let failed = applied.first_error().expect("refused");
+    let message = &failed.error.as_ref().unwrap().message;
+    assert!(message.contains("alice@ops-1/4242"), "{message}");
+    assert!(message.contains("since"), "{message}");
+    // Nothing of the environment was applied.
+    assert!(c.patches().is_empty(), "{:?}", c.patches());
+
+    // A plan needs no lock.
+    assert!(c.plan(&bob, &profile).await.has_changes());
+
+    held.release().await.expect("released");
+    succeeded(&c.deploy(&bob, &profile).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_taken_over() {
+    let c = Cluster::start().await;
+    taskctl_kube::lock::ensure_system_namespace(&c.client)
+        .await
+        .unwrap();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), SYSTEM_NAMESPACE);
+    let stale: k8s_openapi::api::coordination::v1::Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "taskctl-lock-x.production", "namespace": SYSTEM_NAMESPACE},
+        "spec": {"holderIdentity": "gone@host/1", "acquireTime": "2020-01-01T00:00:00.000000Z",
+                 "renewTime": "2020-01-01T00:00:00.000000Z", "leaseDurationSeconds": 60},
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &stale).await.unwrap();
+    let lock = ClusterLock::with_holder(
+        c.client.clone(),
+        "x.production",
+        Duration::from_secs(60),
+        "new@host/2".into(),
+    );
+    let guard = lock
+        .acquire()
+        .await
+        .expect("the expired lease is taken over");
+    let now = leases.get("taskctl-lock-x.production").await.unwrap();
+    assert_eq!(
+        now.spec.unwrap().holder_identity.as_deref(),
+        Some("new@host/2")
+    );
+    guard.release().await.unwrap();
+    assert!(
+        leases
+            .get_opt("taskctl-lock-x.production")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    // k8s-openapi's ByteString is base64 on the wire; reuse its decoder.
+    let b: k8s_openapi::ByteString =
+        serde_json::from_value(Value::String(s.into())).expect("base64");
+    b.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_going_away_releases_its_lease_and_a_dead_holder_on_this_machine_is_taken_over()
+{
+    let c = Cluster::start().await;
+    let profile = production();
+    let environment = taskctl_kube::provider::environment_label(&profile);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(c.client.clone(), SYSTEM_NAMESPACE);
+    let name = format!("taskctl-lock-{environment}");
+    {
+        let provider = c.provider(options());
+        let store = Arc::new(LocalStore::new(
+            c.state.path(),
+            &ops::environment_key(&profile),
+        ));
+        let outcome = ops::deploy(
+            &profile,
+            &provider,
+            store,
+            Arc::new(Discard),
+            DeployOptions {
+                scope: Scope::all(),
+                parallelism: 4,
+                dry_run: false,
+                saved_plan: None,
+                grace: Duration::from_secs(5),
+                retry: RetryPolicy::default(),
+                cancel: CancellationToken::new(),
+                skip_preflight: true,
+            },
+            &|_| true,
+        )
+        .await
+        .unwrap();
+        succeeded(&outcome);
+        assert!(
+            leases.get_opt(&name).await.unwrap().is_some(),
+            "held during the run"
+        );
+    }
+    assert!(
+        leases.get_opt(&name).await.unwrap().is_none(),
+        "released on drop"
+    );
+
+    // A lease of a process of this machine that is gone, renewed just now.
+    let dead = format!("{}/999999999", taskctl_core::state::holder());
+    let now = jiff::Timestamp::now().to_string();
+    let lease: k8s_openapi::api::coordination::v1::Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE},
+        "spec": {"holderIdentity": dead, "acquireTime": now, "renewTime": now, "leaseDurationSeconds": 600},
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let provider = c.provider(options());
+    let mut changed = production();
+    changed.agents[0].replicas = 4;
+    succeeded(&c.deploy(&provider, &changed).await);
+}
