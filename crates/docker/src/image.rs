@@ -126,11 +126,12 @@ pub fn repository(image: &str) -> &str {
     }
 }
 
-/// The generated Dockerfile of the static image. The health check is set
-/// per container (each replica has its own port), not here.
+/// The generated Dockerfile of the static image. Its HEALTHCHECK (the
+/// agent's own probe on the default port) serves `docker run` by hand;
+/// taskctl sets each replica's own, on that replica's port.
 pub fn scratch_dockerfile() -> String {
     format!(
-        "FROM scratch\nCOPY task-executor /task-executor\nUSER {AGENT_USER}:{AGENT_USER}\nENTRYPOINT [\"/task-executor\"]\n"
+        "FROM scratch\nCOPY task-executor /task-executor\nUSER {AGENT_USER}:{AGENT_USER}\nHEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD [\"/task-executor\", \"probe\", \"http://127.0.0.1:8080/ready\"]\nENTRYPOINT [\"/task-executor\"]\n"
     )
 }
 
