@@ -75,9 +75,9 @@ median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1
 
 # Warm-up: builds the image (once; later deploys reuse it by tag).
 profile 50
-(cd "$WORK" && "$TASKCTL" deploy -p profile.yaml --yes -q >/dev/null)
+(cd "$WORK" && "$TASKCTL" deploy -p profile.yaml --yes -q >/dev/null 2>&1)
 IMAGE=$(docker inspect --format '{{.Config.Image}}' "automated-task-executor-1.$NAME.development")
-(cd "$WORK" && "$TASKCTL" destroy -p profile.yaml --yes -q >/dev/null)
+(cd "$WORK" && "$TASKCTL" destroy -p profile.yaml --yes -q >/dev/null 2>&1)
 
 # The same three containers for compose: image, env, host network, ports,
 # limits, health check (the agent's own probe), restart policy.
@@ -130,14 +130,14 @@ for round in $(seq "$ROUNDS"); do
 
     profile 50
     t0=$(now)
-    (cd "$WORK" && "$TASKCTL" deploy -p profile.yaml --yes -q >/dev/null)
+    (cd "$WORK" && "$TASKCTL" deploy -p profile.yaml --yes -q >/dev/null 2>&1)
     taskctl_times+=("$(echo "$(now) - $t0" | bc)")
 
     profile $((40 + round))
     t0=$(now)
-    (cd "$WORK" && "$TASKCTL" deploy -p profile.yaml --yes -q >/dev/null)
+    (cd "$WORK" && "$TASKCTL" deploy -p profile.yaml --yes -q >/dev/null 2>&1)
     rolling_times+=("$(echo "$(now) - $t0" | bc)")
-    (cd "$WORK" && "$TASKCTL" destroy -p profile.yaml --yes -q >/dev/null)
+    (cd "$WORK" && "$TASKCTL" destroy -p profile.yaml --yes -q >/dev/null 2>&1)
     echo "round $round: compose ${compose_times[-1]}s, taskctl ${taskctl_times[-1]}s, rolling update ${rolling_times[-1]}s" >&2
 done
 
