@@ -59,8 +59,16 @@ do_install() {
     fi
     # From the repository, so that its .cargo/config.toml (if any) applies.
     cd "$REPO"
-    log "building ${BINARIES[*]} (release)"
-    cargo build --release --locked -p taskctl -p task-executor
+    log "building taskctl (release)"
+    cargo build --release --locked -p taskctl
+    # The agent is linked statically: the docker target packs it into a
+    # `scratch` image, which has no libc. An explicit --target keeps these
+    # flags away from the host artifacts (build scripts, proc macros).
+    local triple
+    triple=$(rustc -vV | sed -n 's/^host: //p')
+    log "building task-executor (release, static, $triple)"
+    env "CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-feature=+crt-static" \
+        cargo build --release --locked -p task-executor --target "$triple"
     target=$(target_dir)
 
     # Record the directories this install creates, so --uninstall removes
@@ -80,6 +88,7 @@ do_install() {
     local entries=()
     for bin in "${BINARIES[@]}"; do
         src="$target/release/$bin"
+        [[ $bin != task-executor ]] || src="$target/$triple/release/$bin"
         [[ -x $src ]] || die "the build did not produce $src."
         dest="$bindir/$bin"
         # Copy then rename: replacing a binary that is running fails with

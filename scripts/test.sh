@@ -25,4 +25,11 @@ eval "$env_lines"
 target_dir=${CARGO_TARGET_DIR:-$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')}
 export TASKCTL_TEST_AGENT_BIN=${TASKCTL_TEST_AGENT_BIN:-$target_dir/debug/task-executor}
 
+# The docker target's tests build the agent image from a static agent (it
+# runs on `scratch`); --target keeps the host artifacts of the cache intact.
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build -p task-executor --release --target x86_64-unknown-linux-gnu
+export TASKCTL_AGENT_BINARY="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/task-executor"
+case $TASKCTL_AGENT_BINARY in /*) ;; *) TASKCTL_AGENT_BINARY="$PWD/$TASKCTL_AGENT_BINARY" ;; esac
+
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -161,6 +161,9 @@ pub struct DeployArgs {
 pub struct DestroyArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
+    /// Also remove data volumes (docker target); without it they are kept
+    #[arg(long)]
+    pub purge: bool,
     /// Seconds steps in flight may take to finish after Ctrl-C or SIGTERM
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub grace: u64,

@@ -3,9 +3,30 @@
 use taskctl_core::ops::Provider;
 use taskctl_core::profile::{Profile, TargetKind};
 
+/// Options some targets take from the command line rather than the profile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProviderOptions {
+    /// `destroy --purge`: also remove data volumes (docker).
+    pub purge: bool,
+}
+
 /// The provider of the profile's target, or why there is none.
 pub async fn for_profile(profile: &Profile) -> anyhow::Result<Box<dyn Provider>> {
+    for_profile_with(profile, ProviderOptions::default()).await
+}
+
+/// [`for_profile`] with command-line options.
+pub async fn for_profile_with(
+    profile: &Profile,
+    options: ProviderOptions,
+) -> anyhow::Result<Box<dyn Provider>> {
     match profile.target.kind {
+        TargetKind::Docker => Ok(Box::new(
+            taskctl_docker::DockerProvider::connect(taskctl_docker::DockerOptions {
+                purge: options.purge,
+            })
+            .await?,
+        )),
         TargetKind::Aws => {
             let region = profile
                 .target
@@ -28,9 +49,5 @@ pub async fn for_profile(profile: &Profile) -> anyhow::Result<Box<dyn Provider>>
                 taskctl_kube::KubernetesProvider::connect(profile, options).await?,
             ))
         }
-        other => anyhow::bail!(
-            "the `{}` target cannot be planned or deployed by this build yet; `aws` and `kubernetes` can (see the README's status table)",
-            format!("{other:?}").to_lowercase()
-        ),
     }
 }

@@ -24,6 +24,7 @@ pub mod executor;
 pub mod gpu;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod readiness;
 pub mod server;
 pub mod topology;

@@ -2,6 +2,9 @@
 //!
 //! Exit codes: 0 after a clean drain, 64 (EX_USAGE) when the configuration is
 //! invalid (nothing was started), 1 for any other failure.
+//!
+//! `task-executor probe URL` exits 0 when URL answers 2xx, 1 otherwise: the
+//! health check of the `scratch` image, which has no curl or shell.
 
 use std::process::ExitCode;
 
@@ -13,6 +16,12 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
+    // `task-executor probe URL`: the container health check of a `scratch`
+    // image, which has no other program to run (see `probe`).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("probe") {
+        return probe(&args[1..]);
+    }
     // Validated before any runtime, port or connection exists.
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -27,6 +36,23 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "task-executor failed");
             eprintln!("task-executor: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(args: &[String]) -> ExitCode {
+    let [url] = args else {
+        eprintln!("usage: task-executor probe http://HOST:PORT/PATH");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    match task_executor::probe::probe(url, std::time::Duration::from_secs(3)) {
+        Ok(code) => {
+            println!("HTTP {code}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("task-executor probe: {error}");
             ExitCode::FAILURE
         }
     }

@@ -74,7 +74,9 @@ pub fn destroy(ctx: &Context, shell: &mut Shell, args: DestroyArgs) -> anyhow::R
     let rt = ctx.runtime()?;
     let name = ops::environment_key(&profile);
     let outcome = rt.block_on(async {
-        let provider = providers::for_profile(&profile).await?;
+        let provider =
+            providers::for_profile_with(&profile, providers::ProviderOptions { purge: args.purge })
+                .await?;
         let options = DeployOptions {
             scope: scope(&args.scope),
             parallelism: args.scope.parallelism.into(),

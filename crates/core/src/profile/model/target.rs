@@ -55,6 +55,11 @@ pub struct DockerTarget {
     /// Registry to push built agent images to, e.g. `127.0.0.1:5000`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
+    /// Directory a Prometheus `file_sd_configs` glob reads (`DIR/*.json`):
+    /// taskctl writes one target file per agent replica there, so Prometheus
+    /// scrapes every agent wherever the rollout put its metrics port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_file_sd: Option<String>,
 }
 
 fn default_docker_network() -> String {

@@ -1,0 +1,304 @@
+//! taskctl's `docker` target: the stack on one Docker engine, through
+//! bollard (`DOCKER_HOST` or the local socket).
+//!
+//! Steps, one per engine object, each found by its labels
+//! (`taskctl.dev/environment=<name>.<env>`, `taskctl.dev/managed-by`,
+//! `taskctl.dev/release`, `taskctl.dev/spec-hash`):
+//!
+//! - `network`: the profile's bridge network (`target.docker.network`),
+//!   which managed services join;
+//! - `volumes/<service>`, `services/<service>`: managed rabbitmq, mongodb
+//!   and postgres containers (`external` services get none; their
+//!   addresses are what the agents use). A missing image is an error at
+//!   plan time naming the image and how to provide it; it is pulled only
+//!   when `target.docker.registry` is set, so nothing hangs on a registry
+//!   the machine cannot reach;
+//! - `images/<agent>`: the agent image, built without any pull (see
+//!   [`image`]);
+//! - `agents/<agent>/<i>`: replica i, replaced by a rolling update when its
+//!   spec hash differs; replica i depends on replica i−1, so replicas are
+//!   replaced one at a time, and each replacement must be healthy before
+//!   the container it replaces is stopped (see [`steps::Replica`]);
+//! - `agents/sweep`: removes agent containers the profile no longer has;
+//!   on `destroy`, everything labelled with the environment (volumes only
+//!   with `--purge`).
+//!
+//! **Networking.** Agents run with the host's network. The broker,
+//! Prometheus and Vault this target is used with listen on the host's
+//! loopback (scripts/test-env.sh, a developer's own servers), which a
+//! bridge-networked container cannot reach; host networking reaches them
+//! at the addresses the profile already has, and lets the host's
+//! Prometheus scrape the agents on loopback. The price: every container
+//! needs its own ports. Replica i uses `port + 2·(i−1) + slot` for the
+//! profile's `http` and `metrics` ports, and a replacement starts in the
+//! other slot, so old and new run side by side until the new one is
+//! healthy. Each replica's metrics address is written to the Prometheus
+//! `file_sd` directory of `target.docker.prometheus_file_sd` when set.
+//!
+//! Releases live on the engine too ([`release::DockerReleaseStore`]).
+
+pub mod engine;
+pub mod image;
+pub mod release;
+pub mod spec;
+pub mod steps;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use taskctl_core::Severity;
+use taskctl_core::engine::{Step, StepId};
+use taskctl_core::ops::{Finding, Layer, OpsError, Provider, ReleaseFacts, Scope};
+use taskctl_core::profile::Profile;
+use taskctl_core::release::ReleaseStore;
+
+use crate::spec::label;
+use crate::steps::{AgentImage, Network, Replica, Service, Shared, Sweep, Volume};
+
+/// Options of the docker target that are not in the profile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DockerOptions {
+    /// `destroy --purge`: remove the environment's volumes too.
+    pub purge: bool,
+}
+
+pub struct DockerProvider {
+    docker: Docker,
+    options: DockerOptions,
+}
+
+impl DockerProvider {
+    /// Connects to `DOCKER_HOST` or the local socket and negotiates the API
+    /// version.
+    pub async fn connect(options: DockerOptions) -> Result<Self, OpsError> {
+        Ok(DockerProvider {
+            docker: engine::connect().await.map_err(OpsError::Provider)?,
+            options,
+        })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    fn shared(&self, profile: &Profile) -> Arc<Shared> {
+        Arc::new(Shared {
+            docker: self.docker.clone(),
+            profile: profile.clone(),
+            purge: self.options.purge,
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for DockerProvider {
+    fn name(&self) -> &str {
+        "docker"
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        vec![Layer::Infrastructure, Layer::Services, Layer::Agents]
+    }
+
+    async fn preflight(&self, profile: &Profile) -> Result<Vec<Finding>, OpsError> {
+        let mut findings = Vec::new();
+        let mut error = |check: &str, message: String| {
+            findings.push(Finding {
+                severity: Severity::Error,
+                check: check.to_string(),
+                message,
+            })
+        };
+        if let Err(e) = self.docker.ping().await {
+            error(
+                "docker_engine",
+                format!("the Docker engine does not answer: {e}"),
+            );
+            return Ok(findings);
+        }
+        let registry = profile
+            .target
+            .docker
+            .as_ref()
+            .and_then(|d| d.registry.clone());
+        match steps::managed_services(profile) {
+            Err(e) => error("services", e),
+            Ok(services) => {
+                for s in services {
+                    match image::local_id(&self.docker, &s.image).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) if registry.is_some() => {}
+                        Ok(None) => error(
+                            "images",
+                            image::missing_image(&s.image, &format!("services.{}", s.name)).message,
+                        ),
+                        Err(e) => error("images", e.message),
+                    }
+                }
+            }
+        }
+        for agent in &profile.agents {
+            match image::source(agent).and_then(|s| image::prepare(agent, &s).map(|_| ())) {
+                Ok(()) => {}
+                Err(e) => error("agent_image", e),
+            }
+            for (name, source) in agent.env.iter().filter_map(|v| {
+                v.secret
+                    .as_ref()
+                    .and_then(|s| s.get().cloned())
+                    .map(|s| (&v.name, s))
+            }) {
+                if let Err(e) = spec::resolve_secret(&source) {
+                    error("secrets", format!("agent `{}` env {name}: {e}", agent.name));
+                }
+            }
+        }
+        if let Some(dir) = profile
+            .target
+            .docker
+            .as_ref()
+            .and_then(|d| d.prometheus_file_sd.as_ref())
+            && !std::path::Path::new(dir).is_dir()
+        {
+            error(
+                "prometheus_file_sd",
+                format!("target.docker.prometheus_file_sd: {dir} is not a directory"),
+            );
+        }
+        Ok(findings)
+    }
+
+    fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
+        let shared = self.shared(profile);
+        let mut out: Vec<Arc<dyn Step>> = Vec::new();
+        let network = StepId::new("network");
+        let services = steps::managed_services(profile).map_err(OpsError::Provider)?;
+        let mut service_ids = Vec::new();
+        if scope.includes(Layer::Infrastructure) {
+            out.push(Arc::new(Network {
+                id: network.clone(),
+                shared: shared.clone(),
+            }));
+            for s in services.iter().filter(|s| s.persistent) {
+                out.push(Arc::new(Volume {
+                    id: StepId::new(format!("volumes/{}", s.name)),
+                    shared: shared.clone(),
+                    service: s.name,
+                }));
+            }
+        }
+        if scope.includes(Layer::Services) {
+            for s in &services {
+                let mut deps = Vec::new();
+                if scope.includes(Layer::Infrastructure) {
+                    deps.push(network.clone());
+                    if s.persistent {
+                        deps.push(StepId::new(format!("volumes/{}", s.name)));
+                    }
+                }
+                let id = StepId::new(format!("services/{}", s.name));
+                service_ids.push(id.clone());
+                out.push(Arc::new(Service {
+                    id,
+                    shared: shared.clone(),
+                    def: s.clone(),
+                    deps,
+                }));
+            }
+        }
+        if scope.includes(Layer::Agents) {
+            let mut replicas = Vec::new();
+            for agent in &profile.agents {
+                let image_step = StepId::new(format!("images/{}", agent.name));
+                out.push(Arc::new(AgentImage {
+                    id: image_step.clone(),
+                    shared: shared.clone(),
+                    agent: agent.clone(),
+                }));
+                let mut previous: Option<StepId> = None;
+                for index in 1..=agent.replicas {
+                    let id = StepId::new(format!("agents/{}/{index}", agent.name));
+                    let mut deps = vec![image_step.clone()];
+                    deps.extend(service_ids.iter().cloned());
+                    // One replica at a time: never fewer than N−1 serving.
+                    deps.extend(previous.take());
+                    previous = Some(id.clone());
+                    replicas.push(id.clone());
+                    out.push(Arc::new(Replica {
+                        id,
+                        shared: shared.clone(),
+                        agent: agent.clone(),
+                        index,
+                        image_step: image_step.clone(),
+                        deps,
+                    }));
+                }
+            }
+            out.push(Arc::new(Sweep {
+                id: StepId::new("agents/sweep"),
+                shared: shared.clone(),
+                deps: replicas,
+                everything: scope.includes(Layer::Infrastructure)
+                    && scope.includes(Layer::Services),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
+        Some(Arc::new(release::DockerReleaseStore {
+            docker: self.docker.clone(),
+            environment: spec::environment_label(profile),
+        }))
+    }
+
+    /// Images by id (`<profile image>@sha256:<image id>`: local images have
+    /// no registry digest, and the image id is what `docker` resolves), the
+    /// spec hash of each agent (env + config), and every secret reference.
+    async fn observe_release(&self, profile: &Profile) -> Result<ReleaseFacts, OpsError> {
+        let env = spec::environment_label(profile);
+        let mut facts = ReleaseFacts {
+            secret_refs: spec::secret_refs(profile),
+            ..Default::default()
+        };
+        for agent in &profile.agents {
+            let found = engine::containers_with(
+                &self.docker,
+                &[
+                    (label::ENVIRONMENT, &env),
+                    (label::ROLE, "agent"),
+                    (label::AGENT, &agent.name),
+                ],
+            )
+            .await
+            .map_err(|e| OpsError::Provider(e.message))?;
+            let mut ids: BTreeMap<String, String> = BTreeMap::new();
+            for c in found {
+                let labels = c.labels.unwrap_or_default();
+                if let (Some(id), Some(hash)) = (c.image_id, labels.get(label::SPEC_HASH)) {
+                    ids.insert(id, hash.clone());
+                }
+            }
+            if ids.len() > 1 {
+                return Err(OpsError::Provider(format!(
+                    "agent `{}` runs {} different images: a rollout is unfinished; deploy again",
+                    agent.name,
+                    ids.len()
+                )));
+            }
+            if let Some((id, hash)) = ids.into_iter().next() {
+                let repo = image::repository(&agent.image);
+                let tag = agent.image.split('@').next().unwrap_or(&agent.image);
+                let name = if tag.len() > repo.len() { tag } else { repo };
+                facts
+                    .images
+                    .insert(agent.name.clone(), format!("{name}@{id}"));
+                facts
+                    .config_hashes
+                    .insert(format!("agent/{}/env", agent.name), hash);
+            }
+        }
+        Ok(facts)
+    }
+}

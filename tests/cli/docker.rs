@@ -1,0 +1,587 @@
+//! The `docker` target end to end through the CLI, on this machine's Docker
+//! engine, with the broker and Prometheus of `scripts/test-env.sh`.
+//!
+//! Each test deploys its own environment (unique `metadata.name`, network
+//! and ports) so tests run in parallel, checks the engine with the `docker`
+//! CLI (an independent client), and destroys it at the end. The agent image
+//! is built from the static agent (`TASKCTL_AGENT_BINARY`; scripts/test.sh
+//! builds it).
+
+use crate::harness::repo_root;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = "automated-task-executor";
+
+fn required(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: these tests need the servers of scripts/test-env.sh; run them with scripts/test.sh, or `eval \"$(scripts/test-env.sh up)\"` first"
+        )
+    })
+}
+
+/// The static agent binary the image is built from.
+fn agent_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("TASKCTL_AGENT_BINARY") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let path = target.join("x86_64-unknown-linux-gnu/release/task-executor");
+    assert!(
+        path.is_file(),
+        "no static agent at {}: build it with `CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' cargo build -p task-executor --release --target x86_64-unknown-linux-gnu` or set TASKCTL_AGENT_BINARY (scripts/test.sh does it)",
+        path.display()
+    );
+    path
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Twelve free ports: http and metrics bases for 3 replicas × 2 slots.
+fn free_bases() -> (u16, u16) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    for attempt in 0..200u32 {
+        let k = ((seed.wrapping_add(attempt * 7919)) % 2000) as u16;
+        let (http, metrics) = (20000 + k * 8, 40000 + k * 8);
+        let free = (0..6).all(|i| {
+            TcpListener::bind(("127.0.0.1", http + i)).is_ok()
+                && TcpListener::bind(("127.0.0.1", metrics + i)).is_ok()
+        });
+        if free {
+            return (http, metrics);
+        }
+    }
+    panic!("no free port range found");
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    name: String,
+    profiles: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Agent {
+    id: String,
+    name: String,
+    health: String,
+}
+
+impl Env {
+    fn new(prefix: &str) -> Env {
+        // The broker: local.yaml's default, amqp://127.0.0.1:5672/%2f as
+        // guest, which RabbitMQ accepts from loopback (the test env's).
+        required("TASKCTL_TEST_AMQP_URL");
+        let sd = required("TASKCTL_TEST_PROMETHEUS_SD_DIR");
+        let dir = tempfile::tempdir().unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("{prefix}-{:x}{:x}", std::process::id(), nanos);
+        let (http, metrics) = free_bases();
+        let local = repo_root().join("profiles/local.yaml");
+        let overlay = dir.path().join("env.yaml");
+        std::fs::write(
+            &overlay,
+            format!(
+                "apiVersion: taskctl.dev/v1
+kind: Profile
+include: [{}]
+metadata:
+  name: {name}
+target:
+  kind: docker
+  docker:
+    network: {name}-net
+    prometheus_file_sd: {sd}
+agents:
+  - name: {AGENT}
+    ports:
+      - {{ name: http, port: {http} }}
+      - {{ name: metrics, port: {metrics} }}
+    probes:
+      liveness: {{ path: /health, port: {http}, period_seconds: 10 }}
+      readiness: {{ path: /ready, port: {http}, period_seconds: 1 }}
+",
+                local.display()
+            ),
+        )
+        .unwrap();
+        Env {
+            dir,
+            name,
+            profiles: vec![overlay],
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("taskctl.dev/environment={}.development", self.name)
+    }
+
+    /// Adds a profile layer over the environment.
+    fn layer(&mut self, file: &str, yaml: &str) {
+        let path = self.dir.path().join(file);
+        std::fs::write(
+            &path,
+            format!("apiVersion: taskctl.dev/v1\nkind: Profile\n{yaml}"),
+        )
+        .unwrap();
+        self.profiles.push(path);
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskctl"));
+        cmd.args(args);
+        for p in &self.profiles {
+            cmd.arg("-p").arg(p);
+        }
+        cmd.current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("TASKCTL_AGENT_BINARY", agent_binary())
+            .env_remove("TASKCTL_PROFILE")
+            .env_remove("TASKCTL_ENV")
+            .env_remove("TASKCTL_AMQP_URL");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn deploy(&self) -> Output {
+        let out = self.run(&["deploy", "--yes"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "deploy failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The environment's agent containers, running or not, by name.
+    fn agents(&self) -> Vec<Agent> {
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label={}", self.label()),
+            "--filter",
+            "label=taskctl.dev/role=agent",
+            "--format",
+            "{{.ID}} {{.Names}} {{.Status}}",
+        ]);
+        let mut agents: Vec<Agent> = out
+            .lines()
+            .map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                Agent {
+                    id: parts.next().unwrap().into(),
+                    name: parts.next().unwrap().into(),
+                    health: parts.next().unwrap_or_default().into(),
+                }
+            })
+            .collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        agents
+    }
+
+    fn replica(&self, i: u32) -> String {
+        format!("{AGENT}-{i}.{}.development", self.name)
+    }
+
+    /// Exactly the three primaries, all healthy, no leftover.
+    fn assert_three_healthy(&self) -> Vec<Agent> {
+        let agents = self.agents();
+        let names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [self.replica(1), self.replica(2), self.replica(3)],
+            "{agents:?}"
+        );
+        for a in &agents {
+            assert!(a.health.contains("(healthy)"), "{a:?}");
+        }
+        agents
+    }
+
+    fn inspect(&self, name: &str, format: &str) -> String {
+        docker(&["inspect", "--format", format, name])
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.run(&["destroy", "--yes", "--purge"]);
+        // Whatever a failed test left.
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label={}", self.label())])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("{}-net", self.name)])
+            .output();
+    }
+}
+
+/// Container ids by name: what "nothing was restarted" compares.
+fn ids(agents: &[Agent]) -> Vec<(String, String)> {
+    agents
+        .iter()
+        .map(|a| (a.name.clone(), a.id.clone()))
+        .collect()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Polls Prometheus until every agent of `env` is scraped with `up == 1`.
+fn wait_scraped(env: &Env, count: usize) {
+    let prometheus = required("TASKCTL_TEST_PROMETHEUS_URL");
+    let query = format!(
+        "up{{job=\"task-executor\",taskctl_environment=\"{}.development\"}} == 1",
+        env.name
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let out = Command::new("curl")
+            .args(["-s", "-G", &format!("{prometheus}/api/v1/query")])
+            .arg("--data-urlencode")
+            .arg(format!("query={query}"))
+            .output()
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&last)
+            && v["data"]["result"].as_array().map(Vec::len) == Some(count)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!(
+        "Prometheus does not report up == 1 for {count} agents of {}: {last}",
+        env.name
+    );
+}
+
+#[test]
+fn deploy_builds_the_image_runs_healthy_labelled_agents_and_redeploy_is_a_no_op() {
+    let mut env = Env::new("dk-deploy");
+    let token = format!("tok-{}", env.name);
+    env.layer(
+        "secret.yaml",
+        &format!(
+            "agents:\n  - name: {AGENT}\n    env:\n      - name: API_TOKEN\n        secret: env:TASKCTL_TEST_DOCKER_TOKEN\n"
+        ),
+    );
+    let out = env
+        .command(&["deploy", "--yes", "-o", "json"])
+        .env("TASKCTL_TEST_DOCKER_TOKEN", &token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !text(&out).contains(&token),
+        "the secret leaked into the output"
+    );
+    let journal = std::fs::read_to_string(
+        env.dir
+            .path()
+            .join(format!(".taskctl/{}/development/journal.jsonl", env.name)),
+    )
+    .unwrap();
+    assert!(
+        !journal.contains(&token),
+        "the secret leaked into the journal"
+    );
+
+    let agents = env.assert_three_healthy();
+    for a in &agents {
+        let labels = env.inspect(&a.name, "{{json .Config.Labels}}");
+        assert!(!labels.contains(&token), "the secret is in a label");
+        let labels: serde_json::Value = serde_json::from_str(&labels).unwrap();
+        assert_eq!(labels["taskctl.dev/managed-by"], "taskctl");
+        assert!(
+            labels["taskctl.dev/release"]
+                .as_str()
+                .unwrap()
+                .starts_with("r-")
+        );
+        assert_eq!(labels["taskctl.dev/spec-hash"].as_str().unwrap().len(), 64);
+        let env_vars = env.inspect(&a.name, "{{json .Config.Env}}");
+        assert!(
+            env_vars.contains(&format!("API_TOKEN={token}")),
+            "{env_vars}"
+        );
+        assert_eq!(env.inspect(&a.name, "{{.HostConfig.NetworkMode}}"), "host");
+        assert_eq!(
+            env.inspect(&a.name, "{{.HostConfig.NanoCpus}}"),
+            "1000000000"
+        );
+        assert_eq!(env.inspect(&a.name, "{{.HostConfig.Memory}}"), "536870912");
+    }
+    // The image: built from the static agent on scratch, tagged both ways.
+    let image = env.inspect(&agents[0].name, "{{.Config.Image}}");
+    assert!(image.starts_with("task-executor:0.1.0-"), "{image}");
+    let user = docker(&["image", "inspect", "--format", "{{.Config.User}}", &image]);
+    assert_eq!(user.trim(), "65532:65532");
+    docker(&["image", "inspect", "task-executor:local"]);
+    assert!(
+        docker(&["network", "ls", "--format", "{{.Name}}"])
+            .lines()
+            .any(|n| n == format!("{}-net", env.name))
+    );
+    wait_scraped(&env, 3);
+
+    // Again: nothing to do, nothing restarted.
+    let out = env
+        .command(&["deploy", "--yes"])
+        .env("TASKCTL_TEST_DOCKER_TOKEN", &token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("nothing to do"), "{}", text(&out));
+    assert_eq!(ids(&env.assert_three_healthy()), ids(&agents), "restarted");
+    let out = env.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn a_changed_env_value_rolls_one_replica_at_a_time() {
+    let mut env = Env::new("dk-roll");
+    env.deploy();
+    let before = env.assert_three_healthy();
+    env.layer(
+        "change.yaml",
+        &format!(
+            "agents:\n  - name: {AGENT}\n    env:\n      - name: MAX_CONCURRENT_TASKS\n        value: \"40\"\n"
+        ),
+    );
+    let out = env.run(&["plan", "-o", "json"]);
+    let plan = text(&out);
+    assert!(plan.contains("env MAX_CONCURRENT_TASKS"), "{plan}");
+    assert!(
+        !plan.contains("\"40\""),
+        "a value is shown in the plan: {plan}"
+    );
+
+    // Sample the engine while the rollout runs: never fewer than N−1
+    // healthy agents.
+    let mut child = env
+        .command(&["deploy", "--yes", "-o", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut fewest = usize::MAX;
+    let mut samples = 0;
+    while child.try_wait().unwrap().is_none() {
+        let healthy = env
+            .agents()
+            .iter()
+            .filter(|a| a.health.contains("(healthy)"))
+            .count();
+        fewest = fewest.min(healthy);
+        samples += 1;
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(samples > 0);
+    assert!(fewest >= 2, "only {fewest} healthy agents at one point");
+
+    // One at a time: replica i's old container is gone before replica
+    // i+1's replacement starts.
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    let at = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` not in the deploy's events:\n{log}"))
+    };
+    for i in 1..3 {
+        assert!(
+            at(&format!("removed the old {}", env.replica(i)))
+                < at(&format!("started {}.next", env.replica(i + 1)))
+        );
+    }
+    let after = env.assert_three_healthy();
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b.id, a.id, "{} was not replaced", a.name);
+        let vars = env.inspect(&a.name, "{{json .Config.Env}}");
+        assert!(vars.contains("MAX_CONCURRENT_TASKS=40"), "{vars}");
+    }
+    wait_scraped(&env, 3);
+}
+
+#[test]
+fn a_broken_version_fails_the_deploy_and_keeps_the_old_agents() {
+    let mut env = Env::new("dk-broken");
+    env.deploy();
+    let before = env.assert_three_healthy();
+    // 0 is not a valid MAX_CONCURRENT_TASKS: the new agent exits with 64.
+    env.layer(
+        "broken.yaml",
+        &format!(
+            "agents:\n  - name: {AGENT}\n    env:\n      - name: MAX_CONCURRENT_TASKS\n        value: \"0\"\n"
+        ),
+    );
+    let out = env.run(&["deploy", "--yes"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("exited with code 64"), "{all}");
+    assert!(all.contains("MAX_CONCURRENT_TASKS"), "{all}");
+    assert!(all.contains("the running one was kept"), "{all}");
+    assert_eq!(ids(&env.assert_three_healthy()), ids(&before), "replaced");
+}
+
+/// Runs `deploy -o json`, and kills taskctl with SIGKILL as soon as an
+/// event line contains every string of `at`. Returns whether it was killed.
+fn deploy_killed_at(env: &Env, at: &[&str]) -> bool {
+    let mut child: Child = env
+        .command(&["deploy", "--yes", "-o", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut killed = false;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if at.iter().all(|s| line.contains(s)) {
+            child.kill().unwrap(); // SIGKILL
+            killed = true;
+            break;
+        }
+    }
+    child.wait().unwrap();
+    killed
+}
+
+#[test]
+fn kill_9_mid_deploy_then_rerun_converges_without_orphans() {
+    let mut env = Env::new("dk-kill");
+    env.deploy();
+    env.layer(
+        "change.yaml",
+        &format!(
+            "agents:\n  - name: {AGENT}\n    env:\n      - name: MAX_CONCURRENT_TASKS\n        value: \"30\"\n"
+        ),
+    );
+    // Just after a replacement started beside replica 1.
+    assert!(deploy_killed_at(
+        &env,
+        &[&format!("started {}.next", env.replica(1))]
+    ));
+    // Just after replica 2's old container was removed, before the rename.
+    assert!(deploy_killed_at(
+        &env,
+        &[&format!("removed the old {}", env.replica(2))]
+    ));
+    // As replica 3's step starts.
+    assert!(deploy_killed_at(
+        &env,
+        &["step_started", &format!("agents/{AGENT}/3")]
+    ));
+    env.deploy();
+    let agents = env.assert_three_healthy();
+    for a in &agents {
+        let vars = env.inspect(&a.name, "{{json .Config.Env}}");
+        assert!(vars.contains("MAX_CONCURRENT_TASKS=30"), "{vars}");
+    }
+    let out = env.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn destroy_removes_containers_and_network_and_keeps_volumes_unless_purged() {
+    let mut env = Env::new("dk-destroy");
+    // A managed service whose image is not on the engine: a clear error
+    // before anything changes.
+    env.layer(
+        "pg.yaml",
+        "services:\n  postgres:\n    enabled: true\n    password: env:TASKCTL_TEST_DOCKER_PG\n",
+    );
+    let out = env
+        .command(&["deploy", "--yes"])
+        .env("TASKCTL_TEST_DOCKER_PG", "pw")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("image postgres:14 is not on the Docker engine")
+            && all.contains("docker load"),
+        "{all}"
+    );
+    assert!(env.agents().is_empty());
+    env.profiles.pop();
+    env.deploy();
+    // Now a managed service with persistence, from an image the engine has
+    // (the agent's: it only has to exist for this test).
+    env.layer(
+        "pg.yaml",
+        "services:\n  postgres:\n    enabled: true\n    image: task-executor:local\n    password: env:TASKCTL_TEST_DOCKER_PG\n",
+    );
+    let out = env
+        .command(&["deploy", "--yes"])
+        .env("TASKCTL_TEST_DOCKER_PG", "pw")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let volume = format!("postgres-data.{}.development", env.name);
+    docker(&["volume", "inspect", &volume]);
+    let out = env.run(&["destroy", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let left = docker(&["ps", "-aq", "--filter", &format!("label={}", env.label())]);
+    assert_eq!(left.trim(), "", "containers left after destroy");
+    let networks = docker(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!networks.lines().any(|n| n == format!("{}-net", env.name)));
+    docker(&["volume", "inspect", &volume]);
+    let out = env.run(&["destroy", "--yes", "--purge"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let volumes = docker(&["volume", "ls", "-q"]);
+    assert!(
+        !volumes.lines().any(|v| v == volume),
+        "{volume} survived --purge"
+    );
+}
