@@ -585,3 +585,113 @@ fn destroy_removes_containers_and_network_and_keeps_volumes_unless_purged() {
         "{volume} survived --purge"
     );
 }
+
+/// Runs taskctl with short gate timeouts and watch window, as CI would
+/// (`CI` set: nobody can be asked for an approval).
+fn quick(env: &Env, args: &[&str]) -> Output {
+    env.command(args)
+        .env("TASKCTL_GATE_TIMEOUT", "10s")
+        .env("TASKCTL_WATCH_WINDOW", "2s")
+        .env("CI", "true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn history(env: &Env) -> Vec<(u64, String, String)> {
+    let out = quick(env, &["history", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["revision"].as_u64().unwrap(),
+                r["status"].as_str().unwrap().to_owned(),
+                r["description"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn assert_env_value(env: &Env, expected: &str) {
+    for a in env.assert_three_healthy() {
+        let vars = env.inspect(&a.name, "{{json .Config.Env}}");
+        assert!(vars.contains(expected), "{}: {vars}", a.name);
+    }
+}
+
+/// A release whose verification fails (its agents are registered where
+/// Prometheus does not look, so `validate_metrics` never sees them) is
+/// rolled back to the previous release whole, config included; then
+/// `rollback --to 1` needs an approver in CI and restores release 1.
+#[test]
+fn a_failed_gate_rolls_back_automatically_and_rollback_to_needs_approval() {
+    let mut env = Env::new("dk-rb");
+    let first = quick(&env, &["deploy", "--yes"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert_env_value(&env, "MAX_CONCURRENT_TASKS=50");
+    let unwatched = env.dir.path().join("unwatched");
+    std::fs::create_dir(&unwatched).unwrap();
+    env.layer(
+        "blind.yaml",
+        &format!(
+            "target:\n  docker:\n    prometheus_file_sd: {}\nagents:\n  - name: {AGENT}\n    env:\n      - name: MAX_CONCURRENT_TASKS\n        value: \"40\"\n",
+            unwatched.display()
+        ),
+    );
+    let second = quick(&env, &["deploy", "--yes"]);
+    let out = text(&second);
+    assert_eq!(second.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("validate_metrics"),
+        "the failed gate is named: {out}"
+    );
+    assert!(
+        out.contains("no series for `up{instance="),
+        "with what it saw: {out}"
+    );
+    assert!(
+        out.contains("rolled back automatically to release 1"),
+        "{out}"
+    );
+    assert_env_value(&env, "MAX_CONCURRENT_TASKS=50");
+    let releases = history(&env);
+    let statuses: Vec<(u64, &str)> = releases.iter().map(|(r, s, _)| (*r, s.as_str())).collect();
+    assert_eq!(
+        statuses,
+        [(1, "superseded"), (2, "failed"), (3, "deployed")],
+        "{releases:?}"
+    );
+    assert!(
+        releases[2].2.contains("automatic rollback to 1"),
+        "{releases:?}"
+    );
+
+    let refused = quick(&env, &["rollback", "--to", "2"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("--approve"), "{}", text(&refused));
+    let approved = quick(&env, &["rollback", "--to", "1", "--approve", "lead"]);
+    assert_eq!(approved.status.code(), Some(0), "{}", text(&approved));
+    assert_env_value(&env, "MAX_CONCURRENT_TASKS=50");
+    let last = history(&env).pop().unwrap();
+    assert_eq!(last.1, "deployed");
+    assert!(
+        last.2.contains("rollback to 1") && last.2.contains("lead"),
+        "{last:?}"
+    );
+    let audit = quick(&env, &["audit", "-o", "json"]);
+    let audit: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let entries = audit.as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["action"] == "automatic_rollback"),
+        "{audit:#}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "rollback" && e["approver"] == "lead"),
+        "{audit:#}"
+    );
+}

@@ -42,6 +42,7 @@ pub mod image;
 pub mod release;
 pub mod spec;
 pub mod steps;
+pub mod verify;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -159,6 +160,7 @@ impl Provider for DockerProvider {
             .docker
             .as_ref()
             .and_then(|d| d.prometheus_file_sd.as_ref())
+            .filter(|dir| !dir.is_empty())
             && !std::path::Path::new(dir).is_dir()
         {
             error(
@@ -244,6 +246,15 @@ impl Provider for DockerProvider {
             }));
         }
         Ok(out)
+    }
+
+    async fn verify(
+        &self,
+        profile: &Profile,
+        _sink: Arc<dyn taskctl_core::events::EventSink>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Vec<taskctl_core::ops::Check>, OpsError> {
+        verify::verify(&self.docker, profile, cancel).await
     }
 
     fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {

@@ -719,6 +719,7 @@ impl Replica {
             .docker
             .as_ref()
             .and_then(|d| d.prometheus_file_sd.as_ref())
+            .filter(|dir| !dir.is_empty())
             .map(PathBuf::from)
     }
 
@@ -1059,6 +1060,7 @@ impl Sweep {
             .docker
             .as_ref()
             .and_then(|d| d.prometheus_file_sd.as_ref())
+            .filter(|dir| !dir.is_empty())
         {
             let _ = std::fs::remove_file(PathBuf::from(dir).join(format!("{container}.json")));
         }

@@ -1,0 +1,178 @@
+//! Verification of a deployed Docker environment with `taskctl-gates`.
+//!
+//! The endpoints come from what runs: every agent container of the
+//! environment, its ports from its replica number and port slot (the same
+//! arithmetic the replica step used), its metrics address exactly as the
+//! provider registered it with Prometheus (`127.0.0.1:<port>`, which is the
+//! `instance` label the metric gate queries). The broker is the agents' own
+//! `BROKER_URL` when the profile sets it literally, else the external
+//! RabbitMQ of the profile. Restart counts and OOM kills for
+//! `resource_exhaustion` come from inspecting each container.
+//!
+//! The gates run first, each retried for up to `TASKCTL_GATE_TIMEOUT`
+//! (default 60 s); the automatic-rollback conditions are then watched for
+//! `TASKCTL_WATCH_WINDOW` (`15s`, `2m`; default 10 s; `0s` skips the watch),
+//! and not at all when the profile disables `rollback.automatic`.
+
+use crate::engine;
+use crate::spec::{self, ReplicaSpec, label};
+use async_trait::async_trait;
+use bollard::Docker;
+use std::time::Duration;
+use taskctl_core::ops::{Check, OpsError};
+use taskctl_core::profile::Profile;
+use taskctl_gates::{AgentEndpoint, Endpoints, RestartSource};
+use tokio_util::sync::CancellationToken;
+
+/// How long each gate may take to pass unless `TASKCTL_GATE_TIMEOUT` says.
+const GATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long conditions are watched unless `TASKCTL_WATCH_WINDOW` says.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+
+fn duration_from_env(var: &str, default: Duration) -> Result<Duration, OpsError> {
+    match std::env::var(var) {
+        Ok(text) => humantime::parse_duration(&text).map_err(|e| {
+            OpsError::Provider(format!(
+                "{var}=`{text}` is not a duration like `10s` or `2m`: {e}"
+            ))
+        }),
+        Err(_) => Ok(default),
+    }
+}
+
+/// The environment's agent containers, with their names.
+async fn agent_containers(
+    docker: &Docker,
+    profile: &Profile,
+) -> Result<Vec<(String, std::collections::HashMap<String, String>)>, OpsError> {
+    let env = spec::environment_label(profile);
+    let found = engine::containers_with(
+        docker,
+        &[(label::ENVIRONMENT, &env), (label::ROLE, "agent")],
+    )
+    .await
+    .map_err(|e| OpsError::Provider(e.message))?;
+    let mut out: Vec<_> = found
+        .into_iter()
+        .filter_map(|c| {
+            let name = c.names?.first()?.trim_start_matches('/').to_owned();
+            Some((name, c.labels.unwrap_or_default()))
+        })
+        // A `.next` replacement left by a broken rollout is not serving.
+        .filter(|(name, _)| !name.ends_with(".next"))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Where the environment answers.
+pub async fn endpoints(docker: &Docker, profile: &Profile) -> Result<Endpoints, OpsError> {
+    let external = |e: Option<&taskctl_core::profile::External>| e.map(|e| e.url.clone());
+    let services = &profile.services;
+    let broker_env = profile.agents.iter().find_map(|a| {
+        a.env
+            .iter()
+            .find(|v| v.name == "BROKER_URL")
+            .and_then(|v| v.value.clone())
+    });
+    let mut agents = Vec::new();
+    for (name, labels) in agent_containers(docker, profile).await? {
+        let (Some(agent), Some(index), Some(slot)) = (
+            labels.get(label::AGENT),
+            labels
+                .get(label::REPLICA)
+                .and_then(|i| i.parse::<u32>().ok()),
+            labels.get(label::SLOT).and_then(|s| s.parse::<u8>().ok()),
+        ) else {
+            continue;
+        };
+        let Some(def) = profile.agents.iter().find(|a| &a.name == agent) else {
+            continue;
+        };
+        let replica = ReplicaSpec::new(profile, def, index, &def.image)
+            .map_err(|e| OpsError::Provider(format!("agent `{agent}`: {e}")))?;
+        let (http, metrics) = replica.ports(slot);
+        let probe = |p: &Option<taskctl_core::profile::Probe>, default: &str| {
+            p.as_ref()
+                .map(|p| p.path.clone())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        agents.push(AgentEndpoint {
+            name,
+            http: format!("127.0.0.1:{http}"),
+            metrics: format!("127.0.0.1:{metrics}"),
+            readiness_path: probe(&def.probes.readiness, "/ready"),
+            liveness_path: probe(&def.probes.liveness, "/health"),
+        });
+    }
+    Ok(Endpoints {
+        amqp_url: broker_env
+            .or_else(|| external(services.rabbitmq.as_ref().and_then(|r| r.external.as_ref()))),
+        prometheus_url: external(
+            services
+                .prometheus
+                .as_ref()
+                .and_then(|p| p.external.as_ref()),
+        ),
+        vault_url: external(services.vault.as_ref().and_then(|v| v.external.as_ref())),
+        agents,
+    })
+}
+
+/// Restart counts and OOM kills of the environment's agent containers.
+struct Restarts<'a> {
+    docker: &'a Docker,
+    profile: &'a Profile,
+}
+
+#[async_trait]
+impl RestartSource for Restarts<'_> {
+    async fn restarts(&self) -> Result<Vec<(String, u32, bool)>, String> {
+        let mut out = Vec::new();
+        for (name, _) in agent_containers(self.docker, self.profile)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let Some(c) = engine::inspect(self.docker, &name)
+                .await
+                .map_err(|e| e.message)?
+            else {
+                continue;
+            };
+            let restarts = c.restart_count.unwrap_or(0).max(0) as u32;
+            let oom = c.state.and_then(|s| s.oom_killed).unwrap_or(false);
+            out.push((name, restarts, oom));
+        }
+        Ok(out)
+    }
+}
+
+/// The profile's verification gates, then its automatic-rollback
+/// conditions, as the core's checks.
+pub async fn verify(
+    docker: &Docker,
+    profile: &Profile,
+    cancel: &CancellationToken,
+) -> Result<Vec<Check>, OpsError> {
+    let window = duration_from_env("TASKCTL_WATCH_WINDOW", DEFAULT_WINDOW)?;
+    let timeout = duration_from_env("TASKCTL_GATE_TIMEOUT", GATE_TIMEOUT)?;
+    let endpoints = endpoints(docker, profile).await?;
+    let (gates, skipped) = taskctl_gates::verification_gates(profile, &endpoints, timeout);
+    for s in &skipped {
+        tracing::info!(gate = %s.name, reason = %s.reason, "verification step skipped");
+    }
+    let reports = taskctl_gates::check_all(&gates, cancel).await;
+    if reports.iter().any(|r| r.cancelled) {
+        return Err(OpsError::Provider(
+            "verification interrupted; nothing was rolled back".into(),
+        ));
+    }
+    let mut checks: Vec<Check> = reports.iter().map(|r| r.to_check()).collect();
+    if checks.iter().all(|c| c.passed) && !window.is_zero() {
+        let restarts = Restarts { docker, profile };
+        let conditions =
+            taskctl_gates::watch_conditions(profile, &endpoints, &restarts, window, cancel).await;
+        checks.extend(conditions.iter().map(|c| c.to_check()));
+    }
+    Ok(checks)
+}
