@@ -543,6 +543,7 @@ print_env() {
         TASKCTL_TEST_RABBITMQ_MGMT_URL "http://$HOST:$RMQ_MGMT_PORT" \
         TASKCTL_TEST_PROMETHEUS_URL "http://$HOST:$PROM_PORT" \
         TASKCTL_TEST_PROMETHEUS_SD_DIR "$(svc_dir prometheus)/targets" \
+        TASKCTL_PROMETHEUS_SD_DIR "$(svc_dir prometheus)/targets" \
         TASKCTL_TEST_ENV_SCRIPT "$SCRIPT_PATH"
 }
 
