@@ -105,6 +105,9 @@ pub struct ValidateArgs {
     /// Fail on warnings too
     #[arg(long)]
     pub strict: bool,
+    /// Also check against the real target: credentials, zones, instance types, GPUs, overlapping VPCs (aws); the engine and images (docker)
+    #[arg(long)]
+    pub online: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

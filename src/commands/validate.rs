@@ -5,6 +5,7 @@ use crate::context::Context;
 use crate::exit;
 use crate::ui::{Shell, StatusStyle};
 use serde::Serialize;
+use taskctl_core::ops::Finding;
 use taskctl_core::{Diagnostics, Severity};
 
 #[derive(Serialize)]
@@ -16,6 +17,9 @@ struct Report<'a> {
     warnings: usize,
     notes: usize,
     diagnostics: &'a Diagnostics,
+    /// With `--online`: what the target said (preflight).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preflight: Option<Vec<Finding>>,
 }
 
 pub fn exec(ctx: &Context, shell: &mut Shell, args: ValidateArgs) -> anyhow::Result<u8> {
@@ -26,7 +30,23 @@ pub fn exec(ctx: &Context, shell: &mut Shell, args: ValidateArgs) -> anyhow::Res
         d.count(Severity::Warning),
         d.count(Severity::Note),
     );
-    let valid = errors == 0 && !(args.strict && warnings > 0);
+    let mut valid = errors == 0 && !(args.strict && warnings > 0);
+    // `--online`: the target's own checks (credentials, zones, instance
+    // types, GPUs, overlapping networks), the ones every deploy runs first.
+    let preflight = match loaded.valid_profile() {
+        Some(profile) if args.online => {
+            let findings = ctx.runtime()?.block_on(async {
+                let provider = crate::providers::for_profile(profile).await?;
+                anyhow::Ok(provider.preflight(profile).await?)
+            })?;
+            let failed = findings.iter().any(|f| {
+                f.severity == Severity::Error || (args.strict && f.severity == Severity::Warning)
+            });
+            valid &= !failed;
+            Some(findings)
+        }
+        _ => None,
+    };
     let environment = loaded
         .profile
         .as_ref()
@@ -45,9 +65,18 @@ pub fn exec(ctx: &Context, shell: &mut Shell, args: ValidateArgs) -> anyhow::Res
             warnings,
             notes,
             diagnostics: d,
+            preflight,
         })?,
         OutputFormat::Table => {
             shell.diagnostics(d);
+            for f in preflight.iter().flatten() {
+                let style = match f.severity {
+                    Severity::Error => StatusStyle::Error,
+                    Severity::Warning => StatusStyle::Warning,
+                    _ => StatusStyle::Ok,
+                };
+                shell.status(style, "preflight", &format!("{}: {}", f.check, f.message));
+            }
             let summary = counts(errors, warnings, notes);
             let env = environment
                 .map(|e| format!(" (environment {e})"))

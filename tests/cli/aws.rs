@@ -462,3 +462,34 @@ fn a_second_concurrent_deploy_is_refused_and_told_who_holds_the_lock() {
     );
     env.run(&["destroy", "--yes"]);
 }
+
+#[test]
+fn validate_online_runs_preflight_against_the_account() {
+    let mut env = Env::new("online");
+    let out = env.run(&["validate", "--online", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks: Vec<&str> = report["preflight"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    for check in ["credentials", "kubernetes-version", "gpu"] {
+        assert!(checks.contains(&check), "{check} in {report:#}");
+    }
+    // A zone the region does not have is an error found only online.
+    env.layer(
+        "zone.yaml",
+        "apiVersion: taskctl.dev/v1\nkind: Profile\nnetwork:\n  subnets:\n    public:\n      - { zone: us-west-2z, cidr: 10.0.1.0/24 }\n      - { zone: us-west-2b, cidr: 10.0.2.0/24 }\n    private:\n      - { zone: us-west-2z, cidr: 10.0.10.0/24 }\n      - { zone: us-west-2b, cidr: 10.0.20.0/24 }\n",
+    );
+    let offline = env.run(&["validate"]);
+    assert_eq!(offline.status.code(), Some(0), "{}", stderr(&offline));
+    let online = env.run(&["validate", "--online"]);
+    assert_eq!(online.status.code(), Some(1), "{}", stderr(&online));
+    assert!(
+        stderr(&online).contains("us-west-2z"),
+        "{}",
+        stderr(&online)
+    );
+}

@@ -826,12 +826,9 @@ impl Replica {
         Ok(())
     }
 
-    /// Points Prometheus at the replica's metrics port (atomically: a
-    /// half-written file would drop the target for a scrape).
-    fn write_file_sd(&self, metrics_port: u16) -> Result<(), StepError> {
-        let Some(dir) = self.file_sd_dir() else {
-            return Ok(());
-        };
+    /// The Prometheus target file of this replica and its content.
+    fn file_sd(&self, metrics_port: u16) -> Option<(PathBuf, String)> {
+        let dir = self.file_sd_dir()?;
         let doc = serde_json::json!([{
             "targets": [format!("127.0.0.1:{metrics_port}")],
             "labels": {
@@ -840,9 +837,28 @@ impl Replica {
                 "replica": self.index.to_string(),
             }
         }]);
-        let path = dir.join(format!("{}.json", self.primary()));
-        let tmp = dir.join(format!(".{}.json.tmp", self.primary()));
-        std::fs::write(&tmp, doc.to_string())
+        Some((
+            dir.join(format!("{}.json", self.primary())),
+            doc.to_string(),
+        ))
+    }
+
+    /// Whether Prometheus is pointed at this replica as it should be (a run
+    /// killed between starting the container and writing the file leaves
+    /// it unregistered).
+    fn file_sd_is_current(&self, metrics_port: u16) -> bool {
+        self.file_sd(metrics_port)
+            .is_none_or(|(path, doc)| std::fs::read_to_string(path).is_ok_and(|d| d == doc))
+    }
+
+    /// Points Prometheus at the replica's metrics port (atomically: a
+    /// half-written file would drop the target for a scrape).
+    fn write_file_sd(&self, metrics_port: u16) -> Result<(), StepError> {
+        let Some((path, doc)) = self.file_sd(metrics_port) else {
+            return Ok(());
+        };
+        let tmp = path.with_file_name(format!(".{}.json.tmp", self.primary()));
+        std::fs::write(&tmp, doc)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| {
                 StepError::new(
@@ -917,6 +933,14 @@ impl Step for Replica {
         }
         if !running {
             diffs.push(FieldDiff::new("state", "stopped", "running"));
+        }
+        let metrics = spec.ports(slot).1;
+        if diffs.is_empty() && !self.file_sd_is_current(metrics) {
+            diffs.push(FieldDiff::new(
+                "prometheus target",
+                "missing",
+                format!("127.0.0.1:{metrics}"),
+            ));
         }
         if leftover {
             diffs.push(FieldDiff::new(
