@@ -97,8 +97,8 @@ impl Provider for AwsProvider {
         if !scope.includes(Layer::Infrastructure) {
             return Ok(Vec::new());
         }
-        // The run tag is filled per run (see `Wiring`); the spec's own is a
-        // placeholder that never reaches AWS.
+        // The run tag is set per run (see `Resource::spec`); the empty one
+        // given here never reaches AWS.
         let spec =
             StackSpec::from_profile(profile, "").map_err(|e| OpsError::Provider(e.to_string()))?;
         Ok(steps(&self.aws, spec))
