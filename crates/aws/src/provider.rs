@@ -463,10 +463,11 @@ struct Sg;
 struct Cluster;
 struct NodeGroup;
 
-/// The plain kinds: find, create, update, diff and delete by id.
-macro_rules! kind {
-    ($ty:ident, $name:literal, $module:ident, $spec:ty, $state:ty,
-     |$s:ident| $outputs:expr, |$aws:ident, $st:ident| $delete:expr) => {
+/// A kind whose find, create, diff and update are its module's functions;
+/// the rest of the impl (outputs, delete, and settle where AWS is slow) is
+/// given. One macro so `#[async_trait]` sees every method at once.
+macro_rules! kind_impl {
+    ($ty:ident, $name:literal, $module:ident, $spec:ty, $state:ty; $($rest:tt)*) => {
         #[async_trait]
         impl Kind for $ty {
             type Spec = $spec;
@@ -488,13 +489,23 @@ macro_rules! kind {
             async fn update(aws: &Aws, spec: &$spec, state: &$state) -> AwsResult<$state> {
                 $module::update(aws, spec, state).await
             }
+            $($rest)*
+        }
+    };
+}
+
+/// The plain kinds: ready at once, deleted by id.
+macro_rules! kind {
+    ($ty:ident, $name:literal, $module:ident, $spec:ty, $state:ty,
+     |$s:ident| $outputs:expr, |$aws:ident, $st:ident| $delete:expr) => {
+        kind_impl!($ty, $name, $module, $spec, $state;
             fn outputs($s: &$state) -> Outputs {
                 $outputs
             }
             async fn delete($aws: &Aws, $st: &$state, _ctx: &StepContext) -> AwsResult<()> {
                 $delete
             }
-        }
+        );
     };
 }
 
@@ -562,31 +573,7 @@ kind!(
     |aws, s| patiently(|| security_group::delete(aws, &s.group_id)).await
 );
 
-#[async_trait]
-impl Kind for Nat {
-    type Spec = NatGatewaySpec;
-    type State = NatGatewayState;
-    const NAME: &'static str = "nat-gateway";
-
-    fn tags_mut(spec: &mut NatGatewaySpec) -> &mut crate::tags::Tags {
-        &mut spec.tags
-    }
-    async fn find(aws: &Aws, spec: &NatGatewaySpec) -> AwsResult<Option<NatGatewayState>> {
-        nat_gateway::find(aws, spec).await
-    }
-    async fn create(aws: &Aws, spec: &NatGatewaySpec) -> AwsResult<NatGatewayState> {
-        nat_gateway::create(aws, spec).await
-    }
-    fn diff(spec: &NatGatewaySpec, state: &NatGatewayState) -> Vec<AwsDiff> {
-        nat_gateway::diff(spec, state)
-    }
-    async fn update(
-        aws: &Aws,
-        spec: &NatGatewaySpec,
-        state: &NatGatewayState,
-    ) -> AwsResult<NatGatewayState> {
-        nat_gateway::update(aws, spec, state).await
-    }
+kind_impl!(Nat, "nat-gateway", nat_gateway, NatGatewaySpec, NatGatewayState;
     fn outputs(s: &NatGatewayState) -> Outputs {
         outputs([("nat_gateway_id", &s.nat_gateway_id)])
     }
@@ -607,33 +594,9 @@ impl Kind for Nat {
         let wait = WaitOptions::new(Duration::from_secs(10 * 60));
         nat_gateway::delete(aws, &state.nat_gateway_id, wait, &mut report(ctx)).await
     }
-}
+);
 
-#[async_trait]
-impl Kind for Cluster {
-    type Spec = ClusterSpec;
-    type State = ClusterState;
-    const NAME: &'static str = "eks-cluster";
-
-    fn tags_mut(spec: &mut ClusterSpec) -> &mut crate::tags::Tags {
-        &mut spec.tags
-    }
-    async fn find(aws: &Aws, spec: &ClusterSpec) -> AwsResult<Option<ClusterState>> {
-        cluster::find(aws, spec).await
-    }
-    async fn create(aws: &Aws, spec: &ClusterSpec) -> AwsResult<ClusterState> {
-        cluster::create(aws, spec).await
-    }
-    fn diff(spec: &ClusterSpec, state: &ClusterState) -> Vec<AwsDiff> {
-        cluster::diff(spec, state)
-    }
-    async fn update(
-        aws: &Aws,
-        spec: &ClusterSpec,
-        state: &ClusterState,
-    ) -> AwsResult<ClusterState> {
-        cluster::update(aws, spec, state).await
-    }
+kind_impl!(Cluster, "eks-cluster", cluster, ClusterSpec, ClusterState;
     fn outputs(s: &ClusterState) -> Outputs {
         let mut out = outputs([("name", &s.name), ("arn", &s.arn)]);
         if let Some(endpoint) = &s.endpoint {
@@ -660,33 +623,9 @@ impl Kind for Cluster {
         let wait = WaitOptions::new(Duration::from_secs(20 * 60));
         cluster::delete(aws, &state.name, wait, &mut report(ctx)).await
     }
-}
+);
 
-#[async_trait]
-impl Kind for NodeGroup {
-    type Spec = NodeGroupSpec;
-    type State = NodeGroupState;
-    const NAME: &'static str = "eks-node-group";
-
-    fn tags_mut(spec: &mut NodeGroupSpec) -> &mut crate::tags::Tags {
-        &mut spec.tags
-    }
-    async fn find(aws: &Aws, spec: &NodeGroupSpec) -> AwsResult<Option<NodeGroupState>> {
-        node_group::find(aws, spec).await
-    }
-    async fn create(aws: &Aws, spec: &NodeGroupSpec) -> AwsResult<NodeGroupState> {
-        node_group::create(aws, spec).await
-    }
-    fn diff(spec: &NodeGroupSpec, state: &NodeGroupState) -> Vec<AwsDiff> {
-        node_group::diff(spec, state)
-    }
-    async fn update(
-        aws: &Aws,
-        spec: &NodeGroupSpec,
-        state: &NodeGroupState,
-    ) -> AwsResult<NodeGroupState> {
-        node_group::update(aws, spec, state).await
-    }
+kind_impl!(NodeGroup, "eks-node-group", node_group, NodeGroupSpec, NodeGroupState;
     fn outputs(s: &NodeGroupState) -> Outputs {
         outputs([("name", &s.name), ("arn", &s.arn)])
     }
@@ -714,7 +653,7 @@ impl Kind for NodeGroup {
         )
         .await
     }
-}
+);
 
 /// Fills a spec's dependency ids from its dependencies' outputs.
 type Wiring<S> = Box<dyn Fn(&mut S, &StepContext) -> Result<(), Missing> + Send + Sync>;
