@@ -164,6 +164,14 @@ pub async fn last_logs(docker: &Docker, name: &str, lines: usize) -> String {
 /// Waits until `name`'s health check reports healthy. Fails fast when it
 /// exits, restarts or turns unhealthy, naming the exit code and the last
 /// log lines; gives up at `deadline` or when the run is cancelled.
+///
+/// The exit code is only reliable for a container whose restart policy is
+/// `no` (replicas start that way, see `steps::Replica`): a restarted
+/// container reports the exit code of its current run, 0.
+///
+/// It asks every 100 ms: an inspect is cheap next to the health check's own
+/// interval, and the sooner a healthy replica is seen, the sooner the next
+/// one of a rolling update starts.
 pub async fn wait_healthy(
     docker: &Docker,
     ctx: &StepContext,
@@ -242,7 +250,7 @@ pub async fn wait_healthy(
             ctx.progress(&format!("waiting for {name} to become healthy ({secs}s)"));
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = ctx.cancelled().cancelled() => {
                 return Err(StepError::new(ErrorKind::Cancelled, format!("interrupted while waiting for {name}")));
             }

@@ -156,41 +156,95 @@ pub fn tar_of(entries: &[(&str, u32, &[u8])]) -> Result<Vec<u8>, String> {
 /// A build that is ready to run: its context and the tag it produces.
 pub struct Prepared {
     pub tag: String,
-    pub context: Vec<u8>,
+    pub context: Context,
     pub dockerfile: String,
     pub base_image: Option<String>,
     /// For messages: the binary or the Dockerfile.
     pub from: String,
 }
 
-/// Reads the binary (or the Dockerfile's directory) and computes the tag.
+/// A build context.
+pub enum Context {
+    /// The static agent on scratch: packed only when an image is built,
+    /// from the binary whose sha256 is `digest`.
+    Static { binary: PathBuf, digest: String },
+    /// A tar of the Dockerfile's directory.
+    Tar(Vec<u8>),
+}
+
+impl Context {
+    /// The tar the engine builds from.
+    pub fn tar(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Context::Tar(bytes) => Ok(bytes.clone()),
+            Context::Static { binary, digest } => {
+                let bytes = std::fs::read(binary).map_err(|e| {
+                    format!("cannot read the agent binary {}: {e}", binary.display())
+                })?;
+                if crate::spec::sha256_hex(&bytes) != *digest {
+                    return Err(format!(
+                        "the agent binary {} changed during this run; run it again",
+                        binary.display()
+                    ));
+                }
+                tar_of(&[
+                    ("Dockerfile", 0o644, scratch_dockerfile().as_bytes()),
+                    ("task-executor", 0o755, &bytes),
+                ])
+            }
+        }
+    }
+}
+
+/// The sha256 of the static agent binary at `binary`, after checking that
+/// it can run on scratch. Remembered for the process by path, size and
+/// modification time: preflight, plan and apply all need it, and hashing
+/// the binary (12 MB) is most of a plan's time in a debug build.
+fn static_digest(binary: &Path) -> Result<String, String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (PathBuf, u64, Option<std::time::SystemTime>);
+    static DIGESTS: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
+    let meta = std::fs::metadata(binary)
+        .map_err(|e| format!("cannot read the agent binary {}: {e}", binary.display()))?;
+    let key = (binary.to_path_buf(), meta.len(), meta.modified().ok());
+    let digests = DIGESTS.get_or_init(Mutex::default);
+    let mut digests = digests.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(digest) = digests.get(&key) {
+        return Ok(digest.clone());
+    }
+    let bytes = std::fs::read(binary)
+        .map_err(|e| format!("cannot read the agent binary {}: {e}", binary.display()))?;
+    match is_dynamic_elf(&bytes) {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err(format!(
+                "{} is dynamically linked and cannot run on scratch; build a static agent with `{STATIC_BUILD}` and point TASKCTL_AGENT_BINARY at it (or reinstall with ./install.sh)",
+                binary.display()
+            ));
+        }
+        Err(e) => return Err(format!("{}: {e}", binary.display())),
+    }
+    let digest = crate::spec::sha256_hex(&bytes);
+    digests.insert(key, digest.clone());
+    Ok(digest)
+}
+
+/// Computes the tag (from the binary's digest, or the Dockerfile's
+/// directory read whole).
 pub fn prepare(agent: &Agent, source: &Source) -> Result<Option<Prepared>, String> {
     let repo = repository(&agent.image);
     let version = env!("CARGO_PKG_VERSION");
     match source {
         Source::Existing => Ok(None),
         Source::Static { binary } => {
-            let bytes = std::fs::read(binary)
-                .map_err(|e| format!("cannot read the agent binary {}: {e}", binary.display()))?;
-            match is_dynamic_elf(&bytes) {
-                Ok(false) => {}
-                Ok(true) => {
-                    return Err(format!(
-                        "{} is dynamically linked and cannot run on scratch; build a static agent with `{STATIC_BUILD}` and point TASKCTL_AGENT_BINARY at it (or reinstall with ./install.sh)",
-                        binary.display()
-                    ));
-                }
-                Err(e) => return Err(format!("{}: {e}", binary.display())),
-            }
-            let hash = crate::spec::sha256_hex(&bytes);
-            let dockerfile = scratch_dockerfile();
-            let context = tar_of(&[
-                ("Dockerfile", 0o644, dockerfile.as_bytes()),
-                ("task-executor", 0o755, &bytes),
-            ])?;
+            let digest = static_digest(binary)?;
             Ok(Some(Prepared {
-                tag: format!("{repo}:{version}-{}", &hash[..12]),
-                context,
+                tag: format!("{repo}:{version}-{}", &digest[..12]),
+                context: Context::Static {
+                    binary: binary.clone(),
+                    digest,
+                },
                 dockerfile: "Dockerfile".into(),
                 base_image: None,
                 from: binary.display().to_string(),
@@ -218,7 +272,7 @@ pub fn prepare(agent: &Agent, source: &Source) -> Result<Option<Prepared>, Strin
                 .unwrap_or_else(|| "Dockerfile".into());
             Ok(Some(Prepared {
                 tag: format!("{repo}:{version}-{}", &hash[..12]),
-                context,
+                context: Context::Tar(context),
                 dockerfile: name,
                 base_image: base_image.clone(),
                 from: dockerfile.display().to_string(),
@@ -330,11 +384,11 @@ pub async fn build(
             .map(|b| [("BASE_IMAGE".to_string(), b.clone())].into()),
         ..Default::default()
     };
-    let mut stream = docker.build_image(
-        options,
-        None,
-        Some(bollard::body_full(prepared.context.clone().into())),
-    );
+    let context = prepared
+        .context
+        .tar()
+        .map_err(|e| StepError::new(ErrorKind::Invalid, e))?;
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut last = String::new();
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| step_error(&format!("building {}", prepared.tag), e))?;

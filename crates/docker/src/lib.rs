@@ -16,9 +16,12 @@
 //! - `images/<agent>`: the agent image, built without any pull (see
 //!   [`image`]);
 //! - `agents/<agent>/<i>`: replica i, replaced by a rolling update when its
-//!   spec hash differs; replica i depends on replica i−1, so replicas are
-//!   replaced one at a time, and each replacement must be healthy before
-//!   the container it replaces is stopped (see [`steps::Replica`]);
+//!   spec hash differs. The replicas of an agent do not depend on one
+//!   another: those with no running container (a first deploy, a scale-up)
+//!   start side by side, while replacing running ones takes turns from the
+//!   agent's [`rollout::Rollout`], one at a time in replica order, each
+//!   replacement healthy before the container it replaces is stopped (see
+//!   [`steps::Replica`]);
 //! - `agents/sweep`: removes agent containers the profile no longer has;
 //!   on `destroy`, everything labelled with the environment (volumes only
 //!   with `--purge`).
@@ -40,6 +43,7 @@
 pub mod engine;
 pub mod image;
 pub mod release;
+pub mod rollout;
 pub mod spec;
 pub mod steps;
 pub mod verify;
@@ -218,14 +222,13 @@ impl Provider for DockerProvider {
                     shared: shared.clone(),
                     agent: agent.clone(),
                 }));
-                let mut previous: Option<StepId> = None;
+                // Replacing running replicas takes turns (never fewer than
+                // N−1 serving); starting new ones does not wait.
+                let rollout = Arc::new(rollout::Rollout::new(&agent.name));
                 for index in 1..=agent.replicas {
                     let id = StepId::new(format!("agents/{}/{index}", agent.name));
                     let mut deps = vec![image_step.clone()];
                     deps.extend(service_ids.iter().cloned());
-                    // One replica at a time: never fewer than N−1 serving.
-                    deps.extend(previous.take());
-                    previous = Some(id.clone());
                     replicas.push(id.clone());
                     out.push(Arc::new(Replica {
                         id,
@@ -234,6 +237,7 @@ impl Provider for DockerProvider {
                         index,
                         image_step: image_step.clone(),
                         deps,
+                        rollout: rollout.clone(),
                     }));
                 }
             }

@@ -23,6 +23,7 @@ use taskctl_core::profile::model::Agent;
 
 use crate::engine::{self, force_remove, inspect, is_not_found, step_error};
 use crate::image;
+use crate::rollout::Rollout;
 use crate::spec::{
     self, EnvSource, ReplicaSpec, SpecSummary, base_labels, label, next_name, replica_name,
 };
@@ -607,10 +608,9 @@ impl Step for AgentImage {
         match prepared {
             Some(prepared) => {
                 let outputs: Outputs = [("image".to_string(), prepared.tag.clone())].into();
-                let exists = image::local_id(docker, &prepared.tag).await?.is_some();
-                let tagged = image::local_id(docker, &self.agent.image).await?;
                 let built = image::local_id(docker, &prepared.tag).await?;
-                let change = if !exists {
+                let tagged = image::local_id(docker, &self.agent.image).await?;
+                let change = if built.is_none() {
                     Change::create(format!("build {} from {}", prepared.tag, prepared.from))
                 } else if tagged != built {
                     Change::update(vec![FieldDiff::new(
@@ -691,6 +691,29 @@ pub struct Replica {
     pub index: u32,
     pub image_step: StepId,
     pub deps: Vec<StepId>,
+    /// Turns for replacing running replicas, shared by the agent's replicas.
+    pub rollout: Arc<Rollout>,
+}
+
+/// The engine's name of a restart policy.
+fn restart_policy(policy: taskctl_core::profile::model::RestartPolicy) -> RestartPolicyNameEnum {
+    use taskctl_core::profile::model::RestartPolicy as P;
+    match policy {
+        P::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        P::Always => RestartPolicyNameEnum::ALWAYS,
+        P::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        P::No => RestartPolicyNameEnum::NO,
+    }
+}
+
+/// The restart policy a container runs with (`no` when unset).
+fn restart_policy_of(c: &bollard::models::ContainerInspectResponse) -> RestartPolicyNameEnum {
+    c.host_config
+        .as_ref()
+        .and_then(|h| h.restart_policy.as_ref())
+        .and_then(|p| p.name)
+        .filter(|n| *n != RestartPolicyNameEnum::EMPTY)
+        .unwrap_or(RestartPolicyNameEnum::NO)
 }
 
 /// Seconds the old container gets to drain on SIGTERM before SIGKILL: the
@@ -731,7 +754,10 @@ impl Replica {
         o
     }
 
-    /// Creates and starts `name` with the spec in `slot`.
+    /// Creates and starts `name` with the spec in `slot`, with restart
+    /// policy `no`: until it is healthy, an exit must stay an exit (with its
+    /// exit code) rather than a restart that hides it. [`Self::set_restart`]
+    /// gives it the profile's policy once it is healthy.
     async fn start(
         &self,
         ctx: &StepContext,
@@ -777,20 +803,7 @@ impl Replica {
             host_config: Some(HostConfig {
                 network_mode: Some("host".into()),
                 restart_policy: Some(DockerRestart {
-                    name: Some(match spec.restart {
-                        taskctl_core::profile::model::RestartPolicy::UnlessStopped => {
-                            RestartPolicyNameEnum::UNLESS_STOPPED
-                        }
-                        taskctl_core::profile::model::RestartPolicy::Always => {
-                            RestartPolicyNameEnum::ALWAYS
-                        }
-                        taskctl_core::profile::model::RestartPolicy::OnFailure => {
-                            RestartPolicyNameEnum::ON_FAILURE
-                        }
-                        taskctl_core::profile::model::RestartPolicy::No => {
-                            RestartPolicyNameEnum::NO
-                        }
-                    }),
+                    name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
                 }),
                 nano_cpus: (spec.nano_cpus > 0).then_some(spec.nano_cpus),
@@ -826,11 +839,42 @@ impl Replica {
         Ok(())
     }
 
-    /// The Prometheus target file of this replica and its content.
-    fn file_sd(&self, metrics_port: u16) -> Option<(PathBuf, String)> {
+    /// Gives `name` the profile's restart policy.
+    async fn set_restart(&self, name: &str, spec: &ReplicaSpec) -> Result<(), StepError> {
+        self.shared
+            .docker
+            .update_container(
+                name,
+                bollard::models::ContainerUpdateBody {
+                    restart_policy: Some(DockerRestart {
+                        name: Some(restart_policy(spec.restart)),
+                        maximum_retry_count: None,
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| step_error(&format!("setting the restart policy of {name}"), e))
+    }
+
+    /// Removes this replica's Prometheus target file.
+    fn remove_file_sd(&self) {
+        if let Some((path, _)) = self.file_sd(&[]) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// The Prometheus target file of this replica and its content: the
+    /// metrics addresses of its containers (two while a replacement runs
+    /// beside the container it replaces).
+    fn file_sd(&self, metrics_ports: &[u16]) -> Option<(PathBuf, String)> {
         let dir = self.file_sd_dir()?;
+        let targets: Vec<String> = metrics_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         let doc = serde_json::json!([{
-            "targets": [format!("127.0.0.1:{metrics_port}")],
+            "targets": targets,
             "labels": {
                 "taskctl_environment": spec::environment_label(&self.shared.profile),
                 "agent": self.agent.name,
@@ -847,14 +891,14 @@ impl Replica {
     /// killed between starting the container and writing the file leaves
     /// it unregistered).
     fn file_sd_is_current(&self, metrics_port: u16) -> bool {
-        self.file_sd(metrics_port)
+        self.file_sd(&[metrics_port])
             .is_none_or(|(path, doc)| std::fs::read_to_string(path).is_ok_and(|d| d == doc))
     }
 
-    /// Points Prometheus at the replica's metrics port (atomically: a
+    /// Points Prometheus at the replica's metrics ports (atomically: a
     /// half-written file would drop the target for a scrape).
-    fn write_file_sd(&self, metrics_port: u16) -> Result<(), StepError> {
-        let Some((path, doc)) = self.file_sd(metrics_port) else {
+    fn write_file_sd(&self, metrics_ports: &[u16]) -> Result<(), StepError> {
+        let Some((path, doc)) = self.file_sd(metrics_ports) else {
             return Ok(());
         };
         let tmp = path.with_file_name(format!(".{}.json.tmp", self.primary()));
@@ -866,6 +910,109 @@ impl Replica {
                     format!("writing the Prometheus target file {}: {e}", path.display()),
                 )
             })
+    }
+    /// Makes replica `index` run the desired spec: starts a new container
+    /// at once when there is no running one to protect; otherwise, on its
+    /// turn, starts the replacement beside the running container, and stops
+    /// that one only once the replacement is healthy.
+    async fn converge(&self, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let docker = &self.shared.docker;
+        let spec = self.spec(ctx)?;
+        let desired = spec.summary().hash();
+        let primary = self.primary();
+        let next = next_name(&primary);
+        // A replacement an interrupted run left behind is never adopted: it
+        // may be half-made. Starting over is cheap and always correct.
+        force_remove(docker, &next).await?;
+        let current = inspect(docker, &primary).await?;
+        let mut new_slot = 0;
+        let mut protect = false;
+        if let Some(c) = &current {
+            let labels = c.config.clone().and_then(|c| c.labels).unwrap_or_default();
+            let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+            let (slot, hash) = slot_and_hash(&labels);
+            if hash == Some(&desired) && running {
+                self.rollout.announce(self.index, false);
+                if restart_policy_of(c) != restart_policy(spec.restart) {
+                    self.set_restart(&primary, &spec).await?;
+                }
+                self.write_file_sd(&[spec.ports(slot).1])?;
+                return Ok(self.outputs(Some(spec.ports(slot).1)));
+            }
+            new_slot = 1 - slot;
+            protect = running;
+        }
+        self.rollout.announce(self.index, protect);
+        let turn = if protect {
+            Some(
+                self.rollout
+                    .turn(self.index, ctx.cancelled(), |m| ctx.progress(m))
+                    .await?,
+            )
+        } else {
+            None
+        };
+        self.start(ctx, &spec, &next, new_slot).await?;
+        // Prometheus starts looking at the new container while it becomes
+        // healthy (beside the one it replaces), so its first scrape is not
+        // what verification waits for.
+        let metrics = spec.ports(new_slot).1;
+        let old_metrics = protect.then(|| spec.ports(1 - new_slot).1);
+        self.write_file_sd(
+            &[old_metrics, Some(metrics)]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+        )?;
+        if let Err(e) = engine::wait_healthy(docker, ctx, &next, spec.health.deadline()).await {
+            // The old container, if any, keeps serving.
+            let _ = force_remove(docker, &next).await;
+            match old_metrics {
+                Some(old) => {
+                    let _ = self.write_file_sd(&[old]);
+                }
+                None => self.remove_file_sd(),
+            }
+            return Err(StepError::new(
+                e.kind,
+                if current.is_some() {
+                    format!(
+                        "the new {primary} did not become healthy, so the running one was kept: {}",
+                        e.message
+                    )
+                } else {
+                    format!("the new {primary} did not become healthy: {}", e.message)
+                },
+            ));
+        }
+        self.set_restart(&next, &spec).await?;
+        if current.is_some() {
+            ctx.progress(&format!("stopping the old {primary}"));
+            engine::remove(docker, &primary, STOP_SECONDS).await?;
+            ctx.progress(&format!("removed the old {primary}"));
+        }
+        docker
+            .rename_container(
+                &next,
+                RenameContainerOptions {
+                    name: primary.clone(),
+                },
+            )
+            .await
+            .map_err(|e| step_error(&format!("renaming {next} to {primary}"), e))?;
+        ctx.progress(&format!(
+            "{primary} {} and healthy",
+            if current.is_some() {
+                "replaced"
+            } else {
+                "created"
+            }
+        ));
+        self.write_file_sd(&[metrics])?;
+        if let Some(turn) = turn {
+            turn.done();
+        }
+        Ok(self.outputs(Some(metrics)))
     }
 }
 
@@ -903,7 +1050,9 @@ impl Step for Replica {
                 )
             })
             .unwrap_or(60);
-        Duration::from_secs(probe + 2 * STOP_SECONDS as u64 + 60)
+        // Replica i may wait for the i−1 replacements before it (each
+        // bounded by its own step's share of this) before its own.
+        Duration::from_secs(probe + 2 * STOP_SECONDS as u64 + 60) * self.index.max(1)
     }
 
     async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
@@ -913,14 +1062,20 @@ impl Step for Replica {
         let primary = self.primary();
         let leftover = inspect(docker, &next_name(&primary)).await?.is_some();
         let Some(c) = inspect(docker, &primary).await? else {
+            self.rollout.announce(self.index, false);
             return Ok(StepPlan {
                 change: Change::create("not found"),
                 outputs: self.outputs(None),
             });
         };
+        let policy = restart_policy_of(&c);
         let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
         let running = c.state.and_then(|s| s.running).unwrap_or(false);
         let (slot, hash) = slot_and_hash(&labels);
+        // Replacing a running container takes a turn: say so now, so no
+        // later replica overtakes this one.
+        self.rollout
+            .announce(self.index, running && hash != Some(&desired.hash()));
         let mut diffs = Vec::new();
         if hash != Some(&desired.hash()) {
             match labels
@@ -933,6 +1088,12 @@ impl Step for Replica {
         }
         if !running {
             diffs.push(FieldDiff::new("state", "stopped", "running"));
+        }
+        let wanted = restart_policy(spec.restart);
+        if diffs.is_empty() && policy != wanted {
+            // A run killed between a replacement becoming healthy and its
+            // restart policy being set.
+            diffs.push(FieldDiff::new("restart policy", policy, wanted));
         }
         let metrics = spec.ports(slot).1;
         if diffs.is_empty() && !self.file_sd_is_current(metrics) {
@@ -961,63 +1122,12 @@ impl Step for Replica {
     }
 
     async fn apply(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<Outputs, StepError> {
-        let docker = &self.shared.docker;
-        let spec = self.spec(ctx)?;
-        let desired = spec.summary().hash();
-        let primary = self.primary();
-        let next = next_name(&primary);
-        // A replacement an interrupted run left behind is never adopted: it
-        // may be half-made. Starting over is cheap and always correct.
-        force_remove(docker, &next).await?;
-        let current = inspect(docker, &primary).await?;
-        let mut new_slot = 0;
-        if let Some(c) = &current {
-            let labels = c.config.clone().and_then(|c| c.labels).unwrap_or_default();
-            let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-            let (slot, hash) = slot_and_hash(&labels);
-            if hash == Some(&desired) && running {
-                self.write_file_sd(spec.ports(slot).1)?;
-                return Ok(self.outputs(Some(spec.ports(slot).1)));
-            }
-            new_slot = 1 - slot;
+        let result = self.converge(ctx).await;
+        if let Err(e) = &result {
+            // No running replica of this agent is replaced after a failure.
+            self.rollout.fail(self.index, &e.message);
         }
-        self.start(ctx, &spec, &next, new_slot).await?;
-        if let Err(e) = engine::wait_healthy(docker, ctx, &next, spec.health.deadline()).await {
-            // The old container, if any, keeps serving.
-            let _ = force_remove(docker, &next).await;
-            return Err(StepError::new(
-                e.kind,
-                format!(
-                    "the new {primary} did not become healthy, so the running one was kept: {}",
-                    e.message
-                ),
-            ));
-        }
-        if current.is_some() {
-            ctx.progress(&format!("stopping the old {primary}"));
-            engine::remove(docker, &primary, STOP_SECONDS).await?;
-            ctx.progress(&format!("removed the old {primary}"));
-        }
-        docker
-            .rename_container(
-                &next,
-                RenameContainerOptions {
-                    name: primary.clone(),
-                },
-            )
-            .await
-            .map_err(|e| step_error(&format!("renaming {next} to {primary}"), e))?;
-        ctx.progress(&format!(
-            "{primary} {} and healthy",
-            if current.is_some() {
-                "replaced"
-            } else {
-                "created"
-            }
-        ));
-        let metrics = spec.ports(new_slot).1;
-        self.write_file_sd(metrics)?;
-        Ok(self.outputs(Some(metrics)))
+        result
     }
 
     async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
