@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # bench/docker.sh: the local stack (the agent image, 3 agents, the same env
-# and health check) brought up by docker compose and by `taskctl deploy`,
-# and the time from a `taskctl deploy` of a changed env value to every agent
-# healthy again (a rolling update). Median wall time of several rounds.
+# and health check) brought up by docker compose and by `taskctl deploy`;
+# then, on the running stack, a `taskctl deploy` of a changed env value (a
+# rolling update) and a `taskctl rollback` to the release before it. Median
+# wall times of several rounds, all measured in the same run.
 #
 #   bench/docker.sh [ROUNDS]        default 5
+#
+# For each taskctl command two figures: "healthy" is the time from launching
+# the command to its `verification_started` event (every replica is healthy
+# by Docker's health check, the engine run is over and the release is
+# recorded: the point compose's figure stops at), "verified" is the whole
+# command, with the profile's verification gates (TCP, /ready, Prometheus
+# up == 1 for every agent, a real task through RabbitMQ). The watch window of
+# the automatic-rollback conditions is a fixed wait by design, so the bench
+# sets TASKCTL_WATCH_WINDOW=0s unless told otherwise.
 #
 # Needs: the test env (scripts/test-env.sh up: the broker on loopback), the
 # Docker engine, docker compose (v2 plugin or docker-compose v1), a built
 # taskctl (TASKCTL, default $CARGO_TARGET_DIR/debug/taskctl) and a static
-# agent (TASKCTL_AGENT_BINARY, default the static release build).
+# agent (TASKCTL_AGENT_BINARY, default the static release build). Copy both
+# elsewhere first when other builds share the target directory.
 # Compose v1 has no `up --wait`, so its time includes polling `docker
 # inspect` until all three containers are healthy (every 100 ms), which is
 # what `--wait` does.
@@ -33,6 +44,7 @@ else
     exit 1
 fi
 eval "$(scripts/test-env.sh env)"
+export TASKCTL_WATCH_WINDOW=${TASKCTL_WATCH_WINDOW:-0s}
 
 WORK=$(mktemp -d)
 NAME=bench-docker
@@ -120,7 +132,41 @@ all_healthy() {
     ! docker inspect --format '{{.State.Health.Status}}' $ids | grep -qv '^healthy$'
 }
 
-compose_times=() taskctl_times=() rolling_times=()
+# timed OUT CMD...: runs taskctl CMD in the work dir with JSON events, and
+# appends "healthy verified" seconds to OUT (healthy: when the
+# verification_started event was printed).
+timed() {
+    local out=$1
+    shift
+    local t0 events
+    events=$WORK/events.jsonl
+    t0=$(now)
+    if ! (cd "$WORK" && "$TASKCTL" "$@" -o json >"$events" 2>"$WORK/stderr"); then
+        echo "bench/docker.sh: taskctl $* failed:" >&2
+        tail -5 "$events" "$WORK/stderr" >&2
+        exit 1
+    fi
+    local t1
+    t1=$(now)
+    python3 - "$t0" "$t1" "$events" >>"$out" <<'PY'
+import json, sys
+from datetime import datetime
+t0, t1 = float(sys.argv[1]), float(sys.argv[2])
+healthy = None
+for line in open(sys.argv[3]):
+    e = json.loads(line)
+    if e.get("event") == "verification_started":
+        ts = datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+        healthy = ts - t0
+        break
+if healthy is None:
+    sys.exit("no verification_started event: nothing was deployed")
+print(f"{healthy:.3f} {t1 - t0:.3f}")
+PY
+}
+
+compose_times=()
+: >"$WORK/deploy" && : >"$WORK/rolling" && : >"$WORK/rollback"
 for round in $(seq "$ROUNDS"); do
     t0=$(now)
     "${COMPOSE[@]}" -p "$NAME" -f "$WORK/compose.yaml" up -d >/dev/null 2>&1
@@ -129,19 +175,20 @@ for round in $(seq "$ROUNDS"); do
     "${COMPOSE[@]}" -p "$NAME" -f "$WORK/compose.yaml" down -t 5 >/dev/null 2>&1
 
     profile 50
-    t0=$(now)
-    (cd "$WORK" && "$TASKCTL" deploy -p profile.yaml --yes -q >/dev/null 2>&1)
-    taskctl_times+=("$(echo "$(now) - $t0" | bc)")
-
+    timed "$WORK/deploy" deploy -p profile.yaml --yes
     profile $((40 + round))
-    t0=$(now)
-    (cd "$WORK" && "$TASKCTL" deploy -p profile.yaml --yes -q >/dev/null 2>&1)
-    rolling_times+=("$(echo "$(now) - $t0" | bc)")
+    timed "$WORK/rolling" deploy -p profile.yaml --yes
+    timed "$WORK/rollback" rollback -p profile.yaml --yes --approve bench
     (cd "$WORK" && "$TASKCTL" destroy -p profile.yaml --yes -q >/dev/null 2>&1)
-    echo "round $round: compose ${compose_times[-1]}s, taskctl ${taskctl_times[-1]}s, rolling update ${rolling_times[-1]}s" >&2
+    echo "round $round: compose ${compose_times[-1]}s; taskctl (healthy verified) deploy $(tail -1 "$WORK/deploy"), rolling update $(tail -1 "$WORK/rolling"), rollback $(tail -1 "$WORK/rollback")" >&2
 done
 
-printf 'up to 3 healthy agents, median of %s rounds:\n' "$ROUNDS"
-printf '  %-40s %ss\n' "${COMPOSE[*]} up -d + wait healthy" "$(printf '%s\n' "${compose_times[@]}" | median)"
-printf '  %-40s %ss\n' "taskctl deploy (image cached)" "$(printf '%s\n' "${taskctl_times[@]}" | median)"
-printf '  %-40s %ss\n' "taskctl deploy of a changed env value" "$(printf '%s\n' "${rolling_times[@]}" | median)"
+col() { awk -v c="$1" '{print $c}' "$2" | median; }
+compose=$(printf '%s\n' "${compose_times[@]}" | median)
+deploy=$(col 1 "$WORK/deploy")
+printf 'median of %s rounds (healthy: every agent healthy; verified: the whole command, gates included, watch window %s):\n' "$ROUNDS" "$TASKCTL_WATCH_WINDOW"
+printf '  %-44s %6ss\n' "${COMPOSE[*]} up -d + wait healthy" "$compose"
+printf '  %-44s %6ss healthy, %6ss verified\n' "taskctl deploy, 3 new agents (image cached)" "$deploy" "$(col 2 "$WORK/deploy")"
+printf '  %-44s %6ss healthy, %6ss verified\n' "taskctl deploy of a changed env value" "$(col 1 "$WORK/rolling")" "$(col 2 "$WORK/rolling")"
+printf '  %-44s %6ss healthy, %6ss verified\n' "taskctl rollback to the previous release" "$(col 1 "$WORK/rollback")" "$(col 2 "$WORK/rollback")"
+printf '  taskctl deploy (healthy) / compose: %s\n' "$(echo "scale=2; $deploy / $compose" | bc)"
