@@ -8,6 +8,7 @@
 //! builds it).
 
 use crate::harness::repo_root;
+use crate::probe::Probe;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -693,5 +694,99 @@ fn a_failed_gate_rolls_back_automatically_and_rollback_to_needs_approval() {
             .iter()
             .any(|e| e["action"] == "rollback" && e["approver"] == "lead"),
         "{audit:#}"
+    );
+}
+
+/// The must-show: a deploy of a broken agent version is rolled back
+/// automatically while a probe keeps sending tasks, and no task is lost.
+///
+/// The broken version's agents start and answer `/ready`, but cut every
+/// result's output to 8 bytes (`OUTPUT_LIMIT_BYTES`), so the functional gate
+/// fails and the automatic rollback restores release 1: all three replicas
+/// are replaced twice, forward and back, each old one drained by SIGTERM,
+/// while a task arrives every 100 ms and runs for 200 ms. The agents consume
+/// a queue of this test's own, so no other environment's agents take its
+/// tasks.
+#[test]
+fn a_broken_version_is_rolled_back_automatically_while_tasks_keep_coming_and_none_is_lost() {
+    let mut env = Env::new("dk-probe");
+    let queue = format!("taskctl.tasks.{}", env.name);
+    env.layer(
+        "queue.yaml",
+        &format!(
+            "agents:\n  - name: {AGENT}\n    env:\n      - name: TASK_QUEUE\n        value: \"{queue}\"\n"
+        ),
+    );
+    let first = quick(&env, &["deploy", "--yes"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let before = env.assert_three_healthy();
+
+    let probe = Probe::start(
+        &required("TASKCTL_TEST_AMQP_URL"),
+        &queue,
+        "probe task",
+        Duration::from_millis(100),
+        200,
+    );
+    env.layer(
+        "broken.yaml",
+        &format!(
+            "agents:\n  - name: {AGENT}\n    env:\n      - name: OUTPUT_LIMIT_BYTES\n        value: \"8\"\n"
+        ),
+    );
+    let broken = quick(&env, &["deploy", "--yes"]);
+    // A few more tasks to the restored release.
+    std::thread::sleep(Duration::from_secs(1));
+    let report = probe.finish();
+
+    let out = text(&broken);
+    assert_eq!(broken.status.code(), Some(1), "{out}");
+    assert!(out.contains("test_functionality"), "the failed gate: {out}");
+    assert!(out.contains("instead of"), "what it saw: {out}");
+    assert!(
+        out.contains("rolled back automatically to release 1"),
+        "{out}"
+    );
+    let statuses: Vec<(u64, String)> = history(&env).into_iter().map(|(r, s, _)| (r, s)).collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, "superseded".to_string()),
+            (2, "failed".to_string()),
+            (3, "deployed".to_string())
+        ]
+    );
+    let after = env.assert_three_healthy();
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b.id, a.id, "{} was never replaced", a.name);
+        let vars = env.inspect(&a.name, "{{json .Config.Env}}");
+        assert!(!vars.contains("OUTPUT_LIMIT_BYTES"), "{}: {vars}", a.name);
+    }
+
+    // No task lost: every task the broker confirmed has its result.
+    let lost = report.lost();
+    assert!(
+        report.published.len() >= 20,
+        "the probe sent only {} tasks during the deploy",
+        report.published.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {} tasks lost: {lost:?}",
+        lost.len(),
+        report.published.len()
+    );
+    for (id, r) in &report.results {
+        assert_eq!(
+            r.status,
+            taskctl_protocol::TaskStatus::Succeeded,
+            "{id}: {r:?}"
+        );
+    }
+    let by_broken = report.results.values().filter(|r| r.truncated).count();
+    eprintln!(
+        "probe: {} tasks, all answered ({by_broken} by the broken release, {} duplicate results)",
+        report.published.len(),
+        report.duplicates
     );
 }

@@ -1,0 +1,257 @@
+//! A task probe: publishes `echo` tasks through RabbitMQ at a steady pace
+//! while a test changes the deployment, then waits for every result.
+//!
+//! It is a producer as `crates/protocol` describes (and as the functional
+//! gate in `crates/gates/src/functional.rs` is): an exclusive reply queue,
+//! persistent tasks published with `reply_to` and `correlation_id` under
+//! publisher confirms. Unlike the gate it leaves the agent's retries and
+//! the task's lifetime alone (no `max_attempts`, no expiration): a task the
+//! broker confirmed must come back, whatever restarts in between.
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use taskctl_protocol::{TaskKind, TaskMessage, TaskResult};
+
+/// What the probe sent and got back.
+#[derive(Debug)]
+pub struct ProbeReport {
+    /// Task ids the broker confirmed, in order.
+    pub published: Vec<String>,
+    /// The first result of each task, by id.
+    pub results: BTreeMap<String, TaskResult>,
+    /// Results beyond the first for a task (delivery is at-least-once).
+    pub duplicates: usize,
+}
+
+impl ProbeReport {
+    /// Confirmed tasks that never got a result.
+    pub fn lost(&self) -> Vec<&String> {
+        self.published
+            .iter()
+            .filter(|id| !self.results.contains_key(*id))
+            .collect()
+    }
+}
+
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    started: Arc<AtomicBool>,
+    thread: JoinHandle<Result<ProbeReport, String>>,
+}
+
+impl Probe {
+    /// Starts publishing a task to `queue` every `every`, each `message`
+    /// followed by its number and echoed after `delay_ms`; returns once the
+    /// first task was confirmed. `queue` must be the test's own: the probe
+    /// deletes it when it finishes.
+    pub fn start(
+        amqp_url: &str,
+        queue: &str,
+        message: &str,
+        every: Duration,
+        delay_ms: u64,
+    ) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (url, queue, message) = (amqp_url.to_owned(), queue.to_owned(), message.to_owned());
+            let (stop, started) = (stop.clone(), started.clone());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .block_on(run(
+                        &url, &queue, &message, every, delay_ms, &stop, &started,
+                    ))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !started.load(Ordering::SeqCst) {
+            if thread.is_finished() || Instant::now() > deadline {
+                stop.store(true, Ordering::SeqCst);
+                let outcome = thread.join().expect("the probe thread does not panic");
+                panic!("the probe did not get its first task confirmed: {outcome:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Probe {
+            stop,
+            started,
+            thread,
+        }
+    }
+
+    /// Stops publishing and waits (up to 90 s) for the result of every
+    /// task it published.
+    pub fn finish(self) -> ProbeReport {
+        assert!(self.started.load(Ordering::SeqCst));
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .join()
+            .expect("the probe thread does not panic")
+            .unwrap_or_else(|e| panic!("the probe failed: {e}"))
+    }
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+async fn run(
+    url: &str,
+    queue: &str,
+    message: &str,
+    every: Duration,
+    delay_ms: u64,
+    stop: &AtomicBool,
+    started: &AtomicBool,
+) -> Result<ProbeReport, String> {
+    let connection = Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name("taskctl-test-probe".into()),
+    )
+    .await
+    .map_err(|e| format!("connecting to the broker: {e}"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply_queue = reply.name().as_str().to_owned();
+    let mut consumer = channel
+        .basic_consume(
+            reply_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let collected: Arc<Mutex<(BTreeMap<String, TaskResult>, usize)>> = Arc::default();
+    let collector = {
+        let collected = collected.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                if let Ok(result) = serde_json::from_slice::<TaskResult>(&delivery.data) {
+                    let mut c = collected.lock().unwrap();
+                    if c.0.contains_key(&result.task_id) {
+                        c.1 += 1;
+                    } else {
+                        c.0.insert(result.task_id.clone(), result);
+                    }
+                }
+            }
+        })
+    };
+
+    let run = format!("probe-{:x}-{}", epoch_ms(), std::process::id());
+    let mut published = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let id = format!("{run}-{n}");
+        let task = TaskMessage::new(
+            id.clone(),
+            TaskKind::Echo {
+                message: format!("{message} {n}"),
+                delay_ms,
+            },
+            epoch_ms(),
+        );
+        let body = serde_json::to_vec(&task).map_err(|e| e.to_string())?;
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_reply_to(reply_queue.as_str().into())
+            .with_correlation_id(id.as_str().into());
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                properties,
+            )
+            .await
+            .map_err(|e| format!("publishing {id}: {e}"))?
+            .await
+            .map_err(|e| format!("confirming {id}: {e}"))?;
+        match confirm {
+            Confirmation::Ack(None) => published.push(id),
+            other => {
+                return Err(format!(
+                    "task {id} was not accepted into `{queue}`: {other:?}"
+                ));
+            }
+        }
+        started.store(true, Ordering::SeqCst);
+        tokio::time::sleep(every).await;
+    }
+
+    // Every confirmed task must come back; the agents' retries and a drain
+    // may take a while.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done = {
+            let c = collected.lock().unwrap();
+            published.iter().all(|id| c.0.contains_key(id))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The queue is the test's own: leave nothing on the shared broker.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        channel.queue_delete(queue.into(), QueueDeleteOptions::default()),
+    )
+    .await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(200, "probe done".into()),
+    )
+    .await;
+    collector.abort();
+    let (results, duplicates) = std::mem::take(&mut *collected.lock().unwrap());
+    Ok(ProbeReport {
+        published,
+        results,
+        duplicates,
+    })
+}
