@@ -198,8 +198,8 @@ impl Context {
 
 /// The sha256 of the static agent binary at `binary`, after checking that
 /// it can run on scratch. Remembered for the process by path, size and
-/// modification time: preflight, plan and apply all need it, and hashing
-/// the binary (12 MB) is most of a plan's time in a debug build.
+/// modification time: preflight, plan and apply all need it, and each would
+/// otherwise read and hash the whole binary (12 MB) again.
 fn static_digest(binary: &Path) -> Result<String, String> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
