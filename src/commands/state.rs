@@ -11,7 +11,19 @@ pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
     let store = ctx.store(&profile)?;
     let env = ops::environment_key(&profile);
-    let status = ctx.runtime()?.block_on(ops::status(store.as_ref(), &env))?;
+    let rt = ctx.runtime()?;
+    let mut status = rt.block_on(ops::status(store.as_ref(), &env))?;
+    // What runs, on the local engine; a status that cannot reach it still
+    // tells the lock and the last run.
+    if profile.target.kind == taskctl_core::profile::TargetKind::Docker {
+        match rt.block_on(async {
+            let provider = crate::providers::for_profile(&profile).await?;
+            Ok::<_, anyhow::Error>(provider.workloads(&profile).await?)
+        }) {
+            Ok(w) => status.workloads = w,
+            Err(e) => status.workloads_error = Some(format!("{e:#}")),
+        }
+    }
     if ctx.output != OutputFormat::Table {
         shell.data(&status)?;
         return Ok(exit::SUCCESS);
@@ -44,6 +56,26 @@ pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
             }
         }
         None => text += "last run     none\n",
+    }
+    if let Some(e) = &status.workloads_error {
+        text += &format!("containers   unknown: {e}\n");
+    }
+    match status.workloads.as_deref() {
+        None => {}
+        Some([]) => text += "containers   none\n",
+        Some(workloads) => {
+            let width = workloads.iter().map(|w| w.name.len()).max().unwrap_or(0);
+            text += &format!(
+                "containers\n  {:width$}  {:10} {:10} {:12}  RELEASE\n",
+                "NAME", "STATE", "HEALTH", "IMAGE"
+            );
+            for w in workloads {
+                text += &format!(
+                    "  {:width$}  {:10} {:10} {:12}  {}\n",
+                    w.name, w.state, w.health, w.image, w.release
+                );
+            }
+        }
     }
     shell.text(&text)?;
     Ok(exit::SUCCESS)

@@ -371,6 +371,44 @@ fn deploy_builds_the_image_runs_healthy_labelled_agents_and_redeploy_is_a_no_op(
     );
     wait_scraped(&env, 3);
 
+    // `status` lists what runs: each container's state, health, image and
+    // the release that runs it.
+    let out = env.run(&["status", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let workloads = status["workloads"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status:#}"));
+    let names: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [env.replica(1), env.replica(2), env.replica(3)],
+        "{status:#}"
+    );
+    for w in workloads {
+        let name = w["name"].as_str().unwrap();
+        assert_eq!(w["role"], "agent");
+        assert_eq!(w["state"], "running", "{w}");
+        assert_eq!(w["health"], "healthy", "{w}");
+        assert_eq!(w["release"], "1", "{w}");
+        let id = env.inspect(name, "{{.Image}}");
+        assert_eq!(
+            w["image"].as_str().unwrap(),
+            &id.trim_start_matches("sha256:")[..12],
+            "{w}"
+        );
+    }
+    let out = env.run(&["status"]);
+    let table = text(&out);
+    assert!(
+        table.contains("containers")
+            && table.contains(&format!("{}  running    healthy", env.replica(1))),
+        "{table}"
+    );
+
     // Again: nothing to do, nothing restarted.
     let out = env
         .command(&["deploy", "--yes"])

@@ -54,7 +54,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use taskctl_core::Severity;
 use taskctl_core::engine::{Step, StepId};
-use taskctl_core::ops::{Finding, Layer, OpsError, Provider, ReleaseFacts, Scope};
+use taskctl_core::ops::{Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, Workload};
 use taskctl_core::profile::Profile;
 use taskctl_core::release::ReleaseStore;
 
@@ -266,6 +266,84 @@ impl Provider for DockerProvider {
             docker: self.docker.clone(),
             environment: spec::environment_label(profile),
         }))
+    }
+
+    /// Every container of the environment but release records: agents
+    /// first, then services, by name.
+    async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
+        let env = spec::environment_label(profile);
+        let provider = |e: taskctl_core::engine::StepError| OpsError::Provider(e.message);
+        let found = engine::containers_with(&self.docker, &[(label::ENVIRONMENT, &env)])
+            .await
+            .map_err(provider)?;
+        // Containers carry the run that made them; releases name their run.
+        let runs: BTreeMap<String, u32> = match self.releases(profile) {
+            Some(store) => store
+                .list()
+                .await
+                .map(|releases| {
+                    releases
+                        .into_iter()
+                        .map(|r| (r.run_id, r.revision))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
+        let mut out = Vec::new();
+        for c in found {
+            let labels = c.labels.clone().unwrap_or_default();
+            let role = labels.get(label::ROLE).cloned().unwrap_or_default();
+            if role == "release" {
+                continue;
+            }
+            let Some(name) = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+            else {
+                continue;
+            };
+            let inspected = engine::inspect(&self.docker, &name)
+                .await
+                .map_err(provider)?;
+            let state = inspected.as_ref().and_then(|i| i.state.clone());
+            let health = state
+                .as_ref()
+                .and_then(|s| s.health.as_ref())
+                .and_then(|h| h.status)
+                .map(|h| h.to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "none".into());
+            let image = c
+                .image_id
+                .as_deref()
+                .map(|id| id.trim_start_matches("sha256:").chars().take(12).collect())
+                .unwrap_or_default();
+            let release = labels
+                .get(label::RELEASE)
+                .map(|run| {
+                    runs.get(run)
+                        .map(u32::to_string)
+                        .unwrap_or_else(|| run.clone())
+                })
+                .unwrap_or_default();
+            out.push(Workload {
+                name,
+                role,
+                state: state
+                    .and_then(|s| s.status)
+                    .map(|s| s.to_string())
+                    .or(c.state.map(|s| s.to_string()))
+                    .unwrap_or_default(),
+                health,
+                image,
+                release,
+            });
+        }
+        out.sort_by(|a, b| (a.role != "agent", &a.name).cmp(&(b.role != "agent", &b.name)));
+        Ok(Some(out))
     }
 
     /// Images by id (`<profile image>@sha256:<image id>`: local images have

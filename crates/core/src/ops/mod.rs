@@ -123,6 +123,30 @@ pub trait Provider: Send + Sync {
     ) -> Result<Option<String>, OpsError> {
         Ok(None)
     }
+
+    /// What runs now, one entry per container (or pod), for `status`;
+    /// `None` when the target has no such view.
+    async fn workloads(&self, _profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
+        Ok(None)
+    }
+}
+
+/// One running unit of an environment (a container, a pod), as `status`
+/// shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Workload {
+    pub name: String,
+    /// `agent`, `service`.
+    pub role: String,
+    /// `running`, `exited`, `restarting`, …
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`, or `none` without a health check.
+    pub health: String,
+    /// The image id's first 12 hex digits.
+    pub image: String,
+    /// The release that runs it (its revision), or the run that made it
+    /// when no kept release names that run.
+    pub release: String,
 }
 
 /// What a provider observed of a deployed environment (see

@@ -11,6 +11,13 @@ pub struct EnvironmentStatus {
     pub state: String,
     pub lock: Option<Lease>,
     pub last_run: Option<LastRunView>,
+    /// What runs, on targets that can say (the CLI asks the provider).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<Vec<super::Workload>>,
+    /// Why the workloads could not be listed (the engine does not answer):
+    /// the rest of the status still stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workloads_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,5 +58,7 @@ pub async fn status(
         state: store.location(),
         lock: store.current_lock().await?,
         last_run: last_run(&journal).map(Into::into),
+        workloads: None,
+        workloads_error: None,
     })
 }
