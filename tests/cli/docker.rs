@@ -322,6 +322,21 @@ fn deploy_builds_the_image_runs_healthy_labelled_agents_and_redeploy_is_a_no_op(
         !text(&out).contains(&token),
         "the secret leaked into the output"
     );
+    // A first deploy protects no running replica: all three start before
+    // any of them is healthy.
+    let events = String::from_utf8_lossy(&out.stdout).into_owned();
+    let at = |needle: &str| {
+        events
+            .find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` not in the deploy's events:\n{events}"))
+    };
+    let first_healthy = at("created and healthy");
+    for i in 1..=3 {
+        assert!(
+            at(&format!("started {}.next", env.replica(i))) < first_healthy,
+            "replica {i} started after another one was healthy:\n{events}"
+        );
+    }
     let journal = std::fs::read_to_string(
         env.dir
             .path()

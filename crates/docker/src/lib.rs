@@ -36,7 +36,9 @@
 //! profile's `http` and `metrics` ports, and a replacement starts in the
 //! other slot, so old and new run side by side until the new one is
 //! healthy. Each replica's metrics address is written to the Prometheus
-//! `file_sd` directory of `target.docker.prometheus_file_sd` when set.
+//! `file_sd` directory of `target.docker.prometheus_file_sd` when set, as
+//! soon as its container starts (beside the address of the container it
+//! replaces, until that one is gone).
 //!
 //! Releases live on the engine too ([`release::DockerReleaseStore`]).
 

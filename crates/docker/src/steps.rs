@@ -684,6 +684,9 @@ impl Step for AgentImage {
 
 // ---------------------------------------------------------- agent replicas
 
+/// Replica `index` of an agent: created at once when nothing runs in its
+/// place, replaced on its [`Rollout`] turn when a running container must
+/// be protected (see its `converge`).
 pub struct Replica {
     pub id: StepId,
     pub shared: Arc<Shared>,
