@@ -522,6 +522,9 @@ fn a_broken_version_fails_the_deploy_and_keeps_the_old_agents() {
     assert!(all.contains("exited with code 64"), "{all}");
     assert!(all.contains("MAX_CONCURRENT_TASKS"), "{all}");
     assert!(all.contains("the running one was kept"), "{all}");
+    // Replica 1's replacement fails first; 2 and 3, waiting for their
+    // turns, are never touched.
+    assert!(all.contains("stopped when replica 1 failed"), "{all}");
     assert_eq!(ids(&env.assert_three_healthy()), ids(&before), "replaced");
 }
 

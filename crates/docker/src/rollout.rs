@@ -237,6 +237,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_interrupted_wait_gives_up_its_place() {
+        let rollout = Rollout::new("a");
+        rollout.announce(1, true);
+        let waiting = CancellationToken::new();
+        waiting.cancel();
+        let err = match rollout.turn(2, &waiting, |_| {}).await {
+            Ok(_) => panic!("replica 2 went before replica 1"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind, ErrorKind::Cancelled);
+        // Replica 2 no longer holds up replica 3 once 1 is done.
+        let turn = rollout
+            .turn(1, &CancellationToken::new(), |_| {})
+            .await
+            .unwrap();
+        turn.done();
+        rollout
+            .turn(3, &CancellationToken::new(), |_| {})
+            .await
+            .unwrap()
+            .done();
+    }
+
+    #[tokio::test]
     async fn the_next_replica_goes_when_the_previous_is_done() {
         let rollout = Arc::new(Rollout::new("a"));
         rollout.announce(1, true);
