@@ -9,9 +9,10 @@ use taskctl_core::ops;
 
 pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
+    let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
     let env = ops::environment_key(&profile);
-    let status = ctx.runtime()?.block_on(ops::status(store.as_ref(), &env))?;
+    let status = rt.block_on(ops::status(store.as_ref(), &env))?;
     if ctx.output != OutputFormat::Table {
         shell.data(&status)?;
         return Ok(exit::SUCCESS);
@@ -51,9 +52,9 @@ pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
 
 pub fn lock(ctx: &Context, shell: &mut Shell, command: LockCommand) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
-    let env = ops::environment_key(&profile);
     let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
+    let env = ops::environment_key(&profile);
     match command {
         LockCommand::Status => {
             let lease = rt.block_on(ops::lock_status(store.as_ref()))?;
@@ -104,8 +105,9 @@ pub fn lock(ctx: &Context, shell: &mut Shell, command: LockCommand) -> anyhow::R
 
 pub fn audit(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
-    let entries = ctx.runtime()?.block_on(store.audit())?;
+    let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
+    let entries = rt.block_on(store.audit())?;
     if ctx.output != OutputFormat::Table {
         shell.data(&entries)?;
         return Ok(exit::SUCCESS);

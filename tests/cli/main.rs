@@ -11,4 +11,5 @@ mod releases;
 mod render;
 mod schema;
 mod state;
+mod state_s3;
 mod validate;

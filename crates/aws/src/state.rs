@@ -260,9 +260,18 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let err = AwsError::from_sdk(operation, err);
         let bucket = &self.location.bucket;
         let url = self.url(key);
+        if matches!(
+            err,
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
+        ) {
+            return StateError::Backend(format!(
+                "cannot reach S3 for {url} ({operation}): {}; check the network, or AWS_ENDPOINT_URL if one is set",
+                error_chain(&err)
+            ));
+        }
+        let err = AwsError::from_sdk(operation, err);
         let message = match (err.code.as_deref(), err.kind) {
             (Some("NoSuchBucket"), _) => format!(
                 "the state bucket `{bucket}` does not exist (region {}): create it (`aws s3 mb s3://{bucket}`) or set `state.s3.bucket` to an existing bucket",
@@ -286,10 +295,6 @@ impl S3Store {
                     .map(|c| format!(", {c}"))
                     .unwrap_or_default(),
                 self.location.base()
-            ),
-            (_, ErrorKind::Transient) if err.code.is_none() => format!(
-                "cannot reach S3 for {url} ({operation}): {}; check the network, or AWS_ENDPOINT_URL if one is set",
-                err.message
             ),
             _ => format!("{operation} {url}: {err}"),
         };
@@ -513,6 +518,20 @@ async fn jittered_pause(base_ms: u64, spread_ms: u32) {
     let pause = std::time::Duration::from_millis(base_ms)
         + std::time::Duration::from_nanos(u64::from(jitter));
     tokio::time::sleep(pause).await;
+}
+
+/// An error and its sources on one line, each said once.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        source = e.source();
+    }
+    line
 }
 
 fn no_credentials(place: &str, cause: &str) -> StateError {
