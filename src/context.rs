@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use taskctl_aws::{S3Location, S3Store};
 use taskctl_core::events::EventSink;
 use taskctl_core::profile::{LoadOptions, Loaded, Profile, StateBackend};
 use taskctl_core::state::{LocalStore, StateStore};
@@ -61,19 +62,34 @@ impl Context {
         }
     }
 
-    /// The state store of the profile's environment.
-    pub fn store(&self, profile: &Profile) -> anyhow::Result<Arc<dyn StateStore>> {
+    /// The state store of the profile's environment. The S3 backend builds
+    /// its client here (credentials are resolved once, so a missing one is
+    /// reported before anything starts): call it inside the runtime.
+    pub async fn store(&self, profile: &Profile) -> anyhow::Result<Arc<dyn StateStore>> {
+        let key = taskctl_core::ops::environment_key(profile);
         match profile.state.backend {
-            StateBackend::Local => {
-                let key = taskctl_core::ops::environment_key(profile);
-                Ok(Arc::new(LocalStore::new(
-                    Path::new(&profile.state.path),
-                    &key,
-                )))
+            StateBackend::Local => Ok(Arc::new(LocalStore::new(
+                Path::new(&profile.state.path),
+                &key,
+            ))),
+            StateBackend::S3 => {
+                // Validation refuses `backend: s3` without `s3`.
+                let Some(s3) = &profile.state.s3 else {
+                    anyhow::bail!("`state.backend: s3` needs `state.s3.bucket`");
+                };
+                // The bucket's region: its own setting, else the aws
+                // target's, else the environment's (AWS_REGION).
+                let region =
+                    s3.region
+                        .as_deref()
+                        .or(profile.target.aws.as_ref().map(|a| a.region.as_str()));
+                let location = S3Location {
+                    bucket: s3.bucket.clone(),
+                    prefix: s3.prefix.clone(),
+                    environment: key,
+                };
+                Ok(Arc::new(S3Store::from_env(location, region).await?))
             }
-            StateBackend::S3 => anyhow::bail!(
-                "the s3 state backend is not available in this build; use `state: {{backend: local}}`"
-            ),
         }
     }
 

@@ -28,8 +28,8 @@ pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Res
         None => None,
     };
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
     let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
     let outcome = rt.block_on(async {
         let provider = providers::for_profile(&profile).await?;
         let options = DeployOptions {
@@ -70,8 +70,8 @@ pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Res
 
 pub fn destroy(ctx: &Context, shell: &mut Shell, args: DestroyArgs) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
     let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
     let name = ops::environment_key(&profile);
     let outcome = rt.block_on(async {
         let provider =

@@ -13,8 +13,8 @@ use taskctl_core::ops::{self, PlanOptions};
 
 pub fn exec(ctx: &Context, shell: &mut Shell, args: PlanArgs) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
     let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
     let report = rt.block_on(async {
         let provider = providers::for_profile(&profile).await?;
         let options = PlanOptions {

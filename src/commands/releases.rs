@@ -140,7 +140,8 @@ fn can_ask() -> bool {
 
 pub fn rollback(ctx: &Context, shell: &mut Shell, args: RollbackArgs) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
+    let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
     let environment = ops::environment_key(&profile);
     // An approval, on the command line or at the prompt, is the go-ahead:
     // asking "are you sure?" after a lead said yes adds nothing.
@@ -168,7 +169,6 @@ pub fn rollback(ctx: &Context, shell: &mut Shell, args: RollbackArgs) -> anyhow:
         }
         approved.load(Ordering::SeqCst) || ctx.confirm("Apply this rollback?")
     };
-    let rt = ctx.runtime()?;
     let outcome = rt.block_on(async {
         let provider = providers::for_profile(&profile).await?;
         let options = RollbackOptions {

@@ -9,9 +9,9 @@ use taskctl_core::ops;
 
 pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
-    let env = ops::environment_key(&profile);
     let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
+    let env = ops::environment_key(&profile);
     let mut status = rt.block_on(ops::status(store.as_ref(), &env))?;
     // What runs, on the local engine; a status that cannot reach it still
     // tells the lock and the last run.
@@ -83,9 +83,9 @@ pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
 
 pub fn lock(ctx: &Context, shell: &mut Shell, command: LockCommand) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
-    let env = ops::environment_key(&profile);
     let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
+    let env = ops::environment_key(&profile);
     match command {
         LockCommand::Status => {
             let lease = rt.block_on(ops::lock_status(store.as_ref()))?;
@@ -136,8 +136,9 @@ pub fn lock(ctx: &Context, shell: &mut Shell, command: LockCommand) -> anyhow::R
 
 pub fn audit(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    let store = ctx.store(&profile)?;
-    let entries = ctx.runtime()?.block_on(store.audit())?;
+    let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
+    let entries = rt.block_on(store.audit())?;
     if ctx.output != OutputFormat::Table {
         shell.data(&entries)?;
         return Ok(exit::SUCCESS);

@@ -12,4 +12,5 @@ mod releases;
 mod render;
 mod schema;
 mod state;
+mod state_s3;
 mod validate;

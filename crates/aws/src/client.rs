@@ -17,6 +17,18 @@ use aws_config::retry::RetryConfig;
 /// Maximum attempts of one call (first try included) in standard retry mode.
 const MAX_ATTEMPTS: u32 = 5;
 
+/// The SDK's standard configuration (credential chain, `AWS_ENDPOINT_URL`,
+/// standard retries), in `region` if given, else in the one the environment
+/// names (`AWS_REGION`, the profile's `region`).
+pub(crate) async fn sdk_config(region: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    loader.load().await
+}
+
 /// The EC2, EKS, IAM and STS clients of one region.
 #[derive(Debug, Clone)]
 pub struct Aws {
@@ -39,12 +51,7 @@ impl Aws {
                 "no region given",
             ));
         }
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_owned()))
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-            .load()
-            .await;
-        Ok(Aws::from_config(config))
+        Ok(Aws::from_config(sdk_config(Some(region)).await))
     }
 
     /// Builds the clients from an SDK configuration loaded elsewhere.

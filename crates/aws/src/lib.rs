@@ -14,6 +14,8 @@
 //!   [`cluster`], [`node_group`].
 //! - [`stack`]: every spec of a profile and [`stack::ensure`], which walks
 //!   them in dependency order (apply or plan). Start reading here.
+//! - [`state`]: [`S3Store`], the S3 state backend (lock, journal, audit log
+//!   of an environment in a shared bucket).
 //! - [`preflight`](mod@preflight): can this profile be built in this account and region?
 //! - [`destroy`](mod@destroy): teardown in reverse order, and [`destroy::sweep`].
 //! - [`wait`]: polling with backoff and progress; [`eks_token`](mod@eks_token): Kubernetes
@@ -43,6 +45,7 @@ pub mod provider;
 pub mod route_table;
 pub mod security_group;
 pub mod stack;
+pub mod state;
 pub mod subnet;
 pub mod tags;
 pub mod vpc;
@@ -57,5 +60,6 @@ pub use error::{AwsError, ErrorKind};
 pub use preflight::{Finding, preflight};
 pub use provider::AwsProvider;
 pub use stack::{Action, Change, EnsureOptions, Mode, StackSpec, ensure};
+pub use state::{S3Location, S3Store};
 pub use tags::{Environment, Tags};
 pub use wait::{Progress, WaitOptions};

@@ -16,4 +16,5 @@ mod node_group;
 mod preflight;
 mod resume;
 mod stack;
+mod state;
 mod sweep;

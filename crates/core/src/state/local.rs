@@ -213,42 +213,64 @@ impl StateStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    #[tokio::test]
-    async fn second_holder_is_refused_and_told_who_holds_it() {
+    /// A fresh state directory and a function opening handles on it.
+    fn fresh() -> (tempfile::TempDir, impl Fn() -> LocalStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path(), "env");
-        let first = Lease::new("run-1", "deploy", Duration::from_secs(3600));
-        assert!(matches!(
-            store.acquire(&first).await.unwrap(),
-            Acquired::Yes { replaced: None }
-        ));
-        let second = Lease::new("run-2", "deploy", Duration::from_secs(3600));
-        match store.acquire(&second).await.unwrap() {
-            Acquired::HeldBy(holder) => assert_eq!(holder.run_id, "run-1"),
-            Acquired::Yes { .. } => panic!("the lock was taken twice"),
-        }
-        store.release(&first).await.unwrap();
-        assert!(matches!(
-            store.acquire(&second).await.unwrap(),
-            Acquired::Yes { .. }
-        ));
+        let root = dir.path().to_path_buf();
+        (dir, move || LocalStore::new(&root, "name/env"))
     }
 
-    #[tokio::test]
-    async fn expired_and_orphaned_leases_are_taken_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(dir.path(), "env");
-        let mut dead = Lease::new("run-dead", "deploy", Duration::from_secs(3600));
-        dead.pid = u32::MAX; // no such process on this machine
-        store.acquire(&dead).await.unwrap();
-        let next = Lease::new("run-next", "deploy", Duration::from_secs(3600));
-        match store.acquire(&next).await.unwrap() {
-            Acquired::Yes {
-                replaced: Some(old),
-            } => assert_eq!(old.run_id, "run-dead"),
-            _ => panic!("an orphaned lease must be taken over"),
+    mod conformance {
+        use super::fresh;
+        use crate::state::conformance as c;
+
+        #[tokio::test]
+        async fn second_holder_is_refused_and_named() {
+            let (_dir, open) = fresh();
+            c::second_holder_is_refused_and_named(open).await;
+        }
+
+        #[tokio::test]
+        async fn expired_lease_is_taken_over() {
+            let (_dir, open) = fresh();
+            c::expired_lease_is_taken_over(open).await;
+        }
+
+        #[tokio::test]
+        async fn orphaned_lease_is_taken_over() {
+            let (_dir, open) = fresh();
+            c::orphaned_lease_is_taken_over(open).await;
+        }
+
+        #[tokio::test]
+        async fn renew_and_release_touch_only_the_own_lease() {
+            let (_dir, open) = fresh();
+            c::renew_and_release_touch_only_the_own_lease(open).await;
+        }
+
+        #[tokio::test]
+        async fn break_returns_the_removed_lease() {
+            let (_dir, open) = fresh();
+            c::break_returns_the_removed_lease(open).await;
+        }
+
+        #[tokio::test]
+        async fn logs_keep_append_order() {
+            let (_dir, open) = fresh();
+            c::logs_keep_append_order(open).await;
+        }
+
+        #[tokio::test]
+        async fn writers_never_overwrite_each_other() {
+            let (_dir, open) = fresh();
+            c::writers_never_overwrite_each_other(open).await;
+        }
+
+        #[tokio::test]
+        async fn concurrent_takers_one_wins() {
+            let (_dir, open) = fresh();
+            c::concurrent_takers_one_wins(open, 8).await;
         }
     }
 

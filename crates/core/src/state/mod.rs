@@ -5,6 +5,8 @@
 //! ones (S3). One deploy or destroy runs per environment at a time: the lock
 //! is a lease with its holder, start and expiry.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod local;
 
 pub use local::LocalStore;
@@ -150,7 +152,8 @@ pub trait StateStore: Send + Sync {
     async fn audit(&self) -> Result<Vec<AuditEntry>, StateError>;
 }
 
-pub(crate) fn unix_now() -> u64 {
+/// Seconds since the Unix epoch, by this machine's clock.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

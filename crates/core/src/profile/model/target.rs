@@ -107,9 +107,13 @@ pub enum StateBackend {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct S3State {
+    /// An existing bucket; taskctl never creates it.
     pub bucket: String,
+    /// Key prefix; each environment's state is under
+    /// `<prefix>/<name>/<environment>/`.
     #[serde(default)]
     pub prefix: String,
+    /// The bucket's region [`target.aws.region`, else `AWS_REGION`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
 }

@@ -9,7 +9,7 @@ mod network;
 mod procedures;
 mod workloads;
 
-use super::model::{API_VERSION, Profile, TargetKind};
+use super::model::{API_VERSION, Profile, StateBackend, TargetKind};
 use super::node::{Node, Path};
 use super::value::{Checked, Syntax};
 use super::{Problem, Severity};
@@ -94,6 +94,7 @@ pub(crate) fn validate(profile: &Profile, doc: &Node) -> Vec<Problem> {
     }
     check_name(&mut r, &profile.metadata.name);
     check_target(&mut r, profile);
+    check_state(&mut r, profile);
     network::check(&mut r, profile);
     compute::check(&mut r, profile);
     workloads::check(&mut r, profile);
@@ -150,4 +151,48 @@ fn check_target(r: &mut Report, p: &Profile) {
             }
         }
     }
+}
+
+/// The S3 backend needs a bucket, named as S3 allows.
+fn check_state(r: &mut Report, p: &Profile) {
+    match (&p.state.backend, &p.state.s3) {
+        (StateBackend::S3, None) => r.error_help(
+            path!["state", "backend"],
+            "the `s3` state backend needs `state.s3.bucket`",
+            "add `s3: {bucket: NAME, prefix: taskctl}` under `state`",
+        ),
+        (StateBackend::S3, Some(s3)) => {
+            if !is_bucket_name(&s3.bucket) {
+                r.error(
+                    path!["state", "s3", "bucket"],
+                    format!("invalid bucket name `{}`: expected 3 to 63 lowercase letters, digits, `.` and `-`, starting and ending with a letter or digit", s3.bucket),
+                );
+            }
+            if s3.prefix.split('/').any(|part| part == "." || part == "..") {
+                r.error(
+                    path!["state", "s3", "prefix"],
+                    format!(
+                        "invalid prefix `{}`: `.` and `..` are not folders in S3",
+                        s3.prefix
+                    ),
+                );
+            }
+        }
+        (StateBackend::Local, Some(_)) => r.note(
+            path!["state", "s3"],
+            "`state.s3` is used only with `backend: s3`; the state stays in the local directory",
+        ),
+        (StateBackend::Local, None) => {}
+    }
+}
+
+fn is_bucket_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && !name.contains("..")
 }
