@@ -92,6 +92,10 @@ pub enum Command {
     Lock(LockCommand),
     /// The audit log: deploys, destroys, rollbacks and lock breaks
     Audit,
+    /// Write a kubeconfig for the `aws` target's EKS cluster (stdout, or --out FILE)
+    Kubeconfig(KubeconfigArgs),
+    /// Print an EKS bearer token as a kubectl ExecCredential (the kubeconfig's credential plugin)
+    EksToken(EksTokenArgs),
     /// Print the profile's JSON Schema
     Schema,
     /// Print shell completions
@@ -158,6 +162,12 @@ pub struct DeployArgs {
     /// Skip the checks against the real target before deploying
     #[arg(long)]
     pub skip_preflight: bool,
+    /// Take over fields another field manager owns instead of failing on the conflict (kubernetes)
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Let prune delete volume claims, volumes, CRDs, namespaces and secrets too (kubernetes)
+    #[arg(long)]
+    pub prune_all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -189,6 +199,23 @@ pub struct RollbackArgs {
     /// Seconds steps in flight may take to finish after Ctrl-C or SIGTERM
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Write to FILE (mode 0600) instead of stdout
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EksTokenArgs {
+    /// The EKS cluster's name
+    #[arg(long, value_name = "NAME")]
+    pub cluster: String,
+    /// The cluster's AWS region
+    #[arg(long, value_name = "REGION", env = "AWS_REGION")]
+    pub region: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,12 @@ use taskctl_core::profile::{Profile, TargetKind};
 pub struct ProviderOptions {
     /// `destroy --purge`: also remove data volumes (docker).
     pub purge: bool,
+    /// `deploy --force-conflicts`: take over fields another field manager
+    /// owns (kubernetes).
+    pub force_conflicts: bool,
+    /// `deploy --prune-all`: let prune delete volume claims, CRDs,
+    /// namespaces and secrets too (kubernetes).
+    pub prune_all: bool,
 }
 
 /// The provider of the profile's target, or why there is none.
@@ -37,12 +43,12 @@ pub async fn for_profile_with(
             Ok(Box::new(taskctl_aws::AwsProvider::from_env(&region).await?))
         }
         TargetKind::Kubernetes => {
-            // Options beyond the defaults (force_conflicts, prune_all) are
-            // not on the command line yet: the defaults are the safe ones.
             let options = taskctl_kube::KubeOptions {
                 templates: std::env::var_os("TASKCTL_TEMPLATES")
                     .map(std::path::PathBuf::from)
                     .unwrap_or_else(|| "templates".into()),
+                force_conflicts: options.force_conflicts,
+                prune_all: options.prune_all,
                 ..Default::default()
             };
             Ok(Box::new(

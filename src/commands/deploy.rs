@@ -10,7 +10,8 @@ use anyhow::Context as _;
 use std::time::Duration;
 use taskctl_core::engine::{RetryPolicy, RunReport, SavedPlan};
 use taskctl_core::events::RunOutcome;
-use taskctl_core::ops::{self, DeployOptions, DeployOutcome};
+use taskctl_core::ops::{self, DeployOptions, DeployOutcome, Layer};
+use taskctl_core::profile::TargetKind;
 
 pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Result<u8> {
     let saved_plan = match &args.plan {
@@ -31,7 +32,15 @@ pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Res
     let rt = ctx.runtime()?;
     let store = rt.block_on(ctx.store(&profile))?;
     let outcome = rt.block_on(async {
-        let provider = providers::for_profile(&profile).await?;
+        let provider = providers::for_profile_with(
+            &profile,
+            providers::ProviderOptions {
+                force_conflicts: args.force_conflicts,
+                prune_all: args.prune_all,
+                ..Default::default()
+            },
+        )
+        .await?;
         let options = DeployOptions {
             scope: scope(&args.scope),
             parallelism: args.scope.parallelism.into(),
@@ -60,6 +69,31 @@ pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Res
             .await?,
         )
     })?;
+    // An `aws` deploy that built the cluster leaves its kubeconfig beside
+    // the state, for kubectl and the in-cluster layers.
+    if profile.target.kind == TargetKind::Aws
+        && !args.dry_run
+        && outcome.outcome() == RunOutcome::Succeeded
+        && scope(&args.scope).includes(Layer::Infrastructure)
+    {
+        match rt.block_on(super::kubeconfig::write_after_deploy(&profile)) {
+            Ok((path, access)) => shell.status(
+                StatusStyle::Ok,
+                "kubeconfig",
+                &format!(
+                    "{} for cluster {} at {}",
+                    path.display(),
+                    access.name,
+                    access.endpoint
+                ),
+            ),
+            Err(e) => shell.status(
+                StatusStyle::Warning,
+                "kubeconfig",
+                &format!("not written: {e:#}"),
+            ),
+        }
+    }
     finish(
         ctx,
         shell,
@@ -74,9 +108,14 @@ pub fn destroy(ctx: &Context, shell: &mut Shell, args: DestroyArgs) -> anyhow::R
     let store = rt.block_on(ctx.store(&profile))?;
     let name = ops::environment_key(&profile);
     let outcome = rt.block_on(async {
-        let provider =
-            providers::for_profile_with(&profile, providers::ProviderOptions { purge: args.purge })
-                .await?;
+        let provider = providers::for_profile_with(
+            &profile,
+            providers::ProviderOptions {
+                purge: args.purge,
+                ..Default::default()
+            },
+        )
+        .await?;
         let options = DeployOptions {
             scope: scope(&args.scope),
             parallelism: args.scope.parallelism.into(),
@@ -195,11 +234,12 @@ fn finish(
                     )
                 })
                 .unwrap_or_else(|| "a step failed".into());
-            shell.status(
-                StatusStyle::Error,
-                "failed",
-                &format!("{what} failed at {why}"),
-            );
+            // A failed rollout that was rolled back says so in one line.
+            let message = match outcome.release.as_ref().and_then(|r| r.failure_message()) {
+                Some(then) => format!("{what} failed: {then}"),
+                None => format!("{what} failed at {why}"),
+            };
+            shell.status(StatusStyle::Error, "failed", &message);
             Ok(exit::FAILURE)
         }
     }

@@ -2,6 +2,7 @@
 
 mod completions;
 mod deploy;
+mod kubeconfig;
 mod plan;
 mod releases;
 mod render;
@@ -28,6 +29,8 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
         Command::Rollback(args) => releases::rollback(ctx, shell, args),
         Command::Lock(command) => state::lock(ctx, shell, command),
         Command::Audit => state::audit(ctx, shell),
+        Command::Kubeconfig(args) => kubeconfig::kubeconfig(ctx, shell, args),
+        Command::EksToken(args) => kubeconfig::eks_token(ctx, shell, args),
         Command::Schema => schema::exec(shell),
         Command::Completions(args) => completions::exec(args),
         Command::Version => version::exec(shell),

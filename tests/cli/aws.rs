@@ -269,6 +269,8 @@ fn plan_deploy_replan_and_destroy() {
     );
     assert_eq!(gpu["instance_types"][0], "g5.xlarge");
 
+    check_kubeconfig(&env, &l);
+
     let replan = env.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(
         replan.status.code(),
@@ -492,4 +494,70 @@ fn validate_online_runs_preflight_against_the_account() {
         "{}",
         stderr(&online)
     );
+}
+
+/// The deploy left a kubeconfig for the cluster moto made: its server and
+/// CA are what boto3 sees, its credential plugin is this taskctl, and
+/// running that plugin gives an EKS token. `taskctl kubeconfig` writes the
+/// same file on demand.
+fn check_kubeconfig(env: &Env, listing: &Value) {
+    let cluster = &listing["clusters"][0];
+    let path = env
+        .dir
+        .path()
+        .join(format!(".taskctl/{}/production/kubeconfig", env.name));
+    let text = std::fs::read_to_string(&path).expect("the deploy wrote a kubeconfig");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let config: Value = serde_norway::from_str(&text).unwrap();
+    let endpoint = cluster["endpoint"].as_str().expect("moto's endpoint");
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    assert_eq!(
+        config["clusters"][0]["cluster"]["server"], endpoint,
+        "{text}"
+    );
+    assert_eq!(
+        config["clusters"][0]["cluster"]["certificate-authority-data"],
+        cluster["certificate_authority"],
+        "{text}"
+    );
+    assert_eq!(config["current-context"], config["contexts"][0]["name"]);
+    let exec = &config["users"][0]["user"]["exec"];
+    assert_eq!(
+        exec["args"],
+        serde_json::json!([
+            "eks-token",
+            "--cluster",
+            cluster["name"],
+            "--region",
+            "us-west-2"
+        ])
+    );
+
+    // kubectl would run the plugin with the user's AWS settings.
+    let mut plugin = Command::new(exec["command"].as_str().unwrap());
+    for a in exec["args"].as_array().unwrap() {
+        plugin.arg(a.as_str().unwrap());
+    }
+    let out = plugin
+        .env("AWS_ENDPOINT_URL", moto())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let credential: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(credential["kind"], "ExecCredential");
+    let token = credential["status"]["token"].as_str().unwrap();
+    assert!(token.starts_with("k8s-aws-v1."), "{token}");
+    assert!(credential["status"]["expirationTimestamp"].is_string());
+
+    let out = env.run(&["kubeconfig", "--out", "again.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = std::fs::read_to_string(env.dir.path().join("again.yaml")).unwrap();
+    assert_eq!(again, text);
 }

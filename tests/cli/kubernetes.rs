@@ -122,3 +122,86 @@ async fn deploy_applies_to_the_cluster_and_a_held_lease_refuses_the_next() {
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(all.contains("alice@ops-1/4242"), "{all}");
 }
+
+/// `(revision, status)` of every kept release, from `taskctl history -o json`.
+async fn history(env: &Env) -> Vec<(u64, String)> {
+    let out = env.run(&["history", "-o", "json"], None).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    entries
+        .iter()
+        .map(|e| {
+            (
+                e["revision"].as_u64().unwrap(),
+                e["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn agent(env: &Env) -> serde_json::Value {
+    env.double
+        .object("/apis/apps/v1/namespaces/agent-system/deployments/task-executor")
+        .expect("the agent Deployment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_upgrade_rolls_back_and_rollback_to_1_restores_the_first_release() {
+    let env = Env::new().await;
+    let out = env.run(&["deploy", "-y"], None).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scaled = "agents:\n  - name: task-executor\n    replicas: 5\n";
+    let out = env.run(&["deploy", "-y"], Some(scaled)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(agent(&env)["spec"]["replicas"], 5);
+
+    // A new image whose pods crash-loop: the rollout fails fast and the
+    // profile's automatic rollback restores release 2 as release 4.
+    let broken = "agents:\n  - name: task-executor\n    replicas: 5\n    image: task-executor:1.0.1-crashloop\n";
+    let out = env.run(&["deploy", "-y"], Some(broken)).await;
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("CrashLoopBackOff"), "{all}");
+    assert!(
+        all.contains("rolled back automatically to release 2 (now release 4)"),
+        "{all}"
+    );
+    let d = agent(&env);
+    let image = d["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!image.contains("crashloop"), "{image}");
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(
+        history(&env).await,
+        [
+            (1, "superseded".to_string()),
+            (2, "superseded".to_string()),
+            (3, "failed".to_string()),
+            (4, "deployed".to_string()),
+        ]
+    );
+
+    // The profile asks for a lead's approval: without one, in CI, refused.
+    let out = env.run(&["rollback", "--to", "1"], None).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        agent(&env)["spec"]["replicas"],
+        5,
+        "changed without approval"
+    );
+
+    let out = env
+        .run(&["rollback", "--to", "1", "--approve", "dana", "-y"], None)
+        .await;
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{all}");
+    assert_eq!(agent(&env)["spec"]["replicas"], 3, "{all}");
+    let releases = history(&env).await;
+    assert_eq!(releases.last(), Some(&(5, "deployed".to_string())));
+    let out = env.run(&["audit", "-o", "json"], None).await;
+    let audit = stdout(&out);
+    assert!(audit.contains("automatic_rollback"), "{audit}");
+    assert!(audit.contains("dana"), "{audit}");
+}

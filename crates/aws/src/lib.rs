@@ -27,6 +27,7 @@
 //! It depends on `taskctl-core` only for the profile types; the engine in
 //! `taskctl-core` must not depend on it (the SDK is large).
 
+pub mod access;
 pub mod call_log;
 pub mod client;
 pub mod cluster;

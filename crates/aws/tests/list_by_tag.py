@@ -148,6 +148,8 @@ for name in eks.list_clusters()["clusters"]:
         "name": name,
         "version": c.get("version"),
         "status": c.get("status"),
+        "endpoint": c.get("endpoint"),
+        "certificate_authority": c.get("certificateAuthority", {}).get("data"),
         "subnets": sorted(c["resourcesVpcConfig"].get("subnetIds", [])),
         "node_groups": sorted(groups, key=lambda g: g["name"]),
     })

@@ -1171,8 +1171,12 @@ fn reconcile(shared: &Shared, key: &Key) {
                 .map(|c| {
                     let cname = c.get("name").cloned().unwrap_or(json!(""));
                     let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
-                    let digest = hex::encode(Sha256::digest(image.as_bytes()));
-                    let base = image.split('@').next().unwrap_or(image);
+                    // A pinned image runs the digest it names, as on a
+                    // real node; a tag resolves to a digest of its own.
+                    let (base, digest) = match image.split_once("@sha256:") {
+                        Some((base, digest)) => (base, digest.to_string()),
+                        None => (image, hex::encode(Sha256::digest(image.as_bytes()))),
+                    };
                     let state = if crashing {
                         json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off 5m0s restarting failed container={} pod={name}", cname.as_str().unwrap_or_default())}})
                     } else {

@@ -138,7 +138,7 @@ pub async fn apply(client: &Client, m: &Manifest, force: bool) -> Result<Value, 
             let mut err = step_error(&m.id(), e);
             if err.kind == ErrorKind::Conflict && !force {
                 err.message.push_str(
-                    " (another field manager owns these fields; deploy with the provider's force_conflicts option to take them over)",
+                    " (another field manager owns these fields; `taskctl deploy --force-conflicts` takes them over)",
                 );
             }
             Err(err)
@@ -171,5 +171,90 @@ pub async fn delete(
         Ok(_) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(e) => Err(step_error(&format!("deleting {} {name}", known.kind), e)),
+    }
+}
+
+/// A kubeconfig with one cluster, user and context, whose user gets its
+/// token from a command (kubectl's `exec` credential plugin, the way
+/// `aws eks update-kubeconfig` does it): the file holds no secret, and the
+/// token is fresh each time.
+pub struct ExecKubeconfig<'a> {
+    /// Cluster, user and context name (an EKS cluster's ARN, by custom).
+    pub name: &'a str,
+    pub server: &'a str,
+    /// base64 of the CA bundle.
+    pub certificate_authority_data: &'a str,
+    pub command: &'a str,
+    pub args: Vec<String>,
+}
+
+impl ExecKubeconfig<'_> {
+    /// The kubeconfig, checked by parsing it into kube's own type.
+    pub fn build(&self) -> Kubeconfig {
+        let value = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{
+                "name": self.name,
+                "cluster": {
+                    "server": self.server,
+                    "certificate-authority-data": self.certificate_authority_data,
+                },
+            }],
+            "users": [{
+                "name": self.name,
+                "user": {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1beta1",
+                        "command": self.command,
+                        "args": self.args,
+                        "interactiveMode": "Never",
+                    },
+                },
+            }],
+            "contexts": [{
+                "name": self.name,
+                "context": {"cluster": self.name, "user": self.name},
+            }],
+            "current-context": self.name,
+        });
+        serde_json::from_value(value).expect("a kubeconfig of known fields parses")
+    }
+
+    /// The kubeconfig as YAML, as kubectl writes it.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(&self.build()).expect("a kubeconfig serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_kubeconfig_reads_back_as_kube_reads_kubeconfigs() {
+        let yaml = ExecKubeconfig {
+            name: "arn:aws:eks:us-west-2:123456789012:cluster/demo",
+            server: "https://abc.gr7.us-west-2.eks.amazonaws.com",
+            certificate_authority_data: "TFMwdExTMUNSVWQ=",
+            command: "/usr/local/bin/taskctl",
+            args: vec!["eks-token".into(), "--cluster".into(), "demo".into()],
+        }
+        .to_yaml();
+        let back = Kubeconfig::from_yaml(&yaml).expect("kube reads it");
+        assert_eq!(
+            back.current_context.as_deref(),
+            Some("arn:aws:eks:us-west-2:123456789012:cluster/demo")
+        );
+        let cluster = back.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(
+            cluster.server.as_deref(),
+            Some("https://abc.gr7.us-west-2.eks.amazonaws.com")
+        );
+        let user = back.auth_infos[0].auth_info.as_ref().unwrap();
+        assert!(user.token.is_none(), "no secret in the file");
+        let exec = user.exec.as_ref().unwrap();
+        assert_eq!(exec.command.as_deref(), Some("/usr/local/bin/taskctl"));
+        assert_eq!(exec.args.as_ref().unwrap()[0], "eks-token");
     }
 }

@@ -574,7 +574,12 @@ async fn readiness_of(client: &Client, m: &Manifest) -> Result<Readiness, StepEr
         .list(&ListParams::default().labels(&selector.join(",")))
         .await
         .map_err(|e| step_error(&format!("pods of {}", m.id()), e))?;
-    if let Some(failure) = pods.items.iter().find_map(readiness::pod_failure) {
+    if let Some(failure) = pods
+        .items
+        .iter()
+        .filter(|p| readiness::pod_is_current(&live, p))
+        .find_map(readiness::pod_failure)
+    {
         return Ok(Readiness::Failed(failure.to_string()));
     }
     Ok(readiness)

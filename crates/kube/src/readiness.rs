@@ -271,3 +271,50 @@ pub fn pod_failure(pod: &Pod) -> Option<Failure> {
         })
     })
 }
+
+/// Whether `pod` runs the workload's current template, so that its failure
+/// is the rollout's. During a rollout, and a rollback above all, the pods
+/// of the previous revision keep crash-looping until the controller scales
+/// them down; they say nothing about the new revision. A pod counts when
+/// the controller has observed the workload's current generation and the
+/// pod is of the current revision: for a StatefulSet its
+/// `controller-revision-hash` is the `updateRevision`; otherwise (a
+/// Deployment's ReplicaSets are not read) its containers run the
+/// template's images, name for name.
+pub fn pod_is_current(workload: &serde_json::Value, pod: &Pod) -> bool {
+    use serde_json::Value;
+    let generation = workload
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64);
+    let observed = workload
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
+    if let (Some(generation), Some(observed)) = (generation, observed)
+        && observed < generation
+    {
+        return false;
+    }
+    let labels = pod.metadata.labels.as_ref();
+    if let (Some(update), Some(hash)) = (
+        workload
+            .pointer("/status/updateRevision")
+            .and_then(Value::as_str),
+        labels.and_then(|l| l.get("controller-revision-hash")),
+    ) {
+        return update == hash;
+    }
+    let template: std::collections::BTreeMap<&str, &str> = workload
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c.get("name")?.as_str()?, c.get("image")?.as_str()?)))
+        .collect();
+    let running: std::collections::BTreeMap<&str, &str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .filter_map(|c| Some((c.name.as_str(), c.image.as_deref()?)))
+        .collect();
+    template == running
+}

@@ -37,8 +37,10 @@ pub struct DeployOutcome {
     /// Preflight warnings and notes (errors stop the deploy instead).
     pub preflight: Vec<super::Finding>,
     /// The release the deploy recorded and its verification, on targets
-    /// that keep releases; `None` for dry runs, destroys, failed runs and
-    /// deploys that changed nothing once a release exists.
+    /// that keep releases; for a failed run, the failed release and its
+    /// automatic rollback when the profile asks for one. `None` for dry
+    /// runs, destroys, other failed runs and deploys that changed nothing
+    /// once a release exists.
     pub release: Option<ReleaseReport>,
 }
 
@@ -254,6 +256,12 @@ async fn run_operation(
             crate::journal::outcome_name(applied.outcome),
             applied.duration.as_secs_f64()
         );
+        // A failed rollout is recorded and rolled back when the profile
+        // asks for automatic rollback (writing its own audit entry).
+        let failed_release = match &flow {
+            Some(flow) => flow.after_failed_apply(&applied, &detail).await?,
+            None => None,
+        };
         let release = match &flow {
             Some(flow)
                 if applied.outcome == RunOutcome::Succeeded
@@ -262,6 +270,7 @@ async fn run_operation(
                 // Writes the deploy's audit entry itself, with the release.
                 Some(flow.after_deploy(&run_id, &detail).await?)
             }
+            _ if failed_release.is_some() => failed_release,
             _ => {
                 store
                     .append_audit(&AuditEntry::now(

@@ -78,10 +78,17 @@ impl ReleaseReport {
     /// for people; `None` when verification passed.
     pub fn failure_message(&self) -> Option<String> {
         let check = self.failed_check()?;
-        let failed = format!(
-            "verification of release {} failed: {} ({}): {}",
-            self.revision, check.name, check.kind, check.observed
-        );
+        let failed = if check.kind == "rollout" {
+            format!(
+                "the rollout of release {} failed: {}: {}",
+                self.revision, check.name, check.observed
+            )
+        } else {
+            format!(
+                "verification of release {} failed: {} ({}): {}",
+                self.revision, check.name, check.kind, check.observed
+            )
+        };
         let then = match self.after_failure.as_ref()? {
             AfterFailure::NotConfigured => format!(
                 "automatic rollback is not configured (rollback.automatic), so release {} stays; `taskctl rollback` restores the previous one",
@@ -151,6 +158,20 @@ impl Flow<'_> {
         run_id: &str,
         description: String,
     ) -> Result<Release, OpsError> {
+        self.record_as(profile, run_id, description, ReleaseStatus::Deployed)
+            .await
+    }
+
+    /// [`Self::record`] with a status. A `Failed` release never ran as a
+    /// whole, so it supersedes nothing: the release before it stays the
+    /// one to roll back to.
+    async fn record_as(
+        &self,
+        profile: &Profile,
+        run_id: &str,
+        description: String,
+        status: ReleaseStatus,
+    ) -> Result<Release, OpsError> {
         let kept = self.releases.list().await?;
         let facts = self.provider.observe_release(profile).await?;
         let release = Release {
@@ -158,7 +179,7 @@ impl Flow<'_> {
             environment: self.environment.clone(),
             run_id: run_id.to_string(),
             created_at: unix_now(),
-            status: ReleaseStatus::Deployed,
+            status,
             description,
             images: facts.images,
             config_hashes: facts.config_hashes,
@@ -169,7 +190,7 @@ impl Flow<'_> {
         };
         self.releases.put(&release).await?;
         for mut old in kept {
-            if old.status == ReleaseStatus::Deployed {
+            if status == ReleaseStatus::Deployed && old.status == ReleaseStatus::Deployed {
                 old.status = ReleaseStatus::Superseded;
                 self.releases.put(&old).await?;
             }
@@ -331,6 +352,75 @@ impl Flow<'_> {
         }
         report.pruned = self.prune().await?;
         Ok(report)
+    }
+
+    /// After a deploy whose apply failed (a rollout that never became
+    /// ready, a crash-looping pod, a replacement that exited): when the
+    /// profile configures `rollback.automatic` and an earlier release
+    /// exists, records the attempt as a failed release and restores the
+    /// earlier one, as helm's `--atomic` does. A failed rollout is a failed
+    /// health check, whatever the step. `None` when there is nothing to
+    /// do: the caller audits the failure as before. Interrupted runs are
+    /// never rolled back: the user asked to stop.
+    pub(super) async fn after_failed_apply(
+        &self,
+        applied: &RunReport,
+        detail: &str,
+    ) -> Result<Option<ReleaseReport>, OpsError> {
+        if applied.outcome != RunOutcome::Failed
+            || self.cancel.is_cancelled()
+            || !automatic_rollback_configured(self.profile)
+        {
+            return Ok(None);
+        }
+        let Some(previous) = self.releases.current().await? else {
+            return Ok(None);
+        };
+        let (name, observed) = match applied.first_error() {
+            Some(step) => (
+                step.id.to_string(),
+                step.error
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "failed".into()),
+            ),
+            None => ("deploy".to_string(), run_failure(applied)),
+        };
+        let check = Check {
+            name,
+            kind: "rollout".into(),
+            passed: false,
+            observed,
+            elapsed: applied.duration,
+        };
+        let release = self
+            .record_as(
+                self.profile,
+                &applied.run_id,
+                format!("deploy failed: {}: {}", check.name, check.observed),
+                ReleaseStatus::Failed,
+            )
+            .await?;
+        self.store
+            .append_audit(&AuditEntry::now(
+                "deploy",
+                &self.environment,
+                Some(&applied.run_id),
+                format!(
+                    "{detail}; release {} failed: {}: {}",
+                    release.revision, check.name, check.observed
+                ),
+            ))
+            .await?;
+        let rolled = self.automatic_rollback(&release, &previous, &check).await?;
+        let mut report = ReleaseReport {
+            revision: release.revision,
+            checks: vec![check],
+            after_failure: Some(AfterFailure::RolledBack(rolled)),
+            pruned: Vec::new(),
+        };
+        report.pruned = self.prune().await?;
+        Ok(Some(report))
     }
 
     async fn automatic_rollback(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use taskctl_core::engine::{Action, RetryPolicy, RunReport};
 use taskctl_core::events::{Discard, RunOutcome};
-use taskctl_core::ops::{self, DeployOptions, DeployOutcome, Layer, Provider, Scope};
+use taskctl_core::ops::{self, AfterFailure, DeployOptions, DeployOutcome, Layer, Provider, Scope};
 use taskctl_core::profile::{LoadOptions, Profile, load};
 use taskctl_core::release::{Release, ReleaseStatus, to_prune};
 use taskctl_core::state::LocalStore;
@@ -283,7 +283,7 @@ async fn an_upgrade_patches_only_the_objects_it_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_looping_rollout_fails_fast_naming_the_pod() {
+async fn a_crash_looping_rollout_fails_fast_naming_the_pod_and_is_rolled_back() {
     let c = Cluster::start().await;
     let provider = c.provider(options());
     let mut profile = production();
@@ -291,7 +291,7 @@ async fn a_crash_looping_rollout_fails_fast_naming_the_pod() {
 
     profile.agents[0].image = "task-executor:1.0.1-crashloop".into();
     let outcome = c.deploy(&provider, &profile).await;
-    let applied = outcome.applied.expect("the upgrade was applied");
+    let applied = outcome.applied.as_ref().expect("the upgrade was applied");
     assert_eq!(applied.outcome, RunOutcome::Failed);
     let failed = applied.first_error().expect("a failed step");
     assert_eq!(failed.id.0, "kubernetes/workloads");
@@ -304,6 +304,62 @@ async fn a_crash_looping_rollout_fails_fast_naming_the_pod() {
     assert!(message.contains("pod task-executor-"), "{message}");
     // Fail fast: the step did not run into its timeout.
     assert!(failed.duration < options().step_timeout);
+
+    // The profile asks for automatic rollback (health_check_failure): the
+    // failed rollout is release 2, and release 1 is restored as release 3.
+    let report = outcome.release.as_ref().expect("the failed release");
+    assert_eq!(report.revision, 2);
+    let Some(AfterFailure::RolledBack(rolled)) = &report.after_failure else {
+        panic!("not rolled back: {:?}", report.after_failure);
+    };
+    assert_eq!(rolled.to, 1);
+    assert_eq!(rolled.revision, Some(3), "{:?}", rolled.error);
+    let restored = rolled.applied.as_ref().expect("the rollback applied");
+    assert_eq!(restored.outcome, RunOutcome::Succeeded);
+    let message = outcome_message(&outcome);
+    assert!(
+        message.contains("rolled back automatically to release 1 (now release 3)"),
+        "{message}"
+    );
+    let d = agent_deployment(&c);
+    let image = d["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
+    assert!(image.starts_with("task-executor:1.0.0@sha256:"), "{image}");
+    assert_eq!(d["status"]["readyReplicas"], 3);
+    let store = provider.releases(&profile).expect("releases");
+    let statuses: Vec<(u32, ReleaseStatus)> = store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.revision, r.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (1, ReleaseStatus::Superseded),
+            (2, ReleaseStatus::Failed),
+            (3, ReleaseStatus::Deployed)
+        ]
+    );
+    // And the environment converged: nothing more to do.
+    let pinned = store
+        .get(3)
+        .await
+        .unwrap()
+        .unwrap()
+        .pinned_profile()
+        .unwrap();
+    assert!(!c.plan(&provider, &pinned).await.has_changes());
+}
+
+fn outcome_message(outcome: &DeployOutcome) -> String {
+    outcome
+        .release
+        .as_ref()
+        .and_then(|r| r.failure_message())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +390,7 @@ async fn a_field_owned_by_another_manager_is_a_conflict_unless_forced() {
         "{message}"
     );
     assert!(message.contains(".spec.replicas"), "{message}");
-    assert!(message.contains("force_conflicts"), "{message}");
+    assert!(message.contains("--force-conflicts"), "{message}");
     assert_eq!(agent_deployment(&c)["spec"]["replicas"], 7);
 
     let forcing = c.provider(KubeOptions {

@@ -85,3 +85,55 @@ fn pod_failures() {
         assert_eq!(got, expect(&v), "{}", v["metadata"]["name"]);
     }
 }
+
+/// Proves: during a rollout only the pods of the current revision can fail
+/// it. The previous revision's pods (another image, or another
+/// StatefulSet revision) and every pod before the controller has observed
+/// the new generation are not the rollout's.
+#[test]
+fn only_pods_of_the_current_revision_count() {
+    let pod = |image: &str, revision: Option<&str>| -> k8s_openapi::api::core::v1::Pod {
+        let mut labels = serde_json::json!({"app.kubernetes.io/name": "task-executor"});
+        if let Some(r) = revision {
+            labels["controller-revision-hash"] = r.into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "labels": labels},
+            "spec": {"containers": [{"name": "executor", "image": image}]},
+        }))
+        .unwrap()
+    };
+    let deployment = |generation: i64, observed: i64| {
+        serde_json::json!({
+            "metadata": {"generation": generation},
+            "spec": {"template": {"spec": {"containers": [{"name": "executor", "image": "task-executor:1.0.0"}]}}},
+            "status": {"observedGeneration": observed},
+        })
+    };
+    let current = deployment(3, 3);
+    assert!(readiness::pod_is_current(
+        &current,
+        &pod("task-executor:1.0.0", None)
+    ));
+    assert!(!readiness::pod_is_current(
+        &current,
+        &pod("task-executor:1.0.1-crashloop", None)
+    ));
+    assert!(!readiness::pod_is_current(
+        &deployment(3, 2),
+        &pod("task-executor:1.0.0", None)
+    ));
+    let stateful = serde_json::json!({
+        "metadata": {"generation": 2},
+        "spec": {"template": {"spec": {"containers": [{"name": "executor", "image": "rabbitmq:3.13"}]}}},
+        "status": {"observedGeneration": 2, "updateRevision": "rabbitmq-7d9f"},
+    });
+    assert!(readiness::pod_is_current(
+        &stateful,
+        &pod("rabbitmq:3.13", Some("rabbitmq-7d9f"))
+    ));
+    assert!(!readiness::pod_is_current(
+        &stateful,
+        &pod("rabbitmq:3.13", Some("rabbitmq-5c4a"))
+    ));
+}

@@ -1,0 +1,86 @@
+//! How people and programs reach an environment's EKS cluster: its API
+//! endpoint and certificate authority from `DescribeCluster`, and bearer
+//! tokens from [`crate::eks_token`]. The kubeconfig itself is written by
+//! `taskctl-kube`; this crate only knows what AWS says of the cluster.
+
+use crate::Aws;
+use crate::error::{AwsError, ErrorKind, Result};
+use crate::stack::environment_of;
+use taskctl_core::profile::Profile;
+
+/// What a Kubernetes client needs to know of an EKS cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterAccess {
+    pub name: String,
+    pub arn: String,
+    pub region: String,
+    /// `https://…eks.amazonaws.com`.
+    pub endpoint: String,
+    /// The cluster's CA bundle, base64 as AWS returns it (and as a
+    /// kubeconfig's `certificate-authority-data` takes it).
+    pub certificate_authority: String,
+}
+
+/// The name of the profile's cluster (`task-system-production`).
+pub fn cluster_name(profile: &Profile) -> String {
+    environment_of(profile).prefix()
+}
+
+/// Describes the profile's cluster. A cluster that does not exist, or has
+/// no endpoint yet (still `CREATING`), is an error that says so.
+pub async fn cluster_access(aws: &Aws, profile: &Profile) -> Result<ClusterAccess> {
+    let name = cluster_name(profile);
+    let what = "describe the cluster";
+    let out = aws
+        .eks
+        .describe_cluster()
+        .name(&name)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("DescribeCluster", e))
+        .map_err(|e| {
+            if e.is_not_found() {
+                AwsError::new(
+                    ErrorKind::NotFound,
+                    what,
+                    format!(
+                        "cluster {name} does not exist in {}; `taskctl deploy --only infrastructure` creates it",
+                        aws.region()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+    let cluster = out.cluster().ok_or_else(|| {
+        AwsError::new(
+            ErrorKind::NotFound,
+            what,
+            format!("DescribeCluster returned no cluster for {name}"),
+        )
+    })?;
+    let status = cluster.status().map(|s| s.as_str()).unwrap_or("UNKNOWN");
+    let pending = |field: &str| {
+        AwsError::new(
+            ErrorKind::NotFound,
+            what,
+            format!("cluster {name} has no {field} yet (status {status}); wait until it is ACTIVE"),
+        )
+    };
+    Ok(ClusterAccess {
+        name: name.clone(),
+        arn: cluster.arn().unwrap_or_default().to_owned(),
+        region: aws.region().to_owned(),
+        endpoint: cluster
+            .endpoint()
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| pending("endpoint"))?
+            .to_owned(),
+        certificate_authority: cluster
+            .certificate_authority()
+            .and_then(|c| c.data())
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| pending("certificate authority"))?
+            .to_owned(),
+    })
+}
