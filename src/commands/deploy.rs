@@ -11,7 +11,7 @@ use std::time::Duration;
 use taskctl_core::engine::{RetryPolicy, RunReport, SavedPlan};
 use taskctl_core::events::RunOutcome;
 use taskctl_core::ops::{self, DeployOptions, DeployOutcome, Layer};
-use taskctl_core::profile::TargetKind;
+use taskctl_core::profile::{StateBackend, TargetKind};
 
 pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Result<u8> {
     let saved_plan = match &args.plan {
@@ -71,27 +71,37 @@ pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Res
     })?;
     // An `aws` deploy that built the cluster leaves its kubeconfig beside
     // the state, for kubectl and the in-cluster layers.
+    // With the s3 backend nothing is kept on this machine: it says how to
+    // get the kubeconfig instead.
     if profile.target.kind == TargetKind::Aws
         && !args.dry_run
         && outcome.outcome() == RunOutcome::Succeeded
         && scope(&args.scope).includes(Layer::Infrastructure)
     {
-        match rt.block_on(super::kubeconfig::write_after_deploy(&profile)) {
-            Ok((path, access)) => shell.status(
+        if profile.state.backend != StateBackend::Local {
+            shell.status(
                 StatusStyle::Ok,
                 "kubeconfig",
-                &format!(
-                    "{} for cluster {} at {}",
-                    path.display(),
-                    access.name,
-                    access.endpoint
+                "`taskctl kubeconfig --out FILE` writes the cluster's kubeconfig",
+            );
+        } else {
+            match rt.block_on(super::kubeconfig::write_after_deploy(&profile)) {
+                Ok((path, access)) => shell.status(
+                    StatusStyle::Ok,
+                    "kubeconfig",
+                    &format!(
+                        "{} for cluster {} at {}",
+                        path.display(),
+                        access.name,
+                        access.endpoint
+                    ),
                 ),
-            ),
-            Err(e) => shell.status(
-                StatusStyle::Warning,
-                "kubeconfig",
-                &format!("not written: {e:#}"),
-            ),
+                Err(e) => shell.status(
+                    StatusStyle::Warning,
+                    "kubeconfig",
+                    &format!("not written: {e:#}"),
+                ),
+            }
         }
     }
     finish(

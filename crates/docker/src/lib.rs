@@ -368,11 +368,12 @@ impl Provider for DockerProvider {
             )
             .await
             .map_err(|e| OpsError::Provider(e.message))?;
-            let mut ids: BTreeMap<String, String> = BTreeMap::new();
+            // id → (spec hash, the name the containers were made from)
+            let mut ids: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
             for c in found {
                 let labels = c.labels.unwrap_or_default();
                 if let (Some(id), Some(hash)) = (c.image_id, labels.get(label::SPEC_HASH)) {
-                    ids.insert(id, hash.clone());
+                    ids.insert(id, (hash.clone(), c.image));
                 }
             }
             if ids.len() > 1 {
@@ -382,10 +383,17 @@ impl Provider for DockerProvider {
                     ids.len()
                 )));
             }
-            if let Some((id, hash)) = ids.into_iter().next() {
+            if let Some((id, (hash, used))) = ids.into_iter().next() {
                 let repo = image::repository(&agent.image);
                 let tag = agent.image.split('@').next().unwrap_or(&agent.image);
-                let name = if tag.len() > repo.len() { tag } else { repo };
+                // The content tag the containers run (`repo:1.0.0-<digest>`)
+                // when they were made from one: restoring the release then
+                // finds that tag and replaces nothing that already runs it.
+                let name = match used.as_deref() {
+                    Some(u) if image::repository(u) == repo && !u.contains('@') => u,
+                    _ if tag.len() > repo.len() => tag,
+                    _ => repo,
+                };
                 facts
                     .images
                     .insert(agent.name.clone(), format!("{name}@{id}"));

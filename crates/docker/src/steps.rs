@@ -628,7 +628,11 @@ impl Step for AgentImage {
                 match (id, registry(&self.shared.profile)) {
                     (Some(id), _) => Ok(StepPlan {
                         change: Change::none(),
-                        outputs: [("image".to_string(), id)].into(),
+                        outputs: [(
+                            "image".to_string(),
+                            pinned_name(docker, &self.agent.image, id).await?,
+                        )]
+                        .into(),
                     }),
                     (None, Some(reg)) => Ok(StepPlan {
                         change: Change::create(format!("pull {} from {reg}", self.agent.image)),
@@ -669,7 +673,11 @@ impl Step for AgentImage {
                     &format!("agent `{}`", self.agent.name),
                 )
                 .await?;
-                Ok([("image".to_string(), id)].into())
+                Ok([(
+                    "image".to_string(),
+                    pinned_name(docker, &self.agent.image, id).await?,
+                )]
+                .into())
             }
         }
     }
@@ -680,6 +688,19 @@ impl Step for AgentImage {
     async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
         Ok(())
     }
+}
+
+/// What replicas run for an image given by reference: for a pinned
+/// `tag@sha256:…` (a release's image) whose tag still names that very
+/// content, the tag, so that a rollback to the release that runs already
+/// matches its containers and replaces none; otherwise the image id.
+async fn pinned_name(docker: &Docker, reference: &str, id: String) -> Result<String, StepError> {
+    if let Some((tag, _)) = reference.split_once('@')
+        && image::local_id(docker, tag).await?.as_deref() == Some(id.as_str())
+    {
+        return Ok(tag.to_string());
+    }
+    Ok(id)
 }
 
 // ---------------------------------------------------------- agent replicas
