@@ -85,7 +85,10 @@ pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Res
                 "`taskctl kubeconfig --out FILE` writes the cluster's kubeconfig",
             );
         } else {
-            match rt.block_on(super::kubeconfig::write_after_deploy(&profile)) {
+            match rt.block_on(super::kubeconfig::write_after_deploy(
+                &profile,
+                outcome.applied.as_ref().unwrap_or(&outcome.plan),
+            )) {
                 Ok((path, access)) => shell.status(
                     StatusStyle::Ok,
                     "kubeconfig",

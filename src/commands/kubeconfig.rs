@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use taskctl_aws::Aws;
 use taskctl_aws::access::{ClusterAccess, cluster_access};
+use taskctl_core::engine::RunReport;
 use taskctl_core::profile::{Profile, TargetKind};
 use taskctl_kube::cluster::ExecKubeconfig;
 
@@ -80,10 +81,23 @@ pub fn default_path(profile: &Profile) -> PathBuf {
 }
 
 /// After a deploy of an `aws` target: writes the kubeconfig of the cluster
-/// it made to [`default_path`] and says where. Returns the access written.
-pub async fn write_after_deploy(profile: &Profile) -> anyhow::Result<(PathBuf, ClusterAccess)> {
-    let aws = Aws::from_env(&aws_region(profile)?).await?;
-    let access = cluster_access(&aws, profile).await?;
+/// it made to [`default_path`] and says where. The cluster step's outputs
+/// (`report`) carry what it needs; only when they do not is the cluster
+/// described again. Returns the access written.
+pub async fn write_after_deploy(
+    profile: &Profile,
+    report: &RunReport,
+) -> anyhow::Result<(PathBuf, ClusterAccess)> {
+    let region = aws_region(profile)?;
+    let known = report
+        .steps
+        .iter()
+        .find(|s| s.id.0 == "aws/cluster")
+        .and_then(|s| ClusterAccess::from_outputs(&s.outputs, &region));
+    let access = match known {
+        Some(access) => access,
+        None => cluster_access(&Aws::from_env(&region).await?, profile).await?,
+    };
     let path = default_path(profile);
     write_private(&path, &render(&access)?)?;
     Ok((path, access))

@@ -21,6 +21,25 @@ pub struct ClusterAccess {
     pub certificate_authority: String,
 }
 
+impl ClusterAccess {
+    /// From the outputs of the `aws/cluster` step of a run (name, arn,
+    /// endpoint, certificate_authority), so a deploy needs no further call;
+    /// `None` when one is missing (a cluster still creating).
+    pub fn from_outputs(
+        outputs: &std::collections::BTreeMap<String, String>,
+        region: &str,
+    ) -> Option<ClusterAccess> {
+        let get = |k: &str| outputs.get(k).filter(|v| !v.is_empty()).cloned();
+        Some(ClusterAccess {
+            name: get("name")?,
+            arn: get("arn").unwrap_or_default(),
+            region: region.to_owned(),
+            endpoint: get("endpoint")?,
+            certificate_authority: get("certificate_authority")?,
+        })
+    }
+}
+
 /// The name of the profile's cluster (`task-system-production`).
 pub fn cluster_name(profile: &Profile) -> String {
     environment_of(profile).prefix()

@@ -54,6 +54,8 @@ pub struct ClusterState {
     pub status: String,
     pub version: String,
     pub endpoint: Option<String>,
+    /// The API server's CA bundle, base64 (public: clients verify with it).
+    pub certificate_authority: Option<String>,
     pub role_arn: String,
     pub subnet_ids: BTreeSet<String>,
     pub security_group_ids: BTreeSet<String>,
@@ -75,6 +77,11 @@ fn state_of(c: &Cluster) -> ClusterState {
             .unwrap_or_default(),
         version: c.version().unwrap_or_default().to_owned(),
         endpoint: c.endpoint().map(str::to_owned),
+        certificate_authority: c
+            .certificate_authority()
+            .and_then(|a| a.data())
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned),
         role_arn: c.role_arn().unwrap_or_default().to_owned(),
         subnet_ids: vpc
             .map(|v| v.subnet_ids().iter().cloned().collect())
@@ -334,6 +341,7 @@ mod tests {
             status: "ACTIVE".into(),
             version: "1.34".into(),
             endpoint: None,
+            certificate_authority: None,
             role_arn: s.role_arn,
             subnet_ids: s.subnet_ids,
             security_group_ids: s.security_group_ids,

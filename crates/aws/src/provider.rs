@@ -602,6 +602,9 @@ kind_impl!(Cluster, "eks-cluster", cluster, ClusterSpec, ClusterState;
         if let Some(endpoint) = &s.endpoint {
             out.insert("endpoint".into(), endpoint.clone());
         }
+        if let Some(ca) = &s.certificate_authority {
+            out.insert("certificate_authority".into(), ca.clone());
+        }
         out
     }
     async fn settle(
