@@ -55,6 +55,8 @@ impl Env {
             .env("NO_COLOR", "1")
             .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("TASKCTL_TEMPLATES", repo_root().join("templates"))
+            // The rollback conditions are watched, briefly.
+            .env("TASKCTL_WATCH_WINDOW", "1s")
             .env_remove("TASKCTL_PROFILE")
             .env_remove("TASKCTL_ENV")
             .stdin(Stdio::null());

@@ -28,7 +28,10 @@
 //!   revisions) and one Pod per replica labelled from the pod template, with
 //!   an `imageID` pinned by a digest (sha256 of the image reference); unless
 //!   the template's image contains `crashloop`: then the pods are in
-//!   `CrashLoopBackOff` and the workload never becomes available. Jobs
+//!   `CrashLoopBackOff` and the workload never becomes available; or
+//!   contains `oomkilled`: then the pods are ready but each container has
+//!   restarted 5 times, last `OOMKilled` (what `resource_exhaustion`
+//!   watches). Jobs
 //!   complete (or fail with `BackoffLimitExceeded` for a `crashloop` image).
 //!   PersistentVolumeClaims are `Bound` at once;
 //! - a log of every request (method, path, query, content type), so tests
@@ -1182,10 +1185,15 @@ fn reconcile(shared: &Shared, key: &Key) {
                     } else {
                         json!({"running": {"startedAt": now()}})
                     };
-                    json!({
+                    let oom = image.contains("oomkilled");
+                    let mut status = json!({
                         "name": cname, "image": image, "imageID": format!("{base}@sha256:{digest}"),
-                        "ready": !crashing, "restartCount": if crashing { 5 } else { 0 }, "state": state,
-                    })
+                        "ready": !crashing, "restartCount": if crashing || oom { 5 } else { 0 }, "state": state,
+                    });
+                    if oom {
+                        status["lastState"] = json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}});
+                    }
+                    status
                 })
                 .collect();
             let pod_key = Key {

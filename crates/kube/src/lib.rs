@@ -30,6 +30,7 @@ pub mod render;
 pub mod resources;
 pub mod schema;
 pub mod template_helpers;
+pub mod verify;
 pub mod view;
 
 pub use manifest::{ApplyLevel, Manifest, to_yaml_stream};

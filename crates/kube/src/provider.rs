@@ -44,11 +44,12 @@ use taskctl_core::Severity;
 use taskctl_core::engine::{
     Action, Change, ErrorKind, FieldDiff, Outputs, Step, StepContext, StepError, StepId, StepPlan,
 };
-use taskctl_core::ops::{Finding, Layer, OpsError, Provider, ReleaseFacts, Scope};
+use taskctl_core::ops::{Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope};
 use taskctl_core::profile::Profile;
 use taskctl_core::release::ReleaseStore;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// The label every rendered object carries: `<name>.<env>`.
 pub const ENVIRONMENT_LABEL: &str = "taskctl.dev/environment";
@@ -75,6 +76,9 @@ pub struct KubeOptions {
     pub lock_ttl: Duration,
     /// Who holds the Lease; `user@host/pid` when `None`.
     pub holder: Option<String>,
+    /// How long the automatic-rollback conditions are watched after a
+    /// rollout; `None`: `TASKCTL_WATCH_WINDOW`, else 10 s.
+    pub watch_window: Option<Duration>,
 }
 
 impl Default for KubeOptions {
@@ -88,6 +92,7 @@ impl Default for KubeOptions {
             poll_interval: Duration::from_secs(2),
             lock_ttl: Duration::from_secs(120),
             holder: None,
+            watch_window: None,
         }
     }
 }
@@ -326,6 +331,23 @@ impl Provider for KubernetesProvider {
             self.shared.client.clone(),
             &environment_label(profile),
         )))
+    }
+
+    /// The automatic-rollback conditions on the agents' pods (see
+    /// [`crate::verify`]).
+    async fn verify(
+        &self,
+        profile: &Profile,
+        _sink: Arc<dyn taskctl_core::events::EventSink>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Check>, OpsError> {
+        let window = crate::verify::window(self.shared.options.watch_window)?;
+        let manifests = self.manifests(profile)?;
+        let workloads = manifests
+            .iter()
+            .filter(|m| m.kind == "Deployment" && layer_of(m) == Layer::Agents)
+            .collect();
+        Ok(crate::verify::verify(&self.shared.client, profile, workloads, window, cancel).await)
     }
 
     async fn observe_release(&self, profile: &Profile) -> Result<ReleaseFacts, OpsError> {

@@ -126,6 +126,8 @@ fn options() -> KubeOptions {
         templates: workspace().join("templates"),
         poll_interval: Duration::from_millis(20),
         step_timeout: Duration::from_secs(120),
+        // The conditions are watched in the test that trips one.
+        watch_window: Some(Duration::ZERO),
         ..KubeOptions::default()
     }
 }
@@ -767,4 +769,60 @@ async fn a_provider_going_away_releases_its_lease_and_a_dead_holder_on_this_mach
     let mut changed = production();
     changed.agents[0].replicas = 4;
     succeeded(&c.deploy(&provider, &changed).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_restarting_after_a_rollout_trip_resource_exhaustion_and_are_rolled_back() {
+    let c = Cluster::start().await;
+    let provider = c.provider(KubeOptions {
+        watch_window: Some(Duration::from_secs(2)),
+        ..options()
+    });
+    let mut profile = production();
+    let first = c.deploy(&provider, &profile).await;
+    succeeded(&first);
+    let checks = &first.release.as_ref().expect("release 1").checks;
+    let exhaustion = checks
+        .iter()
+        .find(|c| c.name == "resource_exhaustion")
+        .expect("resource_exhaustion watched");
+    assert!(exhaustion.passed, "{exhaustion:?}");
+    assert!(exhaustion.observed.contains("0 restarts"), "{exhaustion:?}");
+    // Nothing reaches the pods from outside: said, not guessed.
+    let health = checks
+        .iter()
+        .find(|c| c.name == "health_check_failure")
+        .unwrap();
+    assert!(
+        health.passed && health.observed.contains("no agent"),
+        "{health:?}"
+    );
+
+    // The new version becomes ready, then its containers are OOM-killed.
+    profile.agents[0].image = "task-executor:1.0.1-oomkilled".into();
+    let outcome = c.deploy(&provider, &profile).await;
+    succeeded(&outcome);
+    let report = outcome.release.as_ref().expect("release 2");
+    let failed = report.failed_check().expect("a failed condition");
+    assert_eq!(failed.name, "resource_exhaustion");
+    assert!(failed.observed.contains("OOM"), "{failed:?}");
+    let Some(AfterFailure::RolledBack(rolled)) = &report.after_failure else {
+        panic!("not rolled back: {:?}", report.after_failure);
+    };
+    assert_eq!(
+        (rolled.to, rolled.revision),
+        (1, Some(3)),
+        "{:?}",
+        rolled.error
+    );
+    assert!(
+        rolled.checks.iter().all(|c| c.passed),
+        "{:?}",
+        rolled.checks
+    );
+    let image = agent_deployment(&c)["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(image.starts_with("task-executor:1.0.0@sha256:"), "{image}");
 }
