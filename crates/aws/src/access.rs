@@ -50,56 +50,38 @@ pub fn cluster_name(profile: &Profile) -> String {
 pub async fn cluster_access(aws: &Aws, profile: &Profile) -> Result<ClusterAccess> {
     let name = cluster_name(profile);
     let what = "describe the cluster";
-    let out = aws
-        .eks
-        .describe_cluster()
-        .name(&name)
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("DescribeCluster", e))
-        .map_err(|e| {
-            if e.is_not_found() {
-                AwsError::new(
-                    ErrorKind::NotFound,
-                    what,
-                    format!(
-                        "cluster {name} does not exist in {}; `taskctl deploy --only infrastructure` creates it",
-                        aws.region()
-                    ),
-                )
-            } else {
-                e
-            }
-        })?;
-    let cluster = out.cluster().ok_or_else(|| {
+    let state = crate::cluster::describe(aws, &name).await?.ok_or_else(|| {
         AwsError::new(
             ErrorKind::NotFound,
             what,
-            format!("DescribeCluster returned no cluster for {name}"),
+            format!(
+                "cluster {name} does not exist in {}; `taskctl deploy --only infrastructure` creates it",
+                aws.region()
+            ),
         )
     })?;
-    let status = cluster.status().map(|s| s.as_str()).unwrap_or("UNKNOWN");
     let pending = |field: &str| {
         AwsError::new(
             ErrorKind::NotFound,
             what,
-            format!("cluster {name} has no {field} yet (status {status}); wait until it is ACTIVE"),
+            format!(
+                "cluster {name} has no {field} yet (status {}); wait until it is ACTIVE",
+                state.status
+            ),
         )
     };
     Ok(ClusterAccess {
-        name: name.clone(),
-        arn: cluster.arn().unwrap_or_default().to_owned(),
-        region: aws.region().to_owned(),
-        endpoint: cluster
-            .endpoint()
+        endpoint: state
+            .endpoint
+            .clone()
             .filter(|e| !e.is_empty())
-            .ok_or_else(|| pending("endpoint"))?
-            .to_owned(),
-        certificate_authority: cluster
-            .certificate_authority()
-            .and_then(|c| c.data())
-            .filter(|d| !d.is_empty())
-            .ok_or_else(|| pending("certificate authority"))?
-            .to_owned(),
+            .ok_or_else(|| pending("endpoint"))?,
+        certificate_authority: state
+            .certificate_authority
+            .clone()
+            .ok_or_else(|| pending("certificate authority"))?,
+        name: state.name,
+        arn: state.arn,
+        region: aws.region().to_owned(),
     })
 }

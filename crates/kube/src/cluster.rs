@@ -146,6 +146,37 @@ pub async fn apply(client: &Client, m: &Manifest, force: bool) -> Result<Value, 
     }
 }
 
+/// The pods of workload `m` (its live object `live`) that run its current
+/// revision (see [`crate::readiness::pod_is_current`]); none when the
+/// workload selects no pods by labels.
+pub async fn current_pods(
+    client: &Client,
+    m: &Manifest,
+    live: &Value,
+) -> Result<Vec<k8s_openapi::api::core::v1::Pod>, StepError> {
+    let Some(labels) = live
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+    else {
+        return Ok(Vec::new());
+    };
+    let selector: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), m.namespace.as_deref().unwrap_or_default());
+    let pods = pods
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await
+        .map_err(|e| step_error(&format!("pods of {}", m.id()), e))?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter(|p| crate::readiness::pod_is_current(live, p))
+        .collect())
+}
+
 /// Objects of a kind carrying the labels of `selector`.
 pub async fn list(
     client: &Client,

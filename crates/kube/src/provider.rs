@@ -580,26 +580,9 @@ async fn readiness_of(client: &Client, m: &Manifest) -> Result<Readiness, StepEr
     if !matches!(readiness, Readiness::NotReady(_)) || m.kind == "Job" {
         return Ok(readiness);
     }
-    let Some(labels) = live
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-    else {
-        return Ok(readiness);
-    };
-    let selector: Vec<String> = labels
+    if let Some(failure) = cluster::current_pods(client, m, &live)
+        .await?
         .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
-    let namespace = m.namespace.clone().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let pods = pods
-        .list(&ListParams::default().labels(&selector.join(",")))
-        .await
-        .map_err(|e| step_error(&format!("pods of {}", m.id()), e))?;
-    if let Some(failure) = pods
-        .items
-        .iter()
-        .filter(|p| readiness::pod_is_current(&live, p))
         .find_map(readiness::pod_failure)
     {
         return Ok(Readiness::Failed(failure.to_string()));

@@ -10,14 +10,10 @@
 //! itself was awaited by the apply. The watch lasts `TASKCTL_WATCH_WINDOW`
 //! (default 10 s; `0s` skips it) unless [`crate::KubeOptions`] says.
 
-use crate::cluster::{self, step_error};
+use crate::cluster;
 use crate::manifest::Manifest;
-use crate::readiness;
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, ListParams};
-use serde_json::Value;
 use std::time::Duration;
 use taskctl_core::ops::{Check, OpsError};
 use taskctl_core::profile::Profile;
@@ -56,28 +52,9 @@ impl RestartSource for PodRestarts<'_> {
             let Some(live) = cluster::get(self.client, m).await.map_err(|e| e.message)? else {
                 continue;
             };
-            let Some(labels) = live
-                .pointer("/spec/selector/matchLabels")
-                .and_then(Value::as_object)
-            else {
-                continue;
-            };
-            let selector: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
-            let pods: Api<Pod> = Api::namespaced(
-                self.client.clone(),
-                m.namespace.as_deref().unwrap_or_default(),
-            );
-            let pods = pods
-                .list(&ListParams::default().labels(&selector.join(",")))
+            for pod in cluster::current_pods(self.client, m, &live)
                 .await
-                .map_err(|e| step_error(&format!("pods of {}", m.id()), e).message)?;
-            for pod in pods
-                .items
-                .iter()
-                .filter(|p| readiness::pod_is_current(&live, p))
+                .map_err(|e| e.message)?
             {
                 let statuses = pod
                     .status
