@@ -8,6 +8,7 @@
 mod cli;
 mod commands;
 mod context;
+mod eks;
 mod exit;
 mod providers;
 mod ui;

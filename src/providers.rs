@@ -33,27 +33,23 @@ pub async fn for_profile_with(
             })
             .await?,
         )),
-        TargetKind::Aws => {
-            let region = profile
-                .target
-                .aws
-                .as_ref()
-                .map(|a| a.region.clone())
-                .unwrap_or_default();
-            Ok(Box::new(taskctl_aws::AwsProvider::from_env(&region).await?))
-        }
-        TargetKind::Kubernetes => {
-            let options = taskctl_kube::KubeOptions {
-                templates: std::env::var_os("TASKCTL_TEMPLATES")
-                    .map(std::path::PathBuf::from)
-                    .unwrap_or_else(|| "templates".into()),
-                force_conflicts: options.force_conflicts,
-                prune_all: options.prune_all,
-                ..Default::default()
-            };
-            Ok(Box::new(
-                taskctl_kube::KubernetesProvider::connect(profile, options).await?,
-            ))
-        }
+        TargetKind::Aws => Ok(Box::new(
+            crate::eks::EksStack::connect(profile, kube_options(options)).await?,
+        )),
+        TargetKind::Kubernetes => Ok(Box::new(
+            taskctl_kube::KubernetesProvider::connect(profile, kube_options(options)).await?,
+        )),
+    }
+}
+
+/// How the in-cluster layers apply, for the `kubernetes` and `aws` targets.
+fn kube_options(options: ProviderOptions) -> taskctl_kube::KubeOptions {
+    taskctl_kube::KubeOptions {
+        templates: std::env::var_os("TASKCTL_TEMPLATES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "templates".into()),
+        force_conflicts: options.force_conflicts,
+        prune_all: options.prune_all,
+        ..Default::default()
     }
 }

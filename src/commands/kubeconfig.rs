@@ -16,7 +16,6 @@ use taskctl_aws::Aws;
 use taskctl_aws::access::{ClusterAccess, cluster_access};
 use taskctl_core::engine::RunReport;
 use taskctl_core::profile::{Profile, TargetKind};
-use taskctl_kube::cluster::ExecKubeconfig;
 
 /// How long an EKS token is accepted (the API server's limit is 15
 /// minutes); kubectl asks again after this.
@@ -30,7 +29,7 @@ pub fn kubeconfig(ctx: &Context, shell: &mut Shell, args: KubeconfigArgs) -> any
         let aws = Aws::from_env(&region).await?;
         anyhow::Ok(cluster_access(&aws, &profile).await?)
     })?;
-    let yaml = render(&access)?;
+    let yaml = render(&profile, &access)?;
     match &args.out {
         Some(path) => {
             write_private(path, &yaml)?;
@@ -99,7 +98,7 @@ pub async fn write_after_deploy(
         None => cluster_access(&Aws::from_env(&region).await?, profile).await?,
     };
     let path = default_path(profile);
-    write_private(&path, &render(&access)?)?;
+    write_private(&path, &render(profile, &access)?)?;
     Ok((path, access))
 }
 
@@ -116,27 +115,13 @@ fn aws_region(profile: &Profile) -> anyhow::Result<String> {
     }
 }
 
-fn render(access: &ClusterAccess) -> anyhow::Result<String> {
-    let exe = std::env::current_exe().context("cannot find this taskctl binary's path")?;
-    let name = if access.arn.is_empty() {
-        access.name.as_str()
-    } else {
-        access.arn.as_str()
-    };
-    Ok(ExecKubeconfig {
-        name,
-        server: &access.endpoint,
-        certificate_authority_data: &access.certificate_authority,
-        command: &exe.to_string_lossy(),
-        args: vec![
-            "eks-token".into(),
-            "--cluster".into(),
-            access.name.clone(),
-            "--region".into(),
-            access.region.clone(),
-        ],
-    }
-    .to_yaml())
+fn render(profile: &Profile, access: &ClusterAccess) -> anyhow::Result<String> {
+    let api_server = profile
+        .target
+        .aws
+        .as_ref()
+        .and_then(|a| a.api_server.as_deref());
+    Ok(crate::eks::kubeconfig(access, api_server)?.to_yaml())
 }
 
 /// Writes `text` readable by its owner only, as kubectl does.

@@ -5,7 +5,7 @@ use crate::context::Context;
 use crate::exit;
 use crate::ui::{Shell, StatusStyle};
 use serde::Serialize;
-use taskctl_core::ops::Finding;
+use taskctl_core::ops::{Finding, Scope};
 use taskctl_core::{Diagnostics, Severity};
 
 #[derive(Serialize)]
@@ -37,7 +37,7 @@ pub fn exec(ctx: &Context, shell: &mut Shell, args: ValidateArgs) -> anyhow::Res
         Some(profile) if args.online => {
             let findings = ctx.runtime()?.block_on(async {
                 let provider = crate::providers::for_profile(profile).await?;
-                anyhow::Ok(provider.preflight(profile).await?)
+                anyhow::Ok(provider.preflight(profile, &Scope::all()).await?)
             })?;
             let failed = findings.iter().any(|f| {
                 f.severity == Severity::Error || (args.strict && f.severity == Severity::Warning)

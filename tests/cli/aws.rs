@@ -8,6 +8,7 @@
 //! that environment's tag.
 
 use crate::harness::{repo_root, stderr, stdout};
+use kube_double::KubeDouble;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -23,10 +24,17 @@ struct Env {
     dir: tempfile::TempDir,
     name: String,
     profiles: Vec<PathBuf>,
+    /// The cluster's API server, when the test goes beyond the
+    /// infrastructure: kube-double, served by its own runtime (dropped
+    /// after it) while the test thread waits for taskctl.
+    cluster: Option<KubeDouble>,
+    _runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Env {
-    /// A fresh environment from the production profile with its own name.
+    /// A fresh environment from the production profile with its own name,
+    /// for tests of the infrastructure alone (`--only infrastructure`):
+    /// moto's clusters have no API server.
     fn new(prefix: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let nanos = std::time::SystemTime::now()
@@ -45,7 +53,37 @@ impl Env {
             dir,
             name,
             profiles: vec![overlay],
+            cluster: None,
+            _runtime: None,
         }
+    }
+
+    /// [`Env::new`] whose cluster's API server is kube-double, reached
+    /// through `target.aws.api_server` (as a tunnel to a private endpoint
+    /// would be), so the in-cluster layers deploy too.
+    fn with_cluster(prefix: &str) -> Env {
+        let mut env = Env::new(prefix);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let double = runtime
+            .block_on(KubeDouble::start(kube_double::Config {
+                ready_delay: Duration::from_millis(20),
+                ..kube_double::Config::default()
+            }))
+            .expect("kube-double listens");
+        env.layer(
+            "tunnel.yaml",
+            &format!(
+                "apiVersion: taskctl.dev/v1\nkind: Profile\ntarget:\n  aws:\n    region: us-west-2\n    api_server: {}\n",
+                double.url()
+            ),
+        );
+        env.cluster = Some(double);
+        env._runtime = Some(runtime);
+        env
+    }
+
+    fn cluster(&self) -> &KubeDouble {
+        self.cluster.as_ref().expect("an Env::with_cluster")
     }
 
     /// Adds a profile layer with `yaml` over the environment.
@@ -68,6 +106,9 @@ impl Env {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", "us-west-2")
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("TASKCTL_TEMPLATES", repo_root().join("templates"))
+            // The rollback conditions are watched, briefly.
+            .env("TASKCTL_WATCH_WINDOW", "1s")
             .env_remove("AWS_PROFILE")
             .env_remove("TASKCTL_PROFILE")
             .env_remove("TASKCTL_ENV");
@@ -165,6 +206,12 @@ fn check_event(line: &str) -> Value {
             "failed",
             "skipped",
         ],
+        "release_recorded" => &["revision", "status", "description"],
+        "verification_started" => &["revision"],
+        "check_finished" => &["name", "kind", "passed", "observed", "elapsed_s"],
+        "verification_finished" => &["revision", "passed", "checks", "failed"],
+        "rollback_started" => &["automatic", "to", "reason"],
+        "rollback_finished" => &["automatic", "to", "outcome"],
         other => panic!("unknown event `{other}`: {line}"),
     };
     for key in required {
@@ -205,9 +252,13 @@ fn events(out: &Output) -> Vec<Value> {
     stdout(out).lines().map(check_event).collect()
 }
 
+/// The whole `aws` target: infrastructure on moto, then the in-cluster
+/// layers on kube-double, authenticated with EKS tokens from `taskctl
+/// eks-token` as the kubeconfig's credential plugin; a re-plan finds
+/// nothing to do; destroy empties the cluster before removing it.
 #[test]
 fn plan_deploy_replan_and_destroy() {
-    let env = Env::new("e2e");
+    let env = Env::with_cluster("e2e");
     let plan = env.run(&["plan", "--detailed-exitcode", "-o", "json"]);
     assert_eq!(
         plan.status.code(),
@@ -225,8 +276,26 @@ fn plan_deploy_replan_and_destroy() {
         .map(|e| e["step"].as_str().unwrap())
         .collect();
     // One step per resource: 2 roles, VPC, 4 subnets, IGW, 2 EIPs, 2 NATs,
-    // 3 route tables, SG, cluster, 2 node groups.
-    assert_eq!(creates.len(), 19, "every resource is listed: {planned:#?}");
+    // 3 route tables, SG, cluster, 2 node groups; then one per apply level
+    // in the cluster, which does not exist yet.
+    let aws: Vec<&&str> = creates.iter().filter(|s| s.starts_with("aws/")).collect();
+    assert_eq!(aws.len(), 19, "every resource is listed: {planned:#?}");
+    let levels: Vec<&&str> = creates
+        .iter()
+        .filter(|s| s.starts_with("kubernetes/"))
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            &"kubernetes/namespaces",
+            &"kubernetes/rbac",
+            &"kubernetes/config",
+            &"kubernetes/storage",
+            &"kubernetes/workloads",
+            &"kubernetes/autoscalers"
+        ],
+        "{planned:#?}"
+    );
     for id in [
         "aws/vpc",
         "aws/subnet/private/us-west-2b",
@@ -236,21 +305,35 @@ fn plan_deploy_replan_and_destroy() {
     ] {
         assert!(creates.contains(&id), "{id} in {creates:?}");
     }
-    let cluster = planned.iter().find(|e| e["step"] == "aws/cluster").unwrap();
-    let deps = cluster["depends_on"].to_string();
+    let step = |id: &str| planned.iter().find(|e| e["step"] == id).unwrap().clone();
+    let deps = step("aws/cluster")["depends_on"].to_string();
     assert!(
         deps.contains("aws/security-group/cluster") && deps.contains("aws/iam-role/cluster"),
-        "{cluster:#}"
+        "{deps}"
+    );
+    let deps = step("kubernetes/namespaces")["depends_on"].to_string();
+    assert!(
+        deps.contains("aws/cluster") && deps.contains("aws/node-group/gpu"),
+        "the cluster and its nodes come first: {deps}"
     );
     assert_eq!(count(&env.listing(), "vpcs"), 0, "plan makes nothing");
+    assert!(
+        !env.cluster()
+            .paths()
+            .iter()
+            .any(|p| p.contains("task-executor")),
+        "nor anything in the cluster"
+    );
 
     let deploy = env.run(&["deploy", "--yes", "-o", "json"]);
     assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
     let stream = events(&deploy);
-    let last = stream.last().unwrap();
-    assert_eq!(last["event"], "run_finished");
-    assert_eq!(last["outcome"], "succeeded");
-    assert_eq!(last["changed"], 19);
+    let finished = stream
+        .iter()
+        .find(|e| e["event"] == "run_finished")
+        .unwrap();
+    assert_eq!(finished["outcome"], "succeeded");
+    assert_eq!(finished["changed"], 25);
 
     let l = env.listing();
     assert_one_of_each(&l);
@@ -269,7 +352,35 @@ fn plan_deploy_replan_and_destroy() {
     );
     assert_eq!(gpu["instance_types"][0], "g5.xlarge");
 
-    check_kubeconfig(&env, &l);
+    // The platform and the agents are in the cluster, released as
+    // revision 1, and every request carried an EKS token.
+    let cluster = env.cluster();
+    for path in [
+        "/apis/apps/v1/namespaces/agent-system/deployments/task-executor",
+        "/apis/apps/v1/namespaces/messaging/statefulsets/rabbitmq",
+        "/apis/autoscaling/v2/namespaces/agent-system/horizontalpodautoscalers/task-executor",
+    ] {
+        assert!(cluster.object(path).is_some(), "{path} was applied");
+    }
+    check_eks_tokens(cluster);
+    let history = env.run(&["history", "-o", "json"]);
+    assert_eq!(history.status.code(), Some(0), "{}", stderr(&history));
+    let history: Value = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(history[0]["revision"], 1, "{history:#}");
+    assert_eq!(history[0]["status"], "deployed", "{history:#}");
+
+    // The kubeconfig goes where taskctl went: through the tunnel.
+    let kubeconfig = env
+        .dir
+        .path()
+        .join(format!(".taskctl/{}/production/kubeconfig", env.name));
+    let config: Value =
+        serde_norway::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
+    assert_eq!(config["clusters"][0]["cluster"]["server"], cluster.url());
+    assert_eq!(
+        config["users"][0]["user"]["exec"]["args"][0], "eks-token",
+        "{config:#}"
+    );
 
     let replan = env.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(
@@ -278,6 +389,7 @@ fn plan_deploy_replan_and_destroy() {
         "no changes after deploy: {}",
         stderr(&replan)
     );
+    cluster.clear_requests();
     let again = env
         .command(&["deploy", "--yes"])
         .env("RUST_LOG", "taskctl_aws::call_log=trace")
@@ -293,6 +405,13 @@ fn plan_deploy_replan_and_destroy() {
     let (reads, writes) = aws_calls(&stderr(&again));
     assert!(reads.len() >= 19, "every resource is looked at: {reads:?}");
     assert_eq!(writes, Vec::<String>::new(), "a re-deploy changes nothing");
+    let patches: Vec<String> = cluster
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && !r.path.contains("/leases/"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(patches, Vec::<String>::new(), "nor in the cluster");
     let dry = env
         .command(&["plan"])
         .env("RUST_LOG", "taskctl_aws::call_log=trace")
@@ -303,6 +422,16 @@ fn plan_deploy_replan_and_destroy() {
 
     let destroy = env.run(&["destroy", "--yes"]);
     assert_eq!(destroy.status.code(), Some(0), "{}", stderr(&destroy));
+    let left: Vec<String> = cluster
+        .paths()
+        .into_iter()
+        .filter(|p| p.contains("/deployments/") || p.contains("/statefulsets/"))
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "the workloads were deleted first"
+    );
     let l = env.listing();
     for kind in [
         "vpcs",
@@ -317,13 +446,132 @@ fn plan_deploy_replan_and_destroy() {
     assert_eq!(live_nat_gateways(&l), 0, "{l:#}");
 }
 
+/// Every request taskctl made to the cluster carried a bearer token as
+/// EKS takes it: `k8s-aws-v1.` and the base64url of an STS
+/// GetCallerIdentity URL presigned for the cluster's name.
+fn check_eks_tokens(cluster: &KubeDouble) {
+    use base64::Engine as _;
+    let requests = cluster.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        let token = r
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer k8s-aws-v1."))
+            .unwrap_or_else(|| panic!("{} {} has no EKS bearer token", r.method, r.path));
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .expect("base64url");
+        let url = String::from_utf8(url).unwrap();
+        assert!(
+            url.contains("Action=GetCallerIdentity")
+                && url.contains("X-Amz-Signature=")
+                && url.contains("x-k8s-aws-id"),
+            "a presigned GetCallerIdentity: {url}"
+        );
+    }
+}
+
+/// The `aws` target's releases are the cluster's contents: an upgrade of
+/// the agents changes one object, and rolling back restores it without
+/// touching the infrastructure. Before the cluster exists, there is no
+/// release to show or roll back to.
+#[test]
+fn releases_live_in_the_cluster_and_a_rollback_leaves_the_infrastructure_alone() {
+    let mut env = Env::with_cluster("rel");
+    let history = env.run(&["history"]);
+    assert_eq!(history.status.code(), Some(0), "{}", stderr(&history));
+    assert!(
+        stdout(&history).contains("no releases of"),
+        "{}",
+        stdout(&history)
+    );
+    let refused = env.run(&["rollback", "--yes", "--approve", "dana"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+
+    let first = env.run(&["deploy", "--yes"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    env.layer(
+        "upgrade.yaml",
+        "apiVersion: taskctl.dev/v1\nkind: Profile\nagents:\n  - name: task-executor\n    image: task-executor:1.0.1\n",
+    );
+    let plan = env.run(&["plan", "-o", "json"]);
+    let changes: Vec<Value> = events(&plan)
+        .into_iter()
+        .filter(|e| e["event"] == "step_planned" && e["action"] != "no_op")
+        .collect();
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!(changes[0]["step"], "kubernetes/workloads");
+    assert_eq!(
+        changes[0]["diffs"][0]["field"],
+        "Deployment agent-system/task-executor: spec.template.spec.containers[0].image"
+    );
+    let upgrade = env.run(&["deploy", "--yes"]);
+    assert_eq!(upgrade.status.code(), Some(0), "{}", stderr(&upgrade));
+    let image = |env: &Env| {
+        env.cluster()
+            .object("/apis/apps/v1/namespaces/agent-system/deployments/task-executor")
+            .unwrap()
+            .pointer("/spec/template/spec/containers/0/image")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(image(&env), "task-executor:1.0.1");
+
+    let rollback = env.run(&[
+        "rollback",
+        "--to",
+        "1",
+        "--yes",
+        "--approve",
+        "dana",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(rollback.status.code(), Some(0), "{}", stderr(&rollback));
+    let steps: Vec<String> = events(&rollback)
+        .into_iter()
+        .filter(|e| e["event"] == "step_planned")
+        .map(|e| e["step"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!steps.is_empty());
+    assert!(
+        steps.iter().all(|s| s.starts_with("kubernetes/")),
+        "only the cluster's contents are restored: {steps:?}"
+    );
+    // Restored as release 1 ran it: pinned by the digest its pods reported.
+    let restored = image(&env);
+    assert!(
+        restored
+            .as_str()
+            .is_some_and(|i| i.starts_with("task-executor:1.0.0@sha256:")),
+        "{restored}"
+    );
+    let history = env.run(&["history", "-o", "json"]);
+    let history: Value = serde_json::from_slice(&history.stdout).unwrap();
+    let statuses: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["superseded", "superseded", "deployed"],
+        "{history:#}"
+    );
+    env.run(&["destroy", "--yes"]);
+}
+
 #[test]
 fn a_scaling_change_is_one_in_place_update() {
     let mut env = Env::new("scale");
-    assert_eq!(env.run(&["deploy", "--yes"]).status.code(), Some(0));
+    let first = env.run(&["deploy", "--yes", "--only", "infrastructure"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     let before = env.listing();
+    check_kubeconfig(&env, &before);
     env.layer("bigger.yaml", "apiVersion: taskctl.dev/v1\nkind: Profile\ncompute:\n  node_groups:\n    - name: worker\n      scaling: { min: 5, desired: 7, max: 10 }\n");
-    let plan = env.run(&["plan", "-o", "json"]);
+    let plan = env.run(&["plan", "-o", "json", "--only", "infrastructure"]);
     let changes: Vec<Value> = events(&plan)
         .into_iter()
         .filter(|e| e["event"] == "step_planned" && e["action"] != "no_op")
@@ -338,7 +586,7 @@ fn a_scaling_change_is_one_in_place_update() {
         (diffs[0]["from"].as_str(), diffs[0]["to"].as_str()),
         (Some("5"), Some("7"))
     );
-    let deploy = env.run(&["deploy", "--yes"]);
+    let deploy = env.run(&["deploy", "--yes", "--only", "infrastructure"]);
     assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
     let after = env.listing();
     let worker = |l: &Value| {
@@ -357,7 +605,7 @@ fn a_scaling_change_is_one_in_place_update() {
         "updated in place, not recreated"
     );
     assert_one_of_each(&after);
-    env.run(&["destroy", "--yes"]);
+    env.run(&["destroy", "--yes", "--only", "infrastructure"]);
 }
 
 /// kill -9 at twelve different points of a deploy: right after the run
@@ -367,7 +615,7 @@ fn a_scaling_change_is_one_in_place_update() {
 /// result has no duplicate.
 #[test]
 fn kill_9_at_many_points_converges_without_duplicates() {
-    let env = Env::new("kill");
+    let env = Env::with_cluster("kill");
     let mut kills = Vec::new();
     for k in 0..12usize {
         let target = k % 6 + 1;
@@ -435,7 +683,7 @@ fn kill_9_at_many_points_converges_without_duplicates() {
 fn a_second_concurrent_deploy_is_refused_and_told_who_holds_the_lock() {
     let env = Env::new("lock");
     let mut first = env
-        .command(&["deploy", "--yes"])
+        .command(&["deploy", "--yes", "--only", "infrastructure"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -453,7 +701,7 @@ fn a_second_concurrent_deploy_is_refused_and_told_who_holds_the_lock() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    let second = env.run(&["deploy", "--yes"]);
+    let second = env.run(&["deploy", "--yes", "--only", "infrastructure"]);
     let first_status = first.wait().unwrap();
     assert!(first_status.success());
     assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
@@ -462,7 +710,7 @@ fn a_second_concurrent_deploy_is_refused_and_told_who_holds_the_lock() {
         err.contains("is locked by") && err.contains("since"),
         "{err}"
     );
-    env.run(&["destroy", "--yes"]);
+    env.run(&["destroy", "--yes", "--only", "infrastructure"]);
 }
 
 #[test]

@@ -144,7 +144,7 @@ fn no_local_state(dir: &Path) {
 fn a_second_concurrent_deploy_with_s3_state_is_refused_and_told_who_holds_it_since_when() {
     let env = Env::new("s3lock", true);
     let first = env
-        .command(&["deploy", "--yes"])
+        .command(&["deploy", "--yes", "--only", "infrastructure"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -169,7 +169,7 @@ fn a_second_concurrent_deploy_with_s3_state_is_refused_and_told_who_holds_it_sin
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let second = env.run(&["deploy", "--yes"]);
+    let second = env.run(&["deploy", "--yes", "--only", "infrastructure"]);
     let first_out = first.wait_with_output().unwrap();
     assert!(
         first_out.status.success(),
@@ -204,7 +204,7 @@ fn a_second_concurrent_deploy_with_s3_state_is_refused_and_told_who_holds_it_sin
     let status = env.json(&["status"]);
     assert_eq!(status["last_run"]["outcome"], "succeeded", "{status:#}");
     no_local_state(&env.local_state());
-    let out = env.run(&["destroy", "--yes"]);
+    let out = env.run(&["destroy", "--yes", "--only", "infrastructure"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 

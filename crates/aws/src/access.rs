@@ -48,9 +48,13 @@ pub fn cluster_name(profile: &Profile) -> String {
 /// Describes the profile's cluster. A cluster that does not exist, or has
 /// no endpoint yet (still `CREATING`), is an error that says so.
 pub async fn cluster_access(aws: &Aws, profile: &Profile) -> Result<ClusterAccess> {
-    let name = cluster_name(profile);
+    describe_access(aws, &cluster_name(profile)).await
+}
+
+/// [`cluster_access`] of the cluster called `name`.
+pub async fn describe_access(aws: &Aws, name: &str) -> Result<ClusterAccess> {
     let what = "describe the cluster";
-    let state = crate::cluster::describe(aws, &name).await?.ok_or_else(|| {
+    let state = crate::cluster::describe(aws, name).await?.ok_or_else(|| {
         AwsError::new(
             ErrorKind::NotFound,
             what,

@@ -69,7 +69,17 @@ impl AwsProvider {
             aws: Arc::new(Aws::from_env(region).await?),
         })
     }
+
+    /// The clients the steps use.
+    pub fn aws(&self) -> &Arc<Aws> {
+        &self.aws
+    }
 }
+
+/// The id of the step that makes the EKS cluster; its outputs are
+/// `name`, `arn`, `endpoint` and `certificate_authority`
+/// ([`crate::access::ClusterAccess::from_outputs`]).
+pub const CLUSTER_STEP: &str = "aws/cluster";
 
 #[async_trait]
 impl Provider for AwsProvider {
@@ -81,7 +91,7 @@ impl Provider for AwsProvider {
         vec![Layer::Infrastructure]
     }
 
-    async fn preflight(&self, profile: &Profile) -> Result<Vec<Finding>, OpsError> {
+    async fn preflight(&self, profile: &Profile, _scope: &Scope) -> Result<Vec<Finding>, OpsError> {
         Ok(crate::preflight(&self.aws, profile)
             .await
             .into_iter()

@@ -174,7 +174,11 @@ impl Provider for MemoryTarget {
     fn layers(&self) -> Vec<Layer> {
         vec![Layer::Agents]
     }
-    async fn preflight(&self, _profile: &Profile) -> Result<Vec<Finding>, OpsError> {
+    async fn preflight(
+        &self,
+        _profile: &Profile,
+        _scope: &Scope,
+    ) -> Result<Vec<Finding>, OpsError> {
         Ok(Vec::new())
     }
     fn steps(&self, profile: &Profile, _scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
@@ -668,7 +672,7 @@ async fn history_and_rollback_refuse_a_target_without_releases() {
         fn layers(&self) -> Vec<Layer> {
             vec![Layer::Infrastructure]
         }
-        async fn preflight(&self, _: &Profile) -> Result<Vec<Finding>, OpsError> {
+        async fn preflight(&self, _: &Profile, _: &Scope) -> Result<Vec<Finding>, OpsError> {
             Ok(Vec::new())
         }
         fn steps(&self, _: &Profile, _: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {

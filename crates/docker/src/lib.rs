@@ -108,7 +108,7 @@ impl Provider for DockerProvider {
         vec![Layer::Infrastructure, Layer::Services, Layer::Agents]
     }
 
-    async fn preflight(&self, profile: &Profile) -> Result<Vec<Finding>, OpsError> {
+    async fn preflight(&self, profile: &Profile, _scope: &Scope) -> Result<Vec<Finding>, OpsError> {
         let mut findings = Vec::new();
         let mut error = |check: &str, message: String| {
             findings.push(Finding {

@@ -92,6 +92,9 @@ pub struct RequestRecord {
     pub path: String,
     pub query: String,
     pub content_type: Option<String>,
+    /// The `Authorization` header as sent (a test double may keep it: tests
+    /// check what kind of credential reached the API server).
+    pub authorization: Option<String>,
 }
 
 /// Where an object lives: `api/v1` or `apis/<group>/<version>`, the plural,
@@ -392,11 +395,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     shared.lock().requests.push(RequestRecord {
         method: method.to_string(),
         path: path.clone(),
         query: query.clone(),
         content_type: content_type.clone(),
+        authorization,
     });
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;

@@ -42,6 +42,20 @@ pub async fn client_from_kubeconfig(
         path: path.map(|p| p.display().to_string()),
         source,
     })?;
+    client_from(kubeconfig, path, context).await
+}
+
+/// A client from a kubeconfig taskctl built itself (an EKS cluster's,
+/// [`ExecKubeconfig`]), with its current context.
+pub async fn client_from_built(kubeconfig: Kubeconfig) -> Result<Client, ClusterError> {
+    client_from(kubeconfig, None, None).await
+}
+
+async fn client_from(
+    kubeconfig: Kubeconfig,
+    path: Option<&Path>,
+    context: Option<&str>,
+) -> Result<Client, ClusterError> {
     let options = KubeConfigOptions {
         context: context.map(str::to_string),
         cluster: None,
@@ -213,8 +227,11 @@ pub struct ExecKubeconfig<'a> {
     /// Cluster, user and context name (an EKS cluster's ARN, by custom).
     pub name: &'a str,
     pub server: &'a str,
-    /// base64 of the CA bundle.
-    pub certificate_authority_data: &'a str,
+    /// base64 of the CA bundle; `None` for a plain-http test server.
+    pub certificate_authority_data: Option<&'a str>,
+    /// The name the server's certificate must carry when `server` is a
+    /// tunnel to it (`kubectl --tls-server-name`).
+    pub tls_server_name: Option<&'a str>,
     pub command: &'a str,
     pub args: Vec<String>,
 }
@@ -222,15 +239,19 @@ pub struct ExecKubeconfig<'a> {
 impl ExecKubeconfig<'_> {
     /// The kubeconfig, checked by parsing it into kube's own type.
     pub fn build(&self) -> Kubeconfig {
+        let mut cluster = serde_json::json!({ "server": self.server });
+        if let Some(ca) = self.certificate_authority_data {
+            cluster["certificate-authority-data"] = ca.into();
+        }
+        if let Some(name) = self.tls_server_name {
+            cluster["tls-server-name"] = name.into();
+        }
         let value = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{
                 "name": self.name,
-                "cluster": {
-                    "server": self.server,
-                    "certificate-authority-data": self.certificate_authority_data,
-                },
+                "cluster": cluster,
             }],
             "users": [{
                 "name": self.name,
@@ -267,7 +288,8 @@ mod tests {
         let yaml = ExecKubeconfig {
             name: "arn:aws:eks:us-west-2:123456789012:cluster/demo",
             server: "https://abc.gr7.us-west-2.eks.amazonaws.com",
-            certificate_authority_data: "TFMwdExTMUNSVWQ=",
+            certificate_authority_data: Some("TFMwdExTMUNSVWQ="),
+            tls_server_name: None,
             command: "/usr/local/bin/taskctl",
             args: vec!["eks-token".into(), "--cluster".into(), "demo".into()],
         }

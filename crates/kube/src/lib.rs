@@ -20,6 +20,7 @@
 //! templates; [`cluster`] is where the `kube` client is used.
 
 pub mod cluster;
+pub mod connect;
 pub mod diff;
 pub mod lock;
 pub mod manifest;
@@ -33,6 +34,9 @@ pub mod template_helpers;
 pub mod verify;
 pub mod view;
 
+pub use connect::{ClientSource, Connect};
+/// The `kube` crate this one is built on, so users name the same version.
+pub use kube;
 pub use manifest::{ApplyLevel, Manifest, to_yaml_stream};
 pub use provider::{KubeOptions, KubernetesProvider};
 pub use render::{RenderError, Renderer, render};

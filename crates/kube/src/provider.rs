@@ -21,6 +21,7 @@
 //! expires, or is taken over at once by the next run on the same machine.
 
 use crate::cluster::{self, step_error};
+use crate::connect::{ClientSource, Connect};
 use crate::diff::diff;
 use crate::lock::{ClusterLock, LeaseGuard, LockError};
 use crate::manifest::{ApplyLevel, Manifest};
@@ -98,32 +99,29 @@ impl Default for KubeOptions {
 }
 
 struct Shared {
-    client: Client,
+    client: ClientSource,
     options: KubeOptions,
     /// Environment label → the Lease held for it.
     locks: tokio::sync::Mutex<BTreeMap<String, LeaseGuard>>,
 }
 
 impl Shared {
-    fn lock_for(&self, environment: &str) -> ClusterLock {
+    fn lock_for(&self, client: Client, environment: &str) -> ClusterLock {
         match &self.options.holder {
-            Some(h) => ClusterLock::with_holder(
-                self.client.clone(),
-                environment,
-                self.options.lock_ttl,
-                h.clone(),
-            ),
-            None => ClusterLock::new(self.client.clone(), environment, self.options.lock_ttl),
+            Some(h) => {
+                ClusterLock::with_holder(client, environment, self.options.lock_ttl, h.clone())
+            }
+            None => ClusterLock::new(client, environment, self.options.lock_ttl),
         }
     }
 
     /// Takes the environment's Lease unless this provider holds it already.
-    async fn ensure_locked(&self, environment: &str) -> Result<(), StepError> {
+    async fn ensure_locked(&self, client: &Client, environment: &str) -> Result<(), StepError> {
         let mut locks = self.locks.lock().await;
         if locks.contains_key(environment) {
             return Ok(());
         }
-        match self.lock_for(environment).acquire().await {
+        match self.lock_for(client.clone(), environment).acquire().await {
             Ok(guard) => {
                 locks.insert(environment.to_string(), guard);
                 Ok(())
@@ -184,6 +182,16 @@ impl KubernetesProvider {
     }
 
     pub fn with_client(client: Client, options: KubeOptions) -> Self {
+        Self::with_source(ClientSource::fixed(client), options)
+    }
+
+    /// A provider for a cluster that may not exist yet (the `aws`
+    /// target's): `connect` makes the client when a step first needs it.
+    pub fn deferred(connect: Arc<dyn Connect>, options: KubeOptions) -> Self {
+        Self::with_source(ClientSource::deferred(connect), options)
+    }
+
+    fn with_source(client: ClientSource, options: KubeOptions) -> Self {
         KubernetesProvider {
             shared: Arc::new(Shared {
                 client,
@@ -193,8 +201,9 @@ impl KubernetesProvider {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.shared.client
+    /// The client, or `None` while the cluster does not exist.
+    pub async fn client(&self) -> Result<Option<Client>, OpsError> {
+        self.shared.client.get(None).await.map_err(ops_error)
     }
 
     /// Releases every Lease this provider holds (at the end of a run).
@@ -220,6 +229,10 @@ impl KubernetesProvider {
         }
         Ok(manifests)
     }
+}
+
+fn ops_error(e: StepError) -> OpsError {
+    OpsError::Provider(e.to_string())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -258,20 +271,30 @@ impl Provider for KubernetesProvider {
         vec![Layer::Services, Layer::Agents]
     }
 
-    async fn preflight(&self, profile: &Profile) -> Result<Vec<Finding>, OpsError> {
+    async fn preflight(&self, profile: &Profile, _scope: &Scope) -> Result<Vec<Finding>, OpsError> {
         let mut findings = Vec::new();
-        match self.shared.client.apiserver_version().await {
-            Ok(v) => findings.push(Finding {
-                severity: Severity::Note,
-                check: "kubernetes-api".into(),
-                message: format!("API server {} answers", v.git_version),
-            }),
-            Err(e) => findings.push(Finding {
-                severity: Severity::Error,
-                check: "kubernetes-api".into(),
-                message: format!("the API server does not answer: {e}"),
-            }),
-        }
+        let (severity, message) = match self.shared.client.get(None).await {
+            Ok(None) => (
+                Severity::Note,
+                "the cluster does not exist yet; its API is checked once it does".to_string(),
+            ),
+            Ok(Some(client)) => match client.apiserver_version().await {
+                Ok(v) => (
+                    Severity::Note,
+                    format!("API server {} answers", v.git_version),
+                ),
+                Err(e) => (
+                    Severity::Error,
+                    format!("the API server does not answer: {e}"),
+                ),
+            },
+            Err(e) => (Severity::Error, format!("cannot reach the cluster: {e}")),
+        };
+        findings.push(Finding {
+            severity,
+            check: "kubernetes-api".into(),
+            message,
+        });
         if let Err(e) = self.manifests(profile) {
             findings.push(Finding {
                 severity: Severity::Error,
@@ -283,6 +306,65 @@ impl Provider for KubernetesProvider {
     }
 
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
+        self.steps_after(profile, scope, Vec::new())
+    }
+
+    fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
+        Some(Arc::new(KubeReleaseStore::with_source(
+            self.shared.client.clone(),
+            &environment_label(profile),
+        )))
+    }
+
+    /// The automatic-rollback conditions on the agents' pods (see
+    /// [`crate::verify`]).
+    async fn verify(
+        &self,
+        profile: &Profile,
+        _sink: Arc<dyn taskctl_core::events::EventSink>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Check>, OpsError> {
+        let window = crate::verify::window(self.shared.options.watch_window)?;
+        let manifests = self.manifests(profile)?;
+        let workloads = manifests
+            .iter()
+            .filter(|m| m.kind == "Deployment" && layer_of(m) == Layer::Agents)
+            .collect();
+        let client = self
+            .shared
+            .client
+            .require(None, "verifying the rollout")
+            .await
+            .map_err(ops_error)?;
+        Ok(crate::verify::verify(&client, profile, workloads, window, cancel).await)
+    }
+
+    async fn observe_release(&self, profile: &Profile) -> Result<ReleaseFacts, OpsError> {
+        let client = self
+            .shared
+            .client
+            .require(None, "observing the release")
+            .await
+            .map_err(ops_error)?;
+        observe(&client, &environment_label(profile))
+            .await
+            .map_err(ops_error)
+    }
+}
+
+impl KubernetesProvider {
+    /// The steps of [`Provider::steps`], the first of which also waits for
+    /// `after` (the `aws` target's infrastructure steps: the cluster and
+    /// its nodes come first).
+    pub fn steps_after(
+        &self,
+        profile: &Profile,
+        scope: &Scope,
+        after: Vec<StepId>,
+    ) -> Result<Vec<Arc<dyn Step>>, OpsError> {
+        if !self.layers().iter().any(|l| scope.includes(*l)) {
+            return Ok(Vec::new());
+        }
         let manifests = self.manifests(profile)?;
         let environment = environment_label(profile);
         let mut by_level: BTreeMap<ApplyLevel, Vec<Manifest>> = BTreeMap::new();
@@ -293,9 +375,13 @@ impl Provider for KubernetesProvider {
         let mut previous: Option<StepId> = None;
         for (level, manifests) in by_level {
             let id = StepId::new(format!("kubernetes/{level}"));
+            let depends = match &previous {
+                Some(p) => vec![p.clone()],
+                None => after.clone(),
+            };
             steps.push(Arc::new(LevelStep {
                 id: id.clone(),
-                depends: previous.iter().cloned().collect(),
+                depends,
                 environment: environment.clone(),
                 manifests,
                 shared: self.shared.clone(),
@@ -317,43 +403,13 @@ impl Provider for KubernetesProvider {
                 .collect();
             steps.push(Arc::new(PruneStep {
                 id: StepId::new("kubernetes/prune"),
-                depends: previous.iter().cloned().collect(),
+                depends: previous.map(|p| vec![p]).unwrap_or(after),
                 environment,
                 rendered,
                 shared: self.shared.clone(),
             }));
         }
         Ok(steps)
-    }
-
-    fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
-        Some(Arc::new(KubeReleaseStore::new(
-            self.shared.client.clone(),
-            &environment_label(profile),
-        )))
-    }
-
-    /// The automatic-rollback conditions on the agents' pods (see
-    /// [`crate::verify`]).
-    async fn verify(
-        &self,
-        profile: &Profile,
-        _sink: Arc<dyn taskctl_core::events::EventSink>,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<Check>, OpsError> {
-        let window = crate::verify::window(self.shared.options.watch_window)?;
-        let manifests = self.manifests(profile)?;
-        let workloads = manifests
-            .iter()
-            .filter(|m| m.kind == "Deployment" && layer_of(m) == Layer::Agents)
-            .collect();
-        Ok(crate::verify::verify(&self.shared.client, profile, workloads, window, cancel).await)
-    }
-
-    async fn observe_release(&self, profile: &Profile) -> Result<ReleaseFacts, OpsError> {
-        observe(&self.shared.client, &environment_label(profile))
-            .await
-            .map_err(|e| OpsError::Provider(e.to_string()))
     }
 }
 
@@ -407,8 +463,8 @@ struct LevelStep {
 }
 
 impl LevelStep {
-    async fn plan_objects(&self) -> Result<Vec<ObjectPlan>, StepError> {
-        let client = self.shared.client.clone();
+    async fn plan_objects(&self, client: &Client) -> Result<Vec<ObjectPlan>, StepError> {
+        let client = client.clone();
         let results = bounded(
             self.shared.options.parallelism,
             self.manifests.clone(),
@@ -499,7 +555,7 @@ impl LevelStep {
 
     /// Polls the level's workloads until all are ready; fails at the first
     /// that cannot become ready by waiting.
-    async fn wait_ready(&self, ctx: &StepContext) -> Result<(), StepError> {
+    async fn wait_ready(&self, client: &Client, ctx: &StepContext) -> Result<(), StepError> {
         let waited: Vec<&Manifest> = self
             .manifests
             .iter()
@@ -518,7 +574,7 @@ impl LevelStep {
             let mut still = Vec::new();
             let mut first_reason = None;
             for m in pending {
-                match readiness_of(&self.shared.client, m).await? {
+                match readiness_of(client, m).await? {
                     Readiness::Ready => {}
                     Readiness::Failed(why) => {
                         return Err(StepError::new(
@@ -608,8 +664,18 @@ impl Step for LevelStep {
         self.shared.options.step_timeout
     }
 
-    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
-        let plans = self.plan_objects().await?;
+    async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
+        let plans = match self.shared.client.get(Some(ctx)).await? {
+            Some(client) => self.plan_objects(&client).await?,
+            // A cluster this run creates: every object is new.
+            None => vec![
+                ObjectPlan {
+                    action: Action::Create,
+                    diffs: Vec::new(),
+                };
+                self.manifests.len()
+            ],
+        };
         let change = self.change(&plans);
         *self.planned.lock().unwrap_or_else(|e| e.into_inner()) = Some(plans);
         Ok(StepPlan {
@@ -619,7 +685,10 @@ impl Step for LevelStep {
     }
 
     async fn apply(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<Outputs, StepError> {
-        self.shared.ensure_locked(&self.environment).await?;
+        let client = self.shared.client.require(Some(ctx), &self.id.0).await?;
+        self.shared
+            .ensure_locked(&client, &self.environment)
+            .await?;
         let cached = self
             .planned
             .lock()
@@ -627,7 +696,7 @@ impl Step for LevelStep {
             .take();
         let plans = match cached {
             Some(p) => p,
-            None => self.plan_objects().await?,
+            None => self.plan_objects(&client).await?,
         };
         let changed: Vec<Manifest> = self
             .manifests
@@ -641,10 +710,10 @@ impl Step for LevelStep {
             changed.len(),
             self.manifests.len()
         ));
-        let client = self.shared.client.clone();
         let force = self.shared.options.force_conflicts;
+        let applier = client.clone();
         let results = bounded(self.shared.options.parallelism, changed.clone(), move |m| {
-            let client = client.clone();
+            let client = applier.clone();
             async move { cluster::apply(&client, &m, force).await }
         })
         .await;
@@ -660,15 +729,21 @@ impl Step for LevelStep {
             }
             return Err(err);
         }
-        self.wait_ready(ctx).await?;
+        self.wait_ready(&client, ctx).await?;
         Ok(Outputs::from([
             ("objects".into(), self.manifests.len().to_string()),
             ("applied".into(), changed.len().to_string()),
         ]))
     }
 
-    async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
-        self.shared.ensure_locked(&self.environment).await?;
+    async fn destroy(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
+        // No cluster, nothing in it to delete.
+        let Some(client) = self.shared.client.get(Some(ctx)).await? else {
+            return Ok(());
+        };
+        self.shared
+            .ensure_locked(&client, &self.environment)
+            .await?;
         for m in self.manifests.iter().rev() {
             let Some(known) = resources::lookup(&m.api_version, &m.kind) else {
                 continue;
@@ -676,7 +751,7 @@ impl Step for LevelStep {
             if known.is_protected() && !self.shared.options.prune_all {
                 continue;
             }
-            cluster::delete(&self.shared.client, &known, m.namespace.as_deref(), &m.name).await?;
+            cluster::delete(&client, &known, m.namespace.as_deref(), &m.name).await?;
         }
         Ok(())
     }
@@ -709,13 +784,13 @@ struct PruneStep {
 }
 
 impl PruneStep {
-    async fn candidates(&self) -> Result<Vec<(Known, ObjectKey)>, StepError> {
+    async fn candidates(&self, client: &Client) -> Result<Vec<(Known, ObjectKey)>, StepError> {
         let selector = format!("{ENVIRONMENT_LABEL}={},{MANAGED_BY}", self.environment);
         let kinds: Vec<Known> = resources::known()
             .into_iter()
             .filter(|k| self.shared.options.prune_all || !k.is_protected())
             .collect();
-        let client = self.shared.client.clone();
+        let client = client.clone();
         let lists = bounded(self.shared.options.parallelism, kinds, move |known| {
             let client = client.clone();
             let selector = selector.clone();
@@ -772,8 +847,11 @@ impl Step for PruneStep {
         self.shared.options.step_timeout
     }
 
-    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
-        let candidates = self.candidates().await?;
+    async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
+        let candidates = match self.shared.client.get(Some(ctx)).await? {
+            Some(client) => self.candidates(&client).await?,
+            None => Vec::new(),
+        };
         let change = if candidates.is_empty() {
             Change {
                 action: Action::NoOp,
@@ -798,17 +876,14 @@ impl Step for PruneStep {
     }
 
     async fn apply(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<Outputs, StepError> {
-        self.shared.ensure_locked(&self.environment).await?;
-        let candidates = self.candidates().await?;
+        let client = self.shared.client.require(Some(ctx), &self.id.0).await?;
+        self.shared
+            .ensure_locked(&client, &self.environment)
+            .await?;
+        let candidates = self.candidates(&client).await?;
         for (known, key) in &candidates {
             ctx.progress(&format!("deleting {}", key.id()));
-            cluster::delete(
-                &self.shared.client,
-                known,
-                key.namespace.as_deref(),
-                &key.name,
-            )
-            .await?;
+            cluster::delete(&client, known, key.namespace.as_deref(), &key.name).await?;
         }
         Ok(Outputs::from([(
             "pruned".into(),

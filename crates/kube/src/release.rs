@@ -13,6 +13,7 @@
 //! never sees them.
 
 use crate::cluster::{FIELD_MANAGER, is_not_found};
+use crate::connect::ClientSource;
 use crate::lock::{SYSTEM_NAMESPACE, ensure_system_namespace};
 use async_trait::async_trait;
 use flate2::Compression;
@@ -36,21 +37,35 @@ const DATA_KEY: &str = "release";
 
 /// The releases of one environment in one cluster.
 pub struct KubeReleaseStore {
-    client: Client,
+    client: ClientSource,
     /// The label form, `<name>.<env>`.
     environment: String,
 }
 
 impl KubeReleaseStore {
     pub fn new(client: Client, environment: &str) -> KubeReleaseStore {
+        Self::with_source(ClientSource::fixed(client), environment)
+    }
+
+    /// The releases in a cluster that may not exist yet: it has none.
+    pub fn with_source(client: ClientSource, environment: &str) -> KubeReleaseStore {
         KubeReleaseStore {
             client,
             environment: environment.to_string(),
         }
     }
 
-    fn api(&self) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE)
+    async fn client(&self) -> Result<Option<Client>, StateError> {
+        self.client
+            .get(None)
+            .await
+            .map_err(|e| backend("reaching the cluster", e))
+    }
+
+    async fn require(&self) -> Result<Client, StateError> {
+        self.client().await?.ok_or_else(|| {
+            StateError::Backend("the cluster that keeps the releases does not exist".into())
+        })
     }
 
     /// `taskctl-release-<environment>-v<N>`.
@@ -88,8 +103,11 @@ pub fn decode(location: &str, bytes: &[u8]) -> Result<Release, StateError> {
 impl ReleaseStore for KubeReleaseStore {
     async fn list(&self) -> Result<Vec<Release>, StateError> {
         let selector = format!("{RELEASE_OF}={}", self.environment);
-        let secrets = match self
-            .api()
+        // No cluster, no releases.
+        let Some(client) = self.client().await? else {
+            return Ok(Vec::new());
+        };
+        let secrets = match Api::<Secret>::namespaced(client, SYSTEM_NAMESPACE)
             .list(&ListParams::default().labels(&selector))
             .await
         {
@@ -119,7 +137,8 @@ impl ReleaseStore for KubeReleaseStore {
     }
 
     async fn put(&self, release: &Release) -> Result<(), StateError> {
-        ensure_system_namespace(&self.client)
+        let client = self.require().await?;
+        ensure_system_namespace(&client)
             .await
             .map_err(|e| backend("the taskctl-system namespace", e))?;
         let name = self.secret_name(release.revision);
@@ -148,7 +167,7 @@ impl ReleaseStore for KubeReleaseStore {
             )])),
             ..Secret::default()
         };
-        self.api()
+        Api::<Secret>::namespaced(client, SYSTEM_NAMESPACE)
             .patch(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -161,7 +180,8 @@ impl ReleaseStore for KubeReleaseStore {
 
     async fn delete(&self, revision: u32) -> Result<(), StateError> {
         let name = self.secret_name(revision);
-        match self.api().delete(&name, &Default::default()).await {
+        let api = Api::<Secret>::namespaced(self.require().await?, SYSTEM_NAMESPACE);
+        match api.delete(&name, &Default::default()).await {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(backend(

@@ -166,8 +166,10 @@ async fn run_operation(
             // preflight shows no plan.
             let held = Arc::new(Recorder::default());
             let quiet = run(held.clone());
-            let (findings, planned) =
-                tokio::join!(provider.preflight(profile), engine::plan(&graph, &quiet));
+            let (findings, planned) = tokio::join!(
+                provider.preflight(profile, &options.scope),
+                engine::plan(&graph, &quiet)
+            );
             let findings = findings?;
             let errors: Vec<String> = findings
                 .iter()
@@ -197,7 +199,18 @@ async fn run_operation(
         // Releases are recorded only by real deploys on targets that keep
         // them; plans and dry runs never record or verify anything.
         let releases = match operation {
-            Operation::Deploy if !options.dry_run => provider.releases(profile),
+            // A release holds the layers the target keeps releases of; a
+            // deploy of other layers alone (`--only infrastructure` of the
+            // `aws` target) makes none.
+            Operation::Deploy
+                if !options.dry_run
+                    && provider
+                        .release_layers()
+                        .iter()
+                        .any(|l| options.scope.includes(*l)) =>
+            {
+                provider.releases(profile)
+            }
             _ => None,
         };
         let flow = releases.map(|releases| Flow {

@@ -76,11 +76,20 @@ pub trait Provider: Send + Sync {
     /// The layers this provider implements.
     fn layers(&self) -> Vec<Layer>;
 
-    /// Checks the profile against the real target before anything changes.
-    async fn preflight(&self, profile: &Profile) -> Result<Vec<Finding>, OpsError>;
+    /// Checks the profile against the real target before anything changes,
+    /// for the layers in `scope`.
+    async fn preflight(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Finding>, OpsError>;
 
     /// The steps that make the target match the profile, within `scope`.
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError>;
+
+    /// The layers a release holds, which a rollback restores: all of
+    /// [`Provider::layers`] unless the target says otherwise (the `aws`
+    /// target's releases are the cluster's contents; its infrastructure's
+    /// history is the journal).
+    fn release_layers(&self) -> Vec<Layer> {
+        self.layers()
+    }
 
     /// Where the target keeps its releases; `None` when it has none (the
     /// AWS infrastructure layer: its history is the journal).

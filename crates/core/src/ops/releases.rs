@@ -270,7 +270,18 @@ impl Flow<'_> {
         profile: &Profile,
         confirm: Option<&(dyn Fn(&RunReport) -> bool + Sync)>,
     ) -> Result<(RunReport, Option<RunReport>), OpsError> {
-        let graph = Graph::new(self.provider.steps(profile, &self.scope)?)?;
+        // A rollback restores what the release holds, nothing more (the
+        // `aws` target's node groups are not shrunk back with the agents).
+        let held = self.provider.release_layers();
+        let scope = Scope(
+            self.scope
+                .0
+                .iter()
+                .copied()
+                .filter(|l| held.contains(l))
+                .collect(),
+        );
+        let graph = Graph::new(self.provider.steps(profile, &scope)?)?;
         let run = Run {
             run_id: Run::new_id(),
             environment: self.environment.clone(),

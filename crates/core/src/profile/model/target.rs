@@ -33,6 +33,13 @@ pub enum TargetKind {
 pub struct AwsTarget {
     /// AWS region, e.g. `us-west-2`; subnets' zones must be in it.
     pub region: String,
+    /// Where taskctl reaches the cluster's API server instead of the
+    /// endpoint EKS reports: a tunnel or proxy to a private endpoint, e.g.
+    /// `https://127.0.0.1:8443`. An `https` address is verified with the
+    /// cluster's CA and the EKS endpoint's host name; `http` is accepted on
+    /// loopback only (a local test API server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_server: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

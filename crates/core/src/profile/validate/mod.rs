@@ -120,15 +120,47 @@ fn check_name(r: &mut Report, name: &str) {
     }
 }
 
+/// `target.aws.api_server`: an https URL, or http on loopback only (the
+/// bearer token would otherwise cross a network in the clear).
+fn check_api_server(address: &str) -> Result<(), String> {
+    let url = url::Url::parse(address)
+        .map_err(|e| format!("expected a URL such as `https://127.0.0.1:8443` ({e})"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => return Err("expected a host".into()),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(
+            "plain `http` is accepted on loopback only; the cluster's token would cross the network in the clear"
+                .into(),
+        ),
+        other => Err(format!("expected `https://` (or `http://` on loopback), not `{other}://`")),
+    }
+}
+
 fn check_target(r: &mut Report, p: &Profile) {
     match p.target.kind {
         TargetKind::Aws => {
-            if p.target.aws.is_none() {
-                r.error_help(
+            match &p.target.aws {
+                None => r.error_help(
                     path!["target"],
                     "the `aws` target needs `target.aws.region`",
                     "add `aws: {region: us-west-2}` under `target`",
-                );
+                ),
+                Some(aws) => {
+                    if let Some(address) = &aws.api_server
+                        && let Err(why) = check_api_server(address)
+                    {
+                        r.error(
+                            path!["target", "aws", "api_server"],
+                            format!("invalid `api_server` `{address}`: {why}"),
+                        );
+                    }
+                }
             }
             if p.network.is_none() {
                 r.error(

@@ -1,0 +1,257 @@
+//! The `aws` target: the infrastructure of `taskctl-aws` (VPC, EKS cluster,
+//! node groups), then the in-cluster layers of `taskctl-kube` on the cluster
+//! it made. Neither crate knows the other; this is where they meet.
+//!
+//! The cluster's client is made when the first in-cluster step needs it:
+//! from the cluster step's outputs in a run that created or checked the
+//! cluster, else from `DescribeCluster` (for `history`, `rollback`, or a
+//! deploy with `--only services`). It authenticates as an EKS kubeconfig
+//! does, through this very binary as its credential plugin (`taskctl
+//! eks-token`), so a token that expires (after 15 minutes) during a long
+//! rollout is renewed by running the plugin again.
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use std::sync::Arc;
+use taskctl_aws::access::{ClusterAccess, cluster_name, describe_access};
+use taskctl_aws::provider::CLUSTER_STEP;
+use taskctl_aws::{Aws, AwsProvider};
+use taskctl_core::engine::{ErrorKind, Step, StepContext, StepError, StepId};
+use taskctl_core::events::EventSink;
+use taskctl_core::ops::{Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, Workload};
+use taskctl_core::profile::Profile;
+use taskctl_core::release::{Release, ReleaseStore};
+use taskctl_kube::cluster::{ExecKubeconfig, client_from_built};
+use taskctl_kube::kube;
+use taskctl_kube::{Connect, KubeOptions, KubernetesProvider};
+use tokio_util::sync::CancellationToken;
+
+/// The `aws` target's provider: infrastructure first, then the cluster's
+/// contents, in one step graph.
+pub struct EksStack {
+    infrastructure: AwsProvider,
+    cluster: KubernetesProvider,
+}
+
+impl EksStack {
+    pub async fn connect(profile: &Profile, options: KubeOptions) -> anyhow::Result<EksStack> {
+        let target = profile
+            .target
+            .aws
+            .as_ref()
+            .context("the profile's target has no `aws.region`")?;
+        let infrastructure = AwsProvider::from_env(&target.region).await?;
+        let connector = EksConnector {
+            aws: infrastructure.aws().clone(),
+            cluster: cluster_name(profile),
+            api_server: target.api_server.clone(),
+        };
+        Ok(EksStack {
+            infrastructure,
+            cluster: KubernetesProvider::deferred(Arc::new(connector), options),
+        })
+    }
+}
+
+/// Makes the client of the profile's EKS cluster.
+struct EksConnector {
+    aws: Arc<Aws>,
+    cluster: String,
+    api_server: Option<String>,
+}
+
+impl EksConnector {
+    /// What the cluster step of this run says of the cluster, if it ran.
+    fn reported_by_step(&self, ctx: &StepContext) -> Option<ClusterAccess> {
+        let step = StepId::new(CLUSTER_STEP);
+        let outputs = ["name", "arn", "endpoint", "certificate_authority"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_string(), ctx.dep_output(&step, k)?.to_string())))
+            .collect();
+        ClusterAccess::from_outputs(&outputs, self.aws.region())
+    }
+
+    /// What AWS says of the cluster; `None` while it does not exist or has
+    /// no endpoint yet.
+    async fn described(&self) -> Result<Option<ClusterAccess>, StepError> {
+        match describe_access(&self.aws, &self.cluster).await {
+            Ok(access) => Ok(Some(access)),
+            Err(e) if e.kind == taskctl_aws::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StepError::new(ErrorKind::Other, e.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl Connect for EksConnector {
+    async fn connect(&self, ctx: Option<&StepContext>) -> Result<Option<kube::Client>, StepError> {
+        let access = match ctx.and_then(|c| self.reported_by_step(c)) {
+            Some(access) => access,
+            None => match self.described().await? {
+                Some(access) => access,
+                None => return Ok(None),
+            },
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            StepError::new(
+                ErrorKind::Other,
+                format!("cannot make a client for cluster {}: {e}", access.name),
+            )
+        };
+        let kubeconfig = kubeconfig(&access, self.api_server.as_deref()).map_err(|e| failed(&e))?;
+        let client = client_from_built(kubeconfig.build())
+            .await
+            .map_err(|e| failed(&e))?;
+        Ok(Some(client))
+    }
+}
+
+/// The kubeconfig of an EKS cluster whose credential plugin is this binary
+/// (`taskctl eks-token`); with `api_server`, reached at that address (see
+/// `target.aws.api_server`).
+pub fn kubeconfig(
+    access: &ClusterAccess,
+    api_server: Option<&str>,
+) -> anyhow::Result<OwnedExecKubeconfig> {
+    let exe = std::env::current_exe().context("cannot find this taskctl binary's path")?;
+    let name = if access.arn.is_empty() {
+        access.name.clone()
+    } else {
+        access.arn.clone()
+    };
+    let (server, certificate_authority, tls_server_name) = match api_server {
+        None => (
+            access.endpoint.clone(),
+            Some(access.certificate_authority.clone()),
+            None,
+        ),
+        // A plain-http test server (validation allows it on loopback only)
+        // has no certificate to check.
+        Some(address) if address.starts_with("http://") => (address.to_string(), None, None),
+        // A tunnel: the certificate is still the cluster's, for its name.
+        Some(address) => {
+            let host = url::Url::parse(&access.endpoint)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .with_context(|| {
+                    format!("the cluster's endpoint `{}` has no host", access.endpoint)
+                })?;
+            (
+                address.to_string(),
+                Some(access.certificate_authority.clone()),
+                Some(host),
+            )
+        }
+    };
+    Ok(OwnedExecKubeconfig {
+        name,
+        server,
+        certificate_authority,
+        tls_server_name,
+        command: exe.to_string_lossy().into_owned(),
+        args: vec![
+            "eks-token".into(),
+            "--cluster".into(),
+            access.name.clone(),
+            "--region".into(),
+            access.region.clone(),
+        ],
+    })
+}
+
+/// The owned values of an [`ExecKubeconfig`].
+pub struct OwnedExecKubeconfig {
+    name: String,
+    server: String,
+    certificate_authority: Option<String>,
+    tls_server_name: Option<String>,
+    command: String,
+    args: Vec<String>,
+}
+
+impl OwnedExecKubeconfig {
+    fn borrowed(&self) -> ExecKubeconfig<'_> {
+        ExecKubeconfig {
+            name: &self.name,
+            server: &self.server,
+            certificate_authority_data: self.certificate_authority.as_deref(),
+            tls_server_name: self.tls_server_name.as_deref(),
+            command: &self.command,
+            args: self.args.clone(),
+        }
+    }
+
+    pub fn build(&self) -> kube::config::Kubeconfig {
+        self.borrowed().build()
+    }
+
+    pub fn to_yaml(&self) -> String {
+        self.borrowed().to_yaml()
+    }
+}
+
+#[async_trait]
+impl Provider for EksStack {
+    fn name(&self) -> &str {
+        "aws"
+    }
+
+    fn layers(&self) -> Vec<Layer> {
+        vec![Layer::Infrastructure, Layer::Services, Layer::Agents]
+    }
+
+    async fn preflight(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Finding>, OpsError> {
+        let mut findings = Vec::new();
+        if scope.includes(Layer::Infrastructure) {
+            findings.extend(self.infrastructure.preflight(profile, scope).await?);
+        }
+        if self.cluster.layers().iter().any(|l| scope.includes(*l)) {
+            findings.extend(self.cluster.preflight(profile, scope).await?);
+        }
+        Ok(findings)
+    }
+
+    /// The infrastructure's steps, then the cluster's: the first in-cluster
+    /// level waits for every infrastructure step, nodes included.
+    fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
+        let mut steps = self.infrastructure.steps(profile, scope)?;
+        let after = steps.iter().map(|s| s.id().clone()).collect();
+        steps.extend(self.cluster.steps_after(profile, scope, after)?);
+        Ok(steps)
+    }
+
+    /// The releases are the cluster's contents; a rollback leaves the
+    /// infrastructure as it is.
+    fn release_layers(&self) -> Vec<Layer> {
+        self.cluster.layers()
+    }
+
+    fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
+        self.cluster.releases(profile)
+    }
+
+    async fn observe_release(&self, profile: &Profile) -> Result<ReleaseFacts, OpsError> {
+        self.cluster.observe_release(profile).await
+    }
+
+    async fn verify(
+        &self,
+        profile: &Profile,
+        sink: Arc<dyn EventSink>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Check>, OpsError> {
+        self.cluster.verify(profile, sink, cancel).await
+    }
+
+    async fn verify_backups(
+        &self,
+        profile: &Profile,
+        target: &Release,
+    ) -> Result<Option<String>, OpsError> {
+        self.cluster.verify_backups(profile, target).await
+    }
+
+    async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
+        self.cluster.workloads(profile).await
+    }
+}
