@@ -12,6 +12,7 @@
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use taskctl_aws::access::{ClusterAccess, cluster_name, describe_access};
 use taskctl_aws::provider::CLUSTER_STEP;
@@ -64,6 +65,8 @@ impl EksConnector {
     /// What the cluster step of this run says of the cluster, if it ran.
     fn reported_by_step(&self, ctx: &StepContext) -> Option<ClusterAccess> {
         let step = StepId::new(CLUSTER_STEP);
+        // Only the first level depends on the cluster step; the others ask
+        // once it has made the client.
         let outputs = ["name", "arn", "endpoint", "certificate_authority"]
             .into_iter()
             .filter_map(|k| Some((k.to_string(), ctx.dep_output(&step, k)?.to_string())))
@@ -85,12 +88,15 @@ impl EksConnector {
 #[async_trait]
 impl Connect for EksConnector {
     async fn connect(&self, ctx: Option<&StepContext>) -> Result<Option<kube::Client>, StepError> {
-        let access = match ctx.and_then(|c| self.reported_by_step(c)) {
-            Some(access) => access,
-            None => match self.described().await? {
-                Some(access) => access,
-                None => return Ok(None),
-            },
+        let cluster_step = StepId::new(CLUSTER_STEP);
+        let known = match ctx {
+            // The cluster step ran (or was planned) in this run: it says
+            // what exists, and no output means a cluster still to create.
+            Some(ctx) if ctx.has_dep(&cluster_step) => self.reported_by_step(ctx),
+            _ => self.described().await?,
+        };
+        let Some(access) = known else {
+            return Ok(None);
         };
         let failed = |e: &dyn std::fmt::Display| {
             StepError::new(
@@ -211,11 +217,17 @@ impl Provider for EksStack {
         Ok(findings)
     }
 
-    /// The infrastructure's steps, then the cluster's: the first in-cluster
-    /// level waits for every infrastructure step, nodes included.
+    /// The infrastructure's steps, then the cluster's: every in-cluster
+    /// step waits for the infrastructure's last steps (node groups
+    /// included) and for the cluster step, whose outputs make its client.
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
         let mut steps = self.infrastructure.steps(profile, scope)?;
-        let after = steps.iter().map(|s| s.id().clone()).collect();
+        let awaited: BTreeSet<StepId> = steps.iter().flat_map(|s| s.depends_on()).collect();
+        let after = steps
+            .iter()
+            .map(|s| s.id().clone())
+            .filter(|id| !awaited.contains(id) || id.0 == CLUSTER_STEP)
+            .collect();
         steps.extend(self.cluster.steps_after(profile, scope, after)?);
         Ok(steps)
     }

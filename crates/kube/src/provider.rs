@@ -52,6 +52,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How many more reads than writes are in flight at once.
+pub const READS_PER_WRITE: usize = 4;
+
+/// The first readiness poll's delay; later ones double up to
+/// [`KubeOptions::poll_interval`].
+const FIRST_POLL: Duration = Duration::from_millis(250);
+
 /// The label every rendered object carries: `<name>.<env>`.
 pub const ENVIRONMENT_LABEL: &str = "taskctl.dev/environment";
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by=taskctl";
@@ -67,11 +74,14 @@ pub struct KubeOptions {
     /// Let prune delete PersistentVolumeClaims, PersistentVolumes, CRDs,
     /// Namespaces and Secrets too.
     pub prune_all: bool,
-    /// Objects applied or read at once within a level.
+    /// Objects applied at once within a level; reads (plans, prune's
+    /// lists) go [`READS_PER_WRITE`] times as wide, being cheap for the
+    /// API server and most of a no-op deploy's time.
     pub parallelism: usize,
     /// How long a level may take, readiness included.
     pub step_timeout: Duration,
-    /// How often readiness is polled.
+    /// How often readiness is polled at most (the first polls come
+    /// sooner, doubling up to this).
     pub poll_interval: Duration,
     /// How long the cluster Lease outlives its last renewal.
     pub lock_ttl: Duration,
@@ -353,9 +363,9 @@ impl Provider for KubernetesProvider {
 }
 
 impl KubernetesProvider {
-    /// The steps of [`Provider::steps`], the first of which also waits for
-    /// `after` (the `aws` target's infrastructure steps: the cluster and
-    /// its nodes come first).
+    /// The steps of [`Provider::steps`], each of which also waits for
+    /// `after` (the `aws` target's cluster and node groups come first, and
+    /// every level's context then holds the cluster step's outputs).
     pub fn steps_after(
         &self,
         profile: &Profile,
@@ -375,10 +385,8 @@ impl KubernetesProvider {
         let mut previous: Option<StepId> = None;
         for (level, manifests) in by_level {
             let id = StepId::new(format!("kubernetes/{level}"));
-            let depends = match &previous {
-                Some(p) => vec![p.clone()],
-                None => after.clone(),
-            };
+            let mut depends = after.clone();
+            depends.extend(previous.clone());
             steps.push(Arc::new(LevelStep {
                 id: id.clone(),
                 depends,
@@ -403,7 +411,7 @@ impl KubernetesProvider {
                 .collect();
             steps.push(Arc::new(PruneStep {
                 id: StepId::new("kubernetes/prune"),
-                depends: previous.map(|p| vec![p]).unwrap_or(after),
+                depends: after.into_iter().chain(previous).collect(),
                 environment,
                 rendered,
                 shared: self.shared.clone(),
@@ -466,7 +474,7 @@ impl LevelStep {
     async fn plan_objects(&self, client: &Client) -> Result<Vec<ObjectPlan>, StepError> {
         let client = client.clone();
         let results = bounded(
-            self.shared.options.parallelism,
+            self.shared.options.parallelism * READS_PER_WRITE,
             self.manifests.clone(),
             move |m| {
                 let client = client.clone();
@@ -570,6 +578,9 @@ impl LevelStep {
             return Ok(());
         }
         let mut pending: Vec<&Manifest> = waited.clone();
+        // Most objects are ready soon after they are applied: poll often at
+        // first, then back off to the configured interval.
+        let mut delay = self.shared.options.poll_interval.min(FIRST_POLL);
         loop {
             let mut still = Vec::new();
             let mut first_reason = None;
@@ -599,11 +610,12 @@ impl LevelStep {
             ));
             pending = still;
             tokio::select! {
-                _ = tokio::time::sleep(self.shared.options.poll_interval) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = ctx.cancelled().cancelled() => {
                     return Err(StepError::new(ErrorKind::Cancelled, "interrupted while waiting for readiness"));
                 }
             }
+            delay = (delay * 2).min(self.shared.options.poll_interval);
         }
     }
 }
@@ -791,14 +803,18 @@ impl PruneStep {
             .filter(|k| self.shared.options.prune_all || !k.is_protected())
             .collect();
         let client = client.clone();
-        let lists = bounded(self.shared.options.parallelism, kinds, move |known| {
-            let client = client.clone();
-            let selector = selector.clone();
-            async move {
-                let items = cluster::list(&client, &known, &selector).await;
-                (known, items)
-            }
-        })
+        let lists = bounded(
+            self.shared.options.parallelism * READS_PER_WRITE,
+            kinds,
+            move |known| {
+                let client = client.clone();
+                let selector = selector.clone();
+                async move {
+                    let items = cluster::list(&client, &known, &selector).await;
+                    (known, items)
+                }
+            },
+        )
         .await;
         let mut out = Vec::new();
         for (known, items) in lists {
@@ -903,75 +919,93 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// What the environment runs: each workload's first image, pinned by the
 /// digest its pods report; a hash of each ConfigMap; the secret references
-/// the pod templates name.
+/// the pod templates name. The lists, then the pods of every workload, are
+/// read at once.
 pub async fn observe(client: &Client, environment: &str) -> Result<ReleaseFacts, StepError> {
     let selector = format!("{ENVIRONMENT_LABEL}={environment},{MANAGED_BY}");
+    let known =
+        |api_version: &str, kind: &str| resources::lookup(api_version, kind).expect("a known kind");
+    let kinds = [
+        known("apps/v1", "Deployment"),
+        known("apps/v1", "StatefulSet"),
+        known("apps/v1", "DaemonSet"),
+        known("v1", "ConfigMap"),
+    ];
+    let (deployments, stateful_sets, daemon_sets, config_maps) = tokio::try_join!(
+        cluster::list(client, &kinds[0], &selector),
+        cluster::list(client, &kinds[1], &selector),
+        cluster::list(client, &kinds[2], &selector),
+        cluster::list(client, &kinds[3], &selector),
+    )?;
     let mut facts = ReleaseFacts::default();
     let mut refs = BTreeSet::new();
-    for kind in ["Deployment", "StatefulSet", "DaemonSet"] {
-        let known = resources::lookup("apps/v1", kind).expect("a known kind");
-        for w in cluster::list(client, &known, &selector).await? {
-            let name = w.metadata.name.clone().unwrap_or_default();
-            let namespace = w.metadata.namespace.clone().unwrap_or_default();
-            let template = w
-                .data
-                .pointer("/spec/template")
-                .cloned()
-                .unwrap_or(Value::Null);
-            let container = template.pointer("/spec/containers/0");
-            let spec_image = container
-                .and_then(|c| c.get("image"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let container_name = container
-                .and_then(|c| c.get("name"))
-                .and_then(Value::as_str);
-            let mut image = spec_image.clone();
-            if let Some(labels) = w
-                .data
-                .pointer("/spec/selector/matchLabels")
-                .and_then(Value::as_object)
-            {
-                let selector: Vec<String> = labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect();
-                let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-                let pods = pods
-                    .list(&ListParams::default().labels(&selector.join(",")))
-                    .await
-                    .map_err(|e| step_error(&format!("pods of {kind} {namespace}/{name}"), e))?;
-                let id = pods.items.iter().find_map(|p| {
-                    p.status
-                        .as_ref()?
-                        .container_statuses
-                        .as_ref()?
-                        .iter()
-                        .find(|c| Some(c.name.as_str()) == container_name)
-                        .map(|c| c.image_id.clone())
-                        .filter(|id| id.contains("@sha256:"))
-                });
-                if let Some(id) = id {
-                    image = id.trim_start_matches("docker-pullable://").to_string();
-                }
-            }
-            facts.images.insert(name.clone(), image);
-            if let Some(sources) = template
-                .pointer("/metadata/annotations")
-                .and_then(|a| a.get("taskctl.dev/secret-sources"))
-                .and_then(Value::as_str)
-            {
-                for pair in sources.split(',').filter(|p| !p.is_empty()) {
-                    if let Some((_, reference)) = pair.split_once('=') {
-                        refs.insert(reference.to_string());
-                    }
+    let mut workloads = Vec::new();
+    let all = [
+        ("Deployment", deployments),
+        ("StatefulSet", stateful_sets),
+        ("DaemonSet", daemon_sets),
+    ];
+    for (kind, w) in all
+        .into_iter()
+        .flat_map(|(kind, items)| items.into_iter().map(move |w| (kind, w)))
+    {
+        let template = w
+            .data
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if let Some(sources) = template
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get("taskctl.dev/secret-sources"))
+            .and_then(Value::as_str)
+        {
+            for pair in sources.split(',').filter(|p| !p.is_empty()) {
+                if let Some((_, reference)) = pair.split_once('=') {
+                    refs.insert(reference.to_string());
                 }
             }
         }
+        let container = template.pointer("/spec/containers/0");
+        let field = |key: &str| {
+            container
+                .and_then(|c| c.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let selector: Option<Vec<String>> = w
+            .data
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect()
+            });
+        workloads.push(ObservedWorkload {
+            kind,
+            name: w.metadata.name.clone().unwrap_or_default(),
+            namespace: w.metadata.namespace.clone().unwrap_or_default(),
+            image: field("image"),
+            container: field("name"),
+            selector,
+        });
     }
-    let config_maps = resources::lookup("v1", "ConfigMap").expect("a known kind");
-    for c in cluster::list(client, &config_maps, &selector).await? {
+    let client = client.clone();
+    let pinned = bounded(32, workloads, move |w| {
+        let client = client.clone();
+        async move {
+            let image = w.pinned_image(&client).await?;
+            Ok::<_, StepError>((w.name, image))
+        }
+    })
+    .await;
+    for result in pinned {
+        let (name, image) = result?;
+        facts.images.insert(name, image);
+    }
+    for c in config_maps {
         let content = serde_json::json!({
             "data": c.data.get("data"),
             "binaryData": c.data.get("binaryData"),
@@ -987,4 +1021,49 @@ pub async fn observe(client: &Client, environment: &str) -> Result<ReleaseFacts,
     }
     facts.secret_refs = refs.into_iter().collect();
     Ok(facts)
+}
+
+/// A workload as [`observe`] needs it.
+struct ObservedWorkload {
+    kind: &'static str,
+    name: String,
+    namespace: String,
+    /// The first container's image as the spec names it.
+    image: String,
+    container: String,
+    /// `key=value` of the pod selector.
+    selector: Option<Vec<String>>,
+}
+
+impl ObservedWorkload {
+    /// The image by the digest its pods report, else as the spec names it.
+    async fn pinned_image(&self, client: &Client) -> Result<String, StepError> {
+        let Some(selector) = &self.selector else {
+            return Ok(self.image.clone());
+        };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &self.namespace);
+        let pods = pods
+            .list(&ListParams::default().labels(&selector.join(",")))
+            .await
+            .map_err(|e| {
+                step_error(
+                    &format!("pods of {} {}/{}", self.kind, self.namespace, self.name),
+                    e,
+                )
+            })?;
+        let id = pods.items.iter().find_map(|p| {
+            p.status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find(|c| c.name == self.container)
+                .map(|c| c.image_id.clone())
+                .filter(|id| id.contains("@sha256:"))
+        });
+        Ok(match id {
+            Some(id) => id.trim_start_matches("docker-pullable://").to_string(),
+            None => self.image.clone(),
+        })
+    }
 }

@@ -213,6 +213,11 @@ impl StepContext {
         }
     }
 
+    /// Whether `dep` is one of this step's dependencies in this run.
+    pub fn has_dep(&self, dep: &StepId) -> bool {
+        self.deps.contains_key(dep)
+    }
+
     /// An output of a dependency; `None` while the dependency does not exist
     /// yet (during a plan of something not yet created).
     pub fn dep_output(&self, dep: &StepId, key: &str) -> Option<&str> {
