@@ -34,7 +34,8 @@ export BENCH_AMQP_URL=$URL
 
 echo "building release binaries" >&2
 (cd "$root" && cargo build -q --release -p task-executor --bins --examples)
-bin="$root/target/release"
+# CARGO_TARGET_DIR (or the build's own config) may put the build elsewhere.
+bin="$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"
 driver="$bin/examples/bench_driver"
 
 if [[ $which == *celery* && ! -x $here/.venv/bin/celery ]]; then
