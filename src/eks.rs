@@ -118,7 +118,7 @@ impl Connect for EksConnector {
 pub fn kubeconfig(
     access: &ClusterAccess,
     api_server: Option<&str>,
-) -> anyhow::Result<OwnedExecKubeconfig> {
+) -> anyhow::Result<ExecKubeconfig> {
     let exe = std::env::current_exe().context("cannot find this taskctl binary's path")?;
     let name = if access.arn.is_empty() {
         access.name.clone()
@@ -149,10 +149,10 @@ pub fn kubeconfig(
             )
         }
     };
-    Ok(OwnedExecKubeconfig {
+    Ok(ExecKubeconfig {
         name,
         server,
-        certificate_authority,
+        certificate_authority_data: certificate_authority,
         tls_server_name,
         command: exe.to_string_lossy().into_owned(),
         args: vec![
@@ -163,37 +163,6 @@ pub fn kubeconfig(
             access.region.clone(),
         ],
     })
-}
-
-/// The owned values of an [`ExecKubeconfig`].
-pub struct OwnedExecKubeconfig {
-    name: String,
-    server: String,
-    certificate_authority: Option<String>,
-    tls_server_name: Option<String>,
-    command: String,
-    args: Vec<String>,
-}
-
-impl OwnedExecKubeconfig {
-    fn borrowed(&self) -> ExecKubeconfig<'_> {
-        ExecKubeconfig {
-            name: &self.name,
-            server: &self.server,
-            certificate_authority_data: self.certificate_authority.as_deref(),
-            tls_server_name: self.tls_server_name.as_deref(),
-            command: &self.command,
-            args: self.args.clone(),
-        }
-    }
-
-    pub fn build(&self) -> kube::config::Kubeconfig {
-        self.borrowed().build()
-    }
-
-    pub fn to_yaml(&self) -> String {
-        self.borrowed().to_yaml()
-    }
 }
 
 #[async_trait]

@@ -223,28 +223,28 @@ pub async fn delete(
 /// token from a command (kubectl's `exec` credential plugin, the way
 /// `aws eks update-kubeconfig` does it): the file holds no secret, and the
 /// token is fresh each time.
-pub struct ExecKubeconfig<'a> {
+pub struct ExecKubeconfig {
     /// Cluster, user and context name (an EKS cluster's ARN, by custom).
-    pub name: &'a str,
-    pub server: &'a str,
+    pub name: String,
+    pub server: String,
     /// base64 of the CA bundle; `None` for a plain-http test server.
-    pub certificate_authority_data: Option<&'a str>,
+    pub certificate_authority_data: Option<String>,
     /// The name the server's certificate must carry when `server` is a
     /// tunnel to it (`kubectl --tls-server-name`).
-    pub tls_server_name: Option<&'a str>,
-    pub command: &'a str,
+    pub tls_server_name: Option<String>,
+    pub command: String,
     pub args: Vec<String>,
 }
 
-impl ExecKubeconfig<'_> {
+impl ExecKubeconfig {
     /// The kubeconfig, checked by parsing it into kube's own type.
     pub fn build(&self) -> Kubeconfig {
         let mut cluster = serde_json::json!({ "server": self.server });
-        if let Some(ca) = self.certificate_authority_data {
-            cluster["certificate-authority-data"] = ca.into();
+        if let Some(ca) = &self.certificate_authority_data {
+            cluster["certificate-authority-data"] = ca.as_str().into();
         }
-        if let Some(name) = self.tls_server_name {
-            cluster["tls-server-name"] = name.into();
+        if let Some(name) = &self.tls_server_name {
+            cluster["tls-server-name"] = name.as_str().into();
         }
         let value = serde_json::json!({
             "apiVersion": "v1",
@@ -286,11 +286,11 @@ mod tests {
     #[test]
     fn an_exec_kubeconfig_reads_back_as_kube_reads_kubeconfigs() {
         let yaml = ExecKubeconfig {
-            name: "arn:aws:eks:us-west-2:123456789012:cluster/demo",
-            server: "https://abc.gr7.us-west-2.eks.amazonaws.com",
-            certificate_authority_data: Some("TFMwdExTMUNSVWQ="),
+            name: "arn:aws:eks:us-west-2:123456789012:cluster/demo".into(),
+            server: "https://abc.gr7.us-west-2.eks.amazonaws.com".into(),
+            certificate_authority_data: Some("TFMwdExTMUNSVWQ=".into()),
             tls_server_name: None,
-            command: "/usr/local/bin/taskctl",
+            command: "/usr/local/bin/taskctl".into(),
             args: vec!["eks-token".into(), "--cluster".into(), "demo".into()],
         }
         .to_yaml();
