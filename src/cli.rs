@@ -90,6 +90,9 @@ pub enum Command {
     /// Inspect or break the environment's lock
     #[command(subcommand)]
     Lock(LockCommand),
+    /// The profile's managed secrets in Vault: status and rotation (never a value)
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// The audit log: deploys, destroys, rollbacks and lock breaks
     Audit,
     /// Write a kubeconfig for the `aws` target's EKS cluster (stdout, or --out FILE)
@@ -168,6 +171,27 @@ pub struct DeployArgs {
     /// Let prune delete volume claims, volumes, CRDs, namespaces and secrets too (kubernetes)
     #[arg(long)]
     pub prune_all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Each managed secret's version, age, next rotation and consumers
+    Status,
+    /// Rotate now: new values in Vault, then a deploy that rolls every consumer onto them
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Names from the profile's `secrets.entries`
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Only write the new versions to Vault; consumers move at the next deploy
+    #[arg(long)]
+    pub vault_only: bool,
+    /// Seconds steps in flight may take to finish after Ctrl-C or SIGTERM
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub grace: u64,
 }
 
 #[derive(Debug, Args)]

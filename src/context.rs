@@ -14,6 +14,14 @@ use taskctl_core::profile::{LoadOptions, Loaded, Profile, StateBackend};
 use taskctl_core::state::{LocalStore, StateStore};
 use tokio_util::sync::CancellationToken;
 
+/// Journal and audit entries pass through the redaction registry.
+fn redacting(inner: Arc<dyn StateStore>) -> Arc<dyn StateStore> {
+    Arc::new(taskctl_core::secrets::RedactingStore {
+        inner,
+        redactor: crate::redact::registry().clone(),
+    })
+}
+
 pub struct Context {
     pub profiles: Vec<PathBuf>,
     pub environment: Option<String>,
@@ -68,10 +76,10 @@ impl Context {
     pub async fn store(&self, profile: &Profile) -> anyhow::Result<Arc<dyn StateStore>> {
         let key = taskctl_core::ops::environment_key(profile);
         match profile.state.backend {
-            StateBackend::Local => Ok(Arc::new(LocalStore::new(
+            StateBackend::Local => Ok(redacting(Arc::new(LocalStore::new(
                 Path::new(&profile.state.path),
                 &key,
-            ))),
+            )))),
             StateBackend::S3 => {
                 // Validation refuses `backend: s3` without `s3`.
                 let Some(s3) = &profile.state.s3 else {
@@ -88,7 +96,9 @@ impl Context {
                     prefix: s3.prefix.clone(),
                     environment: key,
                 };
-                Ok(Arc::new(S3Store::from_env(location, region).await?))
+                Ok(redacting(Arc::new(
+                    S3Store::from_env(location, region).await?,
+                )))
             }
         }
     }

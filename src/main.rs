@@ -11,6 +11,8 @@ mod context;
 mod eks;
 mod exit;
 mod providers;
+mod redact;
+mod secrets;
 mod ui;
 
 use clap::Parser;

@@ -4,7 +4,7 @@ use taskctl_core::ops::Provider;
 use taskctl_core::profile::{Profile, TargetKind};
 
 /// Options some targets take from the command line rather than the profile.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ProviderOptions {
     /// `destroy --purge`: also remove data volumes (docker).
     pub purge: bool,
@@ -14,6 +14,11 @@ pub struct ProviderOptions {
     /// `deploy --prune-all`: let prune delete volume claims, CRDs,
     /// namespaces and secrets too (kubernetes).
     pub prune_all: bool,
+    /// `destroy`: no managed-secret steps (secrets are kept; a destroy
+    /// must not need Vault).
+    pub destroying: bool,
+    /// `secrets rotate NAME…`: the managed secrets to rotate in this run.
+    pub rotate: Vec<String>,
 }
 
 /// The provider of the profile's target, or why there is none.
@@ -27,23 +32,34 @@ pub async fn for_profile_with(
     options: ProviderOptions,
 ) -> anyhow::Result<Box<dyn Provider>> {
     match profile.target.kind {
-        TargetKind::Docker => Ok(Box::new(
-            taskctl_docker::DockerProvider::connect(taskctl_docker::DockerOptions {
+        TargetKind::Docker => {
+            // Secrets reach the containers as files; the managed secrets
+            // and the broker user are steps of the same run.
+            let (secrets, vault) = crate::secrets::resolver(profile);
+            let docker = taskctl_docker::DockerProvider::connect(taskctl_docker::DockerOptions {
                 purge: options.purge,
+                secrets: secrets.clone(),
             })
-            .await?,
-        )),
+            .await?;
+            Ok(crate::secrets::wrap(
+                Box::new(docker),
+                secrets,
+                vault,
+                options.rotate,
+                options.destroying,
+            ))
+        }
         TargetKind::Aws => Ok(Box::new(
-            crate::eks::EksStack::connect(profile, kube_options(options)).await?,
+            crate::eks::EksStack::connect(profile, kube_options(&options)).await?,
         )),
         TargetKind::Kubernetes => Ok(Box::new(
-            taskctl_kube::KubernetesProvider::connect(profile, kube_options(options)).await?,
+            taskctl_kube::KubernetesProvider::connect(profile, kube_options(&options)).await?,
         )),
     }
 }
 
 /// How the in-cluster layers apply, for the `kubernetes` and `aws` targets.
-fn kube_options(options: ProviderOptions) -> taskctl_kube::KubeOptions {
+fn kube_options(options: &ProviderOptions) -> taskctl_kube::KubeOptions {
     taskctl_kube::KubeOptions {
         templates: std::env::var_os("TASKCTL_TEMPLATES")
             .map(std::path::PathBuf::from)

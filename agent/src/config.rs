@@ -1,12 +1,28 @@
 //! Agent configuration, read from the environment and validated once at
 //! start-up, before any port is bound.
 //!
-//! [`Config::from_lookup`] is a pure function over a variable lookup so every
-//! rule can be unit-tested without touching the process environment. Every
-//! problem is reported, each naming the variable and what was expected; the
-//! binary exits 64 when there is any.
+//! Credentials follow the `_FILE` convention of official container images:
+//! each variable of [`SECRET_VARIABLES`] may instead be given as `<NAME>_FILE`,
+//! the path of a file holding the value (taskctl mounts secrets as files in
+//! `/run/secrets`, never as variables). `BROKER_USERNAME` and
+//! `BROKER_PASSWORD` are put into the userinfo of `BROKER_URL`.
+//!
+//! [`Config::from_sources`] is a pure function over a variable lookup and a
+//! file reader so every rule can be unit-tested without touching the process
+//! environment or the filesystem. Every problem is reported, each naming the
+//! variable and what was expected (never a secret value); the binary exits 64
+//! when there is any.
 
-use std::{collections::BTreeSet, fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    fmt::Write as _,
+    io::{self, Read as _},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use taskctl_protocol as protocol;
 
@@ -57,15 +73,135 @@ impl BrokerUrl {
 
     fn redacted(&self) -> String {
         // amqp://user:pass@host -> amqp://user:***@host
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                let userinfo = &self.0[scheme_end + 3..at];
+        match split_url(&self.0) {
+            Some(UrlParts {
+                prefix,
+                userinfo: Some(userinfo),
+                rest,
+            }) => {
                 let user = userinfo.split(':').next().unwrap_or("");
-                format!("{}{}:***{}", &self.0[..scheme_end + 3], user, &self.0[at..])
+                format!("{prefix}{user}:***@{rest}")
             }
             _ => self.0.clone(),
         }
     }
+}
+
+/// `scheme://[userinfo@]host…` cut around the userinfo.
+struct UrlParts<'a> {
+    /// `scheme://`
+    prefix: &'a str,
+    /// Between `://` and the last `@` of the authority, still percent-encoded.
+    userinfo: Option<&'a str>,
+    /// From the host on.
+    rest: &'a str,
+}
+
+fn split_url(url: &str) -> Option<UrlParts<'_>> {
+    let scheme_end = url.find("://")? + 3;
+    let (prefix, after) = url.split_at(scheme_end);
+    // The authority ends at the path, query or fragment; userinfo cannot
+    // contain those characters unencoded, so its last `@` ends the userinfo.
+    let authority_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    Some(match after[..authority_end].rfind('@') {
+        Some(at) => UrlParts {
+            prefix,
+            userinfo: Some(&after[..at]),
+            rest: &after[at + 1..],
+        },
+        None => UrlParts {
+            prefix,
+            userinfo: None,
+            rest: after,
+        },
+    })
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so any
+/// user name or password is safe in the userinfo of a URL.
+fn encode_userinfo(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// `url` with `username` and `password` (plain text, encoded here) replacing
+/// the matching part of its userinfo; a part not given keeps the URL's.
+/// A password needs a user name, from `BROKER_USERNAME` or the URL.
+fn with_credentials(
+    url: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> Result<String, String> {
+    if username.is_none() && password.is_none() {
+        return Ok(url.to_owned());
+    }
+    let Some(parts) = split_url(url) else {
+        return Ok(url.to_owned());
+    };
+    let (url_user, url_password) = match parts.userinfo {
+        Some(info) => match info.split_once(':') {
+            Some((user, password)) => (user, Some(password)),
+            None => (info, None),
+        },
+        None => ("", None),
+    };
+    let user = username.map_or_else(|| url_user.to_owned(), encode_userinfo);
+    if user.is_empty() && password.is_some() {
+        return Err(
+            "expected a user name to go with the password: set BROKER_USERNAME \
+             (or BROKER_USERNAME_FILE) or put the user in BROKER_URL, \
+             e.g. amqp://user@rabbitmq:5672/%2f"
+                .to_owned(),
+        );
+    }
+    let password = password.map_or_else(
+        || url_password.map(str::to_owned),
+        |p| Some(encode_userinfo(p)),
+    );
+    let mut out = format!("{}{user}", parts.prefix);
+    if let Some(password) = password {
+        out.push(':');
+        out.push_str(&password);
+    }
+    out.push('@');
+    out.push_str(parts.rest);
+    Ok(out)
+}
+
+/// Variables that carry credentials, each with its `_FILE` variant: the
+/// path of a file whose content (trailing newlines removed) is the value.
+/// Setting both is an error; other variables have no `_FILE` variant.
+pub const SECRET_VARIABLES: [(&str, &str); 3] = [
+    ("BROKER_URL", "BROKER_URL_FILE"),
+    ("BROKER_USERNAME", "BROKER_USERNAME_FILE"),
+    ("BROKER_PASSWORD", "BROKER_PASSWORD_FILE"),
+];
+
+/// Largest secret file read; a secret is small, and a path to something
+/// endless (`/dev/zero`) must not hang the start-up.
+const SECRET_FILE_LIMIT: u64 = 64 * 1024;
+
+/// Reads a secret file from the filesystem, at most [`SECRET_FILE_LIMIT`]
+/// bytes of UTF-8. Errors never contain the content.
+pub fn read_secret_file(path: &Path) -> io::Result<String> {
+    let mut content = String::new();
+    std::fs::File::open(path)?
+        .take(SECRET_FILE_LIMIT + 1)
+        .read_to_string(&mut content)?;
+    if content.len() as u64 > SECRET_FILE_LIMIT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {SECRET_FILE_LIMIT} bytes"),
+        ));
+    }
+    Ok(content)
 }
 
 impl fmt::Debug for BrokerUrl {
@@ -103,12 +239,89 @@ fn render(problems: &[Problem]) -> String {
 /// Collects problems while reading variables, so all are reported at once.
 struct Reader<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
+    read_file: &'a dyn Fn(&Path) -> io::Result<String>,
     problems: Vec<Problem>,
 }
 
+/// A secret variable as read: unset, its value, or a problem already reported.
+enum Secret {
+    Unset,
+    Value(String),
+    Invalid,
+}
+
+impl Secret {
+    fn value(&self) -> Option<&str> {
+        match self {
+            Secret::Value(v) => Some(v),
+            Secret::Unset | Secret::Invalid => None,
+        }
+    }
+}
+
 impl Reader<'_> {
-    fn raw(&self, name: &str) -> Option<String> {
+    /// The variable's value; an empty or blank one counts as unset.
+    fn env(&self, name: &str) -> Option<String> {
         (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A variable without a `_FILE` variant; `<name>_FILE` is refused rather
+    /// than silently ignored.
+    fn raw(&mut self, name: &'static str) -> Option<String> {
+        if self.env(&format!("{name}_FILE")).is_some() {
+            let secrets: Vec<_> = SECRET_VARIABLES.iter().map(|(n, _)| *n).collect();
+            self.problem(
+                name,
+                format!(
+                    "expected {name} itself: {name}_FILE is set, but only {} can be read from a file",
+                    secrets.join(", ")
+                ),
+            );
+        }
+        self.env(name)
+    }
+
+    /// A secret variable, from `name` or from the file `file_var` names.
+    fn secret(&mut self, name: &'static str) -> Secret {
+        let file_var = SECRET_VARIABLES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| *f)
+            .expect("a secret variable");
+        match (self.env(name), self.env(file_var)) {
+            (None, None) => Secret::Unset,
+            (Some(value), None) => Secret::Value(value),
+            (Some(_), Some(_)) => {
+                self.problem(
+                    name,
+                    format!("expected either {name} or {file_var}, not both"),
+                );
+                Secret::Invalid
+            }
+            (None, Some(path)) => {
+                match (self.read_file)(Path::new(&path)) {
+                    Ok(content) => {
+                        let value = content.trim_end_matches(['\n', '\r']);
+                        if value.trim().is_empty() {
+                            self.problem(
+                                file_var,
+                                format!("expected a file holding {name}, but `{path}` is empty"),
+                            );
+                            Secret::Invalid
+                        } else {
+                            Secret::Value(value.to_owned())
+                        }
+                    }
+                    Err(error) => {
+                        self.problem(
+                        file_var,
+                        format!("expected a readable file holding {name}, cannot read `{path}`: {error}"),
+                    );
+                        Secret::Invalid
+                    }
+                }
+            }
+        }
     }
 
     fn problem(&mut self, variable: &'static str, expected: impl Into<String>) {
@@ -148,35 +361,65 @@ impl Reader<'_> {
 }
 
 impl Config {
-    /// Reads the configuration from the process environment.
+    /// Reads the configuration from the process environment; `_FILE`
+    /// variables are read from the filesystem.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(&|name| std::env::var(name).ok())
     }
 
-    /// Reads the configuration through `lookup` (a variable name to its value).
+    /// Reads the configuration through `lookup` (a variable name to its
+    /// value); `_FILE` variables are read from the filesystem.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_sources(lookup, &read_secret_file)
+    }
+
+    /// Reads the configuration through `lookup` (a variable name to its value)
+    /// and `read_file` (the path in a `_FILE` variable to the file's content).
+    pub fn from_sources(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        read_file: &dyn Fn(&Path) -> io::Result<String>,
+    ) -> Result<Self, ConfigError> {
         let mut r = Reader {
             lookup,
+            read_file,
             problems: Vec::new(),
         };
 
-        let broker_url = match r.raw("BROKER_URL") {
-            Some(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => url,
-            Some(url) => {
-                let shown = BrokerUrl(url).redacted();
+        let url = r.secret("BROKER_URL");
+        let username = r.secret("BROKER_USERNAME");
+        let password = r.secret("BROKER_PASSWORD");
+        let broker_url = match url {
+            Secret::Value(url) if url.starts_with("amqp://") || url.starts_with("amqps://") => {
+                match with_credentials(&url, username.value(), password.value()) {
+                    Ok(url) => url,
+                    Err(expected) => {
+                        r.problem("BROKER_PASSWORD", expected);
+                        String::new()
+                    }
+                }
+            }
+            Secret::Value(url) => {
+                // Echo only what is recognisably a URL (its password hidden):
+                // anything else may be a secret put in the wrong place.
+                let got = if url.contains("://") {
+                    format!("got `{}`", BrokerUrl(url).redacted())
+                } else {
+                    "got a value that is not a URL (not shown)".to_owned()
+                };
                 r.problem(
                     "BROKER_URL",
-                    format!("expected an amqp:// or amqps:// URL, got `{shown}`"),
+                    format!("expected an amqp:// or amqps:// URL, {got}"),
                 );
                 String::new()
             }
-            None => {
+            Secret::Unset => {
                 r.problem(
                     "BROKER_URL",
-                    "expected an amqp:// or amqps:// URL, e.g. amqp://user:pass@rabbitmq:5672/%2f; it is not set",
+                    "expected an amqp:// or amqps:// URL, e.g. amqp://user:pass@rabbitmq:5672/%2f; it is not set (nor BROKER_URL_FILE)",
                 );
                 String::new()
             }
+            Secret::Invalid => String::new(),
         };
 
         let log_level = r.string("LOG_LEVEL", "info").to_ascii_lowercase();
@@ -343,6 +586,35 @@ mod tests {
         Config::from_lookup(&move |name| map.get(name).cloned())
     }
 
+    /// Variables plus an in-memory filesystem of (path, content); a path
+    /// not in it is unreadable.
+    fn config_with_files(
+        vars: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let files: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(k, v)| (PathBuf::from(k), v.to_string()))
+            .collect();
+        Config::from_sources(&move |name| map.get(name).cloned(), &move |path| {
+            files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "permission denied"))
+        })
+    }
+
+    /// What lapin makes of the URL: user name and password, decoded.
+    fn credentials(c: &Config) -> (String, String) {
+        let uri: lapin::uri::AMQPUri = c.broker_url.expose().parse().unwrap();
+        let info = uri.authority.userinfo;
+        (info.username, info.password)
+    }
+
     #[test]
     fn defaults_follow_the_seeds() {
         let c = config(&[("BROKER_URL", "amqp://guest:guest@localhost:5672/%2f")]).unwrap();
@@ -406,6 +678,260 @@ mod tests {
         let ms: Vec<_> = c.retry_delays().iter().map(|d| d.as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 500]);
         assert_eq!(c.retry_delay(30).as_millis(), 500);
+    }
+
+    #[test]
+    fn every_secret_variable_is_read_from_its_file_without_trailing_newlines() {
+        let c = config_with_files(
+            &[
+                ("BROKER_URL_FILE", "/run/secrets/url"),
+                ("BROKER_USERNAME_FILE", "/run/secrets/user"),
+                ("BROKER_PASSWORD_FILE", "/run/secrets/password"),
+            ],
+            &[
+                ("/run/secrets/url", "amqp://rabbitmq:5672/%2f\n"),
+                ("/run/secrets/user", "task-executor\r\n"),
+                ("/run/secrets/password", " s3cret \n\n"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.broker_url.expose(),
+            "amqp://task-executor:%20s3cret%20@rabbitmq:5672/%2f"
+        );
+        // Inner and leading/trailing spaces are part of the password.
+        assert_eq!(
+            credentials(&c),
+            ("task-executor".to_owned(), " s3cret ".to_owned())
+        );
+    }
+
+    #[test]
+    fn password_file_with_the_user_in_the_url_as_taskctl_profiles_do() {
+        let c = config_with_files(
+            &[
+                ("BROKER_URL", "amqp://task-executor@rabbitmq:5672/%2f"),
+                ("BROKER_PASSWORD_FILE", "/run/secrets/broker_password"),
+            ],
+            &[("/run/secrets/broker_password", "p@ss:w/rd?#%ü\n")],
+        )
+        .unwrap();
+        assert_eq!(
+            credentials(&c),
+            ("task-executor".to_owned(), "p@ss:w/rd?#%ü".to_owned())
+        );
+        assert_eq!(
+            c.broker_url.expose(),
+            "amqp://task-executor:p%40ss%3Aw%2Frd%3F%23%25%C3%BC@rabbitmq:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn username_and_password_replace_those_in_the_url() {
+        let c = config(&[
+            ("BROKER_URL", "amqps://old:oldpass@h:5671/vh?heartbeat=10"),
+            ("BROKER_USERNAME", "new user"),
+            ("BROKER_PASSWORD", "newpass"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.broker_url.expose(),
+            "amqps://new%20user:newpass@h:5671/vh?heartbeat=10"
+        );
+        assert_eq!(
+            credentials(&c),
+            ("new user".to_owned(), "newpass".to_owned())
+        );
+
+        // Each replaces only its own part.
+        let c = config(&[
+            ("BROKER_URL", "amqp://old:oldpass@h"),
+            ("BROKER_PASSWORD", "newpass"),
+        ])
+        .unwrap();
+        assert_eq!(c.broker_url.expose(), "amqp://old:newpass@h");
+        let c = config(&[
+            ("BROKER_URL", "amqp://old:oldpass@h"),
+            ("BROKER_USERNAME", "new"),
+        ])
+        .unwrap();
+        assert_eq!(c.broker_url.expose(), "amqp://new:oldpass@h");
+        let c = config(&[("BROKER_URL", "amqp://h/%2f"), ("BROKER_USERNAME", "u")]).unwrap();
+        assert_eq!(c.broker_url.expose(), "amqp://u@h/%2f");
+    }
+
+    #[test]
+    fn url_without_credentials_variables_is_kept_as_given() {
+        for url in [
+            "amqp://h",
+            "amqp://u:p@h:5672/%2f?heartbeat=5",
+            "amqps://h/x@y",
+        ] {
+            let c = config(&[("BROKER_URL", url)]).unwrap();
+            assert_eq!(c.broker_url.expose(), url);
+        }
+    }
+
+    #[test]
+    fn an_at_sign_after_the_host_is_not_taken_for_userinfo() {
+        let c = config(&[
+            ("BROKER_URL", "amqp://h/vh?x=a@b"),
+            ("BROKER_USERNAME", "u"),
+        ])
+        .unwrap();
+        assert_eq!(c.broker_url.expose(), "amqp://u@h/vh?x=a@b");
+    }
+
+    #[test]
+    fn password_without_any_user_name_is_refused() {
+        let err = config_with_files(
+            &[
+                ("BROKER_URL", "amqp://rabbitmq:5672/%2f"),
+                ("BROKER_PASSWORD_FILE", "/run/secrets/p"),
+            ],
+            &[("/run/secrets/p", "hunter2")],
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].variable, "BROKER_PASSWORD");
+        let text = err.to_string();
+        assert!(text.contains("BROKER_USERNAME"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn a_variable_and_its_file_together_are_refused_naming_both() {
+        for (name, file_var) in SECRET_VARIABLES {
+            let mut vars = vec![("BROKER_URL", "amqp://u@h"), (name, "amqp://u@h")];
+            vars.push((file_var, "/run/secrets/x"));
+            let err = config_with_files(&vars, &[("/run/secrets/x", "amqp://u@h")]).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!(
+                    "{name}: expected either {name} or {file_var}, not both"
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_file_names_the_variable_and_the_path() {
+        let err = config_with_files(
+            &[
+                ("BROKER_URL", "amqp://u@h"),
+                ("BROKER_PASSWORD_FILE", "/run/secrets/missing"),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].variable, "BROKER_PASSWORD_FILE");
+        let text = err.to_string();
+        assert!(text.contains("`/run/secrets/missing`"), "{text}");
+        assert!(text.contains("permission denied"), "{text}");
+
+        // An unreadable BROKER_URL_FILE is that problem, not also "not set".
+        let err = config_with_files(&[("BROKER_URL_FILE", "/nope")], &[]).unwrap_err();
+        let vars: Vec<_> = err.0.iter().map(|p| p.variable).collect();
+        assert_eq!(vars, ["BROKER_URL_FILE"]);
+    }
+
+    #[test]
+    fn an_empty_file_is_refused() {
+        let err = config_with_files(
+            &[("BROKER_URL", "amqp://u@h"), ("BROKER_PASSWORD_FILE", "/e")],
+            &[("/e", "\n")],
+        )
+        .unwrap_err();
+        assert_eq!(err.0[0].variable, "BROKER_PASSWORD_FILE");
+        assert!(err.to_string().contains("`/e` is empty"));
+    }
+
+    #[test]
+    fn file_variant_of_a_plain_variable_is_refused_not_ignored() {
+        let err = config(&[
+            ("BROKER_URL", "amqp://h"),
+            ("MAX_CONCURRENT_TASKS_FILE", "/run/secrets/n"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0[0].variable, "MAX_CONCURRENT_TASKS");
+        assert!(err.to_string().contains("MAX_CONCURRENT_TASKS_FILE is set"));
+    }
+
+    #[test]
+    fn no_secret_from_a_file_reaches_debug_display_or_errors() {
+        let password = "Zq9@xw/y:Secret";
+        let files = [
+            ("/run/secrets/url", "amqp://rabbitmq:5672/%2f"),
+            ("/run/secrets/password", password),
+        ];
+        let c = config_with_files(
+            &[
+                ("BROKER_URL_FILE", "/run/secrets/url"),
+                ("BROKER_USERNAME", "agent"),
+                ("BROKER_PASSWORD_FILE", "/run/secrets/password"),
+            ],
+            &files,
+        )
+        .unwrap();
+        let encoded = encode_userinfo(password);
+        assert!(c.broker_url.expose().contains(&encoded));
+        for shown in [
+            format!("{c:?}"),
+            format!("{c:#?}"),
+            format!("{:?}", c.broker_url),
+            c.broker_url.to_string(),
+        ] {
+            assert!(!shown.contains(password), "{shown}");
+            assert!(!shown.contains(&encoded), "{shown}");
+            assert!(!shown.contains("Secret"), "{shown}");
+        }
+        assert_eq!(
+            c.broker_url.to_string(),
+            "amqp://agent:***@rabbitmq:5672/%2f"
+        );
+
+        // A password put where the URL belongs is not echoed in the error.
+        let err =
+            config_with_files(&[("BROKER_URL_FILE", "/run/secrets/password")], &files).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("BROKER_URL: expected an amqp://"), "{text}");
+        assert!(!text.contains("Secret"), "{text}");
+    }
+
+    #[test]
+    fn real_secret_files_are_read_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("agent-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("password");
+        std::fs::write(&ok, "from-a-file\n").unwrap();
+        let huge = dir.join("huge");
+        std::fs::write(&huge, vec![b'a'; SECRET_FILE_LIMIT as usize + 1]).unwrap();
+        let missing = dir.join("missing");
+
+        let vars = |file: &Path| {
+            let file = file.to_str().unwrap().to_owned();
+            move |name: &str| match name {
+                "BROKER_URL" => Some("amqp://u@h".to_owned()),
+                "BROKER_PASSWORD_FILE" => Some(file.clone()),
+                _ => None,
+            }
+        };
+        let c = Config::from_lookup(&vars(&ok)).unwrap();
+        assert_eq!(c.broker_url.expose(), "amqp://u:from-a-file@h");
+
+        let err = Config::from_lookup(&vars(&missing))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BROKER_PASSWORD_FILE"), "{err}");
+        assert!(err.contains(missing.to_str().unwrap()), "{err}");
+        assert!(err.contains("No such file"), "{err}");
+
+        let err = Config::from_lookup(&vars(&huge)).unwrap_err().to_string();
+        assert!(err.contains("larger than 65536 bytes"), "{err}");
+        assert!(!err.contains("aaaa"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,6 +14,16 @@ use taskctl_core::ops::{self, DeployOptions, DeployOutcome, Layer};
 use taskctl_core::profile::{StateBackend, TargetKind};
 
 pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Result<u8> {
+    deploy_with(ctx, shell, args, Vec::new())
+}
+
+/// A deploy that also rotates the managed secrets named in `rotate`.
+pub fn deploy_with(
+    ctx: &Context,
+    shell: &mut Shell,
+    args: DeployArgs,
+    rotate: Vec<String>,
+) -> anyhow::Result<u8> {
     let saved_plan = match &args.plan {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -37,6 +47,7 @@ pub fn deploy(ctx: &Context, shell: &mut Shell, args: DeployArgs) -> anyhow::Res
             providers::ProviderOptions {
                 force_conflicts: args.force_conflicts,
                 prune_all: args.prune_all,
+                rotate,
                 ..Default::default()
             },
         )
@@ -125,6 +136,7 @@ pub fn destroy(ctx: &Context, shell: &mut Shell, args: DestroyArgs) -> anyhow::R
             &profile,
             providers::ProviderOptions {
                 purge: args.purge,
+                destroying: true,
                 ..Default::default()
             },
         )

@@ -7,6 +7,7 @@ mod plan;
 mod releases;
 mod render;
 mod schema;
+mod secrets;
 mod state;
 mod validate;
 mod version;
@@ -28,6 +29,7 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
         Command::History => releases::history(ctx, shell),
         Command::Rollback(args) => releases::rollback(ctx, shell, args),
         Command::Lock(command) => state::lock(ctx, shell, command),
+        Command::Secrets(command) => secrets::exec(ctx, shell, command),
         Command::Audit => state::audit(ctx, shell),
         Command::Kubeconfig(args) => kubeconfig::kubeconfig(ctx, shell, args),
         Command::EksToken(args) => kubeconfig::eks_token(ctx, shell, args),

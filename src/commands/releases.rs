@@ -273,6 +273,7 @@ mod tests {
             .into(),
             config_hashes: BTreeMap::new(),
             secret_refs: Vec::new(),
+            secret_versions: BTreeMap::new(),
             profile: serde_json::Value::Null,
         };
         let text = table(&[

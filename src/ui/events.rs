@@ -33,8 +33,11 @@ impl EventSink for JsonLines {
         let mut line = serde_json::Map::with_capacity(fields.len() + 1);
         line.insert("ts".into(), now().into());
         line.extend(fields);
+        let Ok(text) = serde_json::to_string(&line) else {
+            return;
+        };
         let mut out = std::io::stdout().lock();
-        let _ = serde_json::to_writer(&mut out, &line);
+        let _ = out.write_all(crate::redact::text(&text).as_bytes());
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     }
@@ -120,6 +123,7 @@ impl EventSink for Lines {
                 None => return,
             },
         };
+        let line = crate::redact::text(&line);
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
@@ -151,7 +155,7 @@ impl Progress {
     }
 
     fn println(&self, line: String) {
-        let _ = self.multi.println(line);
+        let _ = self.multi.println(crate::redact::text(&line));
     }
 }
 
@@ -171,7 +175,7 @@ impl EventSink for Progress {
             }
             Event::StepProgress { step, message } => {
                 if let Some((bar, _)) = bars.get(step) {
-                    bar.set_message(message.clone());
+                    bar.set_message(crate::redact::text(message).into_owned());
                 }
             }
             Event::StepRetry {
@@ -181,7 +185,10 @@ impl EventSink for Progress {
                 error,
             } => {
                 if let Some((bar, _)) = bars.get(step) {
-                    bar.set_message(format!("retry {attempt} in {delay_ms} ms: {error}"));
+                    bar.set_message(
+                        crate::redact::text(&format!("retry {attempt} in {delay_ms} ms: {error}"))
+                            .into_owned(),
+                    );
                 }
             }
             Event::StepFinished {

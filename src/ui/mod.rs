@@ -42,7 +42,7 @@ impl Shell {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(crate::redact::stderr)
             .with_ansi(!(global.no_color || no_color_env))
             .with_target(false)
             .try_init();
@@ -70,14 +70,14 @@ impl Shell {
             StatusStyle::Error => ERROR,
             StatusStyle::Warning => WARNING,
         };
-        let mut err = anstream::stderr();
+        let mut err = crate::redact::stderr();
         let _ = writeln!(err, "{style}{label}{style:#} {message}");
     }
 
     /// Writes data to stdout in the chosen format (`table` falls back to YAML
     /// for documents, which is what a person reads best).
     pub fn data<T: Serialize>(&mut self, value: &T) -> anyhow::Result<()> {
-        let mut out = anstream::stdout();
+        let mut out = crate::redact::stdout();
         match self.format {
             OutputFormat::Json => {
                 serde_json::to_writer_pretty(&mut out, value)?;
@@ -93,7 +93,7 @@ impl Shell {
 
     /// Writes plain text to stdout.
     pub fn text(&mut self, text: &str) -> anyhow::Result<()> {
-        let mut out = anstream::stdout();
+        let mut out = crate::redact::stdout();
         out.write_all(text.as_bytes())?;
         Ok(())
     }
@@ -101,7 +101,7 @@ impl Shell {
     /// Renders diagnostics like a compiler: message, location, the source
     /// line with a caret under the value, and help. Notes show with `-v`.
     pub fn diagnostics(&mut self, diags: &Diagnostics) {
-        let mut err = anstream::stderr();
+        let mut err = crate::redact::stderr();
         for d in diags.iter() {
             if d.severity == Severity::Note && self.verbosity < 1 {
                 continue;
@@ -115,7 +115,7 @@ impl Shell {
 
     /// Prints an error and its causes, once each.
     pub fn error_chain(&mut self, err: &anyhow::Error) {
-        let mut out = anstream::stderr();
+        let mut out = crate::redact::stderr();
         let _ = writeln!(out, "{ERROR}error:{ERROR:#} {err}");
         for cause in err.chain().skip(1) {
             let _ = writeln!(out, "  {BOLD}caused by:{BOLD:#} {cause}");

@@ -12,7 +12,7 @@ const DIM: Style = Style::new().dimmed();
 
 /// Writes the plan to stderr; unchanged resources only with `verbose`.
 pub fn render(report: &RunReport, destroy: bool, verbose: bool) {
-    let mut out = anstream::stderr();
+    let mut out = crate::redact::stderr();
     let width = report.steps.iter().map(|s| s.id.0.len()).max().unwrap_or(0);
     let (mut create, mut update, mut delete, mut same) = (0, 0, 0, 0);
     for step in &report.steps {

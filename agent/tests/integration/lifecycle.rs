@@ -41,6 +41,72 @@ fn bad_config_exits_64_naming_the_variable_before_binding() {
 }
 
 #[test]
+fn unreadable_or_conflicting_secret_files_exit_64_naming_variable_and_path() {
+    let missing = std::env::temp_dir().join(format!("agent-test-missing-{}", random_id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_task-executor"))
+        .env_clear()
+        .env("BROKER_URL", "amqp://agent@127.0.0.1:1/%2f")
+        .env("BROKER_PASSWORD_FILE", &missing)
+        .env("BROKER_USERNAME", "agent")
+        .env("BROKER_USERNAME_FILE", &missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "BROKER_PASSWORD_FILE: expected a readable file holding BROKER_PASSWORD, cannot read `{}`",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "BROKER_USERNAME: expected either BROKER_USERNAME or BROKER_USERNAME_FILE, not both"
+        ),
+        "{stderr}"
+    );
+}
+
+/// The way taskctl delivers credentials: files of mode 0400, the URL
+/// without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_credentials_from_files_reach_the_broker() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let h = Harness::new().await;
+    let url = amqp_url();
+    let uri: lapin::uri::AMQPUri = url.parse().unwrap();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let bare_url = format!(
+        "{scheme}://{}",
+        rest.rsplit_once('@').map_or(rest, |(_, r)| r)
+    );
+    let secrets = h.workdir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let mut vars = vec![("BROKER_URL".to_owned(), bare_url)];
+    for (name, value) in [
+        ("broker_username", &uri.authority.userinfo.username),
+        ("broker_password", &uri.authority.userinfo.password),
+    ] {
+        let path = secrets.join(name);
+        std::fs::write(&path, format!("{value}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        vars.push((
+            format!("{}_FILE", name.to_ascii_uppercase()),
+            path.display().to_string(),
+        ));
+    }
+    let extra: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let _agent = h.agent("files", &extra).await;
+    h.publish(&task("via-files", TaskKind::Noop)).await;
+    let results = h.results(1, WAIT).await;
+    assert_eq!(results[0].task_id, "via-files");
+    assert_eq!(results[0].status, TaskStatus::Succeeded);
+    h.cleanup().await;
+}
+
+#[test]
 fn a_port_in_use_exits_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

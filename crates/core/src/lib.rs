@@ -22,6 +22,7 @@ pub mod journal;
 pub mod ops;
 pub mod profile;
 pub mod release;
+pub mod secrets;
 pub mod state;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};

@@ -60,6 +60,10 @@ pub struct Release {
     pub config_hashes: BTreeMap<String, String>,
     /// Every secret reference the release uses (`vault:secret/x#y`).
     pub secret_refs: Vec<String>,
+    /// Vault path → the KV version the release ran with; restoring the
+    /// release reads these versions ([`Release::pinned_profile`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u64>,
     /// The resolved profile the release was deployed from.
     pub profile: serde_json::Value,
 }
@@ -74,7 +78,9 @@ impl Release {
     /// release ran and no image build: deploying it restores the release
     /// exactly, whatever the registry or the source tree holds now.
     pub fn pinned_profile(&self) -> Result<Profile, serde_json::Error> {
-        let mut profile = self.profile()?;
+        let mut value = self.profile.clone();
+        crate::secrets::pin_versions(&mut value, &self.secret_versions);
+        let mut profile: Profile = serde_json::from_value(value)?;
         for agent in &mut profile.agents {
             if let Some(image) = self.images.get(&agent.name) {
                 agent.image = image.clone();
@@ -155,6 +161,7 @@ mod tests {
             images: BTreeMap::new(),
             config_hashes: BTreeMap::new(),
             secret_refs: Vec::new(),
+            secret_versions: BTreeMap::new(),
             profile: serde_json::Value::Null,
         }
     }

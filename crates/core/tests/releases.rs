@@ -214,6 +214,7 @@ impl Provider for MemoryTarget {
                 "env:TASKCTL_AMQP_CREDENTIALS".into(),
                 "vault:secret/postgres#password".into(),
             ],
+            secret_versions: BTreeMap::new(),
         })
     }
     async fn verify(

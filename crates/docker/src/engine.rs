@@ -127,7 +127,8 @@ pub async fn force_remove(docker: &Docker, name: &str) -> Result<(), StepError> 
             name,
             Some(RemoveContainerOptions {
                 force: true,
-                v: false,
+                // Anonymous volumes only (the secret files); named ones stay.
+                v: true,
                 link: false,
             }),
         )

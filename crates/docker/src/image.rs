@@ -18,6 +18,8 @@ use crate::engine::{is_not_found, step_error};
 /// The user the agent runs as (`nonroot` in distroless images): the agent
 /// does not switch users for the commands it runs.
 pub const AGENT_USER: &str = "65532";
+/// [`AGENT_USER`] as a number (owner of the agent's secret files).
+pub const AGENT_UID: u64 = 65532;
 
 /// Where the agent binary comes from.
 #[derive(Debug, Clone, PartialEq)]

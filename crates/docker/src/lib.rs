@@ -46,6 +46,7 @@ pub mod engine;
 pub mod image;
 pub mod release;
 pub mod rollout;
+pub mod secret_files;
 pub mod spec;
 pub mod steps;
 pub mod verify;
@@ -64,10 +65,12 @@ use crate::spec::label;
 use crate::steps::{AgentImage, Network, Replica, Service, Shared, Sweep, Volume};
 
 /// Options of the docker target that are not in the profile.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DockerOptions {
     /// `destroy --purge`: remove the environment's volumes too.
     pub purge: bool,
+    /// Resolves secret references; the default reads `env:` ones only.
+    pub secrets: Arc<taskctl_core::secrets::Secrets>,
 }
 
 pub struct DockerProvider {
@@ -94,6 +97,7 @@ impl DockerProvider {
             docker: self.docker.clone(),
             profile: profile.clone(),
             purge: self.options.purge,
+            secrets: self.options.secrets.clone(),
         })
     }
 }
@@ -133,6 +137,14 @@ impl Provider for DockerProvider {
             Err(e) => error("services", e),
             Ok(services) => {
                 for s in services {
+                    for (name, source) in &s.env {
+                        if let spec::EnvSource::Secret(r) = source
+                            && !self.options.secrets.is_pending(r)
+                            && let Err(e) = self.options.secrets.resolve(r).await
+                        {
+                            error("secrets", format!("services.{} env {name}: {e}", s.name));
+                        }
+                    }
                     match image::local_id(&self.docker, &s.image).await {
                         Ok(Some(_)) => {}
                         Ok(None) if registry.is_some() => {}
@@ -156,7 +168,10 @@ impl Provider for DockerProvider {
                     .and_then(|s| s.get().cloned())
                     .map(|s| (&v.name, s))
             }) {
-                if let Err(e) = spec::resolve_secret(&source) {
+                if self.options.secrets.is_pending(&source) {
+                    continue;
+                }
+                if let Err(e) = self.options.secrets.resolve(&source).await {
                     error("secrets", format!("agent `{}` env {name}: {e}", agent.name));
                 }
             }
@@ -260,7 +275,7 @@ impl Provider for DockerProvider {
         _sink: Arc<dyn taskctl_core::events::EventSink>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Vec<taskctl_core::ops::Check>, OpsError> {
-        verify::verify(&self.docker, profile, cancel).await
+        verify::verify(&self.docker, profile, &self.options.secrets, cancel).await
     }
 
     fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
@@ -355,6 +370,7 @@ impl Provider for DockerProvider {
         let env = spec::environment_label(profile);
         let mut facts = ReleaseFacts {
             secret_refs: spec::secret_refs(profile),
+            secret_versions: self.options.secrets.versions_used(),
             ..Default::default()
         };
         for agent in &profile.agents {

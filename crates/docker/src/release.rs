@@ -187,6 +187,7 @@ mod tests {
             images: [("a".to_string(), "task-executor:local@sha256:ab".to_string())].into(),
             config_hashes: Default::default(),
             secret_refs: vec!["env:X".into()],
+            secret_versions: Default::default(),
             profile: serde_json::json!({"big": "x".repeat(10_000)}),
         };
         let text = encode(&r).unwrap();

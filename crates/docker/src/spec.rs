@@ -109,6 +109,10 @@ pub struct ReplicaSpec {
     pub memory_reservation: i64,
     pub restart: RestartPolicy,
     pub health: HealthSpec,
+    /// Env name → KV version of its Vault secret, once resolved
+    /// ([`crate::secret_files::versions`]); part of the summary, so a
+    /// rotated secret rolls the replica.
+    pub secret_versions: BTreeMap<String, u64>,
 }
 
 /// The readiness probe as a Docker health check.
@@ -292,6 +296,7 @@ impl ReplicaSpec {
             memory_reservation: memory_request as i64,
             restart: agent.restart,
             health,
+            secret_versions: BTreeMap::new(),
         })
     }
 
@@ -304,13 +309,10 @@ impl ReplicaSpec {
             .env
             .iter()
             .map(|(name, source)| {
-                let shown = match source {
-                    // A short hash: enough to see a change, useless to
-                    // recover the value.
-                    EnvSource::Literal(v) => format!("sha256:{}", &sha256_hex(v.as_bytes())[..12]),
-                    EnvSource::Secret(r) => r.to_string(),
-                };
-                (name.clone(), shown)
+                (
+                    name.clone(),
+                    shown(source, self.secret_versions.get(name).copied()),
+                )
             })
             .collect();
         SpecSummary {
@@ -331,27 +333,20 @@ impl ReplicaSpec {
         }
     }
 
-    /// The container's environment for `slot`, with secrets resolved by
-    /// `resolve` (apply time only).
-    pub fn env_for(
-        &self,
-        slot: u8,
-        resolve: &dyn Fn(&SecretRef) -> Result<String, String>,
-        agent_id: &str,
-    ) -> Result<Vec<String>, String> {
+    /// The container's environment for `slot`: the profile's, then the
+    /// ports and the agent id. Secrets stay references here;
+    /// [`crate::secret_files::resolve`] turns them into files.
+    pub fn env_for(&self, slot: u8, agent_id: &str) -> Vec<(String, EnvSource)> {
         let (http, metrics) = self.ports(slot);
-        let mut out = Vec::with_capacity(self.env.len() + 3);
-        for (name, source) in &self.env {
-            let value = match source {
-                EnvSource::Literal(v) => v.clone(),
-                EnvSource::Secret(r) => resolve(r)?,
-            };
-            out.push(format!("{name}={value}"));
+        let mut out = self.env.clone();
+        for (name, value) in [
+            ("HEALTH_PORT", http.to_string()),
+            ("METRICS_PORT", metrics.to_string()),
+            ("AGENT_ID", agent_id.to_string()),
+        ] {
+            out.push((name.to_string(), EnvSource::Literal(value)));
         }
-        out.push(format!("HEALTH_PORT={http}"));
-        out.push(format!("METRICS_PORT={metrics}"));
-        out.push(format!("AGENT_ID={agent_id}"));
-        Ok(out)
+        out
     }
 }
 
@@ -364,45 +359,26 @@ pub fn restart_name(policy: RestartPolicy) -> &'static str {
     }
 }
 
-/// Resolves `env:NAME` from taskctl's own environment. `vault:` references
-/// need a Vault client, which this target does not have yet: a clear error.
-pub fn resolve_secret(r: &SecretRef) -> Result<String, String> {
-    match r {
-        SecretRef::Env { name } => std::env::var(name).map_err(|_| {
-            format!("secret reference env:{name}: the variable {name} is not set in taskctl's environment")
-        }),
-        SecretRef::Vault { path, key } => Err(format!(
-            "secret reference vault:{path}#{key}: the docker target resolves only `env:` references; export the value and use env:NAME"
-        )),
-    }
+/// Every secret reference in the profile (`vault:…`, `env:…`), sorted.
+pub fn secret_refs(profile: &Profile) -> Vec<String> {
+    taskctl_core::secrets::references(profile)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
-/// Every secret reference in the profile (`vault:…`, `env:…`), sorted: a
-/// walk of its serialized form, which holds references and never values.
-pub fn secret_refs(profile: &Profile) -> Vec<String> {
-    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::String(s) => {
-                let vault = s.strip_prefix("vault:").is_some_and(|r| r.contains('#'));
-                let env = s.strip_prefix("env:").is_some_and(|r| {
-                    !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                });
-                if vault || env {
-                    out.push(s.clone());
-                }
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
-            serde_json::Value::Object(o) => o.values().for_each(|v| walk(v, out)),
-            _ => {}
-        }
+/// How a spec summary shows an env entry: literals as a short hash (enough
+/// to see a change, useless to recover the value), secrets as their
+/// reference and the KV version resolved.
+pub fn shown(source: &EnvSource, version: Option<u64>) -> String {
+    match source {
+        EnvSource::Literal(v) => format!("sha256:{}", &sha256_hex(v.as_bytes())[..12]),
+        EnvSource::Secret(r) => match version {
+            Some(crate::secret_files::NEXT) => format!("{r} (new version)"),
+            Some(v) => format!("{r} (version {v})"),
+            None => r.to_string(),
+        },
     }
-    let mut out = Vec::new();
-    if let Ok(v) = serde_json::to_value(profile) {
-        walk(&v, &mut out);
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 #[cfg(test)]
@@ -456,11 +432,12 @@ mod tests {
         assert_eq!(s.health.interval_s, 2);
         assert_eq!(s.ports(0), (8082, 9092));
         assert_eq!(s.ports(1), (8083, 9093));
-        let env = s.env_for(1, &|_| unreachable!(), "a-2").unwrap();
-        assert!(env.contains(&"HEALTH_PORT=8083".to_string()));
-        assert!(env.contains(&"METRICS_PORT=9093".to_string()));
-        assert!(env.contains(&"LOG_LEVEL=DEBUG".to_string()));
-        assert!(env.contains(&"MAX_CONCURRENT_TASKS=50".to_string()));
+        let env = s.env_for(1, "a-2");
+        let has = |n: &str, v: &str| env.contains(&(n.to_string(), EnvSource::Literal(v.into())));
+        assert!(has("HEALTH_PORT", "8083"));
+        assert!(has("METRICS_PORT", "9093"));
+        assert!(has("LOG_LEVEL", "DEBUG"));
+        assert!(has("MAX_CONCURRENT_TASKS", "50"));
     }
 
     #[test]
@@ -485,22 +462,26 @@ mod tests {
     }
 
     #[test]
-    fn secrets_stay_references_until_apply() {
+    fn secrets_stay_references_and_their_version_is_part_of_the_spec() {
         let p = local(
-            "agents:\n  - name: automated-task-executor\n    env:\n      - name: API_TOKEN\n        secret: env:TASKCTL_DOCKER_TEST_TOKEN\n",
+            "agents:\n  - name: automated-task-executor\n    env:\n      - name: API_TOKEN\n        secret: vault:secret/api#token\n",
         );
-        let s = spec(&p, 1);
+        let mut s = spec(&p, 1);
         let summary = serde_json::to_string(&s.summary()).unwrap();
-        assert!(summary.contains("env:TASKCTL_DOCKER_TEST_TOKEN"));
-        let env = s.env_for(0, &|_| Ok("s3cret".to_string()), "a-1").unwrap();
-        assert!(env.contains(&"API_TOKEN=s3cret".to_string()));
-        assert!(!summary.contains("s3cret"));
-        let err = resolve_secret(&SecretRef::Env {
-            name: "TASKCTL_DOCKER_TEST_SURELY_UNSET".into(),
-        })
-        .unwrap_err();
-        assert!(err.contains("not set"), "{err}");
-        assert!(secret_refs(&p).contains(&"env:TASKCTL_DOCKER_TEST_TOKEN".to_string()));
+        assert!(summary.contains("vault:secret/api#token"), "{summary}");
+        let before = s.summary().hash();
+        s.secret_versions.insert("API_TOKEN".into(), 2);
+        let rotated = s.summary();
+        assert_ne!(
+            rotated.hash(),
+            before,
+            "a new secret version rolls the replica"
+        );
+        assert_eq!(
+            rotated.env["API_TOKEN"],
+            "vault:secret/api#token (version 2)"
+        );
+        assert!(secret_refs(&p).contains(&"vault:secret/api#token".to_string()));
     }
 
     #[test]

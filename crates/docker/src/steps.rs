@@ -24,6 +24,7 @@ use taskctl_core::profile::model::Agent;
 use crate::engine::{self, force_remove, inspect, is_not_found, step_error};
 use crate::image;
 use crate::rollout::Rollout;
+use crate::secret_files;
 use crate::spec::{
     self, EnvSource, ReplicaSpec, SpecSummary, base_labels, label, next_name, replica_name,
 };
@@ -34,6 +35,8 @@ pub struct Shared {
     pub profile: Profile,
     /// `--purge`: destroy removes volumes too.
     pub purge: bool,
+    /// Resolves the profile's secret references (Vault, environment).
+    pub secrets: Arc<taskctl_core::secrets::Secrets>,
 }
 
 fn invalid(message: impl Into<String>) -> StepError {
@@ -175,6 +178,9 @@ pub struct ServiceDef {
     pub data_path: &'static str,
     pub persistent: bool,
     pub env: Vec<(String, EnvSource)>,
+    /// The uid the service's secret files belong to (the user its image
+    /// runs the server as: 999 for the official postgres and mongo images).
+    pub file_owner: u64,
 }
 
 /// The managed services of the profile.
@@ -203,6 +209,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
             data_path: "/var/lib/rabbitmq",
             persistent: r.persistence.as_ref().is_some_and(|p| p.enabled),
             env: Vec::new(),
+            file_owner: 999,
         });
     }
     if let Some(m) = &s.mongodb
@@ -227,6 +234,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
             data_path: "/data/db",
             persistent: m.persistence.as_ref().is_some_and(|p| p.enabled),
             env,
+            file_owner: 999,
         });
     }
     if let Some(p) = &s.postgres
@@ -250,6 +258,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
                     secret(&p.password, "services.postgres.password")?,
                 ),
             ],
+            file_owner: 999,
         });
     }
     for (name, managed) in [
@@ -366,22 +375,15 @@ pub struct Service {
 }
 
 impl Service {
-    fn summary(&self) -> SpecSummary {
+    async fn summary(&self) -> Result<SpecSummary, StepError> {
+        let versions = secret_files::versions(&self.shared.secrets, &self.def.env).await?;
         let env = self
             .def
             .env
             .iter()
-            .map(|(n, s)| {
-                let shown = match s {
-                    EnvSource::Literal(v) => {
-                        format!("sha256:{}", &spec::sha256_hex(v.as_bytes())[..12])
-                    }
-                    EnvSource::Secret(r) => r.to_string(),
-                };
-                (n.clone(), shown)
-            })
+            .map(|(n, s)| (n.clone(), spec::shown(s, versions.get(n).copied())))
             .collect();
-        SpecSummary {
+        Ok(SpecSummary {
             image: self.def.image.clone(),
             env,
             ports: format!("127.0.0.1:{}", self.def.port),
@@ -393,7 +395,7 @@ impl Service {
             } else {
                 String::new()
             },
-        }
+        })
     }
 }
 
@@ -424,7 +426,7 @@ impl Step for Service {
             ));
         }
         let outputs: Outputs = [("container".to_string(), name.clone())].into();
-        let desired = self.summary();
+        let desired = self.summary().await?;
         let change = match inspect(&self.shared.docker, &name).await? {
             None => Change::create("not found"),
             Some(c) => {
@@ -453,7 +455,7 @@ impl Step for Service {
     async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
         let docker = &self.shared.docker;
         let name = service_container(&self.shared.profile, self.def.name);
-        let desired = self.summary();
+        let desired = self.summary().await?;
         if let Some(c) = inspect(docker, &name).await? {
             let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
             let running = c.state.and_then(|s| s.running).unwrap_or(false);
@@ -469,14 +471,7 @@ impl Step for Service {
             &format!("services.{}", self.def.name),
         )
         .await?;
-        let mut env = Vec::new();
-        for (n, s) in &self.def.env {
-            let value = match s {
-                EnvSource::Literal(v) => v.clone(),
-                EnvSource::Secret(r) => spec::resolve_secret(r).map_err(invalid)?,
-            };
-            env.push(format!("{n}={value}"));
-        }
+        let delivery = secret_files::resolve(&self.shared.secrets, &self.def.env).await?;
         let mut labels = base_labels(&self.shared.profile, "service");
         labels.insert(label::SERVICE.into(), self.def.name.into());
         labels.insert(label::SPEC_HASH.into(), desired.hash());
@@ -494,9 +489,18 @@ impl Step for Service {
             .map(|d| d.network.clone())
             .unwrap_or_else(|| "taskctl".into());
         let port = format!("{}/tcp", self.def.port);
+        let mut mounts: Vec<Mount> = secret_files::mount(&delivery).into_iter().collect();
+        if self.def.persistent {
+            mounts.push(Mount {
+                target: Some(self.def.data_path.into()),
+                source: Some(volume_name(&self.shared.profile, self.def.name)),
+                typ: Some(MountTypeEnum::VOLUME),
+                ..Default::default()
+            });
+        }
         let body = ContainerCreateBody {
             image: Some(image),
-            env: Some(env),
+            env: Some(delivery.env.clone()),
             labels: Some(hash_map(labels)),
             exposed_ports: Some([(port.clone(), HashMap::new())].into()),
             host_config: Some(HostConfig {
@@ -514,14 +518,7 @@ impl Step for Service {
                     )]
                     .into(),
                 ),
-                mounts: self.def.persistent.then(|| {
-                    vec![Mount {
-                        target: Some(self.def.data_path.into()),
-                        source: Some(volume_name(&self.shared.profile, self.def.name)),
-                        typ: Some(MountTypeEnum::VOLUME),
-                        ..Default::default()
-                    }]
-                }),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
@@ -548,6 +545,7 @@ impl Step for Service {
             )
             .await
             .map_err(|e| step_error(&format!("creating {name}"), e))?;
+        secret_files::upload(docker, &name, &delivery, self.def.file_owner).await?;
         docker
             .start_container(
                 &name,
@@ -745,14 +743,18 @@ fn restart_policy_of(c: &bollard::models::ContainerInspectResponse) -> RestartPo
 const STOP_SECONDS: i32 = 35;
 
 impl Replica {
-    fn spec(&self, ctx: &StepContext) -> Result<ReplicaSpec, StepError> {
+    /// The replica's spec, with the KV versions of its secrets resolved.
+    async fn spec(&self, ctx: &StepContext) -> Result<ReplicaSpec, StepError> {
         let image = ctx.dep_output(&self.image_step, "image").ok_or_else(|| {
             StepError::new(
                 ErrorKind::Other,
                 format!("the image of agent `{}` is not known", self.agent.name),
             )
         })?;
-        ReplicaSpec::new(&self.shared.profile, &self.agent, self.index, image).map_err(invalid)
+        let mut spec = ReplicaSpec::new(&self.shared.profile, &self.agent, self.index, image)
+            .map_err(invalid)?;
+        spec.secret_versions = secret_files::versions(&self.shared.secrets, &spec.env).await?;
+        Ok(spec)
     }
 
     fn primary(&self) -> String {
@@ -792,9 +794,8 @@ impl Replica {
         let docker = &self.shared.docker;
         let (http, _) = spec.ports(slot);
         let agent_id = self.primary();
-        let env = spec
-            .env_for(slot, &spec::resolve_secret, &agent_id)
-            .map_err(invalid)?;
+        let delivery =
+            secret_files::resolve(&self.shared.secrets, &spec.env_for(slot, &agent_id)).await?;
         let summary = spec.summary();
         let mut labels = base_labels(&self.shared.profile, "agent");
         labels.insert(label::AGENT.into(), self.agent.name.clone());
@@ -809,7 +810,7 @@ impl Replica {
         let secs = |s: u32| i64::from(s) * 1_000_000_000;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            env: Some(env),
+            env: Some(delivery.env.clone()),
             labels: Some(hash_map(labels)),
             healthcheck: Some(HealthConfig {
                 test: Some(vec![
@@ -835,6 +836,7 @@ impl Replica {
                 memory_reservation: (spec.memory_reservation > 0
                     && spec.memory_reservation <= spec.memory)
                     .then_some(spec.memory_reservation),
+                mounts: secret_files::mount(&delivery).map(|m| vec![m]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -849,6 +851,10 @@ impl Replica {
             )
             .await
             .map_err(|e| step_error(&format!("creating {name}"), e))?;
+        if let Err(e) = secret_files::upload(docker, name, &delivery, image::AGENT_UID).await {
+            let _ = force_remove(docker, name).await;
+            return Err(e);
+        }
         docker
             .start_container(
                 name,
@@ -941,7 +947,7 @@ impl Replica {
     /// that one only once the replacement is healthy.
     async fn converge(&self, ctx: &StepContext) -> Result<Outputs, StepError> {
         let docker = &self.shared.docker;
-        let spec = self.spec(ctx)?;
+        let spec = self.spec(ctx).await?;
         let desired = spec.summary().hash();
         let primary = self.primary();
         let next = next_name(&primary);
@@ -1081,7 +1087,7 @@ impl Step for Replica {
 
     async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
         let docker = &self.shared.docker;
-        let spec = self.spec(ctx)?;
+        let spec = self.spec(ctx).await?;
         let desired = spec.summary();
         let primary = self.primary();
         let leftover = inspect(docker, &next_name(&primary)).await?.is_some();

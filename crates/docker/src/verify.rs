@@ -21,6 +21,7 @@ use bollard::Docker;
 use std::time::Duration;
 use taskctl_core::ops::{Check, OpsError};
 use taskctl_core::profile::Profile;
+use taskctl_core::secrets::Secrets;
 use taskctl_gates::{AgentEndpoint, Endpoints, RestartSource};
 use tokio_util::sync::CancellationToken;
 
@@ -66,15 +67,17 @@ async fn agent_containers(
 }
 
 /// Where the environment answers.
-pub async fn endpoints(docker: &Docker, profile: &Profile) -> Result<Endpoints, OpsError> {
+pub async fn endpoints(
+    docker: &Docker,
+    profile: &Profile,
+    secrets: &Secrets,
+) -> Result<Endpoints, OpsError> {
     let external = |e: Option<&taskctl_core::profile::External>| e.map(|e| e.url.clone());
     let services = &profile.services;
-    let broker_env = profile.agents.iter().find_map(|a| {
-        a.env
-            .iter()
-            .find(|v| v.name == "BROKER_URL")
-            .and_then(|v| v.value.clone())
-    });
+    let broker_env = match profile.agents.first() {
+        Some(agent) => agent_broker_url(agent, secrets).await?,
+        None => None,
+    };
     let mut agents = Vec::new();
     for (name, labels) in agent_containers(docker, profile).await? {
         let (Some(agent), Some(index), Some(slot)) = (
@@ -119,6 +122,56 @@ pub async fn endpoints(docker: &Docker, profile: &Profile) -> Result<Endpoints, 
     })
 }
 
+/// The broker URL an agent connects with, as the agent composes it:
+/// `BROKER_URL` (a value or a secret), with `BROKER_USERNAME` and
+/// `BROKER_PASSWORD` (values or secrets) put in its user info. The gates
+/// publish with the agents' own credentials and never show them.
+async fn agent_broker_url(
+    agent: &taskctl_core::profile::model::Agent,
+    secrets: &Secrets,
+) -> Result<Option<String>, OpsError> {
+    let value = |name: &str| {
+        agent.env.iter().find(|v| v.name == name).map(|v| {
+            (
+                v.value.clone(),
+                v.secret.as_ref().and_then(|s| s.get().cloned()),
+            )
+        })
+    };
+    let resolve = async |name: &str| -> Result<Option<String>, OpsError> {
+        match value(name) {
+            Some((Some(v), _)) => Ok(Some(v)),
+            Some((None, Some(r))) => secrets
+                .resolve(&r)
+                .await
+                .map(|r| Some(r.value.expose().to_string()))
+                .map_err(|e| OpsError::Provider(format!("agent `{}` env {name}: {e}", agent.name))),
+            _ => Ok(None),
+        }
+    };
+    let Some(url) = resolve("BROKER_URL").await? else {
+        return Ok(None);
+    };
+    let user = resolve("BROKER_USERNAME").await?;
+    let password = resolve("BROKER_PASSWORD").await?;
+    if user.is_none() && password.is_none() {
+        return Ok(Some(url));
+    }
+    let mut parsed = url::Url::parse(&url).map_err(|e| {
+        OpsError::Provider(format!(
+            "agent `{}` BROKER_URL is not a URL: {e}",
+            agent.name
+        ))
+    })?;
+    if let Some(user) = user {
+        let _ = parsed.set_username(&user);
+    }
+    if let Some(password) = password {
+        let _ = parsed.set_password(Some(&password));
+    }
+    Ok(Some(parsed.to_string()))
+}
+
 /// Restart counts and OOM kills of the environment's agent containers.
 struct Restarts<'a> {
     docker: &'a Docker,
@@ -152,11 +205,12 @@ impl RestartSource for Restarts<'_> {
 pub async fn verify(
     docker: &Docker,
     profile: &Profile,
+    secrets: &Secrets,
     cancel: &CancellationToken,
 ) -> Result<Vec<Check>, OpsError> {
     let window = duration_from_env("TASKCTL_WATCH_WINDOW", DEFAULT_WINDOW)?;
     let timeout = duration_from_env("TASKCTL_GATE_TIMEOUT", GATE_TIMEOUT)?;
-    let endpoints = endpoints(docker, profile).await?;
+    let endpoints = endpoints(docker, profile, secrets).await?;
     let (gates, skipped) = taskctl_gates::verification_gates(profile, &endpoints, timeout);
     for s in &skipped {
         tracing::info!(gate = %s.name, reason = %s.reason, "verification step skipped");

@@ -16,6 +16,7 @@ fn release(revision: u32, status: ReleaseStatus) -> Release {
         images: BTreeMap::new(),
         config_hashes: [("agent/a/env".to_string(), "ab".repeat(32))].into(),
         secret_refs: vec!["env:TOKEN".into()],
+        secret_versions: Default::default(),
         profile: serde_json::json!({"metadata": {"name": "rel-test"}}),
     }
 }

@@ -978,7 +978,7 @@ fn hpa(h: &taskctl_core::profile::HorizontalScaling) -> HpaView {
 /// has already reported.
 pub fn secret_key(r: &Checked<SecretRef>, mount: &str) -> Option<SecretKey> {
     let (secret, key) = match r.get()? {
-        SecretRef::Vault { path, key } => {
+        SecretRef::Vault { path, key, .. } => {
             let path = path
                 .strip_prefix(mount)
                 .and_then(|p| p.strip_prefix('/'))

@@ -165,6 +165,7 @@ pub struct ReleaseFacts {
     pub images: BTreeMap<String, String>,
     pub config_hashes: BTreeMap<String, String>,
     pub secret_refs: Vec<String>,
+    pub secret_versions: BTreeMap<String, u64>,
 }
 
 /// The result of one verification gate or rollback condition.

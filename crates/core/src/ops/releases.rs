@@ -184,6 +184,7 @@ impl Flow<'_> {
             images: facts.images,
             config_hashes: facts.config_hashes,
             secret_refs: facts.secret_refs,
+            secret_versions: facts.secret_versions,
             profile: serde_json::to_value(profile).map_err(|e| {
                 OpsError::Release(format!("cannot serialize the profile for the release: {e}"))
             })?,

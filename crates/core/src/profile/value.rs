@@ -387,8 +387,14 @@ impl VersionConstraint {
 /// profile, plan, journal or log; only this reference does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretRef {
-    /// `vault:PATH#KEY`: key KEY of the secret at PATH in Vault's KV store.
-    Vault { path: String, key: String },
+    /// `vault:PATH#KEY`: key KEY of the secret at PATH in Vault's KV store
+    /// (v2), latest version; `vault:PATH?version=N#KEY` pins version N
+    /// (release records pin what they ran, so a rollback restores it).
+    Vault {
+        path: String,
+        key: String,
+        version: Option<u64>,
+    },
     /// `env:NAME`: read from taskctl's environment at deploy time.
     Env { name: String },
 }
@@ -396,7 +402,16 @@ pub enum SecretRef {
 impl fmt::Display for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SecretRef::Vault { path, key } => write!(f, "vault:{path}#{key}"),
+            SecretRef::Vault {
+                path,
+                key,
+                version: None,
+            } => write!(f, "vault:{path}#{key}"),
+            SecretRef::Vault {
+                path,
+                key,
+                version: Some(v),
+            } => write!(f, "vault:{path}?version={v}#{key}"),
             SecretRef::Env { name } => write!(f, "env:{name}"),
         }
     }
@@ -412,13 +427,23 @@ impl Syntax for SecretRef {
             let (path, key) = rest
                 .split_once('#')
                 .ok_or_else(|| "a vault reference needs `#KEY` after the path".to_string())?;
+            let (path, version) = match path.split_once("?version=") {
+                Some((path, v)) => (
+                    path,
+                    Some(v.parse::<u64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                        format!("`?version={v}` must be a KV version number (1, 2, …)")
+                    })?),
+                ),
+                None => (path, None),
+            };
             let path = path.trim_matches('/');
-            if path.is_empty() || key.is_empty() || key.contains('#') {
+            if path.is_empty() || key.is_empty() || key.contains('#') || path.contains('?') {
                 return Err("malformed vault reference".into());
             }
             return Ok(SecretRef::Vault {
                 path: path.to_string(),
                 key: key.to_string(),
+                version,
             });
         }
         if let Some(name) = t.strip_prefix("env:") {
@@ -481,7 +506,8 @@ mod tests {
             SecretRef::parse("vault:secret/database#password").unwrap(),
             SecretRef::Vault {
                 path: "secret/database".into(),
-                key: "password".into()
+                key: "password".into(),
+                version: None,
             }
         );
         assert!(SecretRef::parse("hunter2").is_err());
@@ -490,5 +516,20 @@ mod tests {
             SecretRef::parse("env:PG_PASSWORD").unwrap().to_string(),
             "env:PG_PASSWORD"
         );
+        let pinned = SecretRef::parse("vault:secret/messaging?version=3#password").unwrap();
+        assert_eq!(
+            pinned,
+            SecretRef::Vault {
+                path: "secret/messaging".into(),
+                key: "password".into(),
+                version: Some(3),
+            }
+        );
+        assert_eq!(
+            pinned.to_string(),
+            "vault:secret/messaging?version=3#password"
+        );
+        assert!(SecretRef::parse("vault:secret/messaging?version=0#password").is_err());
+        assert!(SecretRef::parse("vault:secret/messaging?version=x#password").is_err());
     }
 }

@@ -518,6 +518,7 @@ async fn record(provider: &KubernetesProvider, profile: &Profile, revision: u32)
         images: facts.images,
         config_hashes: facts.config_hashes,
         secret_refs: facts.secret_refs,
+        secret_versions: facts.secret_versions,
         profile: serde_json::to_value(profile).unwrap(),
     }
 }

@@ -51,4 +51,7 @@ pub enum SecretKind {
     Rabbitmq,
     Postgres,
     Generic,
+    /// An Ed25519 key pair (`private_key`, `public_key`): the agents'
+    /// task-signing key.
+    Ed25519,
 }

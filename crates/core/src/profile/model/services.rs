@@ -32,9 +32,15 @@ pub struct Services {
 pub struct External {
     /// Address, e.g. `amqp://rabbitmq.internal:5672/%2f`; no credentials in it.
     pub url: String,
-    /// Credentials, as a secret reference.
+    /// Credentials, as a secret reference. For RabbitMQ: an
+    /// administrator's `user:password`, with which taskctl creates the
+    /// agents' broker user (`services.rabbitmq.credentials`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Checked<SecretRef>>,
+    /// RabbitMQ only: the management API (default: port 15672 of the
+    /// broker's host, over http).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

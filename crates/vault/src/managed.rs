@@ -1,0 +1,217 @@
+//! Secrets taskctl generates and rotates itself: the broker's, databases'
+//! and signing keys' credentials, kept in KV v2.
+
+use crate::{Secret, Vault, VaultError, generate};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+/// The username written into new rabbitmq/mongodb/postgres secrets.
+pub const USERNAME: &str = "taskctl";
+
+/// What a managed secret holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// username, password, erlang_cookie
+    Rabbitmq,
+    /// username, password, keyfile
+    Mongodb,
+    /// username, password
+    Postgres,
+    /// password
+    Generic,
+    /// private_key (base64 PKCS#8), public_key (base64, 32 bytes)
+    Ed25519,
+}
+
+impl Kind {
+    /// The keys a secret of this kind holds.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            Kind::Rabbitmq => &["username", "password", "erlang_cookie"],
+            Kind::Mongodb => &["username", "password", "keyfile"],
+            Kind::Postgres => &["username", "password"],
+            Kind::Generic => &["password"],
+            Kind::Ed25519 => &["private_key", "public_key"],
+        }
+    }
+
+    /// New values; `username` kept when given.
+    fn generate(self, username: Option<Secret>) -> BTreeMap<String, Secret> {
+        let user = || username.clone().unwrap_or_else(|| Secret::new(USERNAME));
+        let mut m = BTreeMap::new();
+        let mut put = |k: &str, v: Secret| {
+            m.insert(k.to_string(), v);
+        };
+        match self {
+            Kind::Rabbitmq => {
+                put("username", user());
+                put("password", generate::password(32));
+                put("erlang_cookie", generate::erlang_cookie());
+            }
+            Kind::Mongodb => {
+                put("username", user());
+                put("password", generate::password(32));
+                put("keyfile", generate::mongodb_keyfile());
+            }
+            Kind::Postgres => {
+                put("username", user());
+                put("password", generate::password(32));
+            }
+            Kind::Generic => put("password", generate::password(32)),
+            Kind::Ed25519 => {
+                let (private, public) = generate::ed25519_keypair();
+                put("private_key", private);
+                put("public_key", Secret::new(public));
+            }
+        }
+        m
+    }
+}
+
+/// A secret taskctl owns at `mount/path`, rotated every `rotation` if set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Managed {
+    pub mount: String,
+    pub path: String,
+    pub kind: Kind,
+    pub rotation: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Rotated,
+    Unchanged,
+}
+
+/// The state after [`ensure`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub version: u64,
+    pub created: SystemTime,
+    pub action: Action,
+}
+
+/// Creates the secret when absent (check-and-set 0), rotates it (new values,
+/// check-and-set on the current version, username kept) when `force` or when
+/// the current version is older than `rotation` at `now`; else leaves it.
+/// A concurrent writer makes this fail with [`VaultError::CasConflict`]
+/// rather than overwrite.
+pub async fn ensure(
+    v: &Vault,
+    m: &Managed,
+    now: SystemTime,
+    force: bool,
+) -> Result<Outcome, VaultError> {
+    let Some(meta) = live_metadata(v, m).await? else {
+        let (version, created) = v
+            .write_meta(&m.mount, &m.path, &m.kind.generate(None), Some(0))
+            .await?;
+        return Ok(Outcome {
+            version,
+            created,
+            action: Action::Created,
+        });
+    };
+    let current = meta.current_version;
+    let created = meta.created(current);
+    let due = match (created, m.rotation) {
+        (Some(c), Some(r)) => c.checked_add(r).is_none_or(|next| next <= now),
+        _ => false,
+    };
+    // A deleted or destroyed current version has no values to keep using.
+    let gone = meta.gone(current) || created.is_none();
+    if !(force || due || gone) {
+        return Ok(Outcome {
+            version: current,
+            created: created.unwrap_or(SystemTime::UNIX_EPOCH),
+            action: Action::Unchanged,
+        });
+    }
+    let username = if gone || !m.kind.keys().contains(&"username") {
+        None
+    } else {
+        v.read(&m.mount, &m.path, Some(current))
+            .await?
+            .data
+            .remove("username")
+    };
+    let (version, created) = v
+        .write_meta(&m.mount, &m.path, &m.kind.generate(username), Some(current))
+        .await?;
+    Ok(Outcome {
+        version,
+        created,
+        action: Action::Rotated,
+    })
+}
+
+/// The rotation state of a managed secret at `now`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// None when the secret does not exist yet.
+    pub version: Option<u64>,
+    pub created: Option<SystemTime>,
+    /// None without a rotation period (or without a secret).
+    pub next_rotation: Option<SystemTime>,
+    /// Whether [`ensure`] would write: absent, deleted, or rotation due.
+    pub due: bool,
+}
+
+pub async fn status(v: &Vault, m: &Managed, now: SystemTime) -> Result<Status, VaultError> {
+    let Some(meta) = live_metadata(v, m).await? else {
+        return Ok(Status {
+            version: None,
+            created: None,
+            next_rotation: None,
+            due: true,
+        });
+    };
+    let current = meta.current_version;
+    let created = meta.created(current);
+    let next_rotation = match (created, m.rotation) {
+        (Some(c), Some(r)) => c.checked_add(r),
+        _ => None,
+    };
+    let due = meta.gone(current) || created.is_none() || next_rotation.is_some_and(|n| n <= now);
+    Ok(Status {
+        version: Some(current),
+        created,
+        next_rotation,
+        due,
+    })
+}
+
+/// Metadata, None when absent (also when all of it was deleted: version 0).
+async fn live_metadata(v: &Vault, m: &Managed) -> Result<Option<crate::KvMetadata>, VaultError> {
+    Ok(v.metadata(&m.mount, &m.path)
+        .await?
+        .filter(|meta| meta.current_version > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_match_kind() {
+        for kind in [
+            Kind::Rabbitmq,
+            Kind::Mongodb,
+            Kind::Postgres,
+            Kind::Generic,
+            Kind::Ed25519,
+        ] {
+            let data = kind.generate(None);
+            let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+            let mut want = kind.keys().to_vec();
+            want.sort_unstable();
+            assert_eq!(keys, want, "{kind:?}");
+            if let Some(u) = data.get("username") {
+                assert_eq!(u.expose(), USERNAME);
+            }
+        }
+        let kept = Kind::Postgres.generate(Some(Secret::new("app")));
+        assert_eq!(kept["username"].expose(), "app");
+    }
+}

@@ -1,0 +1,131 @@
+//! `taskctl secrets status` and `taskctl secrets rotate`.
+
+use crate::cli::{DeployArgs, OutputFormat, RotateArgs, ScopeArgs, SecretsCommand};
+use crate::context::Context;
+use crate::exit;
+use crate::secrets;
+use crate::ui::{Shell, StatusStyle};
+
+pub fn exec(ctx: &Context, shell: &mut Shell, command: SecretsCommand) -> anyhow::Result<u8> {
+    match command {
+        SecretsCommand::Status => status(ctx, shell),
+        SecretsCommand::Rotate(args) => rotate(ctx, shell, args),
+    }
+}
+
+fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
+    let profile = ctx.valid_profile(shell)?;
+    if profile.secrets.entries.is_empty() {
+        shell.status(
+            StatusStyle::Warning,
+            "secrets",
+            "the profile manages no secret (`secrets.entries` is empty)",
+        );
+        if ctx.output == OutputFormat::Json {
+            shell.data(&Vec::<secrets::StatusRow>::new())?;
+        }
+        return Ok(exit::SUCCESS);
+    }
+    let rt = ctx.runtime()?;
+    let (_, vault) = secrets::resolver(&profile);
+    let rows = rt
+        .block_on(secrets::status(&profile, &vault))
+        .map_err(anyhow::Error::msg)?;
+    match ctx.output {
+        OutputFormat::Table => shell.text(&table(&rows))?,
+        _ => shell.data(&rows)?,
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn table(rows: &[secrets::StatusRow]) -> String {
+    let mut out = vec![[
+        "NAME".to_string(),
+        "PATH".into(),
+        "TYPE".into(),
+        "VERSION".into(),
+        "AGE".into(),
+        "NEXT ROTATION".into(),
+        "STATE".into(),
+        "CONSUMERS".into(),
+    ]];
+    for r in rows {
+        out.push([
+            r.name.clone(),
+            r.path.clone(),
+            r.kind.clone(),
+            r.version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.age_seconds
+                .map(|s| {
+                    humantime::format_duration(std::time::Duration::from_secs(s - s % 60))
+                        .to_string()
+                })
+                .map(|s| if s == "0s" { "<1m".into() } else { s })
+                .unwrap_or_else(|| "-".into()),
+            r.next_rotation.clone().unwrap_or_else(|| "-".into()),
+            r.state.clone(),
+            if r.consumers.is_empty() {
+                "-".into()
+            } else {
+                r.consumers.join(", ")
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| out.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for row in &out {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+fn rotate(ctx: &Context, shell: &mut Shell, args: RotateArgs) -> anyhow::Result<u8> {
+    if args.vault_only {
+        let profile = ctx.valid_profile(shell)?;
+        let rt = ctx.runtime()?;
+        let (_, vault) = secrets::resolver(&profile);
+        let versions = rt
+            .block_on(secrets::rotate_in_vault(&profile, &vault, &args.names))
+            .map_err(anyhow::Error::msg)?;
+        for (name, version) in &versions {
+            shell.status(
+                StatusStyle::Ok,
+                "rotated",
+                &format!(
+                    "{name}: version {version} in Vault; consumers move to it at the next deploy"
+                ),
+            );
+        }
+        if ctx.output == OutputFormat::Json {
+            shell.data(&versions)?;
+        }
+        return Ok(exit::SUCCESS);
+    }
+    super::deploy::deploy_with(
+        ctx,
+        shell,
+        DeployArgs {
+            scope: ScopeArgs {
+                only: Vec::new(),
+                parallelism: 10,
+            },
+            plan: None,
+            dry_run: false,
+            grace: args.grace,
+            skip_preflight: false,
+            force_conflicts: false,
+            prune_all: false,
+        },
+        args.names,
+    )
+}
