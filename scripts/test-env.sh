@@ -534,6 +534,10 @@ stop_prometheus() { stop_pid prometheus && wait_port_free prometheus "$PROM_PORT
 
 # ---------------------------------------------------------------- commands
 
+# VAULT_ADDR/VAULT_TOKEN and TASKCTL_AMQP_ADMIN are the well-known
+# credentials of these loopback development servers (OpenBao's dev root
+# token, RabbitMQ's loopback-only guest), for `taskctl deploy -p
+# profiles/local.yaml` in the same shell; never use them for a real server.
 print_env() {
     printf 'export %s=%q\n' \
         TASKCTL_TEST_AWS_ENDPOINT "http://$HOST:$MOTO_PORT" \
@@ -544,7 +548,11 @@ print_env() {
         TASKCTL_TEST_PROMETHEUS_URL "http://$HOST:$PROM_PORT" \
         TASKCTL_TEST_PROMETHEUS_SD_DIR "$(svc_dir prometheus)/targets" \
         TASKCTL_PROMETHEUS_SD_DIR "$(svc_dir prometheus)/targets" \
-        TASKCTL_TEST_ENV_SCRIPT "$SCRIPT_PATH"
+        TASKCTL_TEST_ENV_SCRIPT "$SCRIPT_PATH" \
+        TASKCTL_TEST_BAO_BIN "$VENV/bin/bao" \
+        VAULT_ADDR "http://$HOST:$BAO_PORT" \
+        VAULT_TOKEN root \
+        TASKCTL_AMQP_ADMIN guest:guest
 }
 
 check_service() {

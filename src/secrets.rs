@@ -155,6 +155,12 @@ pub fn entries(profile: &Profile) -> Vec<Entry> {
                         SecretKind::Ed25519 => managed::Kind::Ed25519,
                     },
                     rotation: e.rotation.as_ref().and_then(|r| r.get()).map(|d| d.0),
+                    // One broker or database user per environment, so two
+                    // environments sharing a server never fight over one.
+                    username: Some(format!(
+                        "taskctl-{}-{}",
+                        profile.metadata.name, profile.metadata.environment
+                    )),
                 },
             }
         })

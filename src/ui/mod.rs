@@ -38,8 +38,12 @@ impl Shell {
             (false, 2) => "debug",
             _ => "trace",
         };
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        // vaultrs logs every non-2xx answer at ERROR, including the 404 of
+        // a secret taskctl is about to create; taskctl reports Vault's
+        // errors itself, with the path.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{level},vaultrs=off,rustify=off"))
+        });
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(crate::redact::stderr)

@@ -183,9 +183,11 @@ impl Secrets {
                 reference: r.to_string(),
                 message,
             })?;
-        for value in read.data.values() {
+        for (key, value) in &read.data {
             // Usernames are not secret, and masking them garbles output.
-            self.redactor.register(value);
+            if key != "username" {
+                self.redactor.register(value);
+            }
         }
         cache.insert((path.to_string(), version), read.clone());
         if version.is_none() {

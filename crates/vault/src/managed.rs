@@ -75,6 +75,9 @@ pub struct Managed {
     pub path: String,
     pub kind: Kind,
     pub rotation: Option<Duration>,
+    /// The username of a new secret ([`USERNAME`] when `None`); a rotation
+    /// keeps the one in Vault.
+    pub username: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +108,12 @@ pub async fn ensure(
 ) -> Result<Outcome, VaultError> {
     let Some(meta) = live_metadata(v, m).await? else {
         let (version, created) = v
-            .write_meta(&m.mount, &m.path, &m.kind.generate(None), Some(0))
+            .write_meta(
+                &m.mount,
+                &m.path,
+                &m.kind.generate(m.username.clone().map(Secret::new)),
+                Some(0),
+            )
             .await?;
         return Ok(Outcome {
             version,

@@ -166,6 +166,7 @@ async fn managed_create_rotate_and_due() {
         path: unique("managed/rabbitmq"),
         kind: Kind::Rabbitmq,
         rotation: Some(30 * day),
+        username: None,
     };
     let now = SystemTime::now();
 
@@ -230,6 +231,7 @@ async fn managed_create_rotate_and_due() {
         path: unique("managed/signing"),
         kind: Kind::Ed25519,
         rotation: None,
+        username: None,
     };
     assert_eq!(
         managed::ensure(&v, &k, now, false).await.unwrap().action,
@@ -245,6 +247,7 @@ async fn managed_create_rotate_and_due() {
         path: unique("managed/generic"),
         kind: Kind::Generic,
         rotation: Some(day),
+        username: None,
     };
     assert_eq!(
         managed::ensure(&v, &g, now, false).await.unwrap().action,
