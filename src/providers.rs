@@ -50,22 +50,28 @@ pub async fn for_profile_with(
             ))
         }
         TargetKind::Aws => Ok(Box::new(
-            crate::eks::EksStack::connect(profile, kube_options(&options)).await?,
+            crate::eks::EksStack::connect(profile, kube_options(profile, &options)).await?,
         )),
         TargetKind::Kubernetes => Ok(Box::new(
-            taskctl_kube::KubernetesProvider::connect(profile, kube_options(&options)).await?,
+            taskctl_kube::KubernetesProvider::connect(profile, kube_options(profile, &options))
+                .await?,
         )),
     }
 }
 
 /// How the in-cluster layers apply, for the `kubernetes` and `aws` targets.
-fn kube_options(options: &ProviderOptions) -> taskctl_kube::KubeOptions {
+/// The resolver makes the Secrets the workloads reference (Vault is
+/// connected on first use, so a profile without `vault:` references never
+/// needs one).
+fn kube_options(profile: &Profile, options: &ProviderOptions) -> taskctl_kube::KubeOptions {
+    let (secrets, _vault) = crate::secrets::resolver(profile);
     taskctl_kube::KubeOptions {
         templates: std::env::var_os("TASKCTL_TEMPLATES")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| "templates".into()),
         force_conflicts: options.force_conflicts,
         prune_all: options.prune_all,
+        secrets: Some(secrets),
         ..Default::default()
     }
 }

@@ -7,7 +7,7 @@
 //! environment (a unique `metadata.name`) and only looks at what carries
 //! that environment's tag.
 
-use crate::harness::{repo_root, stderr, stdout};
+use crate::harness::{ProductionSecrets, repo_root, stderr, stdout, vault};
 use kube_double::KubeDouble;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -29,6 +29,9 @@ struct Env {
     /// after it) while the test thread waits for taskctl.
     cluster: Option<KubeDouble>,
     _runtime: Option<tokio::runtime::Runtime>,
+    /// The values of the profile's secret references, at this test's own
+    /// Vault paths.
+    _secrets: ProductionSecrets,
 }
 
 impl Env {
@@ -43,10 +46,15 @@ impl Env {
             .subsec_nanos();
         let name = format!("{prefix}-{:x}{:x}", std::process::id(), nanos);
         let production = repo_root().join("profiles/production.yaml");
+        let secrets = ProductionSecrets::write(format!("taskctl/test/{name}"));
         let overlay = dir.path().join("env.yaml");
         std::fs::write(
             &overlay,
-            format!("apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}]\nmetadata:\n  name: {name}\n", production.display()),
+            format!(
+                "apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}]\nmetadata:\n  name: {name}\n{}",
+                production.display(),
+                secrets.layer()
+            ),
         )
         .unwrap();
         Env {
@@ -55,6 +63,7 @@ impl Env {
             profiles: vec![overlay],
             cluster: None,
             _runtime: None,
+            _secrets: secrets,
         }
     }
 
@@ -109,6 +118,8 @@ impl Env {
             .env("TASKCTL_TEMPLATES", repo_root().join("templates"))
             // The rollback conditions are watched, briefly.
             .env("TASKCTL_WATCH_WINDOW", "1s")
+            .env("VAULT_ADDR", vault().0)
+            .env("VAULT_TOKEN", vault().1)
             .env_remove("AWS_PROFILE")
             .env_remove("TASKCTL_PROFILE")
             .env_remove("TASKCTL_ENV");
@@ -290,6 +301,7 @@ fn plan_deploy_replan_and_destroy() {
             &"kubernetes/namespaces",
             &"kubernetes/rbac",
             &"kubernetes/config",
+            &"kubernetes/secrets",
             &"kubernetes/storage",
             &"kubernetes/workloads",
             &"kubernetes/autoscalers"
@@ -333,7 +345,7 @@ fn plan_deploy_replan_and_destroy() {
         .find(|e| e["event"] == "run_finished")
         .unwrap();
     assert_eq!(finished["outcome"], "succeeded");
-    assert_eq!(finished["changed"], 25);
+    assert_eq!(finished["changed"], 26);
 
     let l = env.listing();
     assert_one_of_each(&l);

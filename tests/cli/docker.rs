@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const AGENT: &str = "automated-task-executor";
+pub(crate) const AGENT: &str = "automated-task-executor";
 
-fn required(var: &str) -> String {
+pub(crate) fn required(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!(
             "{var} is not set: these tests need the servers of scripts/test-env.sh; run them with scripts/test.sh, or `eval \"$(scripts/test-env.sh up)\"` first"
@@ -42,7 +42,7 @@ fn agent_binary() -> PathBuf {
     path
 }
 
-fn docker(args: &[&str]) -> String {
+pub(crate) fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -76,21 +76,21 @@ fn free_bases() -> (u16, u16) {
     panic!("no free port range found");
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    name: String,
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) name: String,
     profiles: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct Agent {
-    id: String,
-    name: String,
-    health: String,
+pub(crate) struct Agent {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) health: String,
 }
 
 impl Env {
-    fn new(prefix: &str) -> Env {
+    pub(crate) fn new(prefix: &str) -> Env {
         // The broker: local.yaml's default, amqp://127.0.0.1:5672/%2f as
         // guest, which RabbitMQ accepts from loopback (the test env's).
         required("TASKCTL_TEST_AMQP_URL");
@@ -137,12 +137,22 @@ agents:
         }
     }
 
-    fn label(&self) -> String {
+    /// Where this environment's managed secrets live in Vault.
+    pub(crate) fn secrets_path(&self) -> String {
+        format!("secret/taskctl/test/{}", self.name)
+    }
+
+    /// The agents' broker user taskctl makes for this environment.
+    pub(crate) fn broker_user(&self) -> String {
+        format!("taskctl-{}-development", self.name)
+    }
+
+    pub(crate) fn label(&self) -> String {
         format!("taskctl.dev/environment={}.development", self.name)
     }
 
     /// Adds a profile layer over the environment.
-    fn layer(&mut self, file: &str, yaml: &str) {
+    pub(crate) fn layer(&mut self, file: &str, yaml: &str) {
         let path = self.dir.path().join(file);
         std::fs::write(
             &path,
@@ -152,7 +162,7 @@ agents:
         self.profiles.push(path);
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskctl"));
         cmd.args(args);
         for p in &self.profiles {
@@ -163,11 +173,13 @@ agents:
             .env("TASKCTL_AGENT_BINARY", agent_binary())
             .env_remove("TASKCTL_PROFILE")
             .env_remove("TASKCTL_ENV")
-            .env_remove("TASKCTL_AMQP_URL");
+            .env_remove("TASKCTL_AMQP_URL")
+            // Each environment's managed secrets at their own Vault path.
+            .env("TASKCTL_SECRETS_PATH", self.secrets_path());
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command(args).stdin(Stdio::null()).output().unwrap()
     }
 
@@ -184,7 +196,7 @@ agents:
     }
 
     /// The environment's agent containers, running or not, by name.
-    fn agents(&self) -> Vec<Agent> {
+    pub(crate) fn agents(&self) -> Vec<Agent> {
         let out = docker(&[
             "ps",
             "-a",
@@ -216,7 +228,7 @@ agents:
     }
 
     /// Exactly the three primaries, all healthy, no leftover.
-    fn assert_three_healthy(&self) -> Vec<Agent> {
+    pub(crate) fn assert_three_healthy(&self) -> Vec<Agent> {
         let agents = self.agents();
         let names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(
@@ -230,7 +242,7 @@ agents:
         agents
     }
 
-    fn inspect(&self, name: &str, format: &str) -> String {
+    pub(crate) fn inspect(&self, name: &str, format: &str) -> String {
         docker(&["inspect", "--format", format, name])
             .trim()
             .to_string()
@@ -252,6 +264,27 @@ impl Drop for Env {
         let _ = Command::new("docker")
             .args(["network", "rm", &format!("{}-net", self.name)])
             .output();
+        // The shared servers keep nothing of the test: its broker user and
+        // its secrets.
+        if let Ok(mgmt) = std::env::var("TASKCTL_TEST_RABBITMQ_MGMT_URL") {
+            let _ = Command::new("curl")
+                .args(["-s", "-u", "guest:guest", "-X", "DELETE"])
+                .arg(format!("{mgmt}/api/users/{}", self.broker_user()))
+                .output();
+        }
+        if let (Ok(addr), Ok(token)) = (
+            std::env::var("TASKCTL_TEST_VAULT_ADDR"),
+            std::env::var("TASKCTL_TEST_VAULT_TOKEN"),
+        ) {
+            let _ = Command::new("curl")
+                .args(["-s", "-X", "DELETE", "-H"])
+                .arg(format!("X-Vault-Token: {token}"))
+                .arg(format!(
+                    "{addr}/v1/secret/metadata/taskctl/test/{}/messaging",
+                    self.name
+                ))
+                .output();
+        }
     }
 }
 
@@ -263,7 +296,7 @@ fn ids(agents: &[Agent]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -362,10 +395,12 @@ fn deploy_builds_the_image_runs_healthy_labelled_agents_and_redeploy_is_a_no_op(
         );
         assert_eq!(labels["taskctl.dev/spec-hash"].as_str().unwrap().len(), 64);
         let env_vars = env.inspect(&a.name, "{{json .Config.Env}}");
+        // A secret is a file (mode 0400 in /run/secrets), never a variable.
         assert!(
-            env_vars.contains(&format!("API_TOKEN={token}")),
+            env_vars.contains("API_TOKEN_FILE=/run/secrets/api_token"),
             "{env_vars}"
         );
+        assert!(!env_vars.contains(&token), "the secret is in the env");
         assert_eq!(env.inspect(&a.name, "{{.HostConfig.NetworkMode}}"), "host");
         assert_eq!(
             env.inspect(&a.name, "{{.HostConfig.NanoCpus}}"),
@@ -645,7 +680,7 @@ fn destroy_removes_containers_and_network_and_keeps_volumes_unless_purged() {
 
 /// Runs taskctl with short gate timeouts and watch window, as CI would
 /// (`CI` set: nobody can be asked for an approval).
-fn quick(env: &Env, args: &[&str]) -> Output {
+pub(crate) fn quick(env: &Env, args: &[&str]) -> Output {
     env.command(args)
         .env("TASKCTL_GATE_TIMEOUT", "10s")
         .env("TASKCTL_WATCH_WINDOW", "2s")
@@ -655,7 +690,7 @@ fn quick(env: &Env, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn history(env: &Env) -> Vec<(u64, String, String)> {
+pub(crate) fn history(env: &Env) -> Vec<(u64, String, String)> {
     let out = quick(env, &["history", "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

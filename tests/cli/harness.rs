@@ -70,3 +70,82 @@ pub fn profile(name: &str) -> String {
         .display()
         .to_string()
 }
+
+/// The OpenBao dev server of `scripts/test-env.sh`: address and token.
+pub fn vault() -> (String, String) {
+    let var = |n: &str| {
+        std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set (scripts/test-env.sh up)"))
+    };
+    (
+        var("TASKCTL_TEST_VAULT_ADDR"),
+        var("TASKCTL_TEST_VAULT_TOKEN"),
+    )
+}
+
+/// Writes `data` (JSON) as a new KV v2 version of `secret/<path>`.
+pub fn vault_write(path: &str, data: &str) {
+    let (addr, token) = vault();
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "-X", "POST", "-H"])
+        .arg(format!("X-Vault-Token: {token}"))
+        .arg("-d")
+        .arg(format!("{{\"data\":{data}}}"))
+        .arg(format!("{addr}/v1/secret/data/{path}"))
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "writing secret/{path} to Vault failed"
+    );
+}
+
+/// The secrets the production profile references, written to Vault under
+/// `secret/<prefix>/…` (tests run in parallel, so each has its own), and
+/// the profile layer that points the profile's references there. Remove
+/// them with [`ProductionSecrets::drop`].
+pub struct ProductionSecrets {
+    pub prefix: String,
+}
+
+impl ProductionSecrets {
+    pub fn write(prefix: String) -> ProductionSecrets {
+        vault_write(
+            &format!("{prefix}/messaging"),
+            r#"{"username":"taskctl","password":"k8s-amqp-password-1","erlang_cookie":"k8s-erlang-cookie-1"}"#,
+        );
+        vault_write(
+            &format!("{prefix}/database"),
+            r#"{"replica_set_key":"k8s-mongo-keyfile-1","root_password":"k8s-mongo-root-1"}"#,
+        );
+        vault_write(
+            &format!("{prefix}/postgres"),
+            r#"{"password":"k8s-postgres-password-1"}"#,
+        );
+        ProductionSecrets { prefix }
+    }
+
+    /// The profile layer (YAML, without the header) with every reference
+    /// of the production profile pointed at this test's paths.
+    pub fn layer(&self) -> String {
+        let v = format!("vault:secret/{}", self.prefix);
+        format!(
+            "services:\n  rabbitmq:\n    credentials: {v}/messaging#password\n    erlang_cookie: {v}/messaging#erlang_cookie\n\
+             \x20 mongodb:\n    keyfile: {v}/database#replica_set_key\n    root_password: {v}/database#root_password\n\
+             \x20 postgres:\n    password: {v}/postgres#password\n\
+             agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n"
+        )
+    }
+}
+
+impl Drop for ProductionSecrets {
+    fn drop(&mut self) {
+        let (addr, token) = vault();
+        for name in ["messaging", "database", "postgres"] {
+            let _ = std::process::Command::new("curl")
+                .args(["-s", "-X", "DELETE", "-H"])
+                .arg(format!("X-Vault-Token: {token}"))
+                .arg(format!("{addr}/v1/secret/metadata/{}/{name}", self.prefix))
+                .output();
+        }
+    }
+}

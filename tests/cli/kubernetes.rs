@@ -3,7 +3,7 @@
 //! random loopback port; no real cluster can run here), reached through a
 //! kubeconfig file in `KUBECONFIG` as a user's would be.
 
-use crate::harness::{repo_root, stderr, stdout};
+use crate::harness::{ProductionSecrets, repo_root, stderr, stdout, vault};
 use kube_double::{Config, KubeDouble};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -13,6 +13,9 @@ struct Env {
     dir: tempfile::TempDir,
     double: KubeDouble,
     profile: PathBuf,
+    /// This test's Vault paths: the deploy makes the Secrets the
+    /// workloads reference from them.
+    _secrets: ProductionSecrets,
 }
 
 impl Env {
@@ -25,12 +28,21 @@ impl Env {
         .expect("kube-double listens");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kubeconfig"), double.kubeconfig()).unwrap();
+        let unique = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_ascii_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        let secrets = ProductionSecrets::write(format!("taskctl/test/k8s-{unique}"));
         let profile = dir.path().join("cluster.yaml");
         std::fs::write(
             &profile,
             format!(
-                "apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}]\ntarget:\n  kind: kubernetes\n  kubernetes:\n    context: double\n",
-                repo_root().join("profiles/production.yaml").display()
+                "apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}]\ntarget:\n  kind: kubernetes\n  kubernetes:\n    context: double\n{}",
+                repo_root().join("profiles/production.yaml").display(),
+                secrets.layer()
             ),
         )
         .unwrap();
@@ -38,6 +50,7 @@ impl Env {
             dir,
             double,
             profile,
+            _secrets: secrets,
         }
     }
 
@@ -57,6 +70,8 @@ impl Env {
             .env("TASKCTL_TEMPLATES", repo_root().join("templates"))
             // The rollback conditions are watched, briefly.
             .env("TASKCTL_WATCH_WINDOW", "1s")
+            .env("VAULT_ADDR", vault().0)
+            .env("VAULT_TOKEN", vault().1)
             .env_remove("TASKCTL_PROFILE")
             .env_remove("TASKCTL_ENV")
             .stdin(Stdio::null());

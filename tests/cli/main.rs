@@ -11,6 +11,7 @@ mod probe;
 mod releases;
 mod render;
 mod schema;
+mod secrets;
 mod state;
 mod state_s3;
 mod validate;

@@ -44,6 +44,7 @@ impl ProbeReport {
 }
 
 pub struct Probe {
+    count: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
     started: Arc<AtomicBool>,
     thread: JoinHandle<Result<ProbeReport, String>>,
@@ -63,16 +64,17 @@ impl Probe {
     ) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let thread = {
             let (url, queue, message) = (amqp_url.to_owned(), queue.to_owned(), message.to_owned());
-            let (stop, started) = (stop.clone(), started.clone());
+            let (stop, started, count) = (stop.clone(), started.clone(), count.clone());
             std::thread::spawn(move || {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?
                     .block_on(run(
-                        &url, &queue, &message, every, delay_ms, &stop, &started,
+                        &url, &queue, &message, every, delay_ms, &stop, &started, &count,
                     ))
             })
         };
@@ -86,10 +88,16 @@ impl Probe {
             std::thread::sleep(Duration::from_millis(50));
         }
         Probe {
+            count,
             stop,
             started,
             thread,
         }
+    }
+
+    /// Tasks the broker confirmed so far.
+    pub fn published(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
     }
 
     /// Stops publishing and waits (up to 90 s) for the result of every
@@ -111,6 +119,7 @@ fn epoch_ms() -> u64 {
         .unwrap_or_default()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     url: &str,
     queue: &str,
@@ -119,6 +128,7 @@ async fn run(
     delay_ms: u64,
     stop: &AtomicBool,
     started: &AtomicBool,
+    count: &std::sync::atomic::AtomicUsize,
 ) -> Result<ProbeReport, String> {
     let connection = Connection::connect(
         url,
@@ -212,7 +222,10 @@ async fn run(
             .await
             .map_err(|e| format!("confirming {id}: {e}"))?;
         match confirm {
-            Confirmation::Ack(None) => published.push(id),
+            Confirmation::Ack(None) => {
+                published.push(id);
+                count.fetch_add(1, Ordering::SeqCst);
+            }
             other => {
                 return Err(format!(
                     "task {id} was not accepted into `{queue}`: {other:?}"

@@ -65,12 +65,15 @@ pub struct Resolved {
     pub version: Option<u64>,
 }
 
+/// Reads an environment variable (the process's, or a test's map).
+type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The run's secret resolver (shared by every step; reads are cached so a
 /// path is read once per version per run).
 pub struct Secrets {
     vault: Option<Arc<dyn VaultBackend>>,
     redactor: Redactor,
-    env: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    env: EnvLookup,
     cache: tokio::sync::Mutex<BTreeMap<(String, Option<u64>), KvRead>>,
     used: Mutex<BTreeMap<String, u64>>,
     /// Vault paths a step of this run is about to create or rotate: plans

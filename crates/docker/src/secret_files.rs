@@ -15,6 +15,7 @@ use bollard::Docker;
 use bollard::models::{Mount, MountTypeEnum};
 use std::collections::BTreeMap;
 use taskctl_core::engine::{ErrorKind, StepError};
+use taskctl_core::profile::value::SecretRef;
 use taskctl_core::secrets::{Secret, Secrets};
 
 /// Where secret files are mounted in every container taskctl runs.
@@ -49,7 +50,8 @@ pub async fn versions(
 ) -> Result<Versions, StepError> {
     let mut out = Versions::new();
     for (name, source) in env {
-        if let EnvSource::Secret(r) = source {
+        // Only Vault secrets have versions; an `env:` one is read at apply.
+        if let EnvSource::Secret(r @ SecretRef::Vault { .. }) = source {
             if secrets.is_pending(r) {
                 out.insert(name.clone(), NEXT);
                 continue;
@@ -151,7 +153,7 @@ pub async fn upload(docker: &Docker, name: &str, d: &Delivery, uid: u64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use taskctl_core::profile::value::{SecretRef, Syntax};
+    use taskctl_core::profile::value::Syntax;
 
     #[tokio::test]
     async fn secrets_become_files_and_literals_stay_variables() {

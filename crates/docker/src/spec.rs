@@ -373,11 +373,23 @@ pub fn secret_refs(profile: &Profile) -> Vec<String> {
 pub fn shown(source: &EnvSource, version: Option<u64>) -> String {
     match source {
         EnvSource::Literal(v) => format!("sha256:{}", &sha256_hex(v.as_bytes())[..12]),
-        EnvSource::Secret(r) => match version {
-            Some(crate::secret_files::NEXT) => format!("{r} (new version)"),
-            Some(v) => format!("{r} (version {v})"),
-            None => r.to_string(),
-        },
+        EnvSource::Secret(r) => {
+            // The reference without its pin: a release restored at the
+            // version that runs is the same spec, and replaces nothing.
+            let r = match r {
+                SecretRef::Vault { path, key, .. } => SecretRef::Vault {
+                    path: path.clone(),
+                    key: key.clone(),
+                    version: None,
+                },
+                other => other.clone(),
+            };
+            match version {
+                Some(crate::secret_files::NEXT) => format!("{r} (new version)"),
+                Some(v) => format!("{r} (version {v})"),
+                None => r.to_string(),
+            }
+        }
     }
 }
 

@@ -15,6 +15,9 @@
 //!   step per apply level, server-side apply, readiness waits, prune
 //!   ([`provider`]), releases kept as Secrets in the cluster ([`release`]),
 //!   one deploy at a time per environment through a Lease ([`lock`]).
+//! - [`secrets`]: the Secrets the workloads reference, made from Vault (or
+//!   the environment) at deploy time, and the checksum annotation that rolls
+//!   a workload when a secret it uses gets a new version.
 //!
 //! Rendering, checking and readiness do no I/O beyond reading the
 //! templates; [`cluster`] is where the `kube` client is used.
@@ -30,6 +33,7 @@ pub mod release;
 pub mod render;
 pub mod resources;
 pub mod schema;
+pub mod secrets;
 pub mod template_helpers;
 pub mod verify;
 pub mod view;

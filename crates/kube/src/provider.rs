@@ -90,6 +90,13 @@ pub struct KubeOptions {
     /// How long the automatic-rollback conditions are watched after a
     /// rollout; `None`: `TASKCTL_WATCH_WINDOW`, else 10 s.
     pub watch_window: Option<Duration>,
+    /// Resolves the secret references of the rendered workloads. With one,
+    /// the deploy makes every Secret they reference (the
+    /// `kubernetes/secrets` step, before the workloads) and stamps each
+    /// rolling workload with `taskctl.dev/secret-checksum`; without one,
+    /// nothing is made and a referenced Secret missing from the cluster
+    /// fails the plan (see [`crate::secrets`]).
+    pub secrets: Option<Arc<taskctl_core::secrets::Secrets>>,
 }
 
 impl Default for KubeOptions {
@@ -104,13 +111,14 @@ impl Default for KubeOptions {
             lock_ttl: Duration::from_secs(120),
             holder: None,
             watch_window: None,
+            secrets: None,
         }
     }
 }
 
-struct Shared {
-    client: ClientSource,
-    options: KubeOptions,
+pub(crate) struct Shared {
+    pub(crate) client: ClientSource,
+    pub(crate) options: KubeOptions,
     /// Environment label → the Lease held for it.
     locks: tokio::sync::Mutex<BTreeMap<String, LeaseGuard>>,
 }
@@ -126,7 +134,11 @@ impl Shared {
     }
 
     /// Takes the environment's Lease unless this provider holds it already.
-    async fn ensure_locked(&self, client: &Client, environment: &str) -> Result<(), StepError> {
+    pub(crate) async fn ensure_locked(
+        &self,
+        client: &Client,
+        environment: &str,
+    ) -> Result<(), StepError> {
         let mut locks = self.locks.lock().await;
         if locks.contains_key(environment) {
             return Ok(());
@@ -356,9 +368,15 @@ impl Provider for KubernetesProvider {
             .require(None, "observing the release")
             .await
             .map_err(ops_error)?;
-        observe(&client, &environment_label(profile))
+        let mut facts = observe(&client, &environment_label(profile))
             .await
-            .map_err(ops_error)
+            .map_err(ops_error)?;
+        // The KV versions this run's Secrets were made from: a rollback
+        // pins them and so restores the credentials of that release.
+        if let Some(secrets) = &self.shared.options.secrets {
+            facts.secret_versions = secrets.versions_used();
+        }
+        Ok(facts)
     }
 }
 
@@ -381,9 +399,58 @@ impl KubernetesProvider {
         for m in manifests.iter().filter(|m| scope.includes(layer_of(m))) {
             by_level.entry(m.level).or_default().push(m.clone());
         }
+        let in_scope: Vec<&Manifest> = manifests
+            .iter()
+            .filter(|m| scope.includes(layer_of(m)))
+            .collect();
+        let wanted =
+            crate::secrets::wanted(in_scope.iter().copied()).map_err(OpsError::Provider)?;
+        let needed: Vec<crate::secrets::Needed> = in_scope
+            .iter()
+            .flat_map(|m| crate::secrets::needed(m))
+            .collect();
+        let made: Vec<ObjectKey> = if self.shared.options.secrets.is_some() {
+            wanted
+                .iter()
+                .map(|w| ObjectKey {
+                    api_version: "v1".into(),
+                    kind: "Secret".into(),
+                    namespace: Some(w.namespace.clone()),
+                    name: w.name.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // Applied after the config level, before storage and workloads.
+        let mut secrets_step = (!needed.is_empty()
+            || (self.shared.options.secrets.is_some() && !wanted.is_empty()))
+        .then(|| crate::secrets::SecretsStep {
+            id: StepId::new("kubernetes/secrets"),
+            depends: Vec::new(),
+            environment: environment.clone(),
+            wanted,
+            needed,
+            labels: identity_labels(profile),
+            environment_annotation: format!(
+                "{}/{}",
+                profile.metadata.name, profile.metadata.environment
+            ),
+            shared: self.shared.clone(),
+        });
         let mut steps: Vec<Arc<dyn Step>> = Vec::new();
         let mut previous: Option<StepId> = None;
+        let mut push_secrets = |steps: &mut Vec<Arc<dyn Step>>, previous: &mut Option<StepId>| {
+            if let Some(mut s) = secrets_step.take() {
+                s.depends = after.iter().cloned().chain(previous.clone()).collect();
+                *previous = Some(s.id.clone());
+                steps.push(Arc::new(s));
+            }
+        };
         for (level, manifests) in by_level {
+            if level > ApplyLevel::Config {
+                push_secrets(&mut steps, &mut previous);
+            }
             let id = StepId::new(format!("kubernetes/{level}"));
             let mut depends = after.clone();
             depends.extend(previous.clone());
@@ -397,6 +464,7 @@ impl KubernetesProvider {
             }));
             previous = Some(id);
         }
+        push_secrets(&mut steps, &mut previous);
         // Pruning needs the whole render: with `--only`, what is not
         // rendered may just be out of scope.
         if scope.includes(Layer::Services) && scope.includes(Layer::Agents) {
@@ -408,6 +476,7 @@ impl KubernetesProvider {
                     namespace: m.namespace.clone(),
                     name: m.name.clone(),
                 })
+                .chain(made)
                 .collect();
             steps.push(Arc::new(PruneStep {
                 id: StepId::new("kubernetes/prune"),
@@ -419,6 +488,23 @@ impl KubernetesProvider {
         }
         Ok(steps)
     }
+}
+
+/// The labels the templates' `labels` helper gives every object, without
+/// `app.kubernetes.io/name` (per object).
+fn identity_labels(profile: &Profile) -> BTreeMap<String, String> {
+    let mut labels = profile.metadata.labels.clone();
+    labels.insert(
+        "app.kubernetes.io/instance".into(),
+        profile.metadata.name.clone(),
+    );
+    labels.insert(
+        "app.kubernetes.io/part-of".into(),
+        "task-execution-layer".into(),
+    );
+    labels.insert("app.kubernetes.io/managed-by".into(), "taskctl".into());
+    labels.insert(ENVIRONMENT_LABEL.into(), environment_label(profile));
+    labels
 }
 
 /// Runs `f` on every item, at most `limit` at once; results in item order.
@@ -464,18 +550,31 @@ struct LevelStep {
     environment: String,
     manifests: Vec<Manifest>,
     shared: Arc<Shared>,
-    /// The last plan, so `apply` patches what `plan` found different
-    /// without reading every object again (the engine plans right before
-    /// it applies).
-    planned: Mutex<Option<Vec<ObjectPlan>>>,
+    /// The last plan and the manifests it was made for, so `apply` patches
+    /// what `plan` found different without reading every object again (the
+    /// engine plans right before it applies).
+    planned: Mutex<Option<(Vec<Manifest>, Vec<ObjectPlan>)>>,
 }
 
 impl LevelStep {
-    async fn plan_objects(&self, client: &Client) -> Result<Vec<ObjectPlan>, StepError> {
+    /// The manifests as applied: with a resolver, each rolling workload
+    /// that uses a secret carries `taskctl.dev/secret-checksum`.
+    async fn prepared(&self) -> Result<Vec<Manifest>, StepError> {
+        match &self.shared.options.secrets {
+            Some(secrets) => crate::secrets::with_checksums(secrets, &self.manifests).await,
+            None => Ok(self.manifests.clone()),
+        }
+    }
+
+    async fn plan_objects(
+        &self,
+        client: &Client,
+        manifests: &[Manifest],
+    ) -> Result<Vec<ObjectPlan>, StepError> {
         let client = client.clone();
         let results = bounded(
             self.shared.options.parallelism * READS_PER_WRITE,
-            self.manifests.clone(),
+            manifests.to_vec(),
             move |m| {
                 let client = client.clone();
                 async move {
@@ -677,8 +776,9 @@ impl Step for LevelStep {
     }
 
     async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
+        let manifests = self.prepared().await?;
         let plans = match self.shared.client.get(Some(ctx)).await? {
-            Some(client) => self.plan_objects(&client).await?,
+            Some(client) => self.plan_objects(&client, &manifests).await?,
             // A cluster this run creates: every object is new.
             None => vec![
                 ObjectPlan {
@@ -689,7 +789,7 @@ impl Step for LevelStep {
             ],
         };
         let change = self.change(&plans);
-        *self.planned.lock().unwrap_or_else(|e| e.into_inner()) = Some(plans);
+        *self.planned.lock().unwrap_or_else(|e| e.into_inner()) = Some((manifests, plans));
         Ok(StepPlan {
             change,
             outputs: Outputs::from([("objects".into(), self.manifests.len().to_string())]),
@@ -706,12 +806,21 @@ impl Step for LevelStep {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        // A secret pending at plan time has its new version now.
+        let manifests = self.prepared().await?;
         let plans = match cached {
-            Some(p) => p,
-            None => self.plan_objects(&client).await?,
+            Some((planned, p))
+                if planned.len() == manifests.len()
+                    && planned
+                        .iter()
+                        .zip(&manifests)
+                        .all(|(a, b)| a.value == b.value) =>
+            {
+                p
+            }
+            _ => self.plan_objects(&client, &manifests).await?,
         };
-        let changed: Vec<Manifest> = self
-            .manifests
+        let changed: Vec<Manifest> = manifests
             .iter()
             .zip(&plans)
             .filter(|(_, p)| p.action.is_change())
@@ -825,6 +934,18 @@ impl PruneStep {
                 Err(e) => return Err(e),
             };
             for o in items {
+                // A release record is never a rendered object, whatever
+                // labels it carries.
+                if known.kind == "Secret"
+                    && (o.data.get("type").and_then(Value::as_str)
+                        == Some(crate::release::RELEASE_TYPE)
+                        || o.metadata
+                            .labels
+                            .as_ref()
+                            .is_some_and(|l| l.contains_key(crate::release::RELEASE_OF)))
+                {
+                    continue;
+                }
                 let key = ObjectKey {
                     api_version: known.api_version.to_string(),
                     kind: known.kind.to_string(),

@@ -9,14 +9,17 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_double::{Config, KubeDouble, RequestRecord};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taskctl_core::engine::{Action, RetryPolicy, RunReport};
 use taskctl_core::events::{Discard, RunOutcome};
 use taskctl_core::ops::{self, AfterFailure, DeployOptions, DeployOutcome, Layer, Provider, Scope};
+use taskctl_core::profile::value::SecretRef;
 use taskctl_core::profile::{LoadOptions, Profile, load};
 use taskctl_core::release::{Release, ReleaseStatus, to_prune};
+use taskctl_core::secrets::{KvRead, Redactor, Secret, Secrets, VaultBackend};
 use taskctl_core::state::LocalStore;
 use taskctl_kube::lock::{ClusterLock, SYSTEM_NAMESPACE};
 use taskctl_kube::{ApplyLevel, KubeOptions, KubernetesProvider, Manifest};
@@ -121,15 +124,124 @@ impl Cluster {
     }
 }
 
+/// A KV v2 store in memory: path → its versions (1 first). Each test has
+/// its own, so tests running in parallel never see each other's writes.
+#[derive(Default)]
+struct MemoryKv(Mutex<BTreeMap<String, Vec<BTreeMap<String, String>>>>);
+
+impl MemoryKv {
+    /// Writes a new version of `path`; returns its number.
+    fn write(&self, path: &str, data: &[(&str, &str)]) -> u64 {
+        let mut kv = self.0.lock().unwrap();
+        let versions = kv.entry(path.to_string()).or_default();
+        versions.push(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        versions.len() as u64
+    }
+
+    /// The value a reference resolves to now.
+    fn value(&self, r: &SecretRef) -> String {
+        let SecretRef::Vault { path, key, version } = r else {
+            panic!("only vault references in these profiles: {r}");
+        };
+        let kv = self.0.lock().unwrap();
+        let versions = &kv[path];
+        let data = match version {
+            Some(v) => &versions[*v as usize - 1],
+            None => versions.last().unwrap(),
+        };
+        data[key].clone()
+    }
+
+    /// Every value ever written.
+    fn all_values(&self) -> Vec<String> {
+        let kv = self.0.lock().unwrap();
+        kv.values()
+            .flatten()
+            .flat_map(|d| d.values().cloned())
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl VaultBackend for MemoryKv {
+    async fn read(&self, path: &str, version: Option<u64>) -> Result<KvRead, String> {
+        let kv = self.0.lock().unwrap();
+        let versions = kv.get(path).ok_or_else(|| format!("no secret at {path}"))?;
+        let v = version.unwrap_or(versions.len() as u64);
+        let data = versions
+            .get((v as usize).wrapping_sub(1))
+            .ok_or_else(|| format!("{path} has no version {v}"))?;
+        Ok(KvRead {
+            data: data
+                .iter()
+                .map(|(k, v)| (k.clone(), Secret::new(v.as_str())))
+                .collect(),
+            version: v,
+        })
+    }
+}
+
+/// The secrets the production profile references, version 1.
+fn production_kv() -> Arc<MemoryKv> {
+    let kv = MemoryKv::default();
+    kv.write(
+        "secret/messaging",
+        &[
+            ("username", "taskctl"),
+            ("password", "amqp-pass-v1-Qw7Lz"),
+            ("erlang_cookie", "erlang-cookie-v1-Xk9Pq"),
+        ],
+    );
+    kv.write(
+        "secret/database",
+        &[
+            ("replica_set_key", "mongo-keyfile-v1-Hs3Rt"),
+            ("root_password", "mongo-root-v1-Vb8Nm"),
+        ],
+    );
+    kv.write("secret/postgres", &[("password", "postgres-pass-v1-Jd2Fa")]);
+    Arc::new(kv)
+}
+
+/// A fresh resolver (an empty cache, as each taskctl run has) over `kv`.
+fn resolver(kv: &Arc<MemoryKv>) -> Arc<Secrets> {
+    Arc::new(Secrets::new(
+        Some(kv.clone() as Arc<dyn VaultBackend>),
+        Redactor::new(),
+    ))
+}
+
 fn options() -> KubeOptions {
+    options_with(&production_kv())
+}
+
+fn options_with(kv: &Arc<MemoryKv>) -> KubeOptions {
     KubeOptions {
         templates: workspace().join("templates"),
         poll_interval: Duration::from_millis(20),
         step_timeout: Duration::from_secs(120),
         // The conditions are watched in the test that trips one.
         watch_window: Some(Duration::ZERO),
+        secrets: Some(resolver(kv)),
         ..KubeOptions::default()
     }
+}
+
+/// `(namespace, Secret name)` of every Secret the workloads reference.
+fn referenced_secrets(manifests: &[Manifest]) -> BTreeSet<(String, String)> {
+    manifests
+        .iter()
+        .flat_map(|m| {
+            taskctl_kube::secrets::uses(m)
+                .unwrap()
+                .into_iter()
+                .map(|u| (m.namespace.clone().unwrap(), u.secret))
+        })
+        .collect()
 }
 
 /// The API path of a rendered object, as the double stores it.
@@ -176,6 +288,7 @@ async fn fresh_install_applies_every_object_level_by_level_and_waits_for_readine
             "kubernetes/namespaces",
             "kubernetes/rbac",
             "kubernetes/config",
+            "kubernetes/secrets",
             "kubernetes/storage",
             "kubernetes/workloads",
             "kubernetes/autoscalers",
@@ -183,7 +296,8 @@ async fn fresh_install_applies_every_object_level_by_level_and_waits_for_readine
         ]
     );
 
-    // Every object exists, and was applied exactly once.
+    // Every object exists, and was applied exactly once; so was every
+    // Secret the workloads reference.
     for m in &manifests {
         assert!(
             c.double.object(&path_of(m)).is_some(),
@@ -191,14 +305,22 @@ async fn fresh_install_applies_every_object_level_by_level_and_waits_for_readine
             m.id()
         );
     }
+    let secrets: Vec<String> = referenced_secrets(&manifests)
+        .into_iter()
+        .map(|(ns, name)| format!("/api/v1/namespaces/{ns}/secrets/{name}"))
+        .collect();
     let patches = c.patches();
-    assert_eq!(patches.len(), manifests.len());
+    assert_eq!(patches.len(), manifests.len() + secrets.len());
     assert!(patches.iter().all(|p| p.content_type.as_deref()
         == Some("application/apply-patch+yaml")
         && p.query.contains("fieldManager=taskctl")));
 
-    // Levels in order: the level of each PATCH never goes down.
+    // Levels in order: the level of each PATCH never goes down (the
+    // Secrets go with the config level, before storage and workloads).
     let level_of = |path: &str| {
+        if secrets.iter().any(|s| s == path) {
+            return ApplyLevel::Config;
+        }
         manifests
             .iter()
             .find(|m| path_of(m) == path)
@@ -826,4 +948,317 @@ async fn agents_restarting_after_a_rollout_trip_resource_exhaustion_and_are_roll
         .unwrap()
         .to_string();
     assert!(image.starts_with("task-executor:1.0.0@sha256:"), "{image}");
+}
+
+/// The live object at `path`.
+fn object(c: &Cluster, path: &str) -> Value {
+    c.double
+        .object(path)
+        .unwrap_or_else(|| panic!("{path} does not exist"))
+}
+
+/// Every rolling workload that uses a secret → its checksum annotation.
+fn checksums(c: &Cluster, manifests: &[Manifest]) -> BTreeMap<String, String> {
+    manifests
+        .iter()
+        .filter(|m| taskctl_kube::secrets::rolls(&m.kind))
+        .filter(|m| !taskctl_kube::secrets::uses(m).unwrap().is_empty())
+        .map(|m| {
+            let live = object(c, &path_of(m));
+            let pointer = format!(
+                "{}/metadata/annotations",
+                taskctl_kube::secrets::pod_template(&m.kind).unwrap()
+            );
+            let sum = live
+                .pointer(&pointer)
+                .and_then(|a| a.get(taskctl_kube::secrets::SECRET_CHECKSUM))
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("{} has no checksum annotation", m.id()))
+                .to_string();
+            (m.id(), sum)
+        })
+        .collect()
+}
+
+/// Every file under `dir`, as text (what a run left on disk).
+fn all_text(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.push_str(&all_text(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    out
+}
+
+fn assert_no_value(kv: &MemoryKv, what: &str, text: &str) {
+    for value in kv.all_values().iter().filter(|v| v.len() >= 8) {
+        assert!(
+            !text.contains(value.as_str()),
+            "{what} holds a secret value"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_secret_a_workload_references_is_made_from_the_resolver_before_the_workloads() {
+    let c = Cluster::start().await;
+    let kv = production_kv();
+    let provider = c.provider(options_with(&kv));
+    let profile = production();
+    let manifests = provider.manifests(&profile).expect("render");
+    succeeded(&c.deploy(&provider, &profile).await);
+
+    let wanted = referenced_secrets(&manifests);
+    assert!(
+        wanted.contains(&("messaging".into(), "taskctl-messaging".into()))
+            && wanted.contains(&("agent-system".into(), "taskctl-messaging".into()))
+            && wanted.contains(&("database".into(), "taskctl-database".into())),
+        "{wanted:?}"
+    );
+    let environment = taskctl_kube::provider::environment_label(&profile);
+    let mut checked = 0;
+    for m in &manifests {
+        let ns = m.namespace.clone().unwrap_or_default();
+        for u in taskctl_kube::secrets::uses(m).unwrap() {
+            let secret = object(&c, &format!("/api/v1/namespaces/{ns}/secrets/{}", u.secret));
+            assert_eq!(secret["type"], "Opaque");
+            let labels = &secret["metadata"]["labels"];
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "taskctl");
+            assert_eq!(labels["taskctl.dev/environment"], environment.as_str());
+            assert_eq!(labels["app.kubernetes.io/part-of"], "task-execution-layer");
+            assert_eq!(
+                labels["app.kubernetes.io/instance"],
+                profile.metadata.name.as_str()
+            );
+            assert_eq!(labels["app.kubernetes.io/name"], u.secret.as_str());
+            let encoded = secret["data"][&u.key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{ns}/{} has no key {}", u.secret, u.key));
+            assert_eq!(
+                String::from_utf8(base64_decode(encoded)).unwrap(),
+                kv.value(&u.reference),
+                "{ns}/{} key {} (for {})",
+                u.secret,
+                u.key,
+                m.id()
+            );
+            // The annotation says where each key came from, never what it is.
+            let sources = secret["metadata"]["annotations"]["taskctl.dev/secret-sources"]
+                .as_str()
+                .unwrap();
+            assert!(sources.contains(&format!("{}=vault:", u.key)), "{sources}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} secret keys checked");
+
+    // Applied after the config level and before the first workload.
+    let patches: Vec<String> = c.patches().into_iter().map(|p| p.path).collect();
+    let last_secret = patches
+        .iter()
+        .rposition(|p| p.contains("/secrets/"))
+        .unwrap();
+    let first_workload = patches
+        .iter()
+        .position(|p| p.contains("/statefulsets/") || p.contains("/deployments/"))
+        .unwrap();
+    let last_config = patches
+        .iter()
+        .rposition(|p| p.contains("/configmaps/"))
+        .unwrap();
+    assert!(last_config < last_secret && last_secret < first_workload);
+
+    // Rolling workloads carry the checksum; the Job (immutable template) not.
+    let sums = checksums(&c, &manifests);
+    assert!(sums.values().all(|s| s.starts_with("sha256:")), "{sums:?}");
+    for m in manifests.iter().filter(|m| m.kind == "Job") {
+        let live = object(&c, &path_of(m));
+        assert!(
+            live.pointer("/spec/template/metadata/annotations/taskctl.dev~1secret-checksum")
+                .is_none()
+        );
+    }
+    // `render` (what `render manifests` prints) stays references only.
+    assert!(manifests.iter().all(|m| m.kind != "Secret"));
+    assert_no_value(
+        &kv,
+        "the rendered manifests",
+        &taskctl_kube::to_yaml_stream(&manifests),
+    );
+
+    // Prune, even with prune_all, leaves the Secrets the workloads use and
+    // the release records alone.
+    let all = c.provider(KubeOptions {
+        prune_all: true,
+        ..options_with(&kv)
+    });
+    let plan = c.plan(&all, &profile).await;
+    assert!(
+        !plan.has_changes(),
+        "{:?}",
+        plan.changes().collect::<Vec<_>>()
+    );
+    succeeded_or_nothing(&c.deploy(&all, &profile).await);
+    for (ns, name) in &wanted {
+        object(&c, &format!("/api/v1/namespaces/{ns}/secrets/{name}"));
+    }
+    let releases = all.releases(&profile).unwrap().list().await.unwrap();
+    assert!(!releases.is_empty());
+}
+
+fn succeeded_or_nothing(outcome: &DeployOutcome) {
+    if outcome.applied.is_some() {
+        succeeded(outcome);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_of_one_secret_rolls_exactly_its_dependents_and_plans_show_no_value() {
+    let c = Cluster::start().await;
+    let kv = production_kv();
+    let profile = production();
+    let first = c.provider(options_with(&kv));
+    let manifests = first.manifests(&profile).expect("render");
+    succeeded(&c.deploy(&first, &profile).await);
+    let before = checksums(&c, &manifests);
+
+    // A rotation writes version 2 of the database secret.
+    assert_eq!(
+        kv.write(
+            "secret/database",
+            &[
+                ("replica_set_key", "mongo-keyfile-v2-Ty6Ue"),
+                ("root_password", "mongo-root-v2-Pl0Ok"),
+            ],
+        ),
+        2
+    );
+    let dependents: BTreeSet<String> = manifests
+        .iter()
+        .filter(|m| before.contains_key(&m.id()))
+        .filter(|m| {
+            taskctl_kube::secrets::uses(m).unwrap().iter().any(
+                |u| matches!(&u.reference, SecretRef::Vault { path, .. } if path == "secret/database"),
+            )
+        })
+        .map(|m| m.id())
+        .collect();
+    assert!(!dependents.is_empty());
+    assert!(
+        dependents.len() < before.len(),
+        "some workloads do not use it"
+    );
+
+    // The next run (a fresh resolver) plans the Secret's keys by reference
+    // and version, never by value.
+    let second = c.provider(options_with(&kv));
+    let plan = c.plan(&second, &profile).await;
+    let step = plan
+        .changes()
+        .find(|s| s.id.0 == "kubernetes/secrets")
+        .expect("the Secrets change");
+    let diffs = &step.change.as_ref().unwrap().diffs;
+    let root = diffs
+        .iter()
+        .find(|d| d.field == "Secret database/taskctl-database: data[root_password]")
+        .unwrap_or_else(|| panic!("{diffs:?}"));
+    assert_eq!(
+        root.from,
+        "vault:secret/database?version=1#root_password (another value)"
+    );
+    assert_eq!(root.to, "vault:secret/database?version=2#root_password");
+    assert!(
+        diffs.iter().all(|d| d.field.contains("database/")),
+        "{diffs:?}"
+    );
+    let workloads = plan
+        .changes()
+        .find(|s| s.id.0 == "kubernetes/workloads")
+        .expect("the workloads change");
+    let changed: BTreeSet<String> = workloads
+        .change
+        .as_ref()
+        .unwrap()
+        .diffs
+        .iter()
+        .map(|d| {
+            assert!(d.field.ends_with("[taskctl.dev/secret-checksum]"), "{d:?}");
+            d.field.split(':').next().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(changed, dependents);
+    assert_no_value(&kv, "the plan", &format!("{plan:?}"));
+    let changes: Vec<String> = plan
+        .steps
+        .iter()
+        .map(|s| serde_json::to_string(&s.change).unwrap())
+        .collect();
+    assert_no_value(&kv, "the plan as JSON", &changes.join("\n"));
+
+    // Deploying rolls exactly the dependents.
+    let outcome = c.deploy(&second, &profile).await;
+    succeeded(&outcome);
+    let after = checksums(&c, &manifests);
+    for (id, sum) in &before {
+        assert_eq!(
+            after[id] != *sum,
+            dependents.contains(id),
+            "{id}: before {sum}, after {}",
+            after[id]
+        );
+    }
+    let secret = object(&c, "/api/v1/namespaces/database/secrets/taskctl-database");
+    assert_eq!(
+        base64_decode(secret["data"]["root_password"].as_str().unwrap()),
+        b"mongo-root-v2-Pl0Ok"
+    );
+    assert_no_value(
+        &kv,
+        "the deploy report",
+        &format!("{:?} {:?}", outcome.plan, outcome.applied),
+    );
+    assert_no_value(&kv, "the journal and state", &all_text(c.state.path()));
+    // The release record names the KV versions, for a rollback to pin.
+    let facts = second.observe_release(&profile).await.unwrap();
+    assert_eq!(facts.secret_versions["secret/database"], 2);
+    assert_eq!(facts.secret_versions["secret/messaging"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_resolver_a_missing_secret_fails_the_plan_naming_it_and_its_reference() {
+    let c = Cluster::start().await;
+    let provider = c.provider(KubeOptions {
+        secrets: None,
+        ..options()
+    });
+    let profile = production();
+    let plan = c.plan(&provider, &profile).await;
+    let failed = plan.first_error().expect("the secrets step fails");
+    assert_eq!(failed.id.0, "kubernetes/secrets");
+    let message = &failed.error.as_ref().unwrap().message;
+    assert!(
+        message.contains("Deployment agent-system/task-executor needs key `password` of Secret agent-system/taskctl-messaging (from vault:secret/messaging#password), which does not exist"),
+        "{message}"
+    );
+    assert!(
+        message.contains("only with a secret resolver, and none is configured"),
+        "{message}"
+    );
+
+    // Made by hand, they are used as they are: nothing is made.
+    let with = c.provider(options());
+    succeeded(&c.deploy(&with, &profile).await);
+    c.double.clear_requests();
+    let plan = c.plan(&provider, &profile).await;
+    assert!(plan.first_error().is_none(), "{:?}", plan.first_error());
+    let secrets = plan
+        .steps
+        .iter()
+        .find(|s| s.id.0 == "kubernetes/secrets")
+        .unwrap();
+    assert_eq!(secrets.change.as_ref().unwrap().action, Action::NoOp);
 }
