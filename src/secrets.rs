@@ -541,6 +541,55 @@ impl BrokerUserStep {
         }
     }
 
+    async fn vhost_exists(&self, l: &BrokerLogin) -> Result<bool, StepError> {
+        let resp = self
+            .http
+            .get(self.url(&format!("api/vhosts/{}", percent_encode(&self.user.vhost))))
+            .basic_auth(&l.admin_user, Some(l.admin_password.expose()))
+            .send()
+            .await
+            .map_err(|e| self.http_error("reading the virtual host", e))?;
+        Ok(resp.status().is_success())
+    }
+
+    async fn delete(&self, l: &BrokerLogin, path: &str) -> Result<(), StepError> {
+        let resp = self
+            .http
+            .delete(self.url(path))
+            .basic_auth(&l.admin_user, Some(l.admin_password.expose()))
+            .send()
+            .await
+            .map_err(|e| self.http_error("updating the broker", e))?;
+        if !resp.status().is_success() && resp.status().as_u16() != 404 {
+            return Err(StepError::new(
+                ErrorKind::Other,
+                format!(
+                    "the broker's management API at {} answered HTTP {} to DELETE {}",
+                    self.user.management_url,
+                    resp.status().as_u16(),
+                    path.split('/').take(2).collect::<Vec<_>>().join("/")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the user has permissions on the virtual host.
+    async fn has_permissions(&self, l: &BrokerLogin) -> Result<bool, StepError> {
+        let resp = self
+            .http
+            .get(self.url(&format!(
+                "api/permissions/{}/{}",
+                percent_encode(&self.user.vhost),
+                percent_encode(&l.username)
+            )))
+            .basic_auth(&l.admin_user, Some(l.admin_password.expose()))
+            .send()
+            .await
+            .map_err(|e| self.http_error("reading the broker user's permissions", e))?;
+        Ok(resp.status().is_success())
+    }
+
     async fn put(
         &self,
         l: &BrokerLogin,
@@ -593,19 +642,60 @@ impl Step for BrokerUserStep {
         }
         let login = self.login().await?;
         let change = match self.current(&login).await? {
-            None => Change::create(format!("no user {} on the broker", login.username)),
-            Some(true) => Change::none(),
-            Some(false) => Change::update(vec![FieldDiff::new(
-                "password",
-                "another version",
-                self.user.password.to_string(),
-            )]),
+            None => Change::create(format!(
+                "no user {} on the broker (virtual host {})",
+                login.username, self.user.vhost
+            )),
+            Some(matches) => {
+                let mut diffs = Vec::new();
+                if !matches {
+                    diffs.push(FieldDiff::new(
+                        "password",
+                        "another version",
+                        self.user.password.to_string(),
+                    ));
+                }
+                if !self.has_permissions(&login).await? {
+                    diffs.push(FieldDiff::new(
+                        format!("permissions on {}", self.user.vhost),
+                        "none",
+                        "configure, write, read",
+                    ));
+                }
+                if diffs.is_empty() {
+                    Change::none()
+                } else {
+                    Change::update(diffs)
+                }
+            }
         };
         Ok(StepPlan { change, outputs })
     }
 
     async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
         let login = self.login().await?;
+        if self.user.vhost != "/" && !self.vhost_exists(&login).await? {
+            // The environment's own virtual host: only its agents' user may
+            // use it. RabbitMQ grants a new vhost to the user who creates it,
+            // so the administrator's grant is taken back at once.
+            let vhost = percent_encode(&self.user.vhost);
+            self.put(
+                &login,
+                &format!("api/vhosts/{vhost}"),
+                serde_json::json!({ "description": "taskctl: one environment's agents" }),
+            )
+            .await?;
+            if login.admin_user != login.username {
+                self.delete(
+                    &login,
+                    &format!(
+                        "api/permissions/{vhost}/{}",
+                        percent_encode(&login.admin_user)
+                    ),
+                )
+                .await?;
+            }
+        }
         self.put(
             &login,
             &format!("api/users/{}", percent_encode(&login.username)),

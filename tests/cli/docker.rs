@@ -79,7 +79,7 @@ fn free_bases() -> (u16, u16) {
 pub(crate) struct Env {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) name: String,
-    profiles: Vec<PathBuf>,
+    pub(crate) profiles: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +147,43 @@ agents:
         format!("taskctl-{}-development", self.name)
     }
 
+    /// The agents' broker URL with their credentials from Vault, in the
+    /// environment's virtual host (what a probe publishes with).
+    pub(crate) fn agents_amqp_url(&self) -> String {
+        let (addr, token) = (
+            required("TASKCTL_TEST_VAULT_ADDR"),
+            required("TASKCTL_TEST_VAULT_TOKEN"),
+        );
+        let out = Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!("X-Vault-Token: {token}"))
+            .arg(format!(
+                "{addr}/v1/secret/data/taskctl/test/{}/messaging",
+                self.name
+            ))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let d = &v["data"]["data"];
+        let enc = |s: &str| -> String {
+            s.bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect()
+        };
+        format!(
+            "amqp://{}:{}@127.0.0.1:5672/{}",
+            enc(d["username"].as_str().expect("the messaging secret")),
+            enc(d["password"].as_str().expect("the messaging secret")),
+            self.name
+        )
+    }
+
     pub(crate) fn label(&self) -> String {
         format!("taskctl.dev/environment={}.development", self.name)
     }
@@ -173,8 +210,12 @@ agents:
             .env("TASKCTL_AGENT_BINARY", agent_binary())
             .env_remove("TASKCTL_PROFILE")
             .env_remove("TASKCTL_ENV")
-            .env_remove("TASKCTL_AMQP_URL")
-            // Each environment's managed secrets at their own Vault path.
+            // Each environment its own virtual host on the shared broker,
+            // and its managed secrets at their own Vault path.
+            .env(
+                "TASKCTL_AMQP_URL",
+                format!("amqp://127.0.0.1:5672/{}", self.name),
+            )
             .env("TASKCTL_SECRETS_PATH", self.secrets_path());
         cmd
     }
@@ -270,6 +311,10 @@ impl Drop for Env {
             let _ = Command::new("curl")
                 .args(["-s", "-u", "guest:guest", "-X", "DELETE"])
                 .arg(format!("{mgmt}/api/users/{}", self.broker_user()))
+                .output();
+            let _ = Command::new("curl")
+                .args(["-s", "-u", "guest:guest", "-X", "DELETE"])
+                .arg(format!("{mgmt}/api/vhosts/{}", self.name))
                 .output();
         }
         if let (Ok(addr), Ok(token)) = (
@@ -813,7 +858,7 @@ fn a_broken_version_is_rolled_back_automatically_while_tasks_keep_coming_and_non
     let before = env.assert_three_healthy();
 
     let probe = Probe::start(
-        &required("TASKCTL_TEST_AMQP_URL"),
+        &env.agents_amqp_url(),
         &queue,
         "probe task",
         Duration::from_millis(100),

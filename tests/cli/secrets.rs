@@ -49,11 +49,15 @@ fn messaging(env: &Env, version: Option<u64>) -> (u64, serde_json::Value) {
     )
 }
 
-/// Logs in to the test broker over AMQP as `user`.
-fn amqp_login(user: &str, password: &str) -> Result<(), String> {
-    let url = required("TASKCTL_TEST_AMQP_URL");
-    let host = url.split('@').nth(1).unwrap_or("127.0.0.1:5672/%2f");
-    let url = format!("amqp://{}:{}@{host}", urlencode(user), urlencode(password));
+/// Logs in to the test broker over AMQP as `user`, in the virtual host
+/// of `env`.
+fn amqp_login(env: &Env, user: &str, password: &str) -> Result<(), String> {
+    let url = format!(
+        "amqp://{}:{}@127.0.0.1:5672/{}",
+        urlencode(user),
+        urlencode(password),
+        env.name
+    );
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -161,12 +165,16 @@ fn every_credential_comes_from_vault_as_files_and_nothing_taskctl_wrote_holds_on
     assert_eq!(data["username"], env.broker_user().as_str());
     let password = data["password"].as_str().unwrap().to_string();
     assert!(password.len() >= 32, "a strong generated password");
-    amqp_login(&env.broker_user(), &password).expect("the generated credential logs in");
-    let refused = amqp_login(&env.broker_user(), "not-the-password").unwrap_err();
+    amqp_login(&env, &env.broker_user(), &password).expect("the generated credential logs in");
+    let refused = amqp_login(&env, &env.broker_user(), "not-the-password").unwrap_err();
     assert!(
         refused.to_uppercase().contains("ACCESS") || refused.contains("auth"),
         "{refused}"
     );
+    // The environment's virtual host is its agents' alone: the broker
+    // refuses guest there (guest keeps only the default vhost it had).
+    let guest = amqp_login(&env, "guest", "guest").unwrap_err();
+    assert!(guest.contains("access to vhost"), "{guest}");
 
     // Files, never variables: 0400, owned by the agent's user.
     let secrets = values(&data);
@@ -227,6 +235,47 @@ fn every_credential_comes_from_vault_as_files_and_nothing_taskctl_wrote_holds_on
             &secrets,
         );
     }
+
+    // The same scan as a user runs it: scripts/leak-scan.sh finds nothing
+    // in the outputs, the state directory and the containers, and does find
+    // a value planted in a file.
+    let log = env.dir.path().join("outputs.log");
+    let mut all = Vec::new();
+    for out in &outputs {
+        all.extend_from_slice(&out.stdout);
+        all.extend_from_slice(&out.stderr);
+    }
+    std::fs::write(&log, &all).unwrap();
+    let scan = leak_scan(&env, &[&log]);
+    assert_eq!(scan.status.code(), Some(0), "{}", text(&scan));
+    assert!(text(&scan).contains("0 leak(s)"), "{}", text(&scan));
+    let planted = env.dir.path().join("planted.txt");
+    std::fs::write(&planted, format!("oops {password}\n")).unwrap();
+    let scan = leak_scan(&env, &[&planted]);
+    assert_eq!(scan.status.code(), Some(1), "{}", text(&scan));
+    assert!(
+        text(&scan).contains("planted.txt: holds the value of vault:secret/taskctl/test/"),
+        "{}",
+        text(&scan)
+    );
+    assert!(!text(&scan).contains(&password));
+}
+
+/// scripts/leak-scan.sh over `env` and `files`.
+fn leak_scan(env: &Env, files: &[&Path]) -> Output {
+    let mut cmd = Command::new(crate::harness::repo_root().join("scripts/leak-scan.sh"));
+    for p in &env.profiles {
+        cmd.arg("-p").arg(p);
+    }
+    cmd.args(files)
+        .current_dir(env.dir.path())
+        .env("TASKCTL", assert_cmd::cargo::cargo_bin("taskctl"))
+        .env("TASKCTL_SECRETS_PATH", env.secrets_path())
+        .env("VAULT_ADDR", vault().0)
+        .env("VAULT_TOKEN", vault().1)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -245,7 +294,7 @@ fn rotating_the_broker_credential_under_load_loses_no_task_and_rollback_restores
     let v1_password = v1["password"].as_str().unwrap().to_string();
 
     let probe = Probe::start(
-        &required("TASKCTL_TEST_AMQP_URL"),
+        &env.agents_amqp_url(),
         &queue,
         "rotation probe",
         Duration::from_millis(2),
@@ -266,8 +315,8 @@ fn rotating_the_broker_credential_under_load_loses_no_task_and_rollback_restores
     let v2_password = v2["password"].as_str().unwrap().to_string();
     assert_ne!(v1_password, v2_password);
     assert_eq!(v2["username"], v1["username"], "a rotation keeps the user");
-    amqp_login(&env.broker_user(), &v2_password).expect("the broker has the new password");
-    assert!(amqp_login(&env.broker_user(), &v1_password).is_err());
+    amqp_login(&env, &env.broker_user(), &v2_password).expect("the broker has the new password");
+    assert!(amqp_login(&env, &env.broker_user(), &v1_password).is_err());
     for agent in env.assert_three_healthy() {
         let spec = env.inspect(&agent.name, "{{index .Config.Labels \"taskctl.dev/spec\"}}");
         assert!(spec.contains("messaging#password (version 2)"), "{spec}");
@@ -302,8 +351,8 @@ fn rotating_the_broker_credential_under_load_loses_no_task_and_rollback_restores
     assert_eq!(back.status.code(), Some(0), "{}", text(&back));
     let statuses: Vec<String> = history(&env).into_iter().map(|(_, s, _)| s).collect();
     assert_eq!(statuses, ["superseded", "superseded", "deployed"]);
-    amqp_login(&env.broker_user(), &v1_password).expect("the broker has version 1 again");
-    assert!(amqp_login(&env.broker_user(), &v2_password).is_err());
+    amqp_login(&env, &env.broker_user(), &v1_password).expect("the broker has version 1 again");
+    assert!(amqp_login(&env, &env.broker_user(), &v2_password).is_err());
     for agent in env.assert_three_healthy() {
         let spec = env.inspect(&agent.name, "{{index .Config.Labels \"taskctl.dev/spec\"}}");
         assert!(spec.contains("messaging#password (version 1)"), "{spec}");

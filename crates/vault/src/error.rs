@@ -53,6 +53,17 @@ pub enum VaultError {
     )]
     CasConflict { path: String },
 
+    #[error(
+        "cannot reach raft node {addr}: {cause}; check that its server is running and listening there"
+    )]
+    NodeUnreachable { addr: String, cause: String },
+
+    #[error("Vault node {addr} is still sealed: {detail}")]
+    NodeSealed { addr: String, detail: String },
+
+    #[error("unseal keys file {path}: {cause}")]
+    KeysFile { path: String, cause: String },
+
     #[error("Vault configuration: {0}")]
     Config(String),
 

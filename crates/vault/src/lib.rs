@@ -4,7 +4,8 @@
 //! the environment; [`Vault::connect`] checks the server's health, then the
 //! credentials; [`Vault::read`], [`Vault::metadata`] and [`Vault::write`]
 //! work on KV version 2 with check-and-set; [`managed`] creates and rotates
-//! the secrets taskctl generates itself ([`generate`]).
+//! the secrets taskctl generates itself ([`generate`]); [`sys`] initializes
+//! and unseals a raft cluster.
 //!
 //! Built on `vaultrs`, with direct HTTP calls where it does not fit OpenBao
 //! (`sys/health`, `auth/token/lookup-self`). Values are [`Secret`]s: no
@@ -16,6 +17,7 @@ mod error;
 pub mod generate;
 mod kv;
 pub mod managed;
+pub mod sys;
 
 pub use client::{Health, Vault};
 pub use config::{Auth, K8S_TOKEN_PATH, VaultConfig, is_loopback};
@@ -45,6 +47,12 @@ mod tests {
             send(managed::ensure(v, m, SystemTime::now(), false));
             send(managed::status(v, m, SystemTime::now()));
         }
+        fn sys_futures(http: &reqwest::Client, spec: &sys::ClusterSpec) {
+            send(sys::node_status(http, "http://127.0.0.1:8200"));
+            send(sys::plan_cluster(http, spec));
+            send(sys::ensure_cluster(http, spec));
+        }
+        let _ = sys_futures;
         let _ = futures;
     }
 

@@ -1,0 +1,885 @@
+//! A raft cluster's `sys` endpoints: node status, initialization and
+//! unsealing, over plain HTTP (no token needed for any of them).
+//!
+//! [`ensure_cluster`] initializes the cluster once (on the first node),
+//! writes the unseal keys and the initial root token to a keys file that is
+//! never overwritten (JSON, mode 0600), and unseals every sealed node with
+//! the keys read back from that file; a second call on a healthy cluster
+//! changes nothing. [`plan_cluster`] says what it would do without doing it.
+//! No key or token ever appears in a `Debug`, `Display` or error message.
+
+use crate::VaultError;
+use crate::client::clean_errors;
+use crate::error::transport_cause;
+use serde::Deserialize;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use taskctl_secret::Secret;
+
+/// One request's limit (health, seal status, one unseal key).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// `sys/init` waits for the node to become raft leader (about 6 s, 1.5 to
+/// 2 s with `performance_multiplier = 1`).
+const INIT_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a node may take to join through `retry_join`, to unseal after
+/// its last key (a joining node unseals about 1 s later), and how long the
+/// cluster may take to elect an active node.
+const WAIT: Duration = Duration::from_secs(45);
+const POLL: Duration = Duration::from_millis(200);
+
+/// What one node says about itself (`sys/health`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The address asked, without a trailing slash.
+    pub addr: String,
+    /// False when the node did not answer as a Vault server (connection
+    /// refused, timeout, some other HTTP server); the other flags are then
+    /// false and `version` is `None`.
+    pub reachable: bool,
+    /// A raft node that has not joined its cluster yet says false.
+    pub initialized: bool,
+    pub sealed: bool,
+    /// Unsealed and not the active node.
+    pub standby: bool,
+    pub version: Option<String>,
+}
+
+impl NodeStatus {
+    /// Unsealed and the active node (the raft leader).
+    pub fn active(&self) -> bool {
+        self.reachable && self.initialized && !self.sealed && !self.standby
+    }
+}
+
+/// `sys/health` of `addr`, answered for sealed, uninitialized and standby
+/// nodes too; never fails (an unreachable node is `reachable: false`).
+pub async fn node_status(http: &reqwest::Client, addr: &str) -> NodeStatus {
+    let addr = addr.trim_end_matches('/');
+    probe(http, addr).await.unwrap_or_else(|_| NodeStatus {
+        addr: addr.to_string(),
+        reachable: false,
+        initialized: false,
+        sealed: false,
+        standby: false,
+        version: None,
+    })
+}
+
+/// The cluster taskctl initializes and unseals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// API addresses (`http://` only on loopback); the first is initialized.
+    pub nodes: Vec<String>,
+    pub key_shares: u8,
+    pub key_threshold: u8,
+    /// Where the unseal keys and the initial root token are written at
+    /// initialization (never overwritten) and read from to unseal.
+    pub keys_file: PathBuf,
+}
+
+/// What [`ensure_cluster`] did to one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeAction {
+    /// Initialized the cluster here, then unsealed it.
+    Initialized,
+    Unsealed,
+    AlreadyUnsealed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterOutcome {
+    /// True when this call initialized the cluster.
+    pub initialized: bool,
+    /// One entry per node, in the order of [`ClusterSpec::nodes`].
+    pub actions: Vec<(String, NodeAction)>,
+}
+
+impl ClusterOutcome {
+    /// Whether anything was initialized or unsealed.
+    pub fn changed(&self) -> bool {
+        self.initialized
+            || self
+                .actions
+                .iter()
+                .any(|(_, a)| *a != NodeAction::AlreadyUnsealed)
+    }
+}
+
+/// The unseal keys and the initial root token, as written at
+/// initialization. `Debug` shows `[redacted]` for each; the values are
+/// written only by [`KeysFile::create_new`]. Reading also accepts the
+/// `unseal_keys_b64` name of `bao operator init -format=json`.
+#[derive(Clone, Debug)]
+pub struct KeysFile {
+    pub keys_base64: Vec<Secret>,
+    pub root_token: Secret,
+}
+
+/// The file's layout, with the values exposed: used only to write the file.
+#[derive(serde::Serialize)]
+struct OnDisk<'a> {
+    keys_base64: Vec<&'a str>,
+    root_token: &'a str,
+}
+
+#[derive(Deserialize)]
+struct FromDisk {
+    #[serde(alias = "unseal_keys_b64")]
+    keys_base64: Vec<String>,
+    root_token: String,
+}
+
+impl KeysFile {
+    /// Reads the file; errors name the path, never a value (a JSON error
+    /// gives only its line and column, as serde's message may quote input).
+    pub fn read(path: &Path) -> Result<KeysFile, VaultError> {
+        let bytes =
+            std::fs::read(path).map_err(|e| keys_error(path, format!("cannot read: {e}")))?;
+        let raw: FromDisk = serde_json::from_slice(&bytes).map_err(|e| {
+            keys_error(
+                path,
+                format!(
+                    "not a keys file (JSON with keys_base64 and root_token): {} at line {} column {}",
+                    json_category(&e),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        if raw.keys_base64.is_empty() {
+            return Err(keys_error(path, "holds no unseal keys".into()));
+        }
+        Ok(KeysFile {
+            keys_base64: raw.keys_base64.into_iter().map(Secret::new).collect(),
+            root_token: Secret::new(raw.root_token),
+        })
+    }
+
+    /// Writes a new file, mode 0600; fails if `path` exists (it is never
+    /// overwritten).
+    pub fn create_new(&self, path: &Path) -> Result<(), VaultError> {
+        let file = open_new(path)?;
+        self.write_to(file, path)
+    }
+
+    fn write_to(&self, mut file: std::fs::File, path: &Path) -> Result<(), VaultError> {
+        let on_disk = OnDisk {
+            keys_base64: self.keys_base64.iter().map(Secret::expose).collect(),
+            root_token: self.root_token.expose(),
+        };
+        let mut text = serde_json::to_vec_pretty(&on_disk)
+            .map_err(|e| keys_error(path, format!("cannot encode: {}", json_category(&e))))?;
+        text.push(b'\n');
+        let written = file.write_all(&text).and_then(|()| file.sync_all());
+        text.fill(0);
+        written.map_err(|e| keys_error(path, format!("cannot write: {e}")))
+    }
+}
+
+fn json_category(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Io => "read error",
+        Category::Syntax => "syntax error",
+        Category::Data => "unexpected content",
+        Category::Eof => "unexpected end",
+    }
+}
+
+fn keys_error(path: &Path, cause: String) -> VaultError {
+    VaultError::KeysFile {
+        path: path.display().to_string(),
+        cause,
+    }
+}
+
+/// Creates `path` for writing, mode 0600 from the start; never an existing
+/// file.
+fn open_new(path: &Path) -> Result<std::fs::File, VaultError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            keys_error(path, "already exists; it is never overwritten".into())
+        } else {
+            keys_error(path, format!("cannot create: {e}"))
+        }
+    })
+}
+
+/// What [`ensure_cluster`] would do, without doing it: per node
+/// `"initialize"`, `"unseal"` or `"none"`. Errors as `ensure_cluster` would
+/// fail before changing anything: a bad spec, an unreachable node (named),
+/// a keys file that exists while the cluster is uninitialized, a keys file
+/// that cannot be read while a node needs unsealing.
+pub async fn plan_cluster(
+    http: &reqwest::Client,
+    spec: &ClusterSpec,
+) -> Result<Vec<(String, &'static str)>, VaultError> {
+    let nodes = validate(spec)?;
+    let statuses = probe_all(http, &nodes).await?;
+    if !statuses.iter().any(|s| s.initialized) {
+        refuse_existing_keys_file(spec, &nodes)?;
+        return Ok(nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), if i == 0 { "initialize" } else { "unseal" }))
+            .collect());
+    }
+    let plan: Vec<(String, &'static str)> = statuses
+        .iter()
+        .map(|s| (s.addr.clone(), if s.sealed { "unseal" } else { "none" }))
+        .collect();
+    if plan.iter().any(|(_, a)| *a == "unseal") {
+        let keys = KeysFile::read(&spec.keys_file)?;
+        check_key_count(spec, &keys)?;
+    }
+    Ok(plan)
+}
+
+/// Initializes the cluster if no node is initialized (on the first node;
+/// the keys file is created before `sys/init` is sent, so an existing file
+/// stops it first), then unseals every sealed node with the keys read from
+/// the keys file: the nodes that are already members first, then, once a
+/// node is active, the ones that join through `retry_join` (each is waited
+/// for until it has joined, and polled after its last key, as a joining
+/// node unseals about 1 s later). Finally waits for an active node if it
+/// changed anything. An unreachable node, or one that stays sealed, is an
+/// error naming its address.
+pub async fn ensure_cluster(
+    http: &reqwest::Client,
+    spec: &ClusterSpec,
+) -> Result<ClusterOutcome, VaultError> {
+    let nodes = validate(spec)?;
+    let statuses = probe_all(http, &nodes).await?;
+    let mut actions: Vec<(String, NodeAction)> = nodes
+        .iter()
+        .map(|n| (n.clone(), NodeAction::AlreadyUnsealed))
+        .collect();
+
+    let mut initialized = false;
+    // Members: initialized and sealed. Joiners: not initialized (a raft node
+    // that has not joined yet says so even when its cluster is).
+    let mut members: Vec<usize> = Vec::new();
+    let mut joiners: Vec<usize> = Vec::new();
+    if !statuses.iter().any(|s| s.initialized) {
+        initialize(http, spec, &nodes).await?;
+        initialized = true;
+        actions[0].1 = NodeAction::Initialized;
+        members.push(0);
+        joiners.extend(1..nodes.len());
+    } else {
+        for (i, s) in statuses.iter().enumerate() {
+            if !s.sealed {
+                continue;
+            }
+            if s.initialized {
+                members.push(i);
+            } else {
+                joiners.push(i);
+            }
+        }
+    }
+    if members.is_empty() && joiners.is_empty() {
+        return Ok(ClusterOutcome {
+            initialized,
+            actions,
+        });
+    }
+
+    let keys = KeysFile::read(&spec.keys_file)?;
+    check_key_count(spec, &keys)?;
+    let path = spec.keys_file.as_path();
+    // Members first (a joining node needs an active node to join), then the
+    // joining ones: all their keys sent, then all waited for.
+    for (group, joining) in [(members, false), (joiners, true)] {
+        if group.is_empty() {
+            continue;
+        }
+        if joining {
+            wait_active(http, &nodes).await?;
+        }
+        let deadline = Instant::now() + WAIT;
+        let mut pending = Vec::new();
+        for &i in &group {
+            if !send_keys(http, &nodes[i], &keys, path, deadline).await? {
+                pending.push(i);
+            }
+        }
+        for &i in &pending {
+            wait_unsealed(http, &nodes[i], path, deadline).await?;
+        }
+        for &i in &group {
+            if actions[i].1 != NodeAction::Initialized {
+                actions[i].1 = NodeAction::Unsealed;
+            }
+        }
+    }
+    wait_active(http, &nodes).await?;
+    Ok(ClusterOutcome {
+        initialized,
+        actions,
+    })
+}
+
+/// The node addresses without trailing slashes, after checking the spec.
+fn validate(spec: &ClusterSpec) -> Result<Vec<String>, VaultError> {
+    if spec.nodes.is_empty() {
+        return Err(VaultError::Config("the raft cluster has no nodes".into()));
+    }
+    if spec.key_shares == 0
+        || spec.key_threshold == 0
+        || spec.key_threshold > spec.key_shares
+        || (spec.key_shares > 1 && spec.key_threshold < 2)
+    {
+        return Err(VaultError::Config(format!(
+            "key_shares {} and key_threshold {}: the threshold must be between 2 and the number of shares (both 1 for a single key)",
+            spec.key_shares, spec.key_threshold
+        )));
+    }
+    let mut nodes: Vec<String> = Vec::with_capacity(spec.nodes.len());
+    for n in &spec.nodes {
+        let url = url::Url::parse(n).map_err(|e| {
+            VaultError::Config(format!("raft node address `{n}` is not a URL ({e})"))
+        })?;
+        match url.scheme() {
+            "https" => {}
+            "http" if crate::is_loopback(&url) => {}
+            "http" => {
+                return Err(VaultError::Config(format!(
+                    "raft node address {n} is http:// off loopback: the unseal keys would travel in clear; use https://"
+                )));
+            }
+            other => {
+                return Err(VaultError::Config(format!(
+                    "raft node address {n}: scheme `{other}` is not http or https"
+                )));
+            }
+        }
+        let n = n.trim_end_matches('/').to_string();
+        if nodes.contains(&n) {
+            return Err(VaultError::Config(format!("raft node {n} is listed twice")));
+        }
+        nodes.push(n);
+    }
+    Ok(nodes)
+}
+
+fn check_key_count(spec: &ClusterSpec, keys: &KeysFile) -> Result<(), VaultError> {
+    if keys.keys_base64.len() < usize::from(spec.key_threshold) {
+        return Err(keys_error(
+            &spec.keys_file,
+            format!(
+                "holds {} unseal keys, fewer than the threshold {}",
+                keys.keys_base64.len(),
+                spec.key_threshold
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn refuse_existing_keys_file(spec: &ClusterSpec, nodes: &[String]) -> Result<(), VaultError> {
+    if spec.keys_file.exists() {
+        return Err(keys_error(&spec.keys_file, already_exists_cause(nodes)));
+    }
+    Ok(())
+}
+
+fn already_exists_cause(nodes: &[String]) -> String {
+    format!(
+        "already exists, but no node of the cluster ({}) is initialized: it holds the keys of another cluster or of an earlier attempt; move it away to initialize this cluster (it is never overwritten)",
+        nodes.join(", ")
+    )
+}
+
+/// Every node's status; the first unreachable node is an error naming it.
+async fn probe_all(
+    http: &reqwest::Client,
+    nodes: &[String],
+) -> Result<Vec<NodeStatus>, VaultError> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        out.push(probe(http, n).await?);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct HealthBody {
+    initialized: bool,
+    sealed: bool,
+    #[serde(default)]
+    standby: bool,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+async fn probe(http: &reqwest::Client, addr: &str) -> Result<NodeStatus, VaultError> {
+    let resp = http
+        .get(format!(
+            "{addr}/v1/sys/health?standbyok=true&perfstandbyok=true&sealedcode=503&uninitcode=501"
+        ))
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable(addr, &e))?;
+    let status = resp.status().as_u16();
+    let not_vault = |why: String| VaultError::Other {
+        what: format!("health check of raft node {addr}"),
+        cause: format!("{why} (is this a Vault server?)"),
+    };
+    if !matches!(status, 200 | 429 | 472 | 473 | 501 | 503) {
+        return Err(not_vault(format!("unexpected HTTP status {status}")));
+    }
+    let body: HealthBody = resp.json().await.map_err(|e| {
+        if e.is_decode() {
+            not_vault(format!("HTTP {status} with an unexpected body"))
+        } else {
+            unreachable(addr, &e)
+        }
+    })?;
+    let initialized = body.initialized && status != 501;
+    let sealed = body.sealed || status == 503 || status == 501;
+    Ok(NodeStatus {
+        addr: addr.to_string(),
+        reachable: true,
+        initialized,
+        sealed,
+        standby: initialized && !sealed && (body.standby || status == 429),
+        version: body.version.filter(|v| !v.is_empty()),
+    })
+}
+
+fn unreachable(addr: &str, e: &reqwest::Error) -> VaultError {
+    VaultError::NodeUnreachable {
+        addr: addr.to_string(),
+        cause: transport_cause(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct InitAnswer {
+    keys_base64: Vec<String>,
+    root_token: String,
+}
+
+/// `sys/init` on `addr`, with the keys file created first (so an existing
+/// file stops before anything changes) and removed again if init fails.
+async fn initialize(
+    http: &reqwest::Client,
+    spec: &ClusterSpec,
+    nodes: &[String],
+) -> Result<(), VaultError> {
+    let addr = nodes[0].as_str();
+    let file = match open_new(&spec.keys_file) {
+        Err(VaultError::KeysFile { .. }) if spec.keys_file.exists() => {
+            return Err(keys_error(&spec.keys_file, already_exists_cause(nodes)));
+        }
+        other => other?,
+    };
+    let answer = init_request(http, spec, addr).await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&spec.keys_file);
+            return Err(e);
+        }
+    };
+    let keys = KeysFile {
+        keys_base64: answer.keys_base64.into_iter().map(Secret::new).collect(),
+        root_token: Secret::new(answer.root_token),
+    };
+    keys.write_to(file, &spec.keys_file).map_err(|e| match e {
+        VaultError::KeysFile { path, cause } => VaultError::KeysFile {
+            path,
+            cause: format!(
+                "{cause}; the cluster at {addr} IS initialized and its keys are lost: reset the nodes' raft data and start over"
+            ),
+        },
+        other => other,
+    })
+}
+
+async fn init_request(
+    http: &reqwest::Client,
+    spec: &ClusterSpec,
+    addr: &str,
+) -> Result<InitAnswer, VaultError> {
+    let resp = http
+        .put(format!("{addr}/v1/sys/init"))
+        .timeout(INIT_TIMEOUT)
+        .json(&serde_json::json!({
+            "secret_shares": spec.key_shares,
+            "secret_threshold": spec.key_threshold,
+        }))
+        .send()
+        .await
+        .map_err(|e| unreachable(addr, &e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(VaultError::Other {
+            what: format!("initializing the raft cluster at {addr}"),
+            cause: format!("HTTP {}: {}", status.as_u16(), api_errors(resp).await),
+        });
+    }
+    let answer: InitAnswer = resp.json().await.map_err(|e| VaultError::Other {
+        what: format!("initializing the raft cluster at {addr}"),
+        cause: if e.is_decode() {
+            "the answer has no keys_base64 and root_token".into()
+        } else {
+            transport_cause(&e)
+        },
+    })?;
+    if answer.keys_base64.len() != usize::from(spec.key_shares) {
+        return Err(VaultError::Other {
+            what: format!("initializing the raft cluster at {addr}"),
+            cause: format!(
+                "asked for {} key shares, got {}",
+                spec.key_shares,
+                answer.keys_base64.len()
+            ),
+        });
+    }
+    Ok(answer)
+}
+
+#[derive(Deserialize)]
+struct SealStatus {
+    #[serde(default)]
+    initialized: bool,
+    sealed: bool,
+    #[serde(default)]
+    progress: u32,
+}
+
+async fn seal_status(http: &reqwest::Client, addr: &str) -> Result<SealStatus, VaultError> {
+    let resp = http
+        .get(format!("{addr}/v1/sys/seal-status"))
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| unreachable(addr, &e))?;
+    sys_answer(resp, addr, "reading the seal status of").await
+}
+
+async fn unseal_request(
+    http: &reqwest::Client,
+    addr: &str,
+    body: serde_json::Value,
+) -> Result<SealStatus, VaultError> {
+    let resp = http
+        .put(format!("{addr}/v1/sys/unseal"))
+        .timeout(REQUEST_TIMEOUT)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| unreachable(addr, &e))?;
+    sys_answer(resp, addr, "unsealing").await
+}
+
+async fn sys_answer(
+    resp: reqwest::Response,
+    addr: &str,
+    doing: &str,
+) -> Result<SealStatus, VaultError> {
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(VaultError::Other {
+            what: format!("{doing} {addr}"),
+            cause: format!("HTTP {}: {}", status.as_u16(), api_errors(resp).await),
+        });
+    }
+    resp.json().await.map_err(|e| VaultError::Other {
+        what: format!("{doing} {addr}"),
+        cause: if e.is_decode() {
+            "unexpected answer (is this a Vault server?)".into()
+        } else {
+            transport_cause(&e)
+        },
+    })
+}
+
+/// Sends the keys to one node: waits until it has joined (initialized),
+/// clears a stale unseal progress, sends keys until it unseals (true) or the
+/// threshold is reached (false: a joining node unseals about 1 s later, see
+/// [`wait_unsealed`]).
+async fn send_keys(
+    http: &reqwest::Client,
+    addr: &str,
+    keys: &KeysFile,
+    path: &Path,
+    deadline: Instant,
+) -> Result<bool, VaultError> {
+    let mut st = seal_status(http, addr).await?;
+    while !st.initialized {
+        if Instant::now() >= deadline {
+            return Err(VaultError::NodeSealed {
+                addr: addr.to_string(),
+                detail: format!(
+                    "it has not joined the raft cluster within {} s (it still says uninitialized); check its retry_join stanza and that it can reach the active node",
+                    WAIT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+        st = seal_status(http, addr).await?;
+    }
+    if !st.sealed {
+        return Ok(true);
+    }
+    if st.progress > 0 {
+        unseal_request(http, addr, serde_json::json!({ "reset": true })).await?;
+    }
+    let mut threshold_reached = false;
+    for key in &keys.keys_base64 {
+        let st = unseal_request(http, addr, serde_json::json!({ "key": key.expose() }))
+            .await
+            .map_err(|e| match e {
+                VaultError::Other { what, cause } => VaultError::Other {
+                    what,
+                    cause: format!("{cause} (with a key from {})", path.display()),
+                },
+                other => other,
+            })?;
+        if !st.sealed {
+            return Ok(true);
+        }
+        if st.progress == 0 {
+            // All the shares it needs: a joining node unseals shortly after.
+            threshold_reached = true;
+            break;
+        }
+    }
+    if !threshold_reached {
+        return Err(VaultError::NodeSealed {
+            addr: addr.to_string(),
+            detail: format!(
+                "the {} keys in {} are fewer than its unseal threshold",
+                keys.keys_base64.len(),
+                path.display()
+            ),
+        });
+    }
+    Ok(false)
+}
+
+/// Polls one node's seal status until it is unsealed or `deadline`.
+async fn wait_unsealed(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &Path,
+    deadline: Instant,
+) -> Result<(), VaultError> {
+    loop {
+        if !seal_status(http, addr).await?.sealed {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(VaultError::NodeSealed {
+                addr: addr.to_string(),
+                detail: format!(
+                    "it took the keys from {} but did not unseal within {} s; check its log and that it can reach the active node",
+                    path.display(),
+                    WAIT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until one node is active (the raft leader, unsealed).
+async fn wait_active(http: &reqwest::Client, nodes: &[String]) -> Result<(), VaultError> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for n in nodes {
+            if probe(http, n).await.is_ok_and(|s| s.active()) {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(VaultError::Other {
+                what: format!("the raft cluster of {}", nodes.join(", ")),
+                cause: format!(
+                    "no node became active within {} s; check that a quorum of nodes is running and unsealed, and their logs",
+                    WAIT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Vault's `errors` list from a response body, joined.
+async fn api_errors(resp: reqwest::Response) -> String {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        errors: Vec<String>,
+    }
+    match resp.json::<Body>().await {
+        Ok(b) if !b.errors.is_empty() => clean_errors(&b.errors),
+        _ => "no error message".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nodes: &[&str], shares: u8, threshold: u8) -> ClusterSpec {
+        ClusterSpec {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            key_shares: shares,
+            key_threshold: threshold,
+            keys_file: PathBuf::from("/nonexistent/keys.json"),
+        }
+    }
+
+    #[test]
+    fn spec_is_checked() {
+        let ok = validate(&spec(&["http://127.0.0.1:8200/", "https://v2:8200"], 3, 2)).unwrap();
+        assert_eq!(ok, vec!["http://127.0.0.1:8200", "https://v2:8200"]);
+        assert!(validate(&spec(&["http://localhost:8200"], 1, 1)).is_ok());
+        for (s, want) in [
+            (spec(&[], 3, 2), "no nodes"),
+            (spec(&["http://127.0.0.1:1"], 3, 4), "threshold"),
+            (spec(&["http://127.0.0.1:1"], 3, 1), "threshold"),
+            (spec(&["http://127.0.0.1:1"], 0, 0), "threshold"),
+            (
+                spec(&["http://vault.example:8200"], 3, 2),
+                "http:// off loopback",
+            ),
+            (spec(&["ftp://127.0.0.1:1"], 3, 2), "scheme"),
+            (spec(&["127.0.0.1:8200"], 3, 2), "127.0.0.1:8200"),
+            (
+                spec(&["http://127.0.0.1:1", "http://127.0.0.1:1/"], 3, 2),
+                "listed twice",
+            ),
+        ] {
+            let e = validate(&s).unwrap_err();
+            assert!(matches!(e, VaultError::Config(_)), "{e:?}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn keys_file_is_private_never_overwritten_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let keys = KeysFile {
+            keys_base64: vec!["a2V5LW9uZS1zZWNyZXQ=".into(), "a2V5LXR3by1zZWNyZXQ=".into()],
+            root_token: "s.root-token-value".into(),
+        };
+        keys.create_new(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
+        let back = KeysFile::read(&path).unwrap();
+        assert_eq!(back.keys_base64.len(), 2);
+        assert!(back.keys_base64[1].same_as(&keys.keys_base64[1]));
+        assert!(back.root_token.same_as(&keys.root_token));
+        let shown = format!("{back:?}");
+        assert!(
+            !shown.contains("a2V5") && !shown.contains("root-token"),
+            "{shown}"
+        );
+
+        let before = std::fs::read(&path).unwrap();
+        let e = keys.create_new(&path).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+
+        // The CLI's `bao operator init -format=json` names the keys differently.
+        let cli = dir.path().join("cli.json");
+        std::fs::write(
+            &cli,
+            r#"{"unseal_keys_b64":["k1"],"unseal_keys_hex":["00"],"root_token":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(KeysFile::read(&cli).unwrap().keys_base64.len(), 1);
+    }
+
+    #[test]
+    fn keys_file_errors_name_the_path_and_quote_no_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        // serde's own message would quote this string.
+        std::fs::write(
+            &path,
+            r#"{"keys_base64":"c2VjcmV0LXZhbHVl","root_token":"t"}"#,
+        )
+        .unwrap();
+        let e = KeysFile::read(&path).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("line 1"), "{msg}");
+        assert!(!msg.contains("c2VjcmV0"), "{msg}");
+
+        std::fs::write(&path, r#"{"keys_base64":[],"root_token":"t"}"#).unwrap();
+        assert!(
+            KeysFile::read(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("no unseal keys")
+        );
+        let e = KeysFile::read(&dir.path().join("absent.json")).unwrap_err();
+        assert!(e.to_string().contains("absent.json"), "{e}");
+    }
+
+    #[test]
+    fn error_messages_name_the_node_or_the_file() {
+        let e = VaultError::NodeSealed {
+            addr: "https://n2:8200".into(),
+            detail: "it did not unseal".into(),
+        };
+        assert!(e.to_string().contains("https://n2:8200"), "{e}");
+        let e = VaultError::NodeUnreachable {
+            addr: "https://n3:8200".into(),
+            cause: "timed out".into(),
+        };
+        assert!(e.to_string().contains("https://n3:8200"), "{e}");
+        let e = VaultError::KeysFile {
+            path: "/etc/taskctl/keys.json".into(),
+            cause: "cannot read".into(),
+        };
+        assert!(e.to_string().contains("/etc/taskctl/keys.json"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_node_is_named() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let st = node_status(&http, &format!("{addr}/")).await;
+        assert_eq!(st.addr, addr);
+        assert!(
+            !st.reachable && !st.active() && st.version.is_none(),
+            "{st:?}"
+        );
+        let s = spec(&[&addr], 1, 1);
+        let e = plan_cluster(&http, &s).await.unwrap_err();
+        assert!(
+            matches!(&e, VaultError::NodeUnreachable { addr: a, .. } if *a == addr),
+            "{e:?}"
+        );
+        let e = ensure_cluster(&http, &s).await.unwrap_err();
+        assert!(e.to_string().contains(&addr), "{e}");
+    }
+}
