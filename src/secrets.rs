@@ -224,6 +224,8 @@ fn age(since: SystemTime, now: SystemTime) -> String {
 /// `secrets/<name>`: one managed secret of the profile.
 struct ManagedSecretStep {
     id: StepId,
+    /// The cluster step, when taskctl initializes Vault itself.
+    deps: Vec<StepId>,
     entry: Entry,
     vault: Arc<LazyVault>,
     secrets: Arc<Secrets>,
@@ -252,7 +254,7 @@ impl Step for ManagedSecretStep {
         "vault-secret"
     }
     fn depends_on(&self) -> Vec<StepId> {
-        Vec::new()
+        self.deps.clone()
     }
 
     async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
@@ -725,6 +727,88 @@ impl Step for BrokerUserStep {
     }
 }
 
+/// `vault/cluster`: the profile's raft cluster is initialized and every
+/// node unsealed (crates/vault's `sys`). A second run changes nothing; a
+/// sealed node is named in the plan.
+struct VaultClusterStep {
+    id: StepId,
+    spec: taskctl_vault::sys::ClusterSpec,
+    http: reqwest::Client,
+}
+
+fn cluster_error(e: taskctl_vault::VaultError) -> StepError {
+    StepError::new(ErrorKind::Other, e.to_string())
+}
+
+#[async_trait]
+impl Step for VaultClusterStep {
+    fn id(&self) -> &StepId {
+        &self.id
+    }
+    fn kind(&self) -> &str {
+        "vault-cluster"
+    }
+    fn depends_on(&self) -> Vec<StepId> {
+        Vec::new()
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(180)
+    }
+
+    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+        let actions = taskctl_vault::sys::plan_cluster(&self.http, &self.spec)
+            .await
+            .map_err(cluster_error)?;
+        let outputs: Outputs = [("nodes".to_string(), self.spec.nodes.len().to_string())].into();
+        let change = if actions.iter().any(|(_, a)| *a == "initialize") {
+            Change::create(format!(
+                "not initialized: {} key shares, {} to unseal, keys to {}",
+                self.spec.key_shares,
+                self.spec.key_threshold,
+                self.spec.keys_file.display()
+            ))
+        } else {
+            let diffs: Vec<FieldDiff> = actions
+                .iter()
+                .filter(|(_, a)| *a != "none")
+                .map(|(node, _)| FieldDiff::new(format!("node {node}"), "sealed", "unsealed"))
+                .collect();
+            if diffs.is_empty() {
+                Change::none()
+            } else {
+                Change::update(diffs)
+            }
+        };
+        Ok(StepPlan { change, outputs })
+    }
+
+    async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
+        let outcome = taskctl_vault::sys::ensure_cluster(&self.http, &self.spec)
+            .await
+            .map_err(cluster_error)?;
+        for (node, action) in &outcome.actions {
+            let what = match action {
+                taskctl_vault::sys::NodeAction::Initialized => "initialized and unsealed",
+                taskctl_vault::sys::NodeAction::Unsealed => "unsealed",
+                taskctl_vault::sys::NodeAction::AlreadyUnsealed => continue,
+            };
+            ctx.progress(&format!("{node} {what}"));
+        }
+        if outcome.initialized {
+            ctx.progress(&format!(
+                "unseal keys and the initial root token are in {} (mode 0600): keep them offline",
+                self.spec.keys_file.display()
+            ));
+        }
+        Ok(plan.outputs.clone())
+    }
+
+    /// The cluster holds data: destroy leaves it as it is.
+    async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
 /// A step of the target that waits for the secrets' steps.
 struct After {
     inner: Arc<dyn Step>,
@@ -791,10 +875,35 @@ impl WithSecrets {
             }
         }
         let mut ids = Vec::new();
+        let cluster = profile
+            .services
+            .vault
+            .as_ref()
+            .and_then(|v| v.cluster.as_ref());
+        let mut first = Vec::new();
+        if let Some(c) = cluster {
+            let id = StepId::new("vault/cluster");
+            first.push(id.clone());
+            ids.push(id.clone());
+            steps.push(Arc::new(VaultClusterStep {
+                id,
+                spec: taskctl_vault::sys::ClusterSpec {
+                    nodes: c.nodes.clone(),
+                    key_shares: c.key_shares,
+                    key_threshold: c.key_threshold,
+                    keys_file: c.keys_file.clone().into(),
+                },
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(15))
+                    .build()
+                    .map_err(|e| OpsError::Provider(format!("HTTP client: {e}")))?,
+            }));
+        }
         for entry in entries(profile) {
             let id = StepId::new(format!("secrets/{}", entry.name));
             ids.push(id.clone());
             steps.push(Arc::new(ManagedSecretStep {
+                deps: first.clone(),
                 id,
                 force: self.rotate.contains(&entry.name),
                 pinned: pinned(profile, &entry.path),
@@ -837,7 +946,13 @@ impl Provider for WithSecrets {
             || taskctl_core::secrets::references(profile)
                 .iter()
                 .any(|r| matches!(r, SecretRef::Vault { .. }));
-        if needs_vault && !self.destroying {
+        // A cluster taskctl unseals itself cannot be asked before its step.
+        let own_cluster = profile
+            .services
+            .vault
+            .as_ref()
+            .is_some_and(|v| v.cluster.is_some());
+        if needs_vault && !self.destroying && !own_cluster {
             let vault = match self.vault.get().await {
                 Ok(v) => v,
                 Err(e) => {

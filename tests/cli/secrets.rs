@@ -514,3 +514,221 @@ fn bao_at(addr: &str, method: &str, path: &str, token: &str) {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// Three `bao server` raft nodes of the test's own on free loopback ports,
+/// joined to each other (`retry_join`), killed on drop.
+struct RaftNodes {
+    bin: String,
+    dir: tempfile::TempDir,
+    addrs: Vec<String>,
+    children: Vec<Option<std::process::Child>>,
+}
+
+impl RaftNodes {
+    fn start() -> RaftNodes {
+        let bin = required("TASKCTL_TEST_BAO_BIN");
+        let dir = tempfile::tempdir().unwrap();
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (port(), port())).collect();
+        for (i, (api, cluster)) in ports.iter().enumerate() {
+            let data = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            let joins: String = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (p, _))| {
+                    format!(
+                        "  retry_join {{\n    leader_api_addr = \"http://127.0.0.1:{p}\"\n  }}\n"
+                    )
+                })
+                .collect();
+            std::fs::write(
+                dir.path().join(format!("n{i}.hcl")),
+                format!(
+                    "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"n{i}\"\n  performance_multiplier = 1\n{joins}}}\n\
+                     listener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n\
+                     api_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"https://127.0.0.1:{cluster}\"\ndisable_mlock = true\n",
+                    data.display()
+                ),
+            )
+            .unwrap();
+        }
+        let mut nodes = RaftNodes {
+            bin,
+            addrs: ports
+                .iter()
+                .map(|(p, _)| format!("http://127.0.0.1:{p}"))
+                .collect(),
+            dir,
+            children: vec![None, None, None],
+        };
+        for i in 0..3 {
+            nodes.launch(i);
+        }
+        nodes
+    }
+
+    fn launch(&mut self, i: usize) {
+        let child = Command::new(&self.bin)
+            .args(["server", "-config"])
+            .arg(self.dir.path().join(format!("n{i}.hcl")))
+            .env("HOME", self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children[i] = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(self.addrs[i].trim_start_matches("http://")).is_err() {
+            assert!(Instant::now() < deadline, "raft node {i} did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RaftNodes {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+#[test]
+fn deploy_initializes_and_unseals_a_three_node_raft_cluster_and_names_a_sealed_node() {
+    let mut nodes = RaftNodes::start();
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("vault-raft-{:x}", std::process::id());
+    let keys = dir.path().join("vault-keys.json");
+    let profile = dir.path().join("vault.yaml");
+    std::fs::write(
+        &profile,
+        format!(
+            "apiVersion: taskctl.dev/v1\nkind: Profile\nmetadata:\n  name: {name}\n  environment: development\n\
+             target:\n  kind: docker\n  docker:\n    network: {name}-net\n\
+             services:\n  vault:\n    external:\n      url: {}\n    cluster:\n      nodes: [{}]\n      key_shares: 3\n      key_threshold: 2\n      keys_file: {}\n\
+             environments:\n  development:\n    log_level: INFO\n    resource_limits: {{ cpu: \"1\", memory: 1Gi }}\n",
+            nodes.addrs[0],
+            nodes.addrs.join(", "),
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| -> Output {
+        Command::new(assert_cmd::cargo::cargo_bin("taskctl"))
+            .args(args)
+            .arg("-p")
+            .arg(&profile)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .env("TASKCTL_WATCH_WINDOW", "0s")
+            .env_remove("TASKCTL_PROFILE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    struct Cleanup<'a>(&'a dyn Fn(&[&str]) -> Output);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["destroy", "--yes"]);
+        }
+    }
+    let _cleanup = Cleanup(&run);
+
+    let plan = run(&["plan"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("create vault/cluster"),
+        "{}",
+        text(&plan)
+    );
+    let first = run(&["deploy", "--yes"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let out = text(&first);
+    assert!(
+        out.contains(&format!("{} initialized and unsealed", nodes.addrs[0])),
+        "{out}"
+    );
+    for addr in &nodes.addrs[1..] {
+        assert!(out.contains(&format!("{addr} unsealed")), "{out}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the keys file is the operator's alone");
+    let held: serde_json::Value = serde_json::from_slice(&std::fs::read(&keys).unwrap()).unwrap();
+    let shares: Vec<String> = held["keys_base64"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(shares.len(), 3);
+    for share in &shares {
+        assert!(!out.contains(share.as_str()), "an unseal key was printed");
+    }
+    for addr in &nodes.addrs {
+        let health = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{addr}/v1/sys/health"))
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&health.stdout).to_string();
+        assert!(code == "200" || code == "429", "{addr}: HTTP {code}");
+    }
+
+    // A second run changes nothing.
+    let again = run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let before = std::fs::read(&keys).unwrap();
+    let second = run(&["deploy", "--yes"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert!(text(&second).contains("nothing to do"), "{}", text(&second));
+    assert_eq!(
+        std::fs::read(&keys).unwrap(),
+        before,
+        "the keys file is never rewritten"
+    );
+
+    // A restarted node comes back sealed: the plan names it, a deploy
+    // unseals it from the keys file.
+    nodes.kill(2);
+    nodes.launch(2);
+    let plan = run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+    assert!(
+        text(&plan).contains(&format!("node {}: sealed → unsealed", nodes.addrs[2])),
+        "{}",
+        text(&plan)
+    );
+    let heal = run(&["deploy", "--yes"]);
+    assert_eq!(heal.status.code(), Some(0), "{}", text(&heal));
+    assert!(
+        text(&heal).contains(&format!("{} unsealed", nodes.addrs[2])),
+        "{}",
+        text(&heal)
+    );
+
+    // A node that does not answer is named too, and nothing is changed.
+    nodes.kill(1);
+    let down = run(&["deploy", "--yes"]);
+    assert_eq!(down.status.code(), Some(1), "{}", text(&down));
+    assert!(
+        text(&down).contains(&format!("raft node {}", nodes.addrs[1])),
+        "{}",
+        text(&down)
+    );
+}

@@ -289,6 +289,36 @@ pub struct Vault {
     pub chart: Option<String>,
     #[serde(default)]
     pub ha: VaultHa,
+    /// A raft cluster taskctl initializes (Shamir keys) and unseals on
+    /// every deploy: the nodes' API addresses, the first initialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<VaultCluster>,
+}
+
+/// The Vault (OpenBao) raft cluster taskctl initializes and unseals.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct VaultCluster {
+    /// API address of every node (`https://…`; `http://` on loopback only).
+    pub nodes: Vec<String>,
+    /// Unseal key shares made at initialization.
+    #[serde(default = "default_key_shares")]
+    pub key_shares: u8,
+    /// Shares needed to unseal.
+    #[serde(default = "default_key_threshold")]
+    pub key_threshold: u8,
+    /// Where the unseal keys and the initial root token are written at
+    /// initialization (mode 0600, never overwritten), and read from to
+    /// unseal a node that restarted. Keep it offline once the cluster runs.
+    pub keys_file: String,
+}
+
+fn default_key_shares() -> u8 {
+    5
+}
+
+fn default_key_threshold() -> u8 {
+    3
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
