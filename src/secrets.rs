@@ -54,6 +54,9 @@ pub fn vault_address(profile: &Profile) -> Option<String> {
 /// remembered: every later use reports the same clear error.
 pub struct LazyVault {
     addr: Option<String>,
+    /// The AppRole file a cluster taskctl initialized left (used when the
+    /// environment names no credential).
+    approle_file: Option<std::path::PathBuf>,
     default_mount: String,
     vault: tokio::sync::OnceCell<Result<Vault, String>>,
 }
@@ -62,6 +65,12 @@ impl LazyVault {
     pub fn for_profile(profile: &Profile) -> Self {
         LazyVault {
             addr: vault_address(profile),
+            approle_file: profile
+                .services
+                .vault
+                .as_ref()
+                .and_then(|v| v.cluster.as_ref())
+                .map(|c| c.approle_path()),
             default_mount: profile.secrets.mount.clone(),
             vault: tokio::sync::OnceCell::new(),
         }
@@ -71,12 +80,38 @@ impl LazyVault {
         let result = self
             .vault
             .get_or_init(|| async {
-                let config =
-                    VaultConfig::from_env(self.addr.as_deref()).map_err(|e| e.to_string())?;
+                let config = self.config().map_err(|e| e.to_string())?;
                 Vault::connect(config).await.map_err(|e| e.to_string())
             })
             .await;
         result.as_ref().map_err(Clone::clone)
+    }
+
+    /// The environment's Vault settings; without a credential there, the
+    /// AppRole file of a cluster taskctl initialized.
+    fn config(&self) -> Result<VaultConfig, taskctl_vault::VaultError> {
+        let env_has = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+        let from_file = self
+            .approle_file
+            .as_ref()
+            .filter(|p| p.exists())
+            .filter(|_| !env_has("VAULT_TOKEN") && !env_has("VAULT_ROLE_ID"));
+        let Some(path) = from_file else {
+            return VaultConfig::from_env(self.addr.as_deref());
+        };
+        let file = taskctl_vault::setup::AppRoleFile::read(path)?;
+        VaultConfig::from_lookup(
+            self.addr.as_deref(),
+            &|k| match k {
+                "VAULT_ROLE_ID" => Some(file.role_id.clone()),
+                "VAULT_SECRET_ID" => Some(file.secret_id.expose().to_string()),
+                "VAULT_TOKEN" => None,
+                other => std::env::var(other).ok(),
+            },
+            // Not the user's ~/.vault-token: the AppRole file is what this
+            // cluster's taskctl logs in with.
+            None,
+        )
     }
 
     /// `secret/taskctl/messaging` → (`secret`, `taskctl/messaging`): the
@@ -257,7 +292,23 @@ impl Step for ManagedSecretStep {
         self.deps.clone()
     }
 
-    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+    async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
+        if self
+            .deps
+            .iter()
+            .any(|d| ctx.dep_output(d, READY) == Some("false"))
+        {
+            // Vault is initialized or unsealed by this run: the secret is
+            // looked at once it is (the engine plans again before applying).
+            self.secrets.mark_pending(&self.entry.path);
+            return Ok(StepPlan {
+                change: Change::create(format!(
+                    "{} once the Vault cluster is ready: created if absent",
+                    self.entry.path
+                )),
+                outputs: self.outputs(None),
+            });
+        }
         let vault = self.vault.get().await.map_err(vault_error)?;
         let now = SystemTime::now();
         let status = managed::status(vault, &self.entry.managed, now)
@@ -727,13 +778,27 @@ impl Step for BrokerUserStep {
     }
 }
 
+/// The cluster step's output saying Vault can be asked (`true`/`false`).
+const READY: &str = "ready";
+
 /// `vault/cluster`: the profile's raft cluster is initialized and every
 /// node unsealed (crates/vault's `sys`). A second run changes nothing; a
 /// sealed node is named in the plan.
 struct VaultClusterStep {
     id: StepId,
     spec: taskctl_vault::sys::ClusterSpec,
+    /// Set up after initialization: KV mount, policy, AppRole file; then
+    /// the root token is revoked.
+    bootstrap: taskctl_vault::setup::Bootstrap,
     http: reqwest::Client,
+}
+
+impl VaultClusterStep {
+    /// Initialized, but taskctl's AppRole not set up yet (a run stopped
+    /// between the two, or the first run).
+    fn needs_bootstrap(&self) -> bool {
+        self.spec.keys_file.exists() && !self.bootstrap.approle_file.exists()
+    }
 }
 
 fn cluster_error(e: taskctl_vault::VaultError) -> StepError {
@@ -759,7 +824,8 @@ impl Step for VaultClusterStep {
         let actions = taskctl_vault::sys::plan_cluster(&self.http, &self.spec)
             .await
             .map_err(cluster_error)?;
-        let outputs: Outputs = [("nodes".to_string(), self.spec.nodes.len().to_string())].into();
+        let mut outputs: Outputs =
+            [("nodes".to_string(), self.spec.nodes.len().to_string())].into();
         let change = if actions.iter().any(|(_, a)| *a == "initialize") {
             Change::create(format!(
                 "not initialized: {} key shares, {} to unseal, keys to {}",
@@ -773,12 +839,25 @@ impl Step for VaultClusterStep {
                 .filter(|(_, a)| *a != "none")
                 .map(|(node, _)| FieldDiff::new(format!("node {node}"), "sealed", "unsealed"))
                 .collect();
+            let mut diffs = diffs;
+            if self.needs_bootstrap() {
+                diffs.push(FieldDiff::new(
+                    "taskctl's access",
+                    "root token",
+                    format!(
+                        "AppRole in {}, root token revoked",
+                        self.bootstrap.approle_file.display()
+                    ),
+                ));
+            }
             if diffs.is_empty() {
                 Change::none()
             } else {
                 Change::update(diffs)
             }
         };
+        // Until this step has run, the secrets' steps cannot ask Vault.
+        outputs.insert(READY.into(), (!change.action.is_change()).to_string());
         Ok(StepPlan { change, outputs })
     }
 
@@ -796,11 +875,29 @@ impl Step for VaultClusterStep {
         }
         if outcome.initialized {
             ctx.progress(&format!(
-                "unseal keys and the initial root token are in {} (mode 0600): keep them offline",
+                "unseal keys are in {} (mode 0600): keep them offline",
                 self.spec.keys_file.display()
             ));
         }
-        Ok(plan.outputs.clone())
+        if self.needs_bootstrap() {
+            let keys =
+                taskctl_vault::sys::KeysFile::read(&self.spec.keys_file).map_err(cluster_error)?;
+            taskctl_vault::setup::bootstrap(
+                &self.http,
+                &self.spec.nodes[0],
+                &keys.root_token,
+                &self.bootstrap,
+            )
+            .await
+            .map_err(cluster_error)?;
+            ctx.progress(&format!(
+                "policy `taskctl` and its AppRole set up ({}); the root token is revoked",
+                self.bootstrap.approle_file.display()
+            ));
+        }
+        let mut outputs = plan.outputs.clone();
+        outputs.insert(READY.into(), "true".into());
+        Ok(outputs)
     }
 
     /// The cluster holds data: destroy leaves it as it is.
@@ -892,6 +989,10 @@ impl WithSecrets {
                     key_shares: c.key_shares,
                     key_threshold: c.key_threshold,
                     keys_file: c.keys_file.clone().into(),
+                },
+                bootstrap: taskctl_vault::setup::Bootstrap {
+                    mount: profile.secrets.mount.clone(),
+                    approle_file: c.approle_path(),
                 },
                 http: reqwest::Client::builder()
                     .timeout(Duration::from_secs(15))

@@ -620,6 +620,7 @@ fn deploy_initializes_and_unseals_a_three_node_raft_cluster_and_names_a_sealed_n
         format!(
             "apiVersion: taskctl.dev/v1\nkind: Profile\nmetadata:\n  name: {name}\n  environment: development\n\
              target:\n  kind: docker\n  docker:\n    network: {name}-net\n\
+             secrets:\n  entries:\n    demo: {{ path: secret/taskctl/demo, type: generic, rotation: 30d }}\n\
              services:\n  vault:\n    external:\n      url: {}\n    cluster:\n      nodes: [{}]\n      key_shares: 3\n      key_threshold: 2\n      keys_file: {}\n\
              environments:\n  development:\n    log_level: INFO\n    resource_limits: {{ cpu: \"1\", memory: 1Gi }}\n",
             nodes.addrs[0],
@@ -637,6 +638,11 @@ fn deploy_initializes_and_unseals_a_three_node_raft_cluster_and_names_a_sealed_n
             .env("NO_COLOR", "1")
             .env("TASKCTL_WATCH_WINDOW", "0s")
             .env_remove("TASKCTL_PROFILE")
+            // This cluster's own credentials only: the AppRole taskctl sets up.
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .env_remove("VAULT_ROLE_ID")
+            .env_remove("VAULT_SECRET_ID")
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -680,6 +686,29 @@ fn deploy_initializes_and_unseals_a_three_node_raft_cluster_and_names_a_sealed_n
     for share in &shares {
         assert!(!out.contains(share.as_str()), "an unseal key was printed");
     }
+    // taskctl's own access: an AppRole in a 0600 file; the root token is
+    // revoked; the managed secret was written through the AppRole.
+    let approle = dir.path().join("vault-approle.json");
+    let mode = std::fs::metadata(&approle).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(out.contains("the root token is revoked"), "{out}");
+    let root = held["root_token"].as_str().unwrap();
+    let lookup = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("X-Vault-Token: {root}"))
+        .arg(format!("{}/v1/auth/token/lookup-self", nodes.addrs[0]))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&lookup.stdout),
+        "403",
+        "the root token still works"
+    );
+    let status = run(&["secrets", "status", "-o", "json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(rows[0]["name"], "demo");
+    assert_eq!(rows[0]["version"], 1);
     for addr in &nodes.addrs {
         let health = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])

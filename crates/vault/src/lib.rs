@@ -17,6 +17,7 @@ mod error;
 pub mod generate;
 mod kv;
 pub mod managed;
+pub mod setup;
 pub mod sys;
 
 pub use client::{Health, Vault};

@@ -311,6 +311,21 @@ pub struct VaultCluster {
     /// initialization (mode 0600, never overwritten), and read from to
     /// unseal a node that restarted. Keep it offline once the cluster runs.
     pub keys_file: String,
+    /// Where taskctl writes its AppRole credentials after initialization
+    /// (mode 0600), before it revokes the root token; default:
+    /// `vault-approle.json` beside `keys_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approle_file: Option<String>,
+}
+
+impl VaultCluster {
+    /// [`Self::approle_file`], or its default beside the keys file.
+    pub fn approle_path(&self) -> std::path::PathBuf {
+        match &self.approle_file {
+            Some(p) => p.into(),
+            None => std::path::Path::new(&self.keys_file).with_file_name("vault-approle.json"),
+        }
+    }
 }
 
 fn default_key_shares() -> u8 {
