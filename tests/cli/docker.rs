@@ -165,21 +165,10 @@ agents:
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let d = &v["data"]["data"];
-        let enc = |s: &str| -> String {
-            s.bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect()
-        };
         format!(
             "amqp://{}:{}@127.0.0.1:5672/{}",
-            enc(d["username"].as_str().expect("the messaging secret")),
-            enc(d["password"].as_str().expect("the messaging secret")),
+            crate::harness::urlencode(d["username"].as_str().expect("the messaging secret")),
+            crate::harness::urlencode(d["password"].as_str().expect("the messaging secret")),
             self.name
         )
     }

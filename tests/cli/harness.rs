@@ -149,3 +149,17 @@ impl Drop for ProductionSecrets {
         }
     }
 }
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for
+/// credentials in URLs).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -6,6 +6,7 @@
 //! failures are clear errors.
 
 use crate::docker::{AGENT, Env, docker, history, quick, required, text};
+use crate::harness::urlencode;
 use crate::probe::Probe;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -69,18 +70,6 @@ fn amqp_login(env: &Env, user: &str, password: &str) -> Result<(), String> {
             let _ = c.close(200, "bye".into()).await;
             Ok(())
         })
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Every value of the secret long enough to be recognised (not the
@@ -528,14 +517,14 @@ impl RaftNodes {
     fn start() -> RaftNodes {
         let bin = required("TASKCTL_TEST_BAO_BIN");
         let dir = tempfile::tempdir().unwrap();
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (port(), port())).collect();
+        // Six distinct free ports: every listener is held until all are
+        // chosen, then released for the servers.
+        let listeners: Vec<std::net::TcpListener> = (0..6)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let port = |i: usize| listeners[i].local_addr().unwrap().port();
+        let ports: Vec<(u16, u16)> = (0..3).map(|i| (port(2 * i), port(2 * i + 1))).collect();
+        drop(listeners);
         for (i, (api, cluster)) in ports.iter().enumerate() {
             let data = dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&data).unwrap();

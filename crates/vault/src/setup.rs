@@ -58,20 +58,7 @@ impl AppRoleFile {
     }
 
     fn create_new(&self, path: &Path) -> Result<(), VaultError> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                file_error(path, "already exists; it is never overwritten".into())
-            } else {
-                file_error(path, format!("cannot create: {e}"))
-            }
-        })?;
+        let mut file = crate::sys::open_new(path)?;
         let mut text = serde_json::to_vec_pretty(&OnDisk {
             role_id: self.role_id.clone(),
             secret_id: self.secret_id.expose().to_string(),

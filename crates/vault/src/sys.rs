@@ -196,7 +196,7 @@ fn keys_error(path: &Path, cause: String) -> VaultError {
 
 /// Creates `path` for writing, mode 0600 from the start; never an existing
 /// file.
-fn open_new(path: &Path) -> Result<std::fs::File, VaultError> {
+pub(crate) fn open_new(path: &Path) -> Result<std::fs::File, VaultError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
