@@ -116,7 +116,7 @@ done
 
 row() { printf '| %s | %s s |\n' "$1" "$(tr ' ' '\n' <<<"${times[$2]}" | grep . | median)"; }
 echo
-echo "median of $ROUNDS rounds, one run, $(nproc) cores, $(basename "$TASKCTL") $("$TASKCTL" version 2>/dev/null | head -1)"
+echo "median of $ROUNDS rounds, one run, $(nproc) cores, $("$TASKCTL" version 2>/dev/null | head -1)"
 echo
 echo "| command | wall |"
 echo "|---|---|"
