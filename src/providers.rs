@@ -49,13 +49,28 @@ pub async fn for_profile_with(
                 options.destroying,
             ))
         }
-        TargetKind::Aws => Ok(Box::new(
-            crate::eks::EksStack::connect(profile, kube_options(profile, &options)).await?,
-        )),
-        TargetKind::Kubernetes => Ok(Box::new(
-            taskctl_kube::KubernetesProvider::connect(profile, kube_options(profile, &options))
-                .await?,
-        )),
+        TargetKind::Aws | TargetKind::Kubernetes => {
+            // One resolver for the Secrets the cluster gets and for the
+            // managed secrets' steps, which create what Vault lacks.
+            let (secrets, vault) = crate::secrets::resolver(profile);
+            let kube = kube_options(&options, secrets.clone());
+            let inner: Box<dyn Provider> = if profile.target.kind == TargetKind::Aws {
+                Box::new(crate::eks::EksStack::connect(profile, kube).await?)
+            } else {
+                Box::new(taskctl_kube::KubernetesProvider::connect(profile, kube).await?)
+            };
+            Ok(Box::new(crate::secrets::WithSecrets {
+                inner,
+                vault,
+                secrets,
+                rotate: options.rotate,
+                destroying: options.destroying,
+                // The in-cluster broker and databases take their password
+                // at first boot only; until taskctl changes it in them, a
+                // rotation would lock the agents out.
+                may_rotate: false,
+            }))
+        }
     }
 }
 
@@ -63,8 +78,10 @@ pub async fn for_profile_with(
 /// The resolver makes the Secrets the workloads reference (Vault is
 /// connected on first use, so a profile without `vault:` references never
 /// needs one).
-fn kube_options(profile: &Profile, options: &ProviderOptions) -> taskctl_kube::KubeOptions {
-    let (secrets, _vault) = crate::secrets::resolver(profile);
+fn kube_options(
+    options: &ProviderOptions,
+    secrets: std::sync::Arc<taskctl_core::secrets::Secrets>,
+) -> taskctl_kube::KubeOptions {
     taskctl_kube::KubeOptions {
         templates: std::env::var_os("TASKCTL_TEMPLATES")
             .map(std::path::PathBuf::from)

@@ -949,6 +949,10 @@ pub struct WithSecrets {
     /// Destroy: no secret step (secrets are kept, and a destroy must not
     /// need Vault).
     pub destroying: bool,
+    /// Whether this target can move its consumers to a rotated secret
+    /// (docker: the broker user step and rolling replicas); elsewhere,
+    /// missing secrets are created but none is rotated.
+    pub may_rotate: bool,
 }
 
 impl WithSecrets {
@@ -956,6 +960,12 @@ impl WithSecrets {
         let mut steps: Vec<Arc<dyn Step>> = Vec::new();
         if self.destroying {
             return Ok(steps);
+        }
+        if !self.rotate.is_empty() && !self.may_rotate {
+            return Err(OpsError::Provider(format!(
+                "`secrets rotate` is not built for target {}: the in-cluster broker and databases keep the password they first started with, so rotated credentials would lock the agents out",
+                self.inner.name()
+            )));
         }
         for name in &self.rotate {
             if !profile.secrets.entries.contains_key(name) {
@@ -1007,7 +1017,7 @@ impl WithSecrets {
                 deps: first.clone(),
                 id,
                 force: self.rotate.contains(&entry.name),
-                pinned: pinned(profile, &entry.path),
+                pinned: pinned(profile, &entry.path) || !self.may_rotate,
                 entry,
                 vault: self.vault.clone(),
                 secrets: self.secrets.clone(),
@@ -1069,7 +1079,8 @@ impl Provider for WithSecrets {
             for entry in entries(profile) {
                 match managed::status(vault, &entry.managed, now).await {
                     Ok(s) => {
-                        let rotate = !pinned(profile, &entry.path)
+                        let rotate = self.may_rotate
+                            && !pinned(profile, &entry.path)
                             && (s.due || self.rotate.contains(&entry.name));
                         if s.version.is_none() || rotate {
                             self.secrets.mark_pending(&entry.path);
@@ -1245,6 +1256,7 @@ pub fn wrap(
         secrets,
         rotate,
         destroying,
+        may_rotate: true,
     })
 }
 

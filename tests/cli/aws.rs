@@ -547,8 +547,12 @@ fn releases_live_in_the_cluster_and_a_rollback_leaves_the_infrastructure_alone()
         .map(|e| e["step"].as_str().unwrap().to_string())
         .collect();
     assert!(!steps.is_empty());
+    // The cluster's contents, and the secrets they read (pinned: a
+    // rollback never rotates); no AWS resource.
     assert!(
-        steps.iter().all(|s| s.starts_with("kubernetes/")),
+        steps
+            .iter()
+            .all(|s| s.starts_with("kubernetes/") || s.starts_with("secrets/")),
         "only the cluster's contents are restored: {steps:?}"
     );
     // Restored as release 1 ran it: pinned by the digest its pods reported.

@@ -108,6 +108,11 @@ pub struct ProductionSecrets {
 }
 
 impl ProductionSecrets {
+    /// Paths under `prefix` with nothing written: taskctl generates them.
+    pub fn empty(prefix: String) -> ProductionSecrets {
+        ProductionSecrets { prefix }
+    }
+
     pub fn write(prefix: String) -> ProductionSecrets {
         vault_write(
             &format!("{prefix}/messaging"),
@@ -115,7 +120,7 @@ impl ProductionSecrets {
         );
         vault_write(
             &format!("{prefix}/database"),
-            r#"{"replica_set_key":"k8s-mongo-keyfile-1","root_password":"k8s-mongo-root-1"}"#,
+            r#"{"keyfile":"k8s-mongo-keyfile-1","password":"k8s-mongo-root-1"}"#,
         );
         vault_write(
             &format!("{prefix}/postgres"),
@@ -128,9 +133,11 @@ impl ProductionSecrets {
     /// of the production profile pointed at this test's paths.
     pub fn layer(&self) -> String {
         let v = format!("vault:secret/{}", self.prefix);
+        let p = format!("secret/{}", self.prefix);
         format!(
-            "services:\n  rabbitmq:\n    credentials: {v}/messaging#password\n    erlang_cookie: {v}/messaging#erlang_cookie\n\
-             \x20 mongodb:\n    keyfile: {v}/database#replica_set_key\n    root_password: {v}/database#root_password\n\
+            "secrets:\n  entries:\n    database: {{ path: {p}/database, type: mongodb }}\n    messaging: {{ path: {p}/messaging, type: rabbitmq }}\n    postgres: {{ path: {p}/postgres, type: postgres }}\n\
+             services:\n  rabbitmq:\n    credentials: {v}/messaging#password\n    erlang_cookie: {v}/messaging#erlang_cookie\n\
+             \x20 mongodb:\n    keyfile: {v}/database#keyfile\n    root_password: {v}/database#password\n\
              \x20 postgres:\n    password: {v}/postgres#password\n\
              agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n"
         )

@@ -15,11 +15,17 @@ struct Env {
     profile: PathBuf,
     /// This test's Vault paths: the deploy makes the Secrets the
     /// workloads reference from them.
-    _secrets: ProductionSecrets,
+    secrets: ProductionSecrets,
 }
 
 impl Env {
     async fn new() -> Env {
+        Env::with_vault(true).await
+    }
+
+    /// `written`: the secrets the profile references are in Vault already;
+    /// else the deploy generates them.
+    async fn with_vault(written: bool) -> Env {
         let double = KubeDouble::start(Config {
             ready_delay: Duration::from_millis(20),
             ..Config::default()
@@ -35,7 +41,12 @@ impl Env {
             .to_string_lossy()
             .to_ascii_lowercase()
             .replace(|c: char| !c.is_ascii_alphanumeric(), "");
-        let secrets = ProductionSecrets::write(format!("taskctl/test/k8s-{unique}"));
+        let prefix = format!("taskctl/test/k8s-{unique}");
+        let secrets = if written {
+            ProductionSecrets::write(prefix)
+        } else {
+            ProductionSecrets::empty(prefix)
+        };
         let profile = dir.path().join("cluster.yaml");
         std::fs::write(
             &profile,
@@ -50,7 +61,7 @@ impl Env {
             dir,
             double,
             profile,
-            _secrets: secrets,
+            secrets,
         }
     }
 
@@ -221,4 +232,71 @@ async fn a_crash_looping_upgrade_rolls_back_and_rollback_to_1_restores_the_first
     let audit = stdout(&out);
     assert!(audit.contains("automatic_rollback"), "{audit}");
     assert!(audit.contains("dana"), "{audit}");
+}
+
+/// With nothing in Vault, a production deploy generates every managed
+/// secret (KV version 1) and the cluster gets them as Secrets; `secrets
+/// rotate` is refused on this target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_with_an_empty_vault_generates_every_credential_the_cluster_needs() {
+    let env = Env::with_vault(false).await;
+    let deploy = env.run(&["deploy", "--yes"], None).await;
+    assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
+    let (addr, token) = vault();
+    let read = |name: &str| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!("X-Vault-Token: {token}"))
+            .arg(format!(
+                "{addr}/v1/secret/data/{}/{name}",
+                env.secrets.prefix
+            ))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let decode = |v: &serde_json::Value| -> String {
+        use base64::Engine;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let messaging = read("messaging");
+    assert_eq!(messaging["data"]["metadata"]["version"], 1);
+    let password = messaging["data"]["data"]["password"].as_str().unwrap();
+    assert!(password.len() >= 32);
+    // The Secret a reference to PATH becomes: `taskctl-<PATH under the
+    // mount, dashed>`.
+    let secret_of = |name: &str| -> serde_json::Value {
+        let path = env
+            .double
+            .paths()
+            .into_iter()
+            .find(|p| p.contains("/secrets/taskctl-") && p.ends_with(&format!("-{name}")))
+            .unwrap_or_else(|| panic!("no Secret for {name}: {:?}", env.double.paths()));
+        env.double.object(&path).unwrap()
+    };
+    let secret = secret_of("messaging");
+    assert_eq!(decode(&secret["data"]["password"]), password);
+    let database = read("database");
+    let keyfile = database["data"]["data"]["keyfile"].as_str().unwrap();
+    let secret = secret_of("database");
+    assert_eq!(decode(&secret["data"]["keyfile"]), keyfile);
+    assert!(
+        !stdout(&deploy).contains(password) && !stderr(&deploy).contains(password),
+        "a generated value was printed"
+    );
+    let refused = env
+        .run(&["secrets", "rotate", "messaging", "--yes"], None)
+        .await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("not built for target kubernetes"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(read("messaging")["data"]["metadata"]["version"], 1);
 }

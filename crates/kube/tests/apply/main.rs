@@ -199,8 +199,8 @@ fn production_kv() -> Arc<MemoryKv> {
     kv.write(
         "secret/database",
         &[
-            ("replica_set_key", "mongo-keyfile-v1-Hs3Rt"),
-            ("root_password", "mongo-root-v1-Vb8Nm"),
+            ("keyfile", "mongo-keyfile-v1-Hs3Rt"),
+            ("password", "mongo-root-v1-Vb8Nm"),
         ],
     );
     kv.write("secret/postgres", &[("password", "postgres-pass-v1-Jd2Fa")]);
@@ -1131,8 +1131,8 @@ async fn a_new_version_of_one_secret_rolls_exactly_its_dependents_and_plans_show
         kv.write(
             "secret/database",
             &[
-                ("replica_set_key", "mongo-keyfile-v2-Ty6Ue"),
-                ("root_password", "mongo-root-v2-Pl0Ok"),
+                ("keyfile", "mongo-keyfile-v2-Ty6Ue"),
+                ("password", "mongo-root-v2-Pl0Ok"),
             ],
         ),
         2
@@ -1164,13 +1164,13 @@ async fn a_new_version_of_one_secret_rolls_exactly_its_dependents_and_plans_show
     let diffs = &step.change.as_ref().unwrap().diffs;
     let root = diffs
         .iter()
-        .find(|d| d.field == "Secret database/taskctl-database: data[root_password]")
+        .find(|d| d.field == "Secret database/taskctl-database: data[password]")
         .unwrap_or_else(|| panic!("{diffs:?}"));
     assert_eq!(
         root.from,
-        "vault:secret/database?version=1#root_password (another value)"
+        "vault:secret/database?version=1#password (another value)"
     );
-    assert_eq!(root.to, "vault:secret/database?version=2#root_password");
+    assert_eq!(root.to, "vault:secret/database?version=2#password");
     assert!(
         diffs.iter().all(|d| d.field.contains("database/")),
         "{diffs:?}"
@@ -1213,7 +1213,7 @@ async fn a_new_version_of_one_secret_rolls_exactly_its_dependents_and_plans_show
     }
     let secret = object(&c, "/api/v1/namespaces/database/secrets/taskctl-database");
     assert_eq!(
-        base64_decode(secret["data"]["root_password"].as_str().unwrap()),
+        base64_decode(secret["data"]["password"].as_str().unwrap()),
         b"mongo-root-v2-Pl0Ok"
     );
     assert_no_value(

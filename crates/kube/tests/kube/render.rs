@@ -260,7 +260,7 @@ fn production_renders_every_object_of_the_issue() {
     );
     let keyfile = at(mongo, "/spec/template/spec/volumes/0/secret");
     assert_eq!(keyfile["secretName"], "taskctl-database");
-    assert_eq!(keyfile["items"][0]["key"], "replica_set_key");
+    assert_eq!(keyfile["items"][0]["key"], "keyfile");
     let init = find(&ms, "Job", ns("database"), "mongodb-replica-set-init");
     assert!(text(init, "/spec/template/spec/containers/0/args/0").contains("rs.initiate"));
     assert!(
