@@ -869,6 +869,7 @@ impl Step for VaultClusterStep {
             let what = match action {
                 taskctl_vault::sys::NodeAction::Initialized => "initialized and unsealed",
                 taskctl_vault::sys::NodeAction::Unsealed => "unsealed",
+                taskctl_vault::sys::NodeAction::AutoUnsealed => "unsealed itself (auto-unseal)",
                 taskctl_vault::sys::NodeAction::AlreadyUnsealed => continue,
             };
             ctx.progress(&format!("{node} {what}"));
@@ -1167,6 +1168,9 @@ pub struct StatusRow {
     #[serde(rename = "type")]
     pub kind: String,
     pub version: Option<u64>,
+    /// The version the running release reads (after a rollback, an older
+    /// one); `None` when no release reads it or the target keeps none.
+    pub in_use: Option<u64>,
     /// Seconds since the current version was written.
     pub age_seconds: Option<u64>,
     /// RFC 3339, UTC.
@@ -1178,7 +1182,11 @@ pub struct StatusRow {
 }
 
 /// The status of every managed secret (never a value).
-pub async fn status(profile: &Profile, vault: &LazyVault) -> Result<Vec<StatusRow>, String> {
+pub async fn status(
+    profile: &Profile,
+    vault: &LazyVault,
+    in_use: &BTreeMap<String, u64>,
+) -> Result<Vec<StatusRow>, String> {
     let v = vault.get().await?;
     let now = SystemTime::now();
     let mut rows = Vec::new();
@@ -1194,6 +1202,7 @@ pub async fn status(profile: &Profile, vault: &LazyVault) -> Result<Vec<StatusRo
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             version: s.version,
+            in_use: in_use.get(&entry.path).copied(),
             age_seconds: s
                 .created
                 .map(|c| now.duration_since(c).unwrap_or_default().as_secs()),

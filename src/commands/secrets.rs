@@ -28,9 +28,25 @@ fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     }
     let rt = ctx.runtime()?;
     let (_, vault) = secrets::resolver(&profile);
-    let rows = rt
-        .block_on(secrets::status(&profile, &vault))
-        .map_err(anyhow::Error::msg)?;
+    let rows = rt.block_on(async {
+        // The versions the running release reads, where the target keeps
+        // releases (a target that cannot be reached just shows none).
+        let in_use = match crate::providers::for_profile(&profile).await {
+            Ok(provider) => match provider.releases(&profile) {
+                Some(store) => store
+                    .current()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| r.secret_versions)
+                    .unwrap_or_default(),
+                None => Default::default(),
+            },
+            Err(_) => Default::default(),
+        };
+        secrets::status(&profile, &vault, &in_use).await
+    });
+    let rows = rows.map_err(anyhow::Error::msg)?;
     match ctx.output {
         OutputFormat::Table => shell.text(&table(&rows))?,
         _ => shell.data(&rows)?,
@@ -39,11 +55,12 @@ fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
 }
 
 fn table(rows: &[secrets::StatusRow]) -> String {
-    let mut out = vec![[
+    let mut out: Vec<[String; 9]> = vec![[
         "NAME".to_string(),
         "PATH".into(),
         "TYPE".into(),
         "VERSION".into(),
+        "IN USE".into(),
         "AGE".into(),
         "NEXT ROTATION".into(),
         "STATE".into(),
@@ -55,6 +72,9 @@ fn table(rows: &[secrets::StatusRow]) -> String {
             r.path.clone(),
             r.kind.clone(),
             r.version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.in_use
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "-".into()),
             r.age_seconds
@@ -73,7 +93,7 @@ fn table(rows: &[secrets::StatusRow]) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|i| out.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut text = String::new();

@@ -185,6 +185,7 @@ fn every_credential_comes_from_vault_as_files_and_nothing_taskctl_wrote_holds_on
     let rows: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(rows[0]["name"], "messaging");
     assert_eq!(rows[0]["version"], 1);
+    assert_eq!(rows[0]["in_use"], 1, "the running release reads version 1");
     assert_eq!(rows[0]["state"], "ok");
     assert!(
         rows[0]["consumers"]
@@ -348,8 +349,16 @@ fn rotating_the_broker_credential_under_load_loses_no_task_and_rollback_restores
         let (_, _, content) = container_file(&agent.name, "/run/secrets/broker_password");
         assert_eq!(content, v1_password);
     }
-    // Vault keeps both versions; its latest is still 2.
+    // Vault keeps both versions; its latest is still 2, and `secrets
+    // status` says the running release reads 1.
     assert_eq!(messaging(&env, None).0, 2);
+    let status = quick(&env, &["secrets", "status", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        (rows[0]["version"].as_u64(), rows[0]["in_use"].as_u64()),
+        (Some(2), Some(1)),
+        "{rows}"
+    );
     let out = text(&back);
     assert!(!out.contains(&v1_password) && !out.contains(&v2_password));
 }
