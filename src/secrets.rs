@@ -827,9 +827,13 @@ impl Step for VaultClusterStep {
         let mut outputs: Outputs =
             [("nodes".to_string(), self.spec.nodes.len().to_string())].into();
         let change = if actions.iter().any(|(_, a)| *a == "initialize") {
+            let auto = actions
+                .iter()
+                .any(|(_, a)| *a == taskctl_vault::sys::PLAN_WAIT_AUTO_UNSEAL);
             Change::create(format!(
-                "not initialized: {} key shares, {} to unseal, keys to {}",
+                "not initialized: {} {} shares, {} needed, keys to {}",
                 self.spec.key_shares,
+                if auto { "recovery key" } else { "unseal key" },
                 self.spec.key_threshold,
                 self.spec.keys_file.display()
             ))
@@ -875,8 +879,12 @@ impl Step for VaultClusterStep {
             ctx.progress(&format!("{node} {what}"));
         }
         if outcome.initialized {
+            let recovery = taskctl_vault::sys::KeysFile::read(&self.spec.keys_file)
+                .map(|k| k.recovery())
+                .unwrap_or(false);
             ctx.progress(&format!(
-                "unseal keys are in {} (mode 0600): keep them offline",
+                "{} keys are in {} (mode 0600): keep them offline",
+                if recovery { "recovery" } else { "unseal" },
                 self.spec.keys_file.display()
             ));
         }

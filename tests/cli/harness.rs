@@ -126,6 +126,10 @@ impl ProductionSecrets {
             &format!("{prefix}/postgres"),
             r#"{"password":"k8s-postgres-password-1"}"#,
         );
+        vault_write(
+            &format!("{prefix}/grafana"),
+            r#"{"password":"k8s-grafana-password-1"}"#,
+        );
         ProductionSecrets { prefix }
     }
 
@@ -135,10 +139,11 @@ impl ProductionSecrets {
         let v = format!("vault:secret/{}", self.prefix);
         let p = format!("secret/{}", self.prefix);
         format!(
-            "secrets:\n  entries:\n    database: {{ path: {p}/database, type: mongodb }}\n    messaging: {{ path: {p}/messaging, type: rabbitmq }}\n    postgres: {{ path: {p}/postgres, type: postgres }}\n\
+            "secrets:\n  entries:\n    database: {{ path: {p}/database, type: mongodb }}\n    messaging: {{ path: {p}/messaging, type: rabbitmq }}\n    postgres: {{ path: {p}/postgres, type: postgres }}\n    grafana: {{ path: {p}/grafana, type: generic }}\n\
              services:\n  rabbitmq:\n    credentials: {v}/messaging#password\n    erlang_cookie: {v}/messaging#erlang_cookie\n\
              \x20 mongodb:\n    keyfile: {v}/database#keyfile\n    root_password: {v}/database#password\n\
              \x20 postgres:\n    password: {v}/postgres#password\n\
+             \x20 grafana:\n    admin_password: {v}/grafana#password\n\
              agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n"
         )
     }
@@ -147,7 +152,7 @@ impl ProductionSecrets {
 impl Drop for ProductionSecrets {
     fn drop(&mut self) {
         let (addr, token) = vault();
-        for name in ["messaging", "database", "postgres"] {
+        for name in ["messaging", "database", "postgres", "grafana"] {
             let _ = std::process::Command::new("curl")
                 .args(["-s", "-X", "DELETE", "-H"])
                 .arg(format!("X-Vault-Token: {token}"))

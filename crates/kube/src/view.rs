@@ -255,6 +255,8 @@ pub struct GrafanaView {
     /// The dashboards' data source: the in-cluster Prometheus or the
     /// profile's external one.
     pub prometheus_url: String,
+    pub admin_password: Option<SecretKey>,
+    pub secret_sources: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -623,11 +625,14 @@ pub fn build(profile: &Profile, templates: &Path) -> Result<View, RenderError> {
                 .unwrap_or_else(|| {
                     format!("http://prometheus.{MONITORING}.svc.cluster.local:9090")
                 });
+            let admin_password = g.admin_password.as_ref().and_then(|c| secret_key(c, mount));
             Some(GrafanaView {
                 namespace: MONITORING.into(),
                 image: g.image.clone().unwrap_or_else(|| GRAFANA_IMAGE.into()),
                 dashboards,
                 prometheus_url,
+                secret_sources: sources(&[admin_password.as_ref()]),
+                admin_password,
             })
         }
     };

@@ -7,6 +7,12 @@
 //! the keys read back from that file; a second call on a healthy cluster
 //! changes nothing. [`plan_cluster`] says what it would do without doing it.
 //! No key or token ever appears in a `Debug`, `Display` or error message.
+//!
+//! Auto-unsealed clusters (a `seal "transit"`, `"awskms"`, … stanza, seen in
+//! `sys/seal-status`: `type` other than `shamir`, `recovery_seal`) are
+//! initialized with recovery shares instead; the recovery keys go to the
+//! keys file (marked with the seal type), and no key is ever sent to such a
+//! node: it unseals itself through its seal, and taskctl only waits for it.
 
 use crate::VaultError;
 use crate::client::clean_errors;
@@ -81,10 +87,16 @@ pub struct ClusterSpec {
 /// What [`ensure_cluster`] did to one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeAction {
-    /// Initialized the cluster here, then unsealed it.
+    /// Initialized the cluster here, then unsealed it (with an auto-unseal
+    /// seal: it unsealed itself right after initialization).
     Initialized,
+    /// Unsealed with the Shamir unseal keys from the keys file.
     Unsealed,
     AlreadyUnsealed,
+    /// Sealed (restarted, or joining the cluster) and auto-unsealed: the node
+    /// unsealed itself through its seal (transit, KMS, …) while taskctl
+    /// waited; no key was sent to it.
+    AutoUnsealed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,28 +118,45 @@ impl ClusterOutcome {
     }
 }
 
-/// The unseal keys and the initial root token, as written at
-/// initialization. `Debug` shows `[redacted]` for each; the values are
-/// written only by [`KeysFile::create_new`]. Reading also accepts the
-/// `unseal_keys_b64` name of `bao operator init -format=json`.
+/// The seal type of a Shamir-sealed cluster (`sys/seal-status` `type`, and
+/// [`KeysFile::seal`] for unseal keys).
+pub const SHAMIR: &str = "shamir";
+
+/// The unseal keys (or, for an auto-unsealed cluster, the recovery keys)
+/// and the initial root token, as written at initialization. `Debug` shows
+/// `[redacted]` for each; the values are written only by
+/// [`KeysFile::create_new`]. Reading also accepts the `unseal_keys_b64` and
+/// `recovery_keys_b64` names of `bao operator init -format=json`.
 #[derive(Clone, Debug)]
 pub struct KeysFile {
+    /// Unseal keys when `seal` is `"shamir"`, recovery keys otherwise.
     pub keys_base64: Vec<Secret>,
     pub root_token: Secret,
+    /// The cluster's seal type at initialization: [`SHAMIR`] (also for files
+    /// written before this field existed), or the auto-unseal seal
+    /// (`"transit"`, `"awskms"`, …; `"auto"` for a CLI file with recovery
+    /// keys only), whose `keys_base64` are recovery keys: they unseal
+    /// nothing, they authorize operations such as generating a root token.
+    pub seal: String,
 }
 
 /// The file's layout, with the values exposed: used only to write the file.
 #[derive(serde::Serialize)]
 struct OnDisk<'a> {
+    seal: &'a str,
     keys_base64: Vec<&'a str>,
     root_token: &'a str,
 }
 
 #[derive(Deserialize)]
 struct FromDisk {
-    #[serde(alias = "unseal_keys_b64")]
+    #[serde(default, alias = "unseal_keys_b64")]
     keys_base64: Vec<String>,
+    #[serde(default, alias = "recovery_keys_b64")]
+    recovery_keys_base64: Vec<String>,
     root_token: String,
+    #[serde(default)]
+    seal: Option<String>,
 }
 
 impl KeysFile {
@@ -147,13 +176,27 @@ impl KeysFile {
                 ),
             )
         })?;
-        if raw.keys_base64.is_empty() {
-            return Err(keys_error(path, "holds no unseal keys".into()));
+        let (keys, default_seal) = if raw.keys_base64.is_empty() {
+            (raw.recovery_keys_base64, "auto")
+        } else {
+            (raw.keys_base64, SHAMIR)
+        };
+        if keys.is_empty() {
+            return Err(keys_error(path, "holds no unseal or recovery keys".into()));
         }
         Ok(KeysFile {
-            keys_base64: raw.keys_base64.into_iter().map(Secret::new).collect(),
+            keys_base64: keys.into_iter().map(Secret::new).collect(),
             root_token: Secret::new(raw.root_token),
+            seal: raw
+                .seal
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| default_seal.to_string()),
         })
+    }
+
+    /// Whether `keys_base64` are recovery keys (an auto-unsealed cluster).
+    pub fn recovery(&self) -> bool {
+        self.seal != SHAMIR
     }
 
     /// Writes a new file, mode 0600; fails if `path` exists (it is never
@@ -165,6 +208,7 @@ impl KeysFile {
 
     fn write_to(&self, mut file: std::fs::File, path: &Path) -> Result<(), VaultError> {
         let on_disk = OnDisk {
+            seal: &self.seal,
             keys_base64: self.keys_base64.iter().map(Secret::expose).collect(),
             root_token: self.root_token.expose(),
         };
@@ -213,32 +257,59 @@ pub(crate) fn open_new(path: &Path) -> Result<std::fs::File, VaultError> {
     })
 }
 
+/// A plan step: the node is initialized (the first node of an
+/// uninitialized cluster).
+pub const PLAN_INITIALIZE: &str = "initialize";
+/// A plan step: the node is sealed (Shamir) and gets the unseal keys.
+pub const PLAN_UNSEAL: &str = "unseal";
+/// A plan step: the node is sealed but auto-unsealed; nothing is sent to it.
+pub const PLAN_WAIT_AUTO_UNSEAL: &str = "wait for auto-unseal";
+/// A plan step: nothing to do.
+pub const PLAN_NONE: &str = "none";
+
 /// What [`ensure_cluster`] would do, without doing it: per node
-/// `"initialize"`, `"unseal"` or `"none"`. Errors as `ensure_cluster` would
-/// fail before changing anything: a bad spec, an unreachable node (named),
-/// a keys file that exists while the cluster is uninitialized, a keys file
-/// that cannot be read while a node needs unsealing.
+/// `"initialize"`, `"unseal"`, `"wait for auto-unseal"` (a sealed or joining
+/// node of an auto-unsealed cluster) or `"none"`. Errors as `ensure_cluster`
+/// would fail before changing anything: a bad spec, an unreachable node
+/// (named), nodes that disagree on their seal, a keys file that exists while
+/// the cluster is uninitialized, a keys file that cannot be read (or holds
+/// recovery keys) while a Shamir node needs unsealing.
 pub async fn plan_cluster(
     http: &reqwest::Client,
     spec: &ClusterSpec,
 ) -> Result<Vec<(String, &'static str)>, VaultError> {
     let nodes = validate(spec)?;
     let statuses = probe_all(http, &nodes).await?;
+    let seal = seal_kind(http, &nodes).await?;
+    let sealed_step = match seal {
+        Seal::Shamir => PLAN_UNSEAL,
+        Seal::Auto(_) => PLAN_WAIT_AUTO_UNSEAL,
+    };
     if !statuses.iter().any(|s| s.initialized) {
         refuse_existing_keys_file(spec, &nodes)?;
         return Ok(nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.clone(), if i == 0 { "initialize" } else { "unseal" }))
+            .map(|(i, n)| {
+                (
+                    n.clone(),
+                    if i == 0 { PLAN_INITIALIZE } else { sealed_step },
+                )
+            })
             .collect());
     }
     let plan: Vec<(String, &'static str)> = statuses
         .iter()
-        .map(|s| (s.addr.clone(), if s.sealed { "unseal" } else { "none" }))
+        .map(|s| {
+            (
+                s.addr.clone(),
+                if s.sealed { sealed_step } else { PLAN_NONE },
+            )
+        })
         .collect();
-    if plan.iter().any(|(_, a)| *a == "unseal") {
+    if plan.iter().any(|(_, a)| *a == PLAN_UNSEAL) {
         let keys = KeysFile::read(&spec.keys_file)?;
-        check_key_count(spec, &keys)?;
+        check_unseal_keys(spec, &keys)?;
     }
     Ok(plan)
 }
@@ -252,12 +323,25 @@ pub async fn plan_cluster(
 /// node unseals about 1 s later). Finally waits for an active node if it
 /// changed anything. An unreachable node, or one that stays sealed, is an
 /// error naming its address.
+///
+/// An auto-unsealed cluster (every node's `sys/seal-status` says a seal type
+/// other than `shamir`) is initialized with `recovery_shares` and
+/// `recovery_threshold` (the spec's `key_shares` and `key_threshold`); the
+/// keys file then holds the recovery keys, with `"seal": "<type>"`. No key is
+/// sent to its nodes: every sealed or joining node is polled until it has
+/// unsealed itself ([`NodeAction::AutoUnsealed`]); one still sealed after
+/// 45 s is a [`VaultError::NodeSealed`] naming it (its seal could not reach
+/// its key holder). The keys file is not read for such a cluster.
 pub async fn ensure_cluster(
     http: &reqwest::Client,
     spec: &ClusterSpec,
 ) -> Result<ClusterOutcome, VaultError> {
     let nodes = validate(spec)?;
     let statuses = probe_all(http, &nodes).await?;
+    let seal = seal_kind(http, &nodes).await?;
+    if let Seal::Auto(seal_type) = &seal {
+        return ensure_auto_unsealed(http, spec, &nodes, &statuses, seal_type).await;
+    }
     let mut actions: Vec<(String, NodeAction)> = nodes
         .iter()
         .map(|n| (n.clone(), NodeAction::AlreadyUnsealed))
@@ -269,7 +353,7 @@ pub async fn ensure_cluster(
     let mut members: Vec<usize> = Vec::new();
     let mut joiners: Vec<usize> = Vec::new();
     if !statuses.iter().any(|s| s.initialized) {
-        initialize(http, spec, &nodes).await?;
+        initialize(http, spec, &nodes, &seal).await?;
         initialized = true;
         actions[0].1 = NodeAction::Initialized;
         members.push(0);
@@ -294,7 +378,7 @@ pub async fn ensure_cluster(
     }
 
     let keys = KeysFile::read(&spec.keys_file)?;
-    check_key_count(spec, &keys)?;
+    check_unseal_keys(spec, &keys)?;
     let path = spec.keys_file.as_path();
     // Members first (a joining node needs an active node to join), then the
     // joining ones: all their keys sent, then all waited for.
@@ -326,6 +410,132 @@ pub async fn ensure_cluster(
         initialized,
         actions,
     })
+}
+
+/// [`ensure_cluster`] for an auto-unsealed cluster: initialize with recovery
+/// shares if no node is initialized, then wait for every sealed node (all of
+/// them after initialization) to unseal itself.
+async fn ensure_auto_unsealed(
+    http: &reqwest::Client,
+    spec: &ClusterSpec,
+    nodes: &[String],
+    statuses: &[NodeStatus],
+    seal_type: &str,
+) -> Result<ClusterOutcome, VaultError> {
+    let mut actions: Vec<(String, NodeAction)> = nodes
+        .iter()
+        .map(|n| (n.clone(), NodeAction::AlreadyUnsealed))
+        .collect();
+    let initialized = !statuses.iter().any(|s| s.initialized);
+    let waiting: Vec<usize> = if initialized {
+        initialize(http, spec, nodes, &Seal::Auto(seal_type.to_string())).await?;
+        actions[0].1 = NodeAction::Initialized;
+        (0..nodes.len()).collect()
+    } else {
+        (0..nodes.len()).filter(|&i| statuses[i].sealed).collect()
+    };
+    if waiting.is_empty() {
+        return Ok(ClusterOutcome {
+            initialized,
+            actions,
+        });
+    }
+    // The nodes unseal (and join) in parallel: one deadline for all.
+    let deadline = Instant::now() + WAIT;
+    for &i in &waiting {
+        wait_auto_unsealed(http, &nodes[i], seal_type, deadline).await?;
+        if actions[i].1 != NodeAction::Initialized {
+            actions[i].1 = NodeAction::AutoUnsealed;
+        }
+    }
+    wait_active(http, nodes).await?;
+    Ok(ClusterOutcome {
+        initialized,
+        actions,
+    })
+}
+
+/// Polls an auto-unsealed node's seal status until it has joined and
+/// unsealed itself, or `deadline`.
+async fn wait_auto_unsealed(
+    http: &reqwest::Client,
+    addr: &str,
+    seal_type: &str,
+    deadline: Instant,
+) -> Result<(), VaultError> {
+    loop {
+        let st = seal_status(http, addr).await?;
+        if st.initialized && !st.sealed {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let detail = if st.initialized {
+                format!(
+                    "it is auto-unsealed (seal \"{seal_type}\") but did not unseal itself within {} s: its seal could not reach its key holder (the transit server or KMS key: check the seal's address, credentials, key name and its permission to encrypt and decrypt, and the node's log); taskctl sends no unseal keys to an auto-unsealed node",
+                    WAIT.as_secs()
+                )
+            } else {
+                format!(
+                    "it has not joined the raft cluster within {} s (it still says uninitialized); check its retry_join stanza, that it can reach the active node, and that its seal (\"{seal_type}\") can reach its key holder",
+                    WAIT.as_secs()
+                )
+            };
+            return Err(VaultError::NodeSealed {
+                addr: addr.to_string(),
+                detail,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How the cluster's nodes are sealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seal {
+    Shamir,
+    /// Auto-unseal, with the seal's type (`transit`, `awskms`, …).
+    Auto(String),
+}
+
+/// The seal every node reports in `sys/seal-status` (`type`, and
+/// `recovery_seal` for an auto-unseal seal). Nodes that disagree, or a seal
+/// migration in progress, are an error naming them.
+async fn seal_kind(http: &reqwest::Client, nodes: &[String]) -> Result<Seal, VaultError> {
+    let mut kinds: Vec<(String, Seal)> = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let st = seal_status(http, n).await?;
+        if st.migration {
+            return Err(VaultError::Other {
+                what: format!("raft node {n}"),
+                cause: "a seal migration is in progress; finish it (`bao operator unseal -migrate`) before taskctl initializes or unseals the cluster".into(),
+            });
+        }
+        let seal_type = st
+            .seal_type
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| SHAMIR.to_string());
+        let kind = if seal_type == SHAMIR && !st.recovery_seal {
+            Seal::Shamir
+        } else {
+            Seal::Auto(seal_type)
+        };
+        kinds.push((n.clone(), kind));
+    }
+    let first = kinds[0].1.clone();
+    if kinds.iter().any(|(_, k)| *k != first) {
+        let list: Vec<String> = kinds
+            .iter()
+            .map(|(n, k)| match k {
+                Seal::Shamir => format!("{n}: {SHAMIR}"),
+                Seal::Auto(t) => format!("{n}: {t} (auto-unseal)"),
+            })
+            .collect();
+        return Err(VaultError::Config(format!(
+            "the raft nodes disagree on their seal ({}); give every node the same seal stanza",
+            list.join(", ")
+        )));
+    }
+    Ok(first)
 }
 
 /// The node addresses without trailing slashes, after checking the spec.
@@ -371,7 +581,18 @@ fn validate(spec: &ClusterSpec) -> Result<Vec<String>, VaultError> {
     Ok(nodes)
 }
 
-fn check_key_count(spec: &ClusterSpec, keys: &KeysFile) -> Result<(), VaultError> {
+/// The keys file can unseal a Shamir node: unseal keys (not recovery keys),
+/// at least the threshold.
+fn check_unseal_keys(spec: &ClusterSpec, keys: &KeysFile) -> Result<(), VaultError> {
+    if keys.recovery() {
+        return Err(keys_error(
+            &spec.keys_file,
+            format!(
+                "holds the recovery keys of a cluster auto-unsealed by its \"{}\" seal, not unseal keys, but the nodes use a Shamir seal; use the keys file written when this cluster was initialized",
+                keys.seal
+            ),
+        ));
+    }
     if keys.keys_base64.len() < usize::from(spec.key_threshold) {
         return Err(keys_error(
             &spec.keys_file,
@@ -466,16 +687,22 @@ fn unreachable(addr: &str, e: &reqwest::Error) -> VaultError {
 
 #[derive(Deserialize)]
 struct InitAnswer {
+    #[serde(default)]
     keys_base64: Vec<String>,
+    #[serde(default)]
+    recovery_keys_base64: Vec<String>,
     root_token: String,
 }
 
 /// `sys/init` on `addr`, with the keys file created first (so an existing
 /// file stops before anything changes) and removed again if init fails.
+/// With an auto-unseal seal, asks for recovery shares and writes the
+/// recovery keys, marked with the seal type.
 async fn initialize(
     http: &reqwest::Client,
     spec: &ClusterSpec,
     nodes: &[String],
+    seal: &Seal,
 ) -> Result<(), VaultError> {
     let addr = nodes[0].as_str();
     let file = match open_new(&spec.keys_file) {
@@ -484,8 +711,8 @@ async fn initialize(
         }
         other => other?,
     };
-    let answer = init_request(http, spec, addr).await;
-    let answer = match answer {
+    let answer = init_request(http, spec, addr, seal).await;
+    let (answer, root_token) = match answer {
         Ok(a) => a,
         Err(e) => {
             drop(file);
@@ -494,8 +721,12 @@ async fn initialize(
         }
     };
     let keys = KeysFile {
-        keys_base64: answer.keys_base64.into_iter().map(Secret::new).collect(),
-        root_token: Secret::new(answer.root_token),
+        keys_base64: answer.into_iter().map(Secret::new).collect(),
+        root_token: Secret::new(root_token),
+        seal: match seal {
+            Seal::Shamir => SHAMIR.to_string(),
+            Seal::Auto(t) => t.clone(),
+        },
     };
     keys.write_to(file, &spec.keys_file).map_err(|e| match e {
         VaultError::KeysFile { path, cause } => VaultError::KeysFile {
@@ -508,18 +739,28 @@ async fn initialize(
     })
 }
 
+/// The keys (unseal keys, or recovery keys for an auto-unseal seal) and the
+/// root token.
 async fn init_request(
     http: &reqwest::Client,
     spec: &ClusterSpec,
     addr: &str,
-) -> Result<InitAnswer, VaultError> {
+    seal: &Seal,
+) -> Result<(Vec<String>, String), VaultError> {
+    let body = match seal {
+        Seal::Shamir => serde_json::json!({
+            "secret_shares": spec.key_shares,
+            "secret_threshold": spec.key_threshold,
+        }),
+        Seal::Auto(_) => serde_json::json!({
+            "recovery_shares": spec.key_shares,
+            "recovery_threshold": spec.key_threshold,
+        }),
+    };
     let resp = http
         .put(format!("{addr}/v1/sys/init"))
         .timeout(INIT_TIMEOUT)
-        .json(&serde_json::json!({
-            "secret_shares": spec.key_shares,
-            "secret_threshold": spec.key_threshold,
-        }))
+        .json(&body)
         .send()
         .await
         .map_err(|e| unreachable(addr, &e))?;
@@ -533,22 +774,26 @@ async fn init_request(
     let answer: InitAnswer = resp.json().await.map_err(|e| VaultError::Other {
         what: format!("initializing the raft cluster at {addr}"),
         cause: if e.is_decode() {
-            "the answer has no keys_base64 and root_token".into()
+            "the answer has no keys and root_token".into()
         } else {
             transport_cause(&e)
         },
     })?;
-    if answer.keys_base64.len() != usize::from(spec.key_shares) {
+    let (keys, kind) = match seal {
+        Seal::Shamir => (answer.keys_base64, "unseal key"),
+        Seal::Auto(_) => (answer.recovery_keys_base64, "recovery key"),
+    };
+    if keys.len() != usize::from(spec.key_shares) {
         return Err(VaultError::Other {
             what: format!("initializing the raft cluster at {addr}"),
             cause: format!(
-                "asked for {} key shares, got {}",
+                "asked for {} {kind} shares, got {}",
                 spec.key_shares,
-                answer.keys_base64.len()
+                keys.len()
             ),
         });
     }
-    Ok(answer)
+    Ok((keys, answer.root_token))
 }
 
 #[derive(Deserialize)]
@@ -558,6 +803,14 @@ struct SealStatus {
     sealed: bool,
     #[serde(default)]
     progress: u32,
+    /// `shamir`, or the auto-unseal seal (`transit`, `awskms`, …).
+    #[serde(default, rename = "type")]
+    seal_type: Option<String>,
+    /// True with an auto-unseal seal (its shares are recovery keys).
+    #[serde(default)]
+    recovery_seal: bool,
+    #[serde(default)]
+    migration: bool,
 }
 
 async fn seal_status(http: &reqwest::Client, addr: &str) -> Result<SealStatus, VaultError> {
@@ -778,6 +1031,7 @@ mod tests {
         let keys = KeysFile {
             keys_base64: vec!["a2V5LW9uZS1zZWNyZXQ=".into(), "a2V5LXR3by1zZWNyZXQ=".into()],
             root_token: "s.root-token-value".into(),
+            seal: SHAMIR.into(),
         };
         keys.create_new(&path).unwrap();
         #[cfg(unix)]
@@ -788,6 +1042,7 @@ mod tests {
         }
         let back = KeysFile::read(&path).unwrap();
         assert_eq!(back.keys_base64.len(), 2);
+        assert!(!back.recovery() && back.seal == SHAMIR);
         assert!(back.keys_base64[1].same_as(&keys.keys_base64[1]));
         assert!(back.root_token.same_as(&keys.root_token));
         let shown = format!("{back:?}");
@@ -809,7 +1064,49 @@ mod tests {
             r#"{"unseal_keys_b64":["k1"],"unseal_keys_hex":["00"],"root_token":"t"}"#,
         )
         .unwrap();
-        assert_eq!(KeysFile::read(&cli).unwrap().keys_base64.len(), 1);
+        let k = KeysFile::read(&cli).unwrap();
+        assert_eq!(k.keys_base64.len(), 1);
+        assert!(!k.recovery());
+
+        // A file written before the `seal` field: unseal keys.
+        let old = dir.path().join("old.json");
+        std::fs::write(&old, r#"{"keys_base64":["k1","k2"],"root_token":"t"}"#).unwrap();
+        let k = KeysFile::read(&old).unwrap();
+        assert_eq!((k.keys_base64.len(), k.seal.as_str()), (2, SHAMIR));
+
+        // Recovery keys of an auto-unsealed cluster, as taskctl writes them.
+        let rec = dir.path().join("recovery.json");
+        KeysFile {
+            seal: "transit".into(),
+            ..keys.clone()
+        }
+        .create_new(&rec)
+        .unwrap();
+        let text = std::fs::read_to_string(&rec).unwrap();
+        assert!(text.contains(r#""seal": "transit""#), "{text}");
+        let k = KeysFile::read(&rec).unwrap();
+        assert!(k.recovery() && k.seal == "transit");
+        assert!(k.keys_base64[0].same_as(&keys.keys_base64[0]));
+        // ... and as the CLI writes them (auto-unseal: no unseal keys).
+        std::fs::write(
+            &cli,
+            r#"{"unseal_keys_b64":[],"recovery_keys_b64":["r1","r2"],"root_token":"t"}"#,
+        )
+        .unwrap();
+        let k = KeysFile::read(&cli).unwrap();
+        assert!(k.recovery() && k.keys_base64.len() == 2, "{k:?}");
+
+        // Recovery keys never go to a Shamir node.
+        let e = check_unseal_keys(
+            &ClusterSpec {
+                keys_file: rec.clone(),
+                ..spec(&["http://127.0.0.1:1"], 2, 2)
+            },
+            &KeysFile::read(&rec).unwrap(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("recovery keys"), "{e}");
+        assert!(!e.to_string().contains("a2V5"), "{e}");
     }
 
     #[test]
@@ -833,7 +1130,7 @@ mod tests {
             KeysFile::read(&path)
                 .unwrap_err()
                 .to_string()
-                .contains("no unseal keys")
+                .contains("no unseal or recovery keys")
         );
         let e = KeysFile::read(&dir.path().join("absent.json")).unwrap_err();
         assert!(e.to_string().contains("absent.json"), "{e}");

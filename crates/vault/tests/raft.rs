@@ -318,6 +318,7 @@ async fn three_node_raft_cluster() {
     KeysFile {
         keys_base64: bogus.iter().map(|k| k.as_str().into()).collect(),
         root_token: "s.not-a-real-token-0123456789".into(),
+        seal: taskctl_vault::sys::SHAMIR.into(),
     }
     .create_new(&wrong)
     .unwrap();

@@ -204,6 +204,7 @@ fn production_kv() -> Arc<MemoryKv> {
         ],
     );
     kv.write("secret/postgres", &[("password", "postgres-pass-v1-Jd2Fa")]);
+    kv.write("secret/grafana", &[("password", "grafana-admin-v1-Mn4Rs")]);
     Arc::new(kv)
 }
 

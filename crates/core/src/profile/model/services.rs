@@ -265,6 +265,9 @@ pub struct Grafana {
     pub image: Option<String>,
     #[serde(default)]
     pub dashboards: Vec<Dashboard>,
+    /// The `admin` user's password, as a secret reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<Checked<SecretRef>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

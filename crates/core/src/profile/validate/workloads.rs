@@ -39,6 +39,13 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
 
 fn services(r: &mut Report, p: &Profile) {
     let s = &p.services;
+    if let Some(g) = &s.grafana {
+        secret(
+            r,
+            g.admin_password.as_ref(),
+            path!["services", "grafana", "admin_password"],
+        );
+    }
     if let Some(mq) = &s.rabbitmq {
         let at = path!["services", "rabbitmq"];
         external(r, mq.external.as_ref(), &at);
