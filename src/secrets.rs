@@ -239,6 +239,37 @@ fn mentions(v: &serde_json::Value, path: &str) -> bool {
     }
 }
 
+/// One Kubernetes auth role per agent: its service account (named as the
+/// agent, in its namespace) and the Vault paths (under the mount) its env
+/// references.
+fn agent_roles(profile: &Profile) -> Vec<taskctl_vault::setup::AgentRole> {
+    profile
+        .agents
+        .iter()
+        .map(|a| {
+            let mut paths: Vec<String> = a
+                .env
+                .iter()
+                .filter_map(|v| v.secret.as_ref().and_then(|s| s.get()))
+                .filter_map(|r| match r {
+                    SecretRef::Vault { path, .. } => {
+                        Some(split_mount(path, &profile.secrets.mount).1.to_string())
+                    }
+                    SecretRef::Env { .. } => None,
+                })
+                .collect();
+            paths.sort();
+            paths.dedup();
+            taskctl_vault::setup::AgentRole {
+                name: a.name.clone(),
+                namespace: a.namespace.clone(),
+                service_account: a.name.clone(),
+                paths,
+            }
+        })
+        .collect()
+}
+
 /// True when the profile reads `path` at a pinned version (a release being
 /// restored): its secret is then never rotated by that run.
 fn pinned(profile: &Profile, path: &str) -> bool {
@@ -1012,6 +1043,21 @@ impl WithSecrets {
                 bootstrap: taskctl_vault::setup::Bootstrap {
                     mount: profile.secrets.mount.clone(),
                     approle_file: c.approle_path(),
+                    agents: match &c.kubernetes_host {
+                        None => None,
+                        Some(host) => Some(taskctl_vault::setup::AgentsAuth {
+                            kubernetes_host: host.clone(),
+                            kubernetes_ca_cert: match &c.kubernetes_ca_file {
+                                None => None,
+                                Some(f) => Some(std::fs::read_to_string(f).map_err(|e| {
+                                    OpsError::Provider(format!(
+                                        "services.vault.cluster.kubernetes_ca_file {f}: {e}"
+                                    ))
+                                })?),
+                            },
+                            roles: agent_roles(profile),
+                        }),
+                    },
                 },
                 http: reqwest::Client::builder()
                     .timeout(Duration::from_secs(15))

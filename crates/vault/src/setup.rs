@@ -22,6 +22,44 @@ pub struct Bootstrap {
     pub mount: String,
     /// Where the AppRole credentials are written.
     pub approle_file: PathBuf,
+    /// The Kubernetes auth method for the agents, when they run in a
+    /// cluster: one role per agent.
+    pub agents: Option<AgentsAuth>,
+}
+
+/// How the agents log in from their pods: Kubernetes auth at
+/// `auth/kubernetes`, one role per agent bound to its service account,
+/// each with a policy that reads only the paths that agent references.
+#[derive(Clone, Debug)]
+pub struct AgentsAuth {
+    /// The API server Vault checks service-account tokens with.
+    pub kubernetes_host: String,
+    /// Its CA (PEM), when Vault runs outside the cluster.
+    pub kubernetes_ca_cert: Option<String>,
+    pub roles: Vec<AgentRole>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentRole {
+    /// Role and policy name (`task-executor`).
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// KV paths under the mount the agent reads (`messaging`).
+    pub paths: Vec<String>,
+}
+
+/// The read-only policy of one agent: its own paths' data, nothing else.
+pub fn agent_policy(mount: &str, paths: &[String]) -> String {
+    paths
+        .iter()
+        .map(|p| {
+            format!(
+                "path \"{mount}/data/{}\" {{ capabilities = [\"read\"] }}\n",
+                p.trim_matches('/')
+            )
+        })
+        .collect()
 }
 
 /// The role id and a secret id of taskctl's AppRole.
@@ -218,6 +256,52 @@ pub async fn bootstrap(
             what: format!("setting up AppRole on {addr}"),
             cause: "the role id or secret id was missing from Vault's answer".into(),
         });
+    }
+    if let Some(agents) = &b.agents {
+        if auths.get("kubernetes/").is_none() {
+            root.call(
+                Method::POST,
+                "sys/auth/kubernetes",
+                Some(serde_json::json!({"type": "kubernetes"})),
+            )
+            .await?;
+        }
+        root.call(
+            Method::POST,
+            "auth/kubernetes/config",
+            Some(match &agents.kubernetes_ca_cert {
+                // Vault outside the cluster: the API server's CA is given,
+                // and each agent's token is reviewed with that token itself.
+                Some(ca) => serde_json::json!({
+                    "kubernetes_host": agents.kubernetes_host,
+                    "kubernetes_ca_cert": ca,
+                    "disable_local_ca_jwt": true,
+                }),
+                // Vault in the cluster: its pod's service account and CA.
+                None => serde_json::json!({ "kubernetes_host": agents.kubernetes_host }),
+            }),
+        )
+        .await?;
+        for role in &agents.roles {
+            let policy = format!("taskctl-agent-{}", role.name);
+            root.call(
+                Method::PUT,
+                &format!("sys/policies/acl/{policy}"),
+                Some(serde_json::json!({ "policy": agent_policy(mount, &role.paths) })),
+            )
+            .await?;
+            root.call(
+                Method::POST,
+                &format!("auth/kubernetes/role/{}", role.name),
+                Some(serde_json::json!({
+                    "bound_service_account_names": [role.service_account],
+                    "bound_service_account_namespaces": [role.namespace],
+                    "token_policies": [policy],
+                    "token_ttl": "1h",
+                })),
+            )
+            .await?;
+        }
     }
     file.create_new(&b.approle_file)?;
     root.call(Method::POST, "auth/token/revoke-self", None)

@@ -319,6 +319,16 @@ pub struct VaultCluster {
     /// `vault-approle.json` beside `keys_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approle_file: Option<String>,
+    /// The Kubernetes API server Vault checks the agents' service-account
+    /// tokens with: when set, the setup also enables Kubernetes auth with a
+    /// role per agent (its service account, a policy reading only the
+    /// paths it references).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_host: Option<String>,
+    /// A PEM file with the API server's CA, when Vault runs outside the
+    /// cluster (inside it, its pod's own CA and service account are used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_ca_file: Option<String>,
 }
 
 impl VaultCluster {
