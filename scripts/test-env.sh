@@ -269,6 +269,8 @@ stop_debian_default_instances() {
 ensure_debian_packages() {
     local need=("${DEB_PACKAGES[@]}")
     command -v curl >/dev/null || need+=(curl)
+    # The Vault setup test makes a throwaway CA certificate with it.
+    command -v openssl >/dev/null || need+=(openssl)
     command -v setsid >/dev/null || need+=(util-linux)
     command -v flock >/dev/null || need+=(util-linux)
     # A venv still to be made needs a python with ensurepip: Debian's python3

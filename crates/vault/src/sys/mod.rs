@@ -17,60 +17,30 @@
 use crate::VaultError;
 use crate::client::clean_errors;
 use crate::error::transport_cause;
-use serde::Deserialize;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use taskctl_secret::Secret;
 
+mod keys;
+mod node;
+
+pub(crate) use keys::open_new;
+use keys::*;
+pub use keys::{KeysFile, SHAMIR};
+use node::*;
+pub use node::{NodeStatus, node_status};
+
 /// One request's limit (health, seal status, one unseal key).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// `sys/init` waits for the node to become raft leader (about 6 s, 1.5 to
 /// 2 s with `performance_multiplier = 1`).
-const INIT_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const INIT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a node may take to join through `retry_join`, to unseal after
 /// its last key (a joining node unseals about 1 s later), and how long the
 /// cluster may take to elect an active node.
-const WAIT: Duration = Duration::from_secs(45);
-const POLL: Duration = Duration::from_millis(200);
-
-/// What one node says about itself (`sys/health`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeStatus {
-    /// The address asked, without a trailing slash.
-    pub addr: String,
-    /// False when the node did not answer as a Vault server (connection
-    /// refused, timeout, some other HTTP server); the other flags are then
-    /// false and `version` is `None`.
-    pub reachable: bool,
-    /// A raft node that has not joined its cluster yet says false.
-    pub initialized: bool,
-    pub sealed: bool,
-    /// Unsealed and not the active node.
-    pub standby: bool,
-    pub version: Option<String>,
-}
-
-impl NodeStatus {
-    /// Unsealed and the active node (the raft leader).
-    pub fn active(&self) -> bool {
-        self.reachable && self.initialized && !self.sealed && !self.standby
-    }
-}
-
-/// `sys/health` of `addr`, answered for sealed, uninitialized and standby
-/// nodes too; never fails (an unreachable node is `reachable: false`).
-pub async fn node_status(http: &reqwest::Client, addr: &str) -> NodeStatus {
-    let addr = addr.trim_end_matches('/');
-    probe(http, addr).await.unwrap_or_else(|_| NodeStatus {
-        addr: addr.to_string(),
-        reachable: false,
-        initialized: false,
-        sealed: false,
-        standby: false,
-        version: None,
-    })
-}
+pub(super) const WAIT: Duration = Duration::from_secs(45);
+pub(super) const POLL: Duration = Duration::from_millis(200);
 
 /// The cluster taskctl initializes and unseals.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,145 +86,6 @@ impl ClusterOutcome {
                 .iter()
                 .any(|(_, a)| *a != NodeAction::AlreadyUnsealed)
     }
-}
-
-/// The seal type of a Shamir-sealed cluster (`sys/seal-status` `type`, and
-/// [`KeysFile::seal`] for unseal keys).
-pub const SHAMIR: &str = "shamir";
-
-/// The unseal keys (or, for an auto-unsealed cluster, the recovery keys)
-/// and the initial root token, as written at initialization. `Debug` shows
-/// `[redacted]` for each; the values are written only by
-/// [`KeysFile::create_new`]. Reading also accepts the `unseal_keys_b64` and
-/// `recovery_keys_b64` names of `bao operator init -format=json`.
-#[derive(Clone, Debug)]
-pub struct KeysFile {
-    /// Unseal keys when `seal` is `"shamir"`, recovery keys otherwise.
-    pub keys_base64: Vec<Secret>,
-    pub root_token: Secret,
-    /// The cluster's seal type at initialization: [`SHAMIR`] (also for files
-    /// written before this field existed), or the auto-unseal seal
-    /// (`"transit"`, `"awskms"`, …; `"auto"` for a CLI file with recovery
-    /// keys only), whose `keys_base64` are recovery keys: they unseal
-    /// nothing, they authorize operations such as generating a root token.
-    pub seal: String,
-}
-
-/// The file's layout, with the values exposed: used only to write the file.
-#[derive(serde::Serialize)]
-struct OnDisk<'a> {
-    seal: &'a str,
-    keys_base64: Vec<&'a str>,
-    root_token: &'a str,
-}
-
-#[derive(Deserialize)]
-struct FromDisk {
-    #[serde(default, alias = "unseal_keys_b64")]
-    keys_base64: Vec<String>,
-    #[serde(default, alias = "recovery_keys_b64")]
-    recovery_keys_base64: Vec<String>,
-    root_token: String,
-    #[serde(default)]
-    seal: Option<String>,
-}
-
-impl KeysFile {
-    /// Reads the file; errors name the path, never a value (a JSON error
-    /// gives only its line and column, as serde's message may quote input).
-    pub fn read(path: &Path) -> Result<KeysFile, VaultError> {
-        let bytes =
-            std::fs::read(path).map_err(|e| keys_error(path, format!("cannot read: {e}")))?;
-        let raw: FromDisk = serde_json::from_slice(&bytes).map_err(|e| {
-            keys_error(
-                path,
-                format!(
-                    "not a keys file (JSON with keys_base64 and root_token): {} at line {} column {}",
-                    json_category(&e),
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
-        let (keys, default_seal) = if raw.keys_base64.is_empty() {
-            (raw.recovery_keys_base64, "auto")
-        } else {
-            (raw.keys_base64, SHAMIR)
-        };
-        if keys.is_empty() {
-            return Err(keys_error(path, "holds no unseal or recovery keys".into()));
-        }
-        Ok(KeysFile {
-            keys_base64: keys.into_iter().map(Secret::new).collect(),
-            root_token: Secret::new(raw.root_token),
-            seal: raw
-                .seal
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| default_seal.to_string()),
-        })
-    }
-
-    /// Whether `keys_base64` are recovery keys (an auto-unsealed cluster).
-    pub fn recovery(&self) -> bool {
-        self.seal != SHAMIR
-    }
-
-    /// Writes a new file, mode 0600; fails if `path` exists (it is never
-    /// overwritten).
-    pub fn create_new(&self, path: &Path) -> Result<(), VaultError> {
-        let file = open_new(path)?;
-        self.write_to(file, path)
-    }
-
-    fn write_to(&self, mut file: std::fs::File, path: &Path) -> Result<(), VaultError> {
-        let on_disk = OnDisk {
-            seal: &self.seal,
-            keys_base64: self.keys_base64.iter().map(Secret::expose).collect(),
-            root_token: self.root_token.expose(),
-        };
-        let mut text = serde_json::to_vec_pretty(&on_disk)
-            .map_err(|e| keys_error(path, format!("cannot encode: {}", json_category(&e))))?;
-        text.push(b'\n');
-        let written = file.write_all(&text).and_then(|()| file.sync_all());
-        text.fill(0);
-        written.map_err(|e| keys_error(path, format!("cannot write: {e}")))
-    }
-}
-
-fn json_category(e: &serde_json::Error) -> &'static str {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Io => "read error",
-        Category::Syntax => "syntax error",
-        Category::Data => "unexpected content",
-        Category::Eof => "unexpected end",
-    }
-}
-
-fn keys_error(path: &Path, cause: String) -> VaultError {
-    VaultError::KeysFile {
-        path: path.display().to_string(),
-        cause,
-    }
-}
-
-/// Creates `path` for writing, mode 0600 from the start; never an existing
-/// file.
-pub(crate) fn open_new(path: &Path) -> Result<std::fs::File, VaultError> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    opts.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            keys_error(path, "already exists; it is never overwritten".into())
-        } else {
-            keys_error(path, format!("cannot create: {e}"))
-        }
-    })
 }
 
 /// A plan step: the node is initialized (the first node of an
@@ -415,7 +246,7 @@ pub async fn ensure_cluster(
 /// [`ensure_cluster`] for an auto-unsealed cluster: initialize with recovery
 /// shares if no node is initialized, then wait for every sealed node (all of
 /// them after initialization) to unseal itself.
-async fn ensure_auto_unsealed(
+pub(super) async fn ensure_auto_unsealed(
     http: &reqwest::Client,
     spec: &ClusterSpec,
     nodes: &[String],
@@ -457,7 +288,7 @@ async fn ensure_auto_unsealed(
 
 /// Polls an auto-unsealed node's seal status until it has joined and
 /// unsealed itself, or `deadline`.
-async fn wait_auto_unsealed(
+pub(super) async fn wait_auto_unsealed(
     http: &reqwest::Client,
     addr: &str,
     seal_type: &str,
@@ -491,7 +322,7 @@ async fn wait_auto_unsealed(
 
 /// How the cluster's nodes are sealed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Seal {
+pub(super) enum Seal {
     Shamir,
     /// Auto-unseal, with the seal's type (`transit`, `awskms`, …).
     Auto(String),
@@ -500,7 +331,10 @@ enum Seal {
 /// The seal every node reports in `sys/seal-status` (`type`, and
 /// `recovery_seal` for an auto-unseal seal). Nodes that disagree, or a seal
 /// migration in progress, are an error naming them.
-async fn seal_kind(http: &reqwest::Client, nodes: &[String]) -> Result<Seal, VaultError> {
+pub(super) async fn seal_kind(
+    http: &reqwest::Client,
+    nodes: &[String],
+) -> Result<Seal, VaultError> {
     let mut kinds: Vec<(String, Seal)> = Vec::with_capacity(nodes.len());
     for n in nodes {
         let st = seal_status(http, n).await?;
@@ -539,7 +373,7 @@ async fn seal_kind(http: &reqwest::Client, nodes: &[String]) -> Result<Seal, Vau
 }
 
 /// The node addresses without trailing slashes, after checking the spec.
-fn validate(spec: &ClusterSpec) -> Result<Vec<String>, VaultError> {
+pub(super) fn validate(spec: &ClusterSpec) -> Result<Vec<String>, VaultError> {
     if spec.nodes.is_empty() {
         return Err(VaultError::Config("the raft cluster has no nodes".into()));
     }
@@ -583,7 +417,7 @@ fn validate(spec: &ClusterSpec) -> Result<Vec<String>, VaultError> {
 
 /// The keys file can unseal a Shamir node: unseal keys (not recovery keys),
 /// at least the threshold.
-fn check_unseal_keys(spec: &ClusterSpec, keys: &KeysFile) -> Result<(), VaultError> {
+pub(super) fn check_unseal_keys(spec: &ClusterSpec, keys: &KeysFile) -> Result<(), VaultError> {
     if keys.recovery() {
         return Err(keys_error(
             &spec.keys_file,
@@ -606,99 +440,28 @@ fn check_unseal_keys(spec: &ClusterSpec, keys: &KeysFile) -> Result<(), VaultErr
     Ok(())
 }
 
-fn refuse_existing_keys_file(spec: &ClusterSpec, nodes: &[String]) -> Result<(), VaultError> {
+pub(super) fn refuse_existing_keys_file(
+    spec: &ClusterSpec,
+    nodes: &[String],
+) -> Result<(), VaultError> {
     if spec.keys_file.exists() {
         return Err(keys_error(&spec.keys_file, already_exists_cause(nodes)));
     }
     Ok(())
 }
 
-fn already_exists_cause(nodes: &[String]) -> String {
+pub(super) fn already_exists_cause(nodes: &[String]) -> String {
     format!(
         "already exists, but no node of the cluster ({}) is initialized: it holds the keys of another cluster or of an earlier attempt; move it away to initialize this cluster (it is never overwritten)",
         nodes.join(", ")
     )
 }
 
-/// Every node's status; the first unreachable node is an error naming it.
-async fn probe_all(
-    http: &reqwest::Client,
-    nodes: &[String],
-) -> Result<Vec<NodeStatus>, VaultError> {
-    let mut out = Vec::with_capacity(nodes.len());
-    for n in nodes {
-        out.push(probe(http, n).await?);
-    }
-    Ok(out)
-}
-
-#[derive(Deserialize)]
-struct HealthBody {
-    initialized: bool,
-    sealed: bool,
-    #[serde(default)]
-    standby: bool,
-    #[serde(default)]
-    version: Option<String>,
-}
-
-async fn probe(http: &reqwest::Client, addr: &str) -> Result<NodeStatus, VaultError> {
-    let resp = http
-        .get(format!(
-            "{addr}/v1/sys/health?standbyok=true&perfstandbyok=true&sealedcode=503&uninitcode=501"
-        ))
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| unreachable(addr, &e))?;
-    let status = resp.status().as_u16();
-    let not_vault = |why: String| VaultError::Other {
-        what: format!("health check of raft node {addr}"),
-        cause: format!("{why} (is this a Vault server?)"),
-    };
-    if !matches!(status, 200 | 429 | 472 | 473 | 501 | 503) {
-        return Err(not_vault(format!("unexpected HTTP status {status}")));
-    }
-    let body: HealthBody = resp.json().await.map_err(|e| {
-        if e.is_decode() {
-            not_vault(format!("HTTP {status} with an unexpected body"))
-        } else {
-            unreachable(addr, &e)
-        }
-    })?;
-    let initialized = body.initialized && status != 501;
-    let sealed = body.sealed || status == 503 || status == 501;
-    Ok(NodeStatus {
-        addr: addr.to_string(),
-        reachable: true,
-        initialized,
-        sealed,
-        standby: initialized && !sealed && (body.standby || status == 429),
-        version: body.version.filter(|v| !v.is_empty()),
-    })
-}
-
-fn unreachable(addr: &str, e: &reqwest::Error) -> VaultError {
-    VaultError::NodeUnreachable {
-        addr: addr.to_string(),
-        cause: transport_cause(e),
-    }
-}
-
-#[derive(Deserialize)]
-struct InitAnswer {
-    #[serde(default)]
-    keys_base64: Vec<String>,
-    #[serde(default)]
-    recovery_keys_base64: Vec<String>,
-    root_token: String,
-}
-
 /// `sys/init` on `addr`, with the keys file created first (so an existing
 /// file stops before anything changes) and removed again if init fails.
 /// With an auto-unseal seal, asks for recovery shares and writes the
 /// recovery keys, marked with the seal type.
-async fn initialize(
+pub(super) async fn initialize(
     http: &reqwest::Client,
     spec: &ClusterSpec,
     nodes: &[String],
@@ -739,132 +502,11 @@ async fn initialize(
     })
 }
 
-/// The keys (unseal keys, or recovery keys for an auto-unseal seal) and the
-/// root token.
-async fn init_request(
-    http: &reqwest::Client,
-    spec: &ClusterSpec,
-    addr: &str,
-    seal: &Seal,
-) -> Result<(Vec<String>, String), VaultError> {
-    let body = match seal {
-        Seal::Shamir => serde_json::json!({
-            "secret_shares": spec.key_shares,
-            "secret_threshold": spec.key_threshold,
-        }),
-        Seal::Auto(_) => serde_json::json!({
-            "recovery_shares": spec.key_shares,
-            "recovery_threshold": spec.key_threshold,
-        }),
-    };
-    let resp = http
-        .put(format!("{addr}/v1/sys/init"))
-        .timeout(INIT_TIMEOUT)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| unreachable(addr, &e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(VaultError::Other {
-            what: format!("initializing the raft cluster at {addr}"),
-            cause: format!("HTTP {}: {}", status.as_u16(), api_errors(resp).await),
-        });
-    }
-    let answer: InitAnswer = resp.json().await.map_err(|e| VaultError::Other {
-        what: format!("initializing the raft cluster at {addr}"),
-        cause: if e.is_decode() {
-            "the answer has no keys and root_token".into()
-        } else {
-            transport_cause(&e)
-        },
-    })?;
-    let (keys, kind) = match seal {
-        Seal::Shamir => (answer.keys_base64, "unseal key"),
-        Seal::Auto(_) => (answer.recovery_keys_base64, "recovery key"),
-    };
-    if keys.len() != usize::from(spec.key_shares) {
-        return Err(VaultError::Other {
-            what: format!("initializing the raft cluster at {addr}"),
-            cause: format!(
-                "asked for {} {kind} shares, got {}",
-                spec.key_shares,
-                keys.len()
-            ),
-        });
-    }
-    Ok((keys, answer.root_token))
-}
-
-#[derive(Deserialize)]
-struct SealStatus {
-    #[serde(default)]
-    initialized: bool,
-    sealed: bool,
-    #[serde(default)]
-    progress: u32,
-    /// `shamir`, or the auto-unseal seal (`transit`, `awskms`, …).
-    #[serde(default, rename = "type")]
-    seal_type: Option<String>,
-    /// True with an auto-unseal seal (its shares are recovery keys).
-    #[serde(default)]
-    recovery_seal: bool,
-    #[serde(default)]
-    migration: bool,
-}
-
-async fn seal_status(http: &reqwest::Client, addr: &str) -> Result<SealStatus, VaultError> {
-    let resp = http
-        .get(format!("{addr}/v1/sys/seal-status"))
-        .timeout(REQUEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| unreachable(addr, &e))?;
-    sys_answer(resp, addr, "reading the seal status of").await
-}
-
-async fn unseal_request(
-    http: &reqwest::Client,
-    addr: &str,
-    body: serde_json::Value,
-) -> Result<SealStatus, VaultError> {
-    let resp = http
-        .put(format!("{addr}/v1/sys/unseal"))
-        .timeout(REQUEST_TIMEOUT)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| unreachable(addr, &e))?;
-    sys_answer(resp, addr, "unsealing").await
-}
-
-async fn sys_answer(
-    resp: reqwest::Response,
-    addr: &str,
-    doing: &str,
-) -> Result<SealStatus, VaultError> {
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(VaultError::Other {
-            what: format!("{doing} {addr}"),
-            cause: format!("HTTP {}: {}", status.as_u16(), api_errors(resp).await),
-        });
-    }
-    resp.json().await.map_err(|e| VaultError::Other {
-        what: format!("{doing} {addr}"),
-        cause: if e.is_decode() {
-            "unexpected answer (is this a Vault server?)".into()
-        } else {
-            transport_cause(&e)
-        },
-    })
-}
-
 /// Sends the keys to one node: waits until it has joined (initialized),
 /// clears a stale unseal progress, sends keys until it unseals (true) or the
 /// threshold is reached (false: a joining node unseals about 1 s later, see
 /// [`wait_unsealed`]).
-async fn send_keys(
+pub(super) async fn send_keys(
     http: &reqwest::Client,
     addr: &str,
     keys: &KeysFile,
@@ -925,7 +567,7 @@ async fn send_keys(
 }
 
 /// Polls one node's seal status until it is unsealed or `deadline`.
-async fn wait_unsealed(
+pub(super) async fn wait_unsealed(
     http: &reqwest::Client,
     addr: &str,
     path: &Path,
@@ -950,7 +592,10 @@ async fn wait_unsealed(
 }
 
 /// Waits until one node is active (the raft leader, unsealed).
-async fn wait_active(http: &reqwest::Client, nodes: &[String]) -> Result<(), VaultError> {
+pub(super) async fn wait_active(
+    http: &reqwest::Client,
+    nodes: &[String],
+) -> Result<(), VaultError> {
     let deadline = Instant::now() + WAIT;
     loop {
         for n in nodes {
@@ -968,19 +613,6 @@ async fn wait_active(http: &reqwest::Client, nodes: &[String]) -> Result<(), Vau
             });
         }
         tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Vault's `errors` list from a response body, joined.
-async fn api_errors(resp: reqwest::Response) -> String {
-    #[derive(Deserialize)]
-    struct Body {
-        #[serde(default)]
-        errors: Vec<String>,
-    }
-    match resp.json::<Body>().await {
-        Ok(b) if !b.errors.is_empty() => clean_errors(&b.errors),
-        _ => "no error message".to_string(),
     }
 }
 

@@ -1,0 +1,171 @@
+//! `vault/cluster`: the raft cluster taskctl initializes, unseals and sets up.
+
+use super::*;
+
+/// One Kubernetes auth role per agent: its service account (named as the
+/// agent, in its namespace) and the Vault paths (under the mount) its env
+/// references.
+pub(crate) fn agent_roles(profile: &Profile) -> Vec<taskctl_vault::setup::AgentRole> {
+    profile
+        .agents
+        .iter()
+        .map(|a| {
+            let mut paths: Vec<String> = a
+                .env
+                .iter()
+                .filter_map(|v| v.secret.as_ref().and_then(|s| s.get()))
+                .filter_map(|r| match r {
+                    SecretRef::Vault { path, .. } => {
+                        Some(split_mount(path, &profile.secrets.mount).1.to_string())
+                    }
+                    SecretRef::Env { .. } => None,
+                })
+                .collect();
+            paths.sort();
+            paths.dedup();
+            taskctl_vault::setup::AgentRole {
+                name: a.name.clone(),
+                namespace: a.namespace.clone(),
+                service_account: a.name.clone(),
+                paths,
+            }
+        })
+        .collect()
+}
+
+/// The cluster step's output saying Vault can be asked (`true`/`false`).
+pub(crate) const READY: &str = "ready";
+
+/// `vault/cluster`: the profile's raft cluster is initialized and every
+/// node unsealed (crates/vault's `sys`). A second run changes nothing; a
+/// sealed node is named in the plan.
+pub(crate) struct VaultClusterStep {
+    pub(crate) id: StepId,
+    pub(crate) spec: taskctl_vault::sys::ClusterSpec,
+    /// Set up after initialization: KV mount, policy, AppRole file; then
+    /// the root token is revoked.
+    pub(crate) bootstrap: taskctl_vault::setup::Bootstrap,
+    pub(crate) http: reqwest::Client,
+}
+
+impl VaultClusterStep {
+    /// Initialized, but taskctl's AppRole not set up yet (a run stopped
+    /// between the two, or the first run).
+    fn needs_bootstrap(&self) -> bool {
+        self.spec.keys_file.exists() && !self.bootstrap.approle_file.exists()
+    }
+}
+
+pub(crate) fn cluster_error(e: taskctl_vault::VaultError) -> StepError {
+    StepError::new(ErrorKind::Other, e.to_string())
+}
+
+#[async_trait]
+impl Step for VaultClusterStep {
+    fn id(&self) -> &StepId {
+        &self.id
+    }
+    fn kind(&self) -> &str {
+        "vault-cluster"
+    }
+    fn depends_on(&self) -> Vec<StepId> {
+        Vec::new()
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(180)
+    }
+
+    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+        let actions = taskctl_vault::sys::plan_cluster(&self.http, &self.spec)
+            .await
+            .map_err(cluster_error)?;
+        let mut outputs: Outputs =
+            [("nodes".to_string(), self.spec.nodes.len().to_string())].into();
+        let change = if actions.iter().any(|(_, a)| *a == "initialize") {
+            let auto = actions
+                .iter()
+                .any(|(_, a)| *a == taskctl_vault::sys::PLAN_WAIT_AUTO_UNSEAL);
+            Change::create(format!(
+                "not initialized: {} {} shares, {} needed, keys to {}",
+                self.spec.key_shares,
+                if auto { "recovery key" } else { "unseal key" },
+                self.spec.key_threshold,
+                self.spec.keys_file.display()
+            ))
+        } else {
+            let diffs: Vec<FieldDiff> = actions
+                .iter()
+                .filter(|(_, a)| *a != "none")
+                .map(|(node, _)| FieldDiff::new(format!("node {node}"), "sealed", "unsealed"))
+                .collect();
+            let mut diffs = diffs;
+            if self.needs_bootstrap() {
+                diffs.push(FieldDiff::new(
+                    "taskctl's access",
+                    "root token",
+                    format!(
+                        "AppRole in {}, root token revoked",
+                        self.bootstrap.approle_file.display()
+                    ),
+                ));
+            }
+            if diffs.is_empty() {
+                Change::none()
+            } else {
+                Change::update(diffs)
+            }
+        };
+        // Until this step has run, the secrets' steps cannot ask Vault.
+        outputs.insert(READY.into(), (!change.action.is_change()).to_string());
+        Ok(StepPlan { change, outputs })
+    }
+
+    async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
+        let outcome = taskctl_vault::sys::ensure_cluster(&self.http, &self.spec)
+            .await
+            .map_err(cluster_error)?;
+        for (node, action) in &outcome.actions {
+            let what = match action {
+                taskctl_vault::sys::NodeAction::Initialized => "initialized and unsealed",
+                taskctl_vault::sys::NodeAction::Unsealed => "unsealed",
+                taskctl_vault::sys::NodeAction::AutoUnsealed => "unsealed itself (auto-unseal)",
+                taskctl_vault::sys::NodeAction::AlreadyUnsealed => continue,
+            };
+            ctx.progress(&format!("{node} {what}"));
+        }
+        if outcome.initialized {
+            let recovery = taskctl_vault::sys::KeysFile::read(&self.spec.keys_file)
+                .map(|k| k.recovery())
+                .unwrap_or(false);
+            ctx.progress(&format!(
+                "{} keys are in {} (mode 0600): keep them offline",
+                if recovery { "recovery" } else { "unseal" },
+                self.spec.keys_file.display()
+            ));
+        }
+        if self.needs_bootstrap() {
+            let keys =
+                taskctl_vault::sys::KeysFile::read(&self.spec.keys_file).map_err(cluster_error)?;
+            taskctl_vault::setup::bootstrap(
+                &self.http,
+                &self.spec.nodes[0],
+                &keys.root_token,
+                &self.bootstrap,
+            )
+            .await
+            .map_err(cluster_error)?;
+            ctx.progress(&format!(
+                "policy `taskctl` and its AppRole set up ({}); the root token is revoked",
+                self.bootstrap.approle_file.display()
+            ));
+        }
+        let mut outputs = plan.outputs.clone();
+        outputs.insert(READY.into(), "true".into());
+        Ok(outputs)
+    }
+
+    /// The cluster holds data: destroy leaves it as it is.
+    async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
+        Ok(())
+    }
+}

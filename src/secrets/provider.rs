@@ -1,0 +1,292 @@
+//! [`WithSecrets`]: a target's provider with the secrets' steps before its own.
+
+use super::broker::{BrokerUser, BrokerUserStep};
+use super::cluster::{VaultClusterStep, agent_roles};
+use super::managed_step::ManagedSecretStep;
+use super::*;
+
+/// A step of the target that waits for the secrets' steps.
+pub(crate) struct After {
+    pub(crate) inner: Arc<dyn Step>,
+    pub(crate) extra: Vec<StepId>,
+}
+
+#[async_trait]
+impl Step for After {
+    fn id(&self) -> &StepId {
+        self.inner.id()
+    }
+    fn kind(&self) -> &str {
+        self.inner.kind()
+    }
+    fn depends_on(&self) -> Vec<StepId> {
+        let mut deps = self.inner.depends_on();
+        deps.extend(self.extra.iter().cloned());
+        deps
+    }
+    fn timeout(&self) -> Duration {
+        self.inner.timeout()
+    }
+    async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
+        self.inner.plan(ctx).await
+    }
+    async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
+        self.inner.apply(ctx, plan).await
+    }
+    async fn destroy(&self, ctx: &StepContext, plan: &StepPlan) -> Result<(), StepError> {
+        self.inner.destroy(ctx, plan).await
+    }
+}
+
+/// A provider with the profile's managed secrets and broker user.
+pub struct WithSecrets {
+    pub inner: Box<dyn Provider>,
+    pub vault: Arc<LazyVault>,
+    pub secrets: Arc<Secrets>,
+    /// Names of `secrets.entries` to rotate now.
+    pub rotate: Vec<String>,
+    /// Destroy: no secret step (secrets are kept, and a destroy must not
+    /// need Vault).
+    pub destroying: bool,
+    /// Whether this target can move its consumers to a rotated secret
+    /// (docker: the broker user step and rolling replicas); elsewhere,
+    /// missing secrets are created but none is rotated.
+    pub may_rotate: bool,
+}
+
+impl WithSecrets {
+    fn secret_steps(&self, profile: &Profile) -> Result<Vec<Arc<dyn Step>>, OpsError> {
+        let mut steps: Vec<Arc<dyn Step>> = Vec::new();
+        if self.destroying {
+            return Ok(steps);
+        }
+        if !self.rotate.is_empty() && !self.may_rotate {
+            return Err(OpsError::Provider(format!(
+                "`secrets rotate` is not built for target {}: the in-cluster broker and databases keep the password they first started with, so rotated credentials would lock the agents out",
+                self.inner.name()
+            )));
+        }
+        for name in &self.rotate {
+            if !profile.secrets.entries.contains_key(name) {
+                return Err(OpsError::Provider(format!(
+                    "no secret `{name}` in the profile's secrets.entries (it has: {})",
+                    profile
+                        .secrets
+                        .entries
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        let mut ids = Vec::new();
+        let cluster = profile
+            .services
+            .vault
+            .as_ref()
+            .and_then(|v| v.cluster.as_ref());
+        let mut first = Vec::new();
+        if let Some(c) = cluster {
+            let id = StepId::new("vault/cluster");
+            first.push(id.clone());
+            ids.push(id.clone());
+            steps.push(Arc::new(VaultClusterStep {
+                id,
+                spec: taskctl_vault::sys::ClusterSpec {
+                    nodes: c.nodes.clone(),
+                    key_shares: c.key_shares,
+                    key_threshold: c.key_threshold,
+                    keys_file: c.keys_file.clone().into(),
+                },
+                bootstrap: taskctl_vault::setup::Bootstrap {
+                    mount: profile.secrets.mount.clone(),
+                    approle_file: c.approle_path(),
+                    agents: match &c.kubernetes_host {
+                        None => None,
+                        Some(host) => Some(taskctl_vault::setup::AgentsAuth {
+                            kubernetes_host: host.clone(),
+                            kubernetes_ca_cert: match &c.kubernetes_ca_file {
+                                None => None,
+                                Some(f) => Some(std::fs::read_to_string(f).map_err(|e| {
+                                    OpsError::Provider(format!(
+                                        "services.vault.cluster.kubernetes_ca_file {f}: {e}"
+                                    ))
+                                })?),
+                            },
+                            roles: agent_roles(profile),
+                        }),
+                    },
+                },
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(15))
+                    .build()
+                    .map_err(|e| OpsError::Provider(format!("HTTP client: {e}")))?,
+            }));
+        }
+        for entry in entries(profile) {
+            let id = StepId::new(format!("secrets/{}", entry.name));
+            ids.push(id.clone());
+            steps.push(Arc::new(ManagedSecretStep {
+                deps: first.clone(),
+                id,
+                force: self.rotate.contains(&entry.name),
+                pinned: pinned(profile, &entry.path) || !self.may_rotate,
+                entry,
+                vault: self.vault.clone(),
+                secrets: self.secrets.clone(),
+            }));
+        }
+        if let Some(user) = BrokerUser::from_profile(profile).map_err(OpsError::Provider)? {
+            let id = StepId::new("secrets/broker-user");
+            steps.push(Arc::new(BrokerUserStep {
+                id,
+                deps: ids,
+                user,
+                secrets: self.secrets.clone(),
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(15))
+                    .build()
+                    .map_err(|e| OpsError::Provider(format!("HTTP client: {e}")))?,
+            }));
+        }
+        Ok(steps)
+    }
+}
+
+#[async_trait]
+impl Provider for WithSecrets {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn layers(&self) -> Vec<Layer> {
+        self.inner.layers()
+    }
+
+    /// Vault first, when the profile needs it: an unreachable, sealed or
+    /// uninitialized Vault, or a token that cannot read a referenced path,
+    /// is reported before anything changes.
+    async fn preflight(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Finding>, OpsError> {
+        let needs_vault = !profile.secrets.entries.is_empty()
+            || taskctl_core::secrets::references(profile)
+                .iter()
+                .any(|r| matches!(r, SecretRef::Vault { .. }));
+        // A cluster taskctl unseals itself cannot be asked before its step.
+        let own_cluster = profile
+            .services
+            .vault
+            .as_ref()
+            .is_some_and(|v| v.cluster.is_some());
+        if needs_vault && !self.destroying && !own_cluster {
+            let vault = match self.vault.get().await {
+                Ok(v) => v,
+                Err(e) => {
+                    return Ok(vec![Finding {
+                        severity: Severity::Error,
+                        check: "vault".into(),
+                        message: e,
+                    }]);
+                }
+            };
+            let now = SystemTime::now();
+            let mut findings = Vec::new();
+            for entry in entries(profile) {
+                match managed::status(vault, &entry.managed, now).await {
+                    Ok(s) => {
+                        let rotate = self.may_rotate
+                            && !pinned(profile, &entry.path)
+                            && (s.due || self.rotate.contains(&entry.name));
+                        if s.version.is_none() || rotate {
+                            self.secrets.mark_pending(&entry.path);
+                        }
+                    }
+                    Err(e) => findings.push(Finding {
+                        severity: Severity::Error,
+                        check: "secrets".into(),
+                        message: format!("secrets.entries.{}: {e}", entry.name),
+                    }),
+                }
+            }
+            if !findings.is_empty() {
+                return Ok(findings);
+            }
+        }
+        self.inner.preflight(profile, scope).await
+    }
+
+    fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
+        let mut steps = self.secret_steps(profile)?;
+        let extra: Vec<StepId> = steps.iter().map(|s| s.id().clone()).collect();
+        for step in self.inner.steps(profile, scope)? {
+            steps.push(if extra.is_empty() {
+                step
+            } else {
+                Arc::new(After {
+                    inner: step,
+                    extra: extra.clone(),
+                })
+            });
+        }
+        Ok(steps)
+    }
+
+    fn release_layers(&self) -> Vec<Layer> {
+        self.inner.release_layers()
+    }
+
+    fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
+        self.inner.releases(profile).map(|inner| {
+            Arc::new(RedactingReleases {
+                inner,
+                redactor: crate::redact::registry().clone(),
+            }) as Arc<dyn ReleaseStore>
+        })
+    }
+
+    async fn observe_release(&self, profile: &Profile) -> Result<ReleaseFacts, OpsError> {
+        let mut facts = self.inner.observe_release(profile).await?;
+        for (path, version) in self.secrets.versions_used() {
+            facts.secret_versions.entry(path).or_insert(version);
+        }
+        Ok(facts)
+    }
+
+    async fn verify(
+        &self,
+        profile: &Profile,
+        sink: Arc<dyn EventSink>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Check>, OpsError> {
+        self.inner.verify(profile, sink, cancel).await
+    }
+
+    async fn verify_backups(
+        &self,
+        profile: &Profile,
+        target: &Release,
+    ) -> Result<Option<String>, OpsError> {
+        self.inner.verify_backups(profile, target).await
+    }
+
+    async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
+        self.inner.workloads(profile).await
+    }
+}
+
+/// `inner` with the profile's managed secrets and broker user.
+pub fn wrap(
+    inner: Box<dyn Provider>,
+    secrets: Arc<Secrets>,
+    vault: Arc<LazyVault>,
+    rotate: Vec<String>,
+    destroying: bool,
+) -> Box<dyn Provider> {
+    Box::new(WithSecrets {
+        inner,
+        vault,
+        secrets,
+        rotate,
+        destroying,
+        may_rotate: true,
+    })
+}
