@@ -85,29 +85,11 @@ fn table(releases: &[Release]) -> String {
             ]
         })
         .collect();
-    let header = ["REVISION", "STATUS", "CREATED", "IMAGES", "DESCRIPTION"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == cells.len() - 1 {
-                text += cell;
-            } else {
-                text += &format!("{cell:<w$}  ");
-            }
-        }
-        text.trim_end().to_string() + "\n"
-    };
-    let mut text = line(header);
-    for row in &rows {
-        text += &line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
-    }
-    text
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    crate::ui::columns(
+        &["REVISION", "STATUS", "CREATED", "IMAGES", "DESCRIPTION"],
+        &rows,
+    )
 }
 
 /// `2026-11-23 21:40:05 CET`, in the machine's time zone: people read the

@@ -55,58 +55,47 @@ fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
 }
 
 fn table(rows: &[secrets::StatusRow]) -> String {
-    let mut out: Vec<[String; 9]> = vec![[
-        "NAME".to_string(),
-        "PATH".into(),
-        "TYPE".into(),
-        "VERSION".into(),
-        "IN USE".into(),
-        "AGE".into(),
-        "NEXT ROTATION".into(),
-        "STATE".into(),
-        "CONSUMERS".into(),
-    ]];
-    for r in rows {
-        out.push([
-            r.name.clone(),
-            r.path.clone(),
-            r.kind.clone(),
-            r.version
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r.in_use
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r.age_seconds
-                .map(|s| {
-                    humantime::format_duration(std::time::Duration::from_secs(s - s % 60))
-                        .to_string()
-                })
-                .map(|s| if s == "0s" { "<1m".into() } else { s })
-                .unwrap_or_else(|| "-".into()),
-            r.next_rotation.clone().unwrap_or_else(|| "-".into()),
-            r.state.clone(),
-            if r.consumers.is_empty() {
-                "-".into()
-            } else {
-                r.consumers.join(", ")
-            },
-        ]);
-    }
-    let widths: Vec<usize> = (0..9)
-        .map(|i| out.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.path.clone(),
+                r.kind.clone(),
+                r.version.map(|v| v.to_string()).unwrap_or_else(dash),
+                r.in_use.map(|v| v.to_string()).unwrap_or_else(dash),
+                r.age_seconds
+                    .map(|s| {
+                        humantime::format_duration(std::time::Duration::from_secs(s - s % 60))
+                            .to_string()
+                    })
+                    .map(|s| if s == "0s" { "<1m".into() } else { s })
+                    .unwrap_or_else(dash),
+                r.next_rotation.clone().unwrap_or_else(dash),
+                r.state.clone(),
+                if r.consumers.is_empty() {
+                    dash()
+                } else {
+                    r.consumers.join(", ")
+                },
+            ]
+        })
         .collect();
-    let mut text = String::new();
-    for row in &out {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        text.push_str(line.join("  ").trim_end());
-        text.push('\n');
-    }
-    text
+    crate::ui::columns(
+        &[
+            "NAME",
+            "PATH",
+            "TYPE",
+            "VERSION",
+            "IN USE",
+            "AGE",
+            "NEXT ROTATION",
+            "STATE",
+            "CONSUMERS",
+        ],
+        &rows,
+    )
 }
 
 fn rotate(ctx: &Context, shell: &mut Shell, args: RotateArgs) -> anyhow::Result<u8> {

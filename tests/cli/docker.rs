@@ -889,18 +889,7 @@ fn a_broken_version_is_rolled_back_automatically_while_tasks_keep_coming_and_non
     }
 
     // No task lost: every task the broker confirmed has its result.
-    let lost = report.lost();
-    assert!(
-        report.published.len() >= 20,
-        "the probe sent only {} tasks during the deploy",
-        report.published.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} of {} tasks lost: {lost:?}",
-        lost.len(),
-        report.published.len()
-    );
+    report.assert_none_lost(20, "during the deploy");
     for (id, r) in &report.results {
         assert_eq!(
             r.status,

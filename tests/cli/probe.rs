@@ -34,6 +34,22 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
+    /// At least `min` tasks were confirmed, and every one got its result.
+    pub fn assert_none_lost(&self, min: usize, during: &str) {
+        assert!(
+            self.published.len() >= min,
+            "the probe sent only {} tasks {during}",
+            self.published.len()
+        );
+        let lost = self.lost();
+        assert!(
+            lost.is_empty(),
+            "{} of {} tasks lost {during}: {lost:?}",
+            lost.len(),
+            self.published.len()
+        );
+    }
+
     /// Confirmed tasks that never got a result.
     pub fn lost(&self) -> Vec<&String> {
         self.published

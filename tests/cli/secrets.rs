@@ -318,18 +318,7 @@ fn rotating_the_broker_credential_under_load_loses_no_task_and_rollback_restores
         );
     }
 
-    assert!(
-        report.published.len() >= 1000,
-        "only {} tasks",
-        report.published.len()
-    );
-    let lost = report.lost();
-    assert!(
-        lost.is_empty(),
-        "{} of {} tasks lost during the rotation",
-        lost.len(),
-        report.published.len()
-    );
+    report.assert_none_lost(1000, "during the rotation");
     eprintln!(
         "rotation: {} tasks, none lost ({} duplicate results)",
         report.published.len(),
