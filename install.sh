@@ -2,14 +2,19 @@
 # install.sh: build taskctl and task-executor in release mode and install them.
 #
 # Usage:
-#   ./install.sh [--prefix DIR]              build, then install into DIR/bin
-#   ./install.sh [--prefix DIR] --uninstall  remove what a previous install put in DIR
+#   ./install.sh [--prefix DIR] [--no-images]  build, then install into DIR/bin
+#   ./install.sh [--prefix DIR] --uninstall    remove what a previous install put in DIR
 #   ./install.sh --help
 #
 # DIR defaults to $HOME/.local (no root needed); use --prefix /usr/local for a
 # system-wide install. The build honors CARGO_TARGET_DIR and Cargo's own config.
 # What was installed is listed in DIR/share/taskctl/install-manifest, so that
 # --uninstall removes exactly those files (and the directories it created).
+#
+# When a Docker engine answers and the user is root, it also builds the local
+# stack's service images offline from Debian packages (scripts/images.sh:
+# about 2.5 minutes the first time, nothing when they exist), which
+# profiles/local.yaml runs; --no-images skips that.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -155,7 +160,7 @@ do_uninstall() {
 }
 
 main() {
-    local prefix="$HOME/.local" uninstall=0
+    local prefix="$HOME/.local" uninstall=0 images=1
     while (($# > 0)); do
         case $1 in
         --prefix)
@@ -170,6 +175,10 @@ main() {
             ;;
         --uninstall)
             uninstall=1
+            shift
+            ;;
+        --no-images)
+            images=0
             shift
             ;;
         -h | --help)
@@ -187,6 +196,16 @@ main() {
         do_uninstall "$prefix"
     else
         do_install "$prefix"
+        if ((images)); then
+            if ! docker info >/dev/null 2>&1; then
+                log "no Docker engine answers: skipping the service images (scripts/images.sh builds them later)"
+            elif ((EUID != 0)); then
+                log "building the service images needs root (debootstrap, chroot): run 'sudo scripts/images.sh' for profiles/local.yaml"
+            else
+                log "building the local stack's service images offline (scripts/images.sh)"
+                "$REPO/scripts/images.sh" rabbitmq postgres prometheus alertmanager openbao
+            fi
+        fi
     fi
 }
 

@@ -61,7 +61,7 @@ profile() { # profile MAX_CONCURRENT_TASKS
     cat >"$WORK/profile.yaml" <<EOF
 apiVersion: taskctl.dev/v1
 kind: Profile
-include: [$PWD/profiles/local.yaml]
+include: [$PWD/profiles/local-external.yaml]
 metadata:
   name: $NAME
 target:

@@ -5,7 +5,7 @@
 #   bench/secrets.sh [ROUNDS]        default 5
 #
 # Two copies of the local stack (3 agents each) run side by side:
-#   vault: profiles/local.yaml as shipped: the managed `messaging` secret,
+#   vault: profiles/local-external.yaml as shipped: the managed `messaging` secret,
 #          the broker user and the agents' credential files from OpenBao;
 #   env:   the same profile with the agents' broker credential from
 #          taskctl's environment (`env:`), no managed secret, no broker
@@ -51,7 +51,7 @@ curl -sf -u "$TASKCTL_AMQP_ADMIN" -X PUT -H 'content-type: application/json' \
 python3 - "$work" "$id" "$env_vhost" <<'PY'
 import re, sys
 work, id, vhost = sys.argv[1:]
-src = open("profiles/local.yaml").read()
+src = open("profiles/local-external.yaml").read()
 def named(text, name, port):
     text = text.replace("name: task-local", f"name: {name}")
     text = text.replace("- { name: http, port: 8080 }", f"- {{ name: http, port: {port} }}")

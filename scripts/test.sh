@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against the real servers: starts (and on a
 # fresh machine installs) moto, OpenBao, RabbitMQ and Prometheus on loopback
-# through scripts/test-env.sh, then runs the tests with cargo-nextest.
+# through scripts/test-env.sh, builds the local stack's service images
+# offline (scripts/images.sh), then runs the tests with cargo-nextest.
 # Extra arguments go to nextest, e.g. `scripts/test.sh -p taskctl-core`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,10 @@ CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" 
   cargo build -p task-executor --release --target x86_64-unknown-linux-gnu
 export TASKCTL_AGENT_BINARY="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/task-executor"
 case $TASKCTL_AGENT_BINARY in /*) ;; *) TASKCTL_AGENT_BINARY="$PWD/$TASKCTL_AGENT_BINARY" ;; esac
+
+# The local stack's test (tests/cli/stack.rs) runs the service images built
+# offline from Debian packages; built once, then reused by tag (about 2.5 min
+# cold, 1 s when they exist).
+scripts/images.sh rabbitmq postgres prometheus alertmanager openbao >&2
 
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -9,6 +9,9 @@ pub struct BrokerUser {
     pub vhost: String,
     /// The administrator taskctl manages users as (`user:password`).
     pub admin: SecretRef,
+    /// Set when `admin` is only the password (a managed broker's
+    /// administrator, `vault:PATH#password`): the username's reference.
+    pub admin_username: Option<SecretRef>,
     /// The agents' user: its password, and the username beside it.
     pub password: SecretRef,
     pub username: SecretRef,
@@ -23,6 +26,15 @@ impl BrokerUser {
         let Some(r) = &profile.services.rabbitmq else {
             return Ok(None);
         };
+        // A broker taskctl runs on docker is reached where the target
+        // publishes it; an in-cluster one (kubernetes, aws) is not reached.
+        if r.enabled
+            && r.external.is_none()
+            && profile.target.kind == taskctl_core::profile::model::TargetKind::Docker
+            && let Some(password) = r.credentials.as_ref().and_then(|c| c.get())
+        {
+            return Self::managed(profile, r, password).map(Some);
+        }
         let (Some(external), Some(password)) = (
             r.external.as_ref(),
             r.credentials.as_ref().and_then(|c| c.get()),
@@ -54,6 +66,7 @@ impl BrokerUser {
             management_url,
             vhost,
             admin: admin.clone(),
+            admin_username: None,
             password: password.clone(),
             username: SecretRef::Vault {
                 path: path.clone(),
@@ -61,6 +74,60 @@ impl BrokerUser {
                 version: *version,
             },
         }))
+    }
+}
+
+impl BrokerUser {
+    /// A broker taskctl runs (docker target): its management API where the
+    /// target publishes it on loopback, its administrator from
+    /// `services.rabbitmq.admin` (`vault:PATH#password`, username beside).
+    fn managed(
+        profile: &Profile,
+        r: &taskctl_core::profile::model::RabbitMq,
+        password: &SecretRef,
+    ) -> Result<Self, String> {
+        let SecretRef::Vault { path, version, .. } = password else {
+            return Err("services.rabbitmq.credentials: expected vault:PATH#password".into());
+        };
+        let admin = r
+            .admin
+            .as_ref()
+            .and_then(|c| c.get())
+            .ok_or("services.rabbitmq.admin: a broker taskctl runs needs its administrator (vault:PATH#password)")?;
+        let SecretRef::Vault {
+            path: admin_path,
+            version: admin_version,
+            ..
+        } = admin
+        else {
+            return Err("services.rabbitmq.admin: expected vault:PATH#password".into());
+        };
+        let port = profile
+            .target
+            .docker
+            .as_ref()
+            .and_then(|d| d.publish.get("rabbitmq_management").copied())
+            .unwrap_or(15672);
+        if port == 0 {
+            return Err("target.docker.publish.rabbitmq_management: taskctl reaches the broker's management API to make the agents' user; it cannot be 0".into());
+        }
+        Ok(BrokerUser {
+            management_url: url::Url::parse(&format!("http://127.0.0.1:{port}/"))
+                .map_err(|e| e.to_string())?,
+            vhost: r.vhost.clone(),
+            admin: admin.clone(),
+            admin_username: Some(SecretRef::Vault {
+                path: admin_path.clone(),
+                key: "username".into(),
+                version: *admin_version,
+            }),
+            password: password.clone(),
+            username: SecretRef::Vault {
+                path: path.clone(),
+                key: "username".into(),
+                version: *version,
+            },
+        })
     }
 }
 
@@ -119,8 +186,13 @@ impl BrokerUserStep {
             .resolve(&self.user.admin)
             .await
             .map_err(invalid)?;
-        let (admin_user, admin_password) =
-            admin.value.expose().split_once(':').ok_or_else(|| {
+        let admin_named = match &self.user.admin_username {
+            Some(r) => Some(self.secrets.resolve(r).await.map_err(invalid)?),
+            None => None,
+        };
+        let (admin_user, admin_password) = match &admin_named {
+            Some(user) => (user.value.expose(), admin.value.expose()),
+            None => admin.value.expose().split_once(':').ok_or_else(|| {
                 StepError::new(
                     ErrorKind::Invalid,
                     format!(
@@ -128,7 +200,8 @@ impl BrokerUserStep {
                         self.user.admin
                     ),
                 )
-            })?;
+            })?,
+        };
         let username = self
             .secrets
             .resolve(&self.user.username)
@@ -139,12 +212,54 @@ impl BrokerUserStep {
             .resolve(&self.user.password)
             .await
             .map_err(invalid)?;
+        if self.user.admin_username.is_some() && admin_user == username.value.expose() {
+            return Err(StepError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "services.rabbitmq.admin ({}) and services.rabbitmq.credentials ({}) name the same broker user `{admin_user}`; give the administrator's secrets.entries entry its own `username`",
+                    self.user.admin, self.user.password
+                ),
+            ));
+        }
         Ok(BrokerLogin {
             admin_user: admin_user.to_string(),
             admin_password: Secret::new(admin_password),
             username: username.value.expose().to_string(),
             password: password.value,
         })
+    }
+
+    /// Waits (up to a minute) for the management API to answer at all: a
+    /// broker that just started answers AMQP seconds before its HTTP API.
+    async fn wait_management(&self, ctx: &StepContext) -> Result<(), StepError> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.http.get(self.url("api/overview")).send().await {
+                Ok(_) => return Ok(()),
+                Err(e) if started.elapsed() > Duration::from_secs(60) => {
+                    return Err(StepError::new(
+                        ErrorKind::Other,
+                        format!(
+                            "the broker's management API at {} did not answer within 60s: {e}",
+                            self.user.management_url
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    ctx.progress(&format!(
+                        "waiting for the management API at {} ({}s)",
+                        self.user.management_url,
+                        started.elapsed().as_secs()
+                    ));
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = ctx.cancelled().cancelled() => {
+                            return Err(StepError::new(ErrorKind::Cancelled, "interrupted while waiting for the broker"));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -292,14 +407,34 @@ impl Step for BrokerUserStep {
         self.deps.clone()
     }
 
-    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+    async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
         let pending = self.secrets.is_pending(&self.user.password);
         let outputs: Outputs = [("vhost".to_string(), self.user.vhost.clone())].into();
+        // A broker this run starts (the docker target's) cannot be asked.
+        if ctx
+            .dep_outputs()
+            .any(|(_, o)| o.get(super::cluster::STARTS).map(String::as_str) == Some("true"))
+        {
+            return Ok(StepPlan {
+                change: Change::create(format!(
+                    "once the broker runs: the agents' user and virtual host {}",
+                    self.user.vhost
+                )),
+                outputs,
+            });
+        }
         if pending {
             return Ok(StepPlan {
                 change: Change::update(vec![FieldDiff::new("password", "current", "new version")]),
                 outputs,
             });
+        }
+        // A broker taskctl runs and just started (planned again at apply).
+        if ctx
+            .dep_outputs()
+            .any(|(_, o)| o.contains_key(super::cluster::STARTS))
+        {
+            self.wait_management(ctx).await?;
         }
         let login = self.login().await?;
         let change = match self.current(&login).await? {
@@ -334,6 +469,7 @@ impl Step for BrokerUserStep {
     }
 
     async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
+        self.wait_management(ctx).await?;
         let login = self.login().await?;
         if self.user.vhost != "/" && !self.vhost_exists(&login).await? {
             // The environment's own virtual host: only its agents' user may

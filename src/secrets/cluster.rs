@@ -33,6 +33,10 @@ pub(crate) fn agent_roles(profile: &Profile) -> Vec<taskctl_vault::setup::AgentR
         .collect()
 }
 
+/// The output of a target's step that starts a server in this run
+/// (`true`): a Vault server among them cannot be asked at plan time.
+pub(crate) const STARTS: &str = "starts";
+
 /// The cluster step's output saying Vault can be asked (`true`/`false`).
 pub(crate) const READY: &str = "ready";
 
@@ -75,7 +79,32 @@ impl Step for VaultClusterStep {
         Duration::from_secs(180)
     }
 
-    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+    async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
+        // A Vault server this run starts (the docker target's container)
+        // cannot be asked yet: say what happens once it runs.
+        if ctx
+            .dep_outputs()
+            .any(|(_, o)| o.get(STARTS).map(String::as_str) == Some("true"))
+        {
+            let mut outputs: Outputs =
+                [("nodes".to_string(), self.spec.nodes.len().to_string())].into();
+            outputs.insert(READY.into(), "false".into());
+            let change = if self.spec.keys_file.exists() {
+                Change::update(vec![FieldDiff::new(
+                    "nodes",
+                    "starting in this run",
+                    "unsealed",
+                )])
+            } else {
+                Change::create(format!(
+                    "started in this run, then initialized: {} shares, {} needed, keys to {}",
+                    self.spec.key_shares,
+                    self.spec.key_threshold,
+                    self.spec.keys_file.display()
+                ))
+            };
+            return Ok(StepPlan { change, outputs });
+        }
         let actions = taskctl_vault::sys::plan_cluster(&self.http, &self.spec)
             .await
             .map_err(cluster_error)?;

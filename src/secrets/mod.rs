@@ -32,7 +32,9 @@ use taskctl_core::engine::{
     Change, ErrorKind, FieldDiff, Outputs, Step, StepContext, StepError, StepId, StepPlan,
 };
 use taskctl_core::events::EventSink;
-use taskctl_core::ops::{Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, Workload};
+use taskctl_core::ops::{
+    Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, SecretsOrder, Workload,
+};
 use taskctl_core::profile::Profile;
 use taskctl_core::profile::model::SecretKind;
 use taskctl_core::profile::value::SecretRef;
@@ -42,20 +44,26 @@ use taskctl_vault::managed::{self, Managed};
 use taskctl_vault::{Vault, VaultConfig};
 use tokio_util::sync::CancellationToken;
 
-/// The Vault address for a profile: `secrets.vault_address`, else
-/// `VAULT_ADDR`, else the address of an external `services.vault`.
+/// The Vault address for a profile: `secrets.vault_address`, else the
+/// first node of a cluster taskctl initializes (`services.vault.cluster`:
+/// its AppRole file belongs to that cluster, so `VAULT_ADDR` pointing
+/// elsewhere must not win), else `VAULT_ADDR`, else the address of an
+/// external `services.vault`.
 pub fn vault_address(profile: &Profile) -> Option<String> {
+    let vault = profile.services.vault.as_ref();
     profile
         .secrets
         .vault_address
         .clone()
         .filter(|a| !a.is_empty())
+        .or_else(|| {
+            vault
+                .and_then(|v| v.cluster.as_ref())
+                .and_then(|c| c.nodes.first().cloned())
+        })
         .or_else(|| std::env::var("VAULT_ADDR").ok().filter(|a| !a.is_empty()))
         .or_else(|| {
-            profile
-                .services
-                .vault
-                .as_ref()
+            vault
                 .and_then(|v| v.external.as_ref())
                 .map(|e| e.url.clone())
         })
@@ -99,15 +107,16 @@ impl LazyVault {
         result.as_ref().map_err(Clone::clone)
     }
 
-    /// The environment's Vault settings; without a credential there, the
-    /// AppRole file of a cluster taskctl initialized.
+    /// The environment's Vault settings; for a cluster taskctl initialized,
+    /// the AppRole file it left (over a `VAULT_TOKEN` in the environment,
+    /// which is a token of some other Vault; `VAULT_ROLE_ID` still wins).
     fn config(&self) -> Result<VaultConfig, taskctl_vault::VaultError> {
         let env_has = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
         let from_file = self
             .approle_file
             .as_ref()
             .filter(|p| p.exists())
-            .filter(|_| !env_has("VAULT_TOKEN") && !env_has("VAULT_ROLE_ID"));
+            .filter(|_| !env_has("VAULT_ROLE_ID"));
         let Some(path) = from_file else {
             return VaultConfig::from_env(self.addr.as_deref());
         };
@@ -204,10 +213,12 @@ pub fn entries(profile: &Profile) -> Vec<Entry> {
                     rotation: e.rotation.as_ref().and_then(|r| r.get()).map(|d| d.0),
                     // One broker or database user per environment, so two
                     // environments sharing a server never fight over one.
-                    username: Some(format!(
-                        "taskctl-{}-{}",
-                        profile.metadata.name, profile.metadata.environment
-                    )),
+                    username: Some(e.username.clone().unwrap_or_else(|| {
+                        format!(
+                            "taskctl-{}-{}",
+                            profile.metadata.name, profile.metadata.environment
+                        )
+                    })),
                 },
             }
         })

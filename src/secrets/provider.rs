@@ -5,6 +5,11 @@ use super::cluster::{VaultClusterStep, agent_roles};
 use super::managed_step::ManagedSecretStep;
 use super::*;
 
+/// The step that initializes and unseals a Vault taskctl runs.
+const CLUSTER_STEP: &str = "vault/cluster";
+/// The step that makes the agents' broker user.
+const BROKER_STEP: &str = "secrets/broker-user";
+
 /// A step of the target that waits for the secrets' steps.
 pub(crate) struct After {
     pub(crate) inner: Arc<dyn Step>,
@@ -88,7 +93,7 @@ impl WithSecrets {
             .and_then(|v| v.cluster.as_ref());
         let mut first = Vec::new();
         if let Some(c) = cluster {
-            let id = StepId::new("vault/cluster");
+            let id = StepId::new(CLUSTER_STEP);
             first.push(id.clone());
             ids.push(id.clone());
             steps.push(Arc::new(VaultClusterStep {
@@ -138,7 +143,7 @@ impl WithSecrets {
             }));
         }
         if let Some(user) = BrokerUser::from_profile(profile).map_err(OpsError::Provider)? {
-            let id = StepId::new("secrets/broker-user");
+            let id = StepId::new(BROKER_STEP);
             steps.push(Arc::new(BrokerUserStep {
                 id,
                 deps: ids,
@@ -214,17 +219,60 @@ impl Provider for WithSecrets {
         self.inner.preflight(profile, scope).await
     }
 
+    /// The secrets' steps ordered among the target's (see
+    /// [`Provider::secrets_order`]): Vault's cluster step after the target's
+    /// `Before` steps (a Vault container taskctl runs), the managed secrets
+    /// after it, the services that take them next, then the broker user
+    /// (on the broker those services may include), then everything else.
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
-        let mut steps = self.secret_steps(profile)?;
-        let extra: Vec<StepId> = steps.iter().map(|s| s.id().clone()).collect();
-        for step in self.inner.steps(profile, scope)? {
+        let secret_steps = self.secret_steps(profile)?;
+        let inner = self.inner.steps(profile, scope)?;
+        if secret_steps.is_empty() {
+            return Ok(inner);
+        }
+        let order = |s: &Arc<dyn Step>| self.inner.secrets_order(s.id());
+        let before: Vec<StepId> = inner
+            .iter()
+            .filter(|s| order(s) == SecretsOrder::Before)
+            .map(|s| s.id().clone())
+            .collect();
+        let services: Vec<StepId> = inner
+            .iter()
+            .filter(|s| order(s) == SecretsOrder::AfterSecrets)
+            .map(|s| s.id().clone())
+            .collect();
+        let broker = StepId::new(BROKER_STEP);
+        let made: Vec<StepId> = secret_steps
+            .iter()
+            .map(|s| s.id().clone())
+            .filter(|id| *id != broker)
+            .collect();
+        let all: Vec<StepId> = secret_steps.iter().map(|s| s.id().clone()).collect();
+        let mut steps: Vec<Arc<dyn Step>> = Vec::new();
+        for step in secret_steps {
+            let extra = if step.id().as_str() == CLUSTER_STEP {
+                before.clone()
+            } else if *step.id() == broker {
+                services.clone()
+            } else {
+                Vec::new()
+            };
             steps.push(if extra.is_empty() {
                 step
             } else {
-                Arc::new(After {
-                    inner: step,
-                    extra: extra.clone(),
-                })
+                Arc::new(After { inner: step, extra })
+            });
+        }
+        for step in inner {
+            let extra = match order(&step) {
+                SecretsOrder::Before => Vec::new(),
+                SecretsOrder::AfterSecrets => made.clone(),
+                SecretsOrder::AfterAll => all.clone(),
+            };
+            steps.push(if extra.is_empty() {
+                step
+            } else {
+                Arc::new(After { inner: step, extra })
             });
         }
         Ok(steps)

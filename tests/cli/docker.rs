@@ -26,7 +26,7 @@ pub(crate) fn required(var: &str) -> String {
 }
 
 /// The static agent binary the image is built from.
-fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     if let Ok(path) = std::env::var("TASKCTL_AGENT_BINARY") {
         return PathBuf::from(path);
     }
@@ -56,7 +56,7 @@ pub(crate) fn docker(args: &[&str]) -> String {
 }
 
 /// Twelve free ports: http and metrics bases for 3 replicas × 2 slots.
-fn free_bases() -> (u16, u16) {
+pub(crate) fn free_bases() -> (u16, u16) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -91,7 +91,7 @@ pub(crate) struct Agent {
 
 impl Env {
     pub(crate) fn new(prefix: &str) -> Env {
-        // The broker: local.yaml's default, amqp://127.0.0.1:5672/%2f as
+        // The broker: local-external.yaml's default, amqp://127.0.0.1:5672/%2f as
         // guest, which RabbitMQ accepts from loopback (the test env's).
         required("TASKCTL_TEST_AMQP_URL");
         let sd = required("TASKCTL_TEST_PROMETHEUS_SD_DIR");
@@ -102,7 +102,7 @@ impl Env {
             .subsec_nanos();
         let name = format!("{prefix}-{:x}{:x}", std::process::id(), nanos);
         let (http, metrics) = free_bases();
-        let local = repo_root().join("profiles/local.yaml");
+        let local = repo_root().join("profiles/local-external.yaml");
         let overlay = dir.path().join("env.yaml");
         std::fs::write(
             &overlay,
@@ -681,11 +681,11 @@ fn destroy_removes_containers_and_network_and_keeps_volumes_unless_purged() {
     assert!(env.agents().is_empty());
     env.profiles.pop();
     env.deploy();
-    // Now a managed service with persistence, from an image the engine has
-    // (the agent's: it only has to exist for this test).
+    // Now a managed PostgreSQL with its volume, from the image
+    // scripts/images.sh builds offline (scripts/test.sh builds it).
     env.layer(
         "pg.yaml",
-        "services:\n  postgres:\n    enabled: true\n    image: task-executor:local\n    password: env:TASKCTL_TEST_DOCKER_PG\n",
+        "services:\n  postgres:\n    enabled: true\n    image: taskctl/postgres:bookworm\n    password: env:TASKCTL_TEST_DOCKER_PG\n",
     );
     let out = env
         .command(&["deploy", "--yes"])

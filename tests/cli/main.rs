@@ -12,6 +12,7 @@ mod releases;
 mod render;
 mod schema;
 mod secrets;
+mod stack;
 mod state;
 mod state_s3;
 mod validate;

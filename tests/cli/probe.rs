@@ -284,3 +284,229 @@ async fn run(
         duplicates,
     })
 }
+
+/// Results collected so far, and how many came twice.
+type Collected = Arc<Mutex<(BTreeMap<String, TaskResult>, usize)>>;
+
+/// Connects, declares the durable reply queue `reply` and starts a
+/// collector on it; the connection's channel publishes under confirms.
+async fn connect_collecting(
+    url: &str,
+    reply: &str,
+    collected: &Collected,
+) -> Result<(Connection, lapin::Channel, tokio::task::JoinHandle<()>), String> {
+    let connection = Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name("taskctl-test-probe".into()),
+    )
+    .await
+    .map_err(|e| format!("connecting to the broker: {e}"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .queue_declare(
+            reply.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer = channel
+        .basic_consume(
+            reply.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let collected = collected.clone();
+    let collector = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            if let Ok(result) = serde_json::from_slice::<TaskResult>(&delivery.data) {
+                let mut c = collected.lock().unwrap();
+                if c.0.contains_key(&result.task_id) {
+                    c.1 += 1;
+                } else {
+                    c.0.insert(result.task_id.clone(), result);
+                }
+            }
+        }
+    });
+    Ok((connection, channel, collector))
+}
+
+/// Like [`Probe::start`], but it outlives the broker: when the connection
+/// drops it reconnects (for up to two minutes) and goes on, and its reply
+/// queue is durable, so the results of tasks confirmed before a broker
+/// restart still reach it. Tasks whose publish was not confirmed are not
+/// counted (the broker never promised them).
+pub fn start_surviving_restarts(amqp_url: &str, queue: &str, every: Duration) -> Probe {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let thread = {
+        let (url, queue) = (amqp_url.to_owned(), queue.to_owned());
+        let (stop, started, count) = (stop.clone(), started.clone(), count.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(run_surviving(&url, &queue, every, &stop, &started, &count))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.load(Ordering::SeqCst) {
+        if thread.is_finished() || Instant::now() > deadline {
+            stop.store(true, Ordering::SeqCst);
+            let outcome = thread.join().expect("the probe thread does not panic");
+            panic!("the probe did not get its first task confirmed: {outcome:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Probe {
+        count,
+        stop,
+        started,
+        thread,
+    }
+}
+
+async fn run_surviving(
+    url: &str,
+    queue: &str,
+    every: Duration,
+    stop: &AtomicBool,
+    started: &AtomicBool,
+    count: &std::sync::atomic::AtomicUsize,
+) -> Result<ProbeReport, String> {
+    let reply = format!("{queue}.replies");
+    let collected: Collected = Arc::default();
+    let run = format!("probe-{:x}-{}", epoch_ms(), std::process::id());
+    let mut published = Vec::new();
+    let mut n = 0u64;
+    let mut down_since: Option<Instant> = None;
+    let mut link = None;
+    // Publishing, through broker restarts.
+    while !stop.load(Ordering::SeqCst) {
+        if link.is_none() {
+            match connect_collecting(url, &reply, &collected).await {
+                Ok(l) => {
+                    link = Some(l);
+                    down_since = None;
+                }
+                Err(e) => {
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(120) {
+                        return Err(format!("the broker stayed unreachable for 2 minutes: {e}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            }
+        }
+        let (_, channel, _) = link.as_ref().expect("connected above");
+        n += 1;
+        let id = format!("{run}-{n}");
+        let task = TaskMessage::new(
+            id.clone(),
+            TaskKind::Echo {
+                message: format!("probe {n}"),
+                delay_ms: 0,
+            },
+            epoch_ms(),
+        );
+        let body = serde_json::to_vec(&task).map_err(|e| e.to_string())?;
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_reply_to(reply.as_str().into())
+            .with_correlation_id(id.as_str().into());
+        let outcome = async {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await?
+                .await
+        }
+        .await;
+        match outcome {
+            Ok(Confirmation::Ack(None)) => {
+                published.push(id);
+                count.fetch_add(1, Ordering::SeqCst);
+                started.store(true, Ordering::SeqCst);
+            }
+            // Not confirmed: the broker went away; not counted.
+            Ok(_) | Err(_) => {
+                if let Some((_, _, collector)) = link.take() {
+                    collector.abort();
+                }
+                continue;
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+    // Every confirmed task must come back.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = {
+            let c = collected.lock().unwrap();
+            published.iter().all(|id| c.0.contains_key(id))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        let dropped = link
+            .as_ref()
+            .is_none_or(|(c, _, _)| !c.status().connected());
+        if dropped {
+            if let Some((_, _, collector)) = link.take() {
+                collector.abort();
+            }
+            link = connect_collecting(url, &reply, &collected).await.ok();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some((connection, channel, collector)) = link {
+        for q in [queue, reply.as_str()] {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                channel.queue_delete(q.into(), QueueDeleteOptions::default()),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            connection.close(200, "probe done".into()),
+        )
+        .await;
+        collector.abort();
+    }
+    let (results, duplicates) = std::mem::take(&mut *collected.lock().unwrap());
+    Ok(ProbeReport {
+        published,
+        results,
+        duplicates,
+    })
+}

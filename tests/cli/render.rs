@@ -54,7 +54,7 @@ fn variables_expand_from_the_environment() {
             "render",
             "profile",
             "-p",
-            "profiles/local.yaml",
+            "profiles/local-external.yaml",
             "-o",
             "json",
         ])

@@ -3,7 +3,7 @@ use crate::harness::{profile, stderr, stdout, taskctl_in};
 /// A lease held by a live process (pid 1) of this machine, as another
 /// taskctl would leave it.
 fn hold_lock(dir: &std::path::Path) {
-    let lock_dir = dir.join(".taskctl/task-local/development");
+    let lock_dir = dir.join(".taskctl/task-local-external/development");
     std::fs::create_dir_all(&lock_dir).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -23,9 +23,12 @@ fn hold_lock(dir: &std::path::Path) {
 #[test]
 fn lock_status_names_the_holder_and_break_is_audited() {
     let dir = tempfile::tempdir().unwrap();
-    let local = profile("local.yaml");
+    let local = profile("local-external.yaml");
     let out = taskctl_in(dir.path(), &["lock", "status", "-p", &local]);
-    assert_eq!(stdout(&out), "task-local/development is not locked\n");
+    assert_eq!(
+        stdout(&out),
+        "task-local-external/development is not locked\n"
+    );
 
     hold_lock(dir.path());
     let out = taskctl_in(dir.path(), &["lock", "status", "-p", &local]);
@@ -46,7 +49,7 @@ fn lock_status_names_the_holder_and_break_is_audited() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         dir.path()
-            .join(".taskctl/task-local/development/lock.json")
+            .join(".taskctl/task-local-external/development/lock.json")
             .exists()
     );
 
@@ -65,7 +68,7 @@ fn lock_status_names_the_holder_and_break_is_audited() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         !dir.path()
-            .join(".taskctl/task-local/development/lock.json")
+            .join(".taskctl/task-local-external/development/lock.json")
             .exists()
     );
     let out = taskctl_in(dir.path(), &["audit", "-p", &local, "-o", "json"]);
@@ -82,7 +85,10 @@ fn lock_status_names_the_holder_and_break_is_audited() {
 #[test]
 fn status_of_a_fresh_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let out = taskctl_in(dir.path(), &["status", "-p", &profile("local.yaml")]);
+    let out = taskctl_in(
+        dir.path(),
+        &["status", "-p", &profile("local-external.yaml")],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(

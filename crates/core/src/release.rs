@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn a_profile_survives_the_round_trip_through_a_release() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../profiles");
-        for file in ["production.yaml", "local.yaml"] {
+        for file in ["production.yaml", "local-external.yaml"] {
             let loaded = crate::profile::load(&crate::profile::LoadOptions {
                 files: vec![std::path::Path::new(dir).join(file)],
                 environment: None,

@@ -271,7 +271,8 @@ impl Harness {
         let vars = |name: &str| (name == "TASKCTL_AMQP_CREDENTIALS").then(|| SECRET.to_string());
         let loaded = taskctl_core::profile::load(&LoadOptions {
             files: vec![
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles/local.yaml"),
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../profiles/local-external.yaml"),
             ],
             environment: None,
             vars: &vars,

@@ -329,10 +329,17 @@ pub async fn local_id(docker: &Docker, reference: &str) -> Result<Option<String>
 
 /// The error for an image that is neither on the engine nor pullable.
 pub fn missing_image(image: &str, what: &str) -> StepError {
+    let how = if image.starts_with("taskctl/") {
+        "build it offline from Debian packages with `scripts/images.sh`".to_string()
+    } else {
+        format!(
+            "provide it with `docker load -i FILE.tar`, `docker build -t {image} …`, or set target.docker.registry"
+        )
+    };
     StepError::new(
         ErrorKind::Invalid,
         format!(
-            "{what}: image {image} is not on the Docker engine and no registry is configured to pull it from; provide it with `docker load -i FILE.tar`, `docker build -t {image} …`, or set target.docker.registry"
+            "{what}: image {image} is not on the Docker engine and no registry is configured to pull it from; {how}"
         ),
     )
 }

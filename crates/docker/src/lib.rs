@@ -48,6 +48,7 @@ pub mod release;
 pub mod rollout;
 pub mod secret_files;
 pub mod spec;
+pub mod stack;
 pub mod steps;
 pub mod verify;
 
@@ -57,7 +58,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use taskctl_core::Severity;
 use taskctl_core::engine::{Step, StepId};
-use taskctl_core::ops::{Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, Workload};
+use taskctl_core::ops::{
+    Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, SecretsOrder, Workload,
+};
 use taskctl_core::profile::Profile;
 use taskctl_core::release::ReleaseStore;
 
@@ -133,12 +136,36 @@ impl Provider for DockerProvider {
             .docker
             .as_ref()
             .and_then(|d| d.registry.clone());
+        // A Vault taskctl initializes itself cannot be asked before its step.
+        let own_vault = profile
+            .services
+            .vault
+            .as_ref()
+            .is_some_and(|v| v.cluster.is_some());
         match steps::managed_services(profile) {
             Err(e) => error("services", e),
             Ok(services) => {
                 for s in services {
+                    // A port another program holds fails the start halfway
+                    // through a deploy; say so before anything changes.
+                    let name = steps::service_container(profile, s.name);
+                    let exists = matches!(engine::inspect(&self.docker, &name).await, Ok(Some(_)));
+                    for p in s.ports.iter().filter(|_| !exists) {
+                        if let Some(host) = p.host
+                            && std::net::TcpListener::bind(("127.0.0.1", host)).is_err()
+                        {
+                            error(
+                                "ports",
+                                format!(
+                                    "services.{}: 127.0.0.1:{host} (its {} port) is taken by another program; free it or publish elsewhere with target.docker.publish.{}",
+                                    s.name, p.name, p.name
+                                ),
+                            );
+                        }
+                    }
                     for (name, source) in &s.env {
                         if let spec::EnvSource::Secret(r) = source
+                            && !own_vault
                             && !self.options.secrets.is_pending(r)
                             && let Err(e) = self.options.secrets.resolve(r).await
                         {
@@ -168,7 +195,7 @@ impl Provider for DockerProvider {
                     .and_then(|s| s.get().cloned())
                     .map(|s| (&v.name, s))
             }) {
-                if self.options.secrets.is_pending(&source) {
+                if own_vault || self.options.secrets.is_pending(&source) {
                     continue;
                 }
                 if let Err(e) = self.options.secrets.resolve(&source).await {
@@ -192,6 +219,20 @@ impl Provider for DockerProvider {
         Ok(findings)
     }
 
+    /// The network, the volumes and Vault's own container come before Vault
+    /// is asked; the other services take secrets from it; the agents
+    /// need the broker user too.
+    fn secrets_order(&self, step: &StepId) -> SecretsOrder {
+        let id = step.as_str();
+        if id == "network" || id.starts_with("volumes/") || id == "services/vault" {
+            SecretsOrder::Before
+        } else if id.starts_with("services/") {
+            SecretsOrder::AfterSecrets
+        } else {
+            SecretsOrder::AfterAll
+        }
+    }
+
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
         let shared = self.shared(profile);
         let mut out: Vec<Arc<dyn Step>> = Vec::new();
@@ -203,7 +244,7 @@ impl Provider for DockerProvider {
                 id: network.clone(),
                 shared: shared.clone(),
             }));
-            for s in services.iter().filter(|s| s.persistent) {
+            for s in &services {
                 out.push(Arc::new(Volume {
                     id: StepId::new(format!("volumes/{}", s.name)),
                     shared: shared.clone(),
@@ -213,12 +254,19 @@ impl Provider for DockerProvider {
         }
         if scope.includes(Layer::Services) {
             for s in &services {
-                let mut deps = Vec::new();
+                let mut deps: Vec<StepId> = s
+                    .after
+                    .iter()
+                    .map(|a| StepId::new(format!("services/{a}")))
+                    .collect();
                 if scope.includes(Layer::Infrastructure) {
                     deps.push(network.clone());
-                    if s.persistent {
-                        deps.push(StepId::new(format!("volumes/{}", s.name)));
-                    }
+                    deps.push(StepId::new(format!("volumes/{}", s.name)));
+                }
+                // Services take their secrets from a Vault taskctl runs: it
+                // starts first and, on destroy, goes last.
+                if s.name != "vault" && services.iter().any(|v| v.name == "vault") {
+                    deps.push(StepId::new("services/vault"));
                 }
                 let id = StepId::new(format!("services/{}", s.name));
                 service_ids.push(id.clone());

@@ -101,10 +101,27 @@ pub fn mount(d: &Delivery) -> Option<Mount> {
 /// A tar of the files: the directory 0500 and each file 0400, all owned by
 /// `uid` (the container's user), so no other user in it can read them.
 pub fn archive(files: &BTreeMap<String, Secret>, uid: u64) -> Vec<u8> {
+    tar_of(
+        files
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.expose().as_bytes())),
+        uid,
+        0o500,
+        0o400,
+    )
+}
+
+/// A tar of `files` in one directory, with these modes and owner.
+fn tar_of<'a>(
+    files: impl Iterator<Item = (&'a str, &'a [u8])>,
+    uid: u64,
+    dir_mode: u32,
+    file_mode: u32,
+) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut dir = tar::Header::new_gnu();
     dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o500);
+    dir.set_mode(dir_mode);
     dir.set_uid(uid);
     dir.set_gid(uid);
     dir.set_size(0);
@@ -112,10 +129,9 @@ pub fn archive(files: &BTreeMap<String, Secret>, uid: u64) -> Vec<u8> {
     dir.set_cksum();
     b.append_data(&mut dir, "./", std::io::empty())
         .expect("in-memory tar");
-    for (name, value) in files {
-        let bytes = value.expose().as_bytes();
+    for (name, bytes) in files {
         let mut h = tar::Header::new_gnu();
-        h.set_mode(0o400);
+        h.set_mode(file_mode);
         h.set_uid(uid);
         h.set_gid(uid);
         h.set_size(bytes.len() as u64);
@@ -126,17 +142,18 @@ pub fn archive(files: &BTreeMap<String, Secret>, uid: u64) -> Vec<u8> {
     b.into_inner().expect("in-memory tar")
 }
 
-/// Uploads the files into the created (not yet started) container `name`.
-pub async fn upload(docker: &Docker, name: &str, d: &Delivery, uid: u64) -> Result<(), StepError> {
-    if d.files.is_empty() {
-        return Ok(());
-    }
-    let tar = archive(&d.files, uid);
+async fn put(
+    docker: &Docker,
+    name: &str,
+    dir: &str,
+    tar: Vec<u8>,
+    what: &str,
+) -> Result<(), StepError> {
     docker
         .upload_to_container(
             name,
             Some(bollard::query_parameters::UploadToContainerOptions {
-                path: DIR.into(),
+                path: dir.into(),
                 ..Default::default()
             }),
             bollard::body_full(tar.into()),
@@ -145,9 +162,48 @@ pub async fn upload(docker: &Docker, name: &str, d: &Delivery, uid: u64) -> Resu
         .map_err(|e| {
             StepError::new(
                 ErrorKind::Other,
-                format!("copying the secret files into {name}: {e}"),
+                format!("copying the {what} into {name}: {e}"),
             )
         })
+}
+
+/// Uploads the files into the created (not yet started) container `name`.
+pub async fn upload(docker: &Docker, name: &str, d: &Delivery, uid: u64) -> Result<(), StepError> {
+    if d.files.is_empty() {
+        return Ok(());
+    }
+    put(docker, name, DIR, archive(&d.files, uid), "secret files").await
+}
+
+/// An anonymous volume at `dir` for configuration files.
+pub fn config_mount(dir: &str) -> Mount {
+    Mount {
+        target: Some(dir.into()),
+        typ: Some(MountTypeEnum::VOLUME),
+        ..Default::default()
+    }
+}
+
+/// Uploads configuration files (not secret: readable by everyone in the
+/// container, writable by none but root) into `dir` of the created
+/// container `name`; `dir` must be a volume ([`config_mount`]), since the
+/// root file system is read-only.
+pub async fn upload_config(
+    docker: &Docker,
+    name: &str,
+    dir: &str,
+    files: &BTreeMap<String, String>,
+) -> Result<(), StepError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let tar = tar_of(
+        files.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+        0,
+        0o555,
+        0o444,
+    );
+    put(docker, name, dir, tar, "configuration files").await
 }
 
 #[cfg(test)]

@@ -148,6 +148,13 @@ pub struct SpecSummary {
     pub memory: String,
     pub restart: String,
     pub health: String,
+    /// Managed services: configuration files by name (a short hash; the
+    /// references and versions of the secrets a file is rendered with).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// Managed services: user, entrypoint, mounts, limits.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime: String,
 }
 
 impl SpecSummary {
@@ -170,6 +177,12 @@ impl SpecSummary {
         field("memory", &observed.memory, &self.memory);
         field("restart", &observed.restart, &self.restart);
         field("health", &observed.health, &self.health);
+        field("runtime", &observed.runtime, &self.runtime);
+        for (name, value) in &self.files {
+            if observed.files.get(name) != Some(value) {
+                diffs.push(FieldDiff::new(format!("file {name}"), "old", "changed"));
+            }
+        }
         for (name, value) in &self.env {
             match observed.env.get(name) {
                 None => diffs.push(FieldDiff::new(format!("env {name}"), "unset", "set")),
@@ -265,10 +278,14 @@ impl ReplicaSpec {
         }
         if !has(&env, "BIND_ADDRESS") {
             // Host network: listen on loopback only, like the test servers.
-            env.push((
-                "BIND_ADDRESS".into(),
-                EnvSource::Literal("127.0.0.1".into()),
-            ));
+            // On the environment's network: on its address, which only the
+            // network and the ports published on 127.0.0.1 reach.
+            let bind = if crate::stack::agents_bridged(profile) {
+                "0.0.0.0"
+            } else {
+                "127.0.0.1"
+            };
+            env.push(("BIND_ADDRESS".into(), EnvSource::Literal(bind.into())));
         }
         let probe = agent
             .probes
@@ -330,6 +347,8 @@ impl ReplicaSpec {
                 self.health.retries,
                 self.health.start_period_s
             ),
+            files: BTreeMap::new(),
+            runtime: String::new(),
         }
     }
 
@@ -399,7 +418,10 @@ mod tests {
 
     pub(crate) fn local(overlay: &str) -> Profile {
         let dir = tempfile_dir();
-        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../profiles/local.yaml");
+        let base = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../profiles/local-external.yaml"
+        );
         let over = dir.join("over.yaml");
         std::fs::write(
             &over,
@@ -501,7 +523,7 @@ mod tests {
         let p = local("");
         assert_eq!(
             replica_name(&p, "automated-task-executor", 1),
-            "automated-task-executor-1.task-local.development"
+            "automated-task-executor-1.task-local-external.development"
         );
         assert_eq!(next_name("a-1.x"), "a-1.x.next");
         assert_eq!(

@@ -100,24 +100,66 @@ pub async fn endpoints(
                 .map(|p| p.path.clone())
                 .unwrap_or_else(|| default.to_owned())
         };
+        // On the environment's network, the managed Prometheus scrapes
+        // each replica under its slot's alias (see `steps::Replica`).
+        let instance = if crate::stack::agents_bridged(profile) {
+            format!("{}-{index}-s{slot}:{metrics}", def.name)
+        } else {
+            format!("127.0.0.1:{metrics}")
+        };
         agents.push(AgentEndpoint {
             name,
             http: format!("127.0.0.1:{http}"),
             metrics: format!("127.0.0.1:{metrics}"),
+            instance,
             readiness_path: probe(&def.probes.readiness, "/ready"),
             liveness_path: probe(&def.probes.liveness, "/health"),
         });
     }
+    // Managed services: where they are published on loopback.
+    let managed = crate::stack::managed_services(profile).unwrap_or_default();
+    let published = |service: &str, port: &str, scheme: &str| {
+        managed
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.host_port(port))
+            .map(|p| format!("{scheme}://127.0.0.1:{p}"))
+    };
+    let amqp_url = match broker_env {
+        // An agent on the environment's network names the broker by its
+        // alias there; taskctl reaches it where it is published.
+        Some(url) if crate::stack::agents_bridged(profile) => {
+            match (
+                url::Url::parse(&url),
+                managed.iter().find(|s| s.name == "rabbitmq"),
+            ) {
+                (Ok(mut u), Some(r)) if u.host_str() == Some("rabbitmq") => {
+                    match r.host_port("rabbitmq") {
+                        Some(p) => {
+                            let _ = u.set_host(Some("127.0.0.1"));
+                            let _ = u.set_port(Some(p));
+                            Some(u.to_string())
+                        }
+                        None => None,
+                    }
+                }
+                _ => Some(url),
+            }
+        }
+        other => other,
+    };
     Ok(Endpoints {
-        amqp_url: broker_env
+        amqp_url: amqp_url
             .or_else(|| external(services.rabbitmq.as_ref().and_then(|r| r.external.as_ref()))),
         prometheus_url: external(
             services
                 .prometheus
                 .as_ref()
                 .and_then(|p| p.external.as_ref()),
-        ),
-        vault_url: external(services.vault.as_ref().and_then(|v| v.external.as_ref())),
+        )
+        .or_else(|| published("prometheus", "prometheus", "http")),
+        vault_url: external(services.vault.as_ref().and_then(|v| v.external.as_ref()))
+            .or_else(|| published("vault", "vault", "http")),
         agents,
     })
 }

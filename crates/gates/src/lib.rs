@@ -304,9 +304,12 @@ pub struct AgentEndpoint {
     pub name: String,
     /// `host:port` of `/health` and `/ready`, e.g. `127.0.0.1:18080`.
     pub http: String,
-    /// `host:port` of `/metrics`, exactly as Prometheus scrapes it: it is
-    /// also the `instance` label `validate_metrics` asks Prometheus about.
+    /// `host:port` of `/metrics`, as taskctl reaches it.
     pub metrics: String,
+    /// The `instance` label Prometheus scrapes it under, which
+    /// `validate_metrics` asks about: `metrics` when Prometheus reaches the
+    /// same address, else its name on the network Prometheus shares with it.
+    pub instance: String,
     /// `/ready`.
     pub readiness_path: String,
     /// `/health`.

@@ -118,7 +118,7 @@ pub fn verification_gates(
                     for agent in &endpoints.agents {
                         let kind = GateKind::Metric {
                             prometheus_url: prometheus_url.clone(),
-                            query: format!("up{{instance=\"{}\"}}", label_value(&agent.metrics)),
+                            query: format!("up{{instance=\"{}\"}}", label_value(&agent.instance)),
                             cmp: Comparison::Eq,
                             threshold: 1.0,
                             no_data: NoData::Wait,

@@ -23,6 +23,10 @@ impl StepId {
     pub fn new(id: impl Into<String>) -> Self {
         StepId(id.into())
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for StepId {
@@ -214,6 +218,11 @@ impl StepContext {
     }
 
     /// Whether `dep` is one of this step's dependencies in this run.
+    /// Every dependency's outputs.
+    pub fn dep_outputs(&self) -> impl Iterator<Item = (&StepId, &Outputs)> {
+        self.deps.iter()
+    }
+
     pub fn has_dep(&self, dep: &StepId) -> bool {
         self.deps.contains_key(dep)
     }

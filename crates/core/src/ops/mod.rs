@@ -21,7 +21,7 @@ pub use releases::{
 };
 pub use status::{EnvironmentStatus, status};
 
-use crate::engine::{GraphError, Step};
+use crate::engine::{GraphError, Step, StepId};
 use crate::events::EventSink;
 use crate::profile::Profile;
 use crate::release::ReleaseStore;
@@ -68,6 +68,19 @@ pub struct Finding {
 }
 
 /// A deployment target's implementation.
+/// See [`Provider::secrets_order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretsOrder {
+    /// Before anything asks Vault: the network, volumes, a Vault server's
+    /// own container.
+    Before,
+    /// After Vault is initialized and the managed secrets exist, before
+    /// the broker user is made: the services that take those secrets.
+    AfterSecrets,
+    /// After everything: the workloads.
+    AfterAll,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// `aws`, `docker`, `kubernetes`.
@@ -82,6 +95,13 @@ pub trait Provider: Send + Sync {
 
     /// The steps that make the target match the profile, within `scope`.
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError>;
+
+    /// Where `step` stands relative to the steps that make the profile's
+    /// secrets (a Vault taskctl initializes, the managed secrets, the
+    /// broker user): by default after all of them.
+    fn secrets_order(&self, _step: &StepId) -> SecretsOrder {
+        SecretsOrder::AfterAll
+    }
 
     /// The layers a release holds, which a rollback restores: all of
     /// [`Provider::layers`] unless the target says otherwise (the `aws`

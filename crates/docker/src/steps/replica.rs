@@ -45,6 +45,10 @@ pub(super) fn restart_policy_of(
 /// agent's default `SHUTDOWN_GRACE_PERIOD` (30 s) and a margin.
 pub(super) const STOP_SECONDS: i32 = 35;
 
+/// Most processes (threads included) an agent container may run: its
+/// runtime's workers and the tasks' own, with room to spare.
+const AGENT_PIDS: i64 = 512;
+
 impl Replica {
     /// The replica's spec, with the KV versions of its secrets resolved.
     async fn spec(&self, ctx: &StepContext) -> Result<ReplicaSpec, StepError> {
@@ -65,14 +69,27 @@ impl Replica {
     }
 
     fn file_sd_dir(&self) -> Option<PathBuf> {
-        self.shared
-            .profile
-            .target
-            .docker
-            .as_ref()
-            .and_then(|d| d.prometheus_file_sd.as_ref())
-            .filter(|dir| !dir.is_empty())
-            .map(PathBuf::from)
+        file_sd_dir(&self.shared.profile)
+    }
+
+    /// On the environment's network, the name the container in `slot` is
+    /// reached by (the two containers of a replica during a replacement
+    /// are in different slots).
+    fn slot_alias(&self, slot: u8) -> String {
+        format!("{}-{}-s{slot}", self.agent.name, self.index)
+    }
+
+    /// The slot a metrics port of this replica belongs to (ports are
+    /// `base + 2·(index−1) + slot`, see [`spec::replica_ports`]).
+    fn slot_of(&self, metrics_port: u16) -> u8 {
+        let base = self
+            .agent
+            .ports
+            .iter()
+            .find(|p| p.name == "metrics")
+            .map(|p| p.port)
+            .unwrap_or(9090);
+        u8::from(metrics_port.wrapping_sub(base) % 2 == 1)
     }
 
     fn outputs(&self, metrics: Option<u16>) -> Outputs {
@@ -95,7 +112,16 @@ impl Replica {
         slot: u8,
     ) -> Result<(), StepError> {
         let docker = &self.shared.docker;
-        let (http, _) = spec.ports(slot);
+        let (http, metrics) = spec.ports(slot);
+        let bridged = crate::stack::agents_bridged(&self.shared.profile);
+        let network = self
+            .shared
+            .profile
+            .target
+            .docker
+            .as_ref()
+            .map(|d| d.network.clone())
+            .unwrap_or_else(|| "taskctl".into());
         let agent_id = self.primary();
         let delivery =
             secret_files::resolve(&self.shared.secrets, &spec.env_for(slot, &agent_id)).await?;
@@ -128,8 +154,52 @@ impl Replica {
                 start_period: Some(secs(spec.health.start_period_s)),
                 start_interval: None,
             }),
+            exposed_ports: bridged.then(|| {
+                [http, metrics]
+                    .iter()
+                    .map(|p| (format!("{p}/tcp"), HashMap::new()))
+                    .collect()
+            }),
+            networking_config: bridged.then(|| NetworkingConfig {
+                endpoints_config: Some(
+                    [(
+                        network.clone(),
+                        EndpointSettings {
+                            aliases: Some(vec![self.slot_alias(slot)]),
+                            ..Default::default()
+                        },
+                    )]
+                    .into(),
+                ),
+            }),
             host_config: Some(HostConfig {
-                network_mode: Some("host".into()),
+                // On the environment's network when taskctl runs the
+                // services too; on the host's when they are on its loopback
+                // (a bridged container cannot reach that).
+                network_mode: Some(if bridged {
+                    network.clone()
+                } else {
+                    "host".into()
+                }),
+                port_bindings: bridged.then(|| {
+                    [http, metrics]
+                        .iter()
+                        .map(|p| {
+                            (
+                                format!("{p}/tcp"),
+                                Some(vec![PortBinding {
+                                    host_ip: Some("127.0.0.1".into()),
+                                    host_port: Some(p.to_string()),
+                                }]),
+                            )
+                        })
+                        .collect()
+                }),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                pids_limit: Some(AGENT_PIDS),
+                tmpfs: Some([("/tmp".to_string(), "rw,noexec,nosuid,size=64m".to_string())].into()),
                 restart_policy: Some(DockerRestart {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
@@ -202,9 +272,16 @@ impl Replica {
     /// beside the container it replaces).
     fn file_sd(&self, metrics_ports: &[u16]) -> Option<(PathBuf, String)> {
         let dir = self.file_sd_dir()?;
+        let bridged = crate::stack::agents_bridged(&self.shared.profile);
         let targets: Vec<String> = metrics_ports
             .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
+            .map(|p| {
+                if bridged {
+                    format!("{}:{p}", self.slot_alias(self.slot_of(*p)))
+                } else {
+                    format!("127.0.0.1:{p}")
+                }
+            })
             .collect();
         let doc = serde_json::json!([{
             "targets": targets,
@@ -390,10 +467,10 @@ impl Step for Replica {
 
     async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
         let docker = &self.shared.docker;
-        let spec = self.spec(ctx).await?;
-        let desired = spec.summary();
         let primary = self.primary();
         let leftover = inspect(docker, &next_name(&primary)).await?.is_some();
+        // Nothing to compare with: the secrets are not read (on a destroy,
+        // the Vault container may be gone already).
         let Some(c) = inspect(docker, &primary).await? else {
             self.rollout.announce(self.index, false);
             return Ok(StepPlan {
@@ -401,6 +478,8 @@ impl Step for Replica {
                 outputs: self.outputs(None),
             });
         };
+        let spec = self.spec(ctx).await?;
+        let desired = spec.summary();
         let policy = restart_policy_of(&c);
         let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
         let running = c.state.and_then(|s| s.running).unwrap_or(false);

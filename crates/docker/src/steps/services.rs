@@ -2,120 +2,43 @@
 
 use super::*;
 
-/// A service the profile marks managed (enabled, not `external`), run as
-/// one container on the stack's network with its port on loopback.
-#[derive(Debug, Clone)]
-pub struct ServiceDef {
-    pub name: &'static str,
-    pub image: String,
-    pub port: u16,
-    pub data_path: &'static str,
-    pub persistent: bool,
-    pub env: Vec<(String, EnvSource)>,
-    /// The uid the service's secret files belong to (the user its image
-    /// runs the server as: 999 for the official postgres and mongo images).
-    pub file_owner: u64,
+use crate::stack::{self, FileDef};
+pub use crate::stack::{ServiceDef, managed_services};
+
+/// The directory of the agents' Prometheus target files: the profile's
+/// `target.docker.prometheus_file_sd`, else, when taskctl runs Prometheus
+/// itself, `<state path>/file_sd/<environment>` (absolute: it is mounted
+/// into the Prometheus container).
+pub fn file_sd_dir(profile: &Profile) -> Option<PathBuf> {
+    if let Some(dir) = profile
+        .target
+        .docker
+        .as_ref()
+        .and_then(|d| d.prometheus_file_sd.as_ref())
+        .filter(|dir| !dir.is_empty())
+    {
+        return Some(absolute(PathBuf::from(dir)));
+    }
+    profile
+        .services
+        .prometheus
+        .as_ref()
+        .filter(|p| p.enabled && p.external.is_none())
+        .map(|_| {
+            absolute(
+                PathBuf::from(&profile.state.path)
+                    .join("file_sd")
+                    .join(spec::environment_label(profile)),
+            )
+        })
 }
 
-/// The managed services of the profile.
-pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
-    let s = &profile.services;
-    let mut out = Vec::new();
-    let secret =
-        |c: &taskctl_core::profile::value::Checked<taskctl_core::profile::value::SecretRef>,
-         what: &str| {
-            c.get()
-                .cloned()
-                .map(EnvSource::Secret)
-                .ok_or_else(|| format!("{what} is not a valid secret reference"))
-        };
-    if let Some(r) = &s.rabbitmq
-        && r.enabled
-        && r.external.is_none()
-    {
-        out.push(ServiceDef {
-            name: "rabbitmq",
-            image: r
-                .image
-                .clone()
-                .unwrap_or_else(|| "rabbitmq:3-management".into()),
-            port: 5672,
-            data_path: "/var/lib/rabbitmq",
-            persistent: r.persistence.as_ref().is_some_and(|p| p.enabled),
-            env: Vec::new(),
-            file_owner: 999,
-        });
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
     }
-    if let Some(m) = &s.mongodb
-        && m.enabled
-        && m.external.is_none()
-    {
-        let mut env = Vec::new();
-        if let Some(p) = &m.root_password {
-            env.push((
-                "MONGO_INITDB_ROOT_USERNAME".into(),
-                EnvSource::Literal("root".into()),
-            ));
-            env.push((
-                "MONGO_INITDB_ROOT_PASSWORD".into(),
-                secret(p, "services.mongodb.root_password")?,
-            ));
-        }
-        out.push(ServiceDef {
-            name: "mongodb",
-            image: m.image.clone().unwrap_or_else(|| "mongo:7".into()),
-            port: 27017,
-            data_path: "/data/db",
-            persistent: m.persistence.as_ref().is_some_and(|p| p.enabled),
-            env,
-            file_owner: 999,
-        });
-    }
-    if let Some(p) = &s.postgres
-        && p.enabled
-        && p.external.is_none()
-    {
-        out.push(ServiceDef {
-            name: "postgres",
-            image: p
-                .image
-                .clone()
-                .unwrap_or_else(|| format!("postgres:{}", p.version)),
-            port: 5432,
-            data_path: "/var/lib/postgresql/data",
-            persistent: p.persistence.as_ref().is_some_and(|p| p.enabled),
-            env: vec![
-                ("POSTGRES_DB".into(), EnvSource::Literal(p.database.clone())),
-                ("POSTGRES_USER".into(), EnvSource::Literal(p.user.clone())),
-                (
-                    "POSTGRES_PASSWORD".into(),
-                    secret(&p.password, "services.postgres.password")?,
-                ),
-            ],
-            file_owner: 999,
-        });
-    }
-    for (name, managed) in [
-        (
-            "prometheus",
-            s.prometheus
-                .as_ref()
-                .is_some_and(|p| p.enabled && p.external.is_none()),
-        ),
-        (
-            "vault",
-            s.vault
-                .as_ref()
-                .is_some_and(|v| v.enabled && v.external.is_none()),
-        ),
-    ] {
-        if managed {
-            return Err(format!(
-                "services.{name}: the docker target runs rabbitmq, mongodb and postgres; give {name} an `external` address"
-            ));
-        }
-    }
-    Ok(out)
 }
 
 pub fn volume_name(profile: &Profile, service: &str) -> String {
@@ -208,29 +131,254 @@ pub struct Service {
     pub deps: Vec<StepId>,
 }
 
+/// The plan output saying the step starts its server in this run.
+pub const STARTS_OUTPUT: &str = "starts";
+
+/// Seconds between health checks of a managed service.
+const HEALTH_INTERVAL_S: i64 = 2;
+
 impl Service {
+    /// The env entries whose secrets a file of this service is rendered
+    /// with: what the spec shows (reference and KV version) for them.
+    fn file_secrets(&self) -> Vec<(String, EnvSource)> {
+        let mut out = Vec::new();
+        for f in &self.def.files {
+            if let FileDef::RabbitConf {
+                name,
+                admin_user,
+                admin_password,
+                ..
+            } = f
+            {
+                out.push((
+                    format!("{name} user"),
+                    EnvSource::Secret(admin_user.clone()),
+                ));
+                out.push((
+                    format!("{name} password"),
+                    EnvSource::Secret(admin_password.clone()),
+                ));
+            }
+        }
+        out
+    }
+
     async fn summary(&self) -> Result<SpecSummary, StepError> {
-        let versions = secret_files::versions(&self.shared.secrets, &self.def.env).await?;
+        let mut all = self.def.env.clone();
+        all.extend(self.file_secrets());
+        let versions = secret_files::versions(&self.shared.secrets, &all).await?;
         let env = self
             .def
             .env
             .iter()
             .map(|(n, s)| (n.clone(), spec::shown(s, versions.get(n).copied())))
             .collect();
+        let mut files = BTreeMap::new();
+        for f in &self.def.files {
+            let shown = match f {
+                FileDef::Config { content, .. } => {
+                    format!("sha256:{}", &spec::sha256_hex(content.as_bytes())[..12])
+                }
+                FileDef::RabbitConf { rest, .. } => {
+                    let mut parts = vec![format!(
+                        "sha256:{}",
+                        &spec::sha256_hex(rest.as_bytes())[..12]
+                    )];
+                    for (n, s) in self.file_secrets() {
+                        if n.starts_with(f.name()) {
+                            parts.push(spec::shown(&s, versions.get(&n).copied()));
+                        }
+                    }
+                    parts.join(" ")
+                }
+            };
+            files.insert(f.name().to_string(), shown);
+        }
+        let ports = self
+            .def
+            .ports
+            .iter()
+            .map(|p| match p.host {
+                Some(h) => format!("127.0.0.1:{h}->{}", p.container),
+                None => p.container.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(SpecSummary {
             image: self.def.image.clone(),
             env,
-            ports: format!("127.0.0.1:{}", self.def.port),
-            cpu: String::new(),
-            memory: String::new(),
+            ports,
+            cpu: format!("{}", self.def.limits.nano_cpus as f64 / 1e9),
+            memory: self.def.limits.memory.to_string(),
             restart: "unless-stopped".into(),
-            health: if self.def.persistent {
-                format!("volume at {}", self.def.data_path)
-            } else {
-                String::new()
-            },
+            health: format!(
+                "{} every {HEALTH_INTERVAL_S}s, start {}s",
+                self.def.health[1..].join(" "),
+                self.def.start_seconds
+            ),
+            files,
+            runtime: format!(
+                "user {}, pids {}, entrypoint {:?}, cmd {:?}, tmpfs {:?}, binds {:?}, read-only, no capabilities",
+                self.def.user,
+                self.def.limits.pids,
+                self.def.entrypoint,
+                self.def.cmd,
+                self.def.tmpfs,
+                self.def.binds
+            ),
         })
     }
+
+    fn network(&self) -> String {
+        self.shared
+            .profile
+            .target
+            .docker
+            .as_ref()
+            .map(|d| d.network.clone())
+            .unwrap_or_else(|| "taskctl".into())
+    }
+
+    /// The secret files: the env's secrets, and the files rendered with them.
+    async fn delivery(&self) -> Result<secret_files::Delivery, StepError> {
+        let mut delivery = secret_files::resolve(&self.shared.secrets, &self.def.env).await?;
+        for f in &self.def.files {
+            if let FileDef::RabbitConf {
+                name,
+                admin_user,
+                admin_password,
+                rest,
+            } = f
+            {
+                let resolve = |r: &taskctl_core::profile::value::SecretRef| {
+                    let secrets = self.shared.secrets.clone();
+                    let r = r.clone();
+                    async move {
+                        secrets
+                            .resolve(&r)
+                            .await
+                            .map_err(|e| invalid(e.to_string()))
+                    }
+                };
+                let user = resolve(admin_user).await?;
+                let password = resolve(admin_password).await?;
+                let conf = stack::rabbit_conf(user.value.expose(), password.value.expose(), rest)
+                    .map_err(invalid)?;
+                delivery
+                    .files
+                    .insert(name.clone(), taskctl_core::secrets::Secret::new(conf));
+            }
+        }
+        Ok(delivery)
+    }
+
+    fn body(
+        &self,
+        image: String,
+        env: Vec<String>,
+        labels: BTreeMap<String, String>,
+        mounts: Vec<Mount>,
+    ) -> ContainerCreateBody {
+        let d = &self.def;
+        let secs = |s: i64| s * 1_000_000_000;
+        let exposed: HashMap<String, HashMap<(), ()>> = d
+            .ports
+            .iter()
+            .map(|p| (format!("{}/tcp", p.container), HashMap::new()))
+            .collect();
+        let bindings: HashMap<String, Option<Vec<PortBinding>>> = d
+            .ports
+            .iter()
+            .filter_map(|p| {
+                p.host.map(|h| {
+                    (
+                        format!("{}/tcp", p.container),
+                        Some(vec![PortBinding {
+                            host_ip: Some("127.0.0.1".into()),
+                            host_port: Some(h.to_string()),
+                        }]),
+                    )
+                })
+            })
+            .collect();
+        let tmpfs: HashMap<String, String> = d
+            .tmpfs
+            .iter()
+            .map(|t| {
+                (
+                    t.to_string(),
+                    "rw,noexec,nosuid,size=64m,mode=1777".to_string(),
+                )
+            })
+            .collect();
+        let binds: Vec<String> = d
+            .binds
+            .iter()
+            .map(|(host, container)| format!("{host}:{container}:ro"))
+            .collect();
+        ContainerCreateBody {
+            image: Some(image),
+            hostname: Some(d.name.to_string()),
+            stop_signal: d.stop_signal.map(String::from),
+            user: Some(d.user.clone()),
+            entrypoint: d.entrypoint.clone(),
+            cmd: d.cmd.clone(),
+            env: Some(env),
+            labels: Some(hash_map(labels)),
+            exposed_ports: Some(exposed),
+            healthcheck: Some(HealthConfig {
+                test: Some(d.health.clone()),
+                interval: Some(secs(HEALTH_INTERVAL_S)),
+                timeout: Some(secs(10)),
+                retries: Some(3),
+                start_period: Some(secs(i64::from(d.start_seconds))),
+                start_interval: Some(secs(1)),
+            }),
+            host_config: Some(HostConfig {
+                // `no` until healthy (a crash must stay visible, see
+                // `engine::wait_healthy`), then `unless-stopped`.
+                restart_policy: Some(DockerRestart {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                port_bindings: Some(bindings),
+                mounts: Some(mounts),
+                network_mode: Some(self.network()),
+                binds: (!binds.is_empty()).then_some(binds),
+                extra_hosts: d
+                    .host_gateway
+                    .then(|| vec!["host.docker.internal:host-gateway".to_string()]),
+                tmpfs: Some(tmpfs),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                pids_limit: Some(d.limits.pids),
+                memory: Some(d.limits.memory),
+                nano_cpus: Some(d.limits.nano_cpus),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(
+                    [(
+                        self.network(),
+                        EndpointSettings {
+                            aliases: Some(vec![d.name.to_string()]),
+                            ..Default::default()
+                        },
+                    )]
+                    .into(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The outputs once the server runs.
+fn applied(plan: &StepPlan) -> Outputs {
+    let mut o = plan.outputs.clone();
+    o.insert(STARTS_OUTPUT.into(), "false".into());
+    o
 }
 
 #[async_trait]
@@ -243,6 +391,9 @@ impl Step for Service {
     }
     fn depends_on(&self) -> Vec<StepId> {
         self.deps.clone()
+    }
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.def.start_seconds) + 120)
     }
 
     async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
@@ -259,11 +410,18 @@ impl Step for Service {
                 &format!("services.{}", self.def.name),
             ));
         }
-        let outputs: Outputs = [("container".to_string(), name.clone())].into();
-        let desired = self.summary().await?;
+        let mut outputs: Outputs = [("container".to_string(), name.clone())].into();
+        for p in &self.def.ports {
+            if let Some(h) = p.host {
+                outputs.insert(format!("port.{}", p.name), h.to_string());
+            }
+        }
+        // Nothing to compare when there is no container: its secrets are
+        // not read (on destroy, Vault's own container may be gone already).
         let change = match inspect(&self.shared.docker, &name).await? {
             None => Change::create("not found"),
             Some(c) => {
+                let desired = self.summary().await?;
                 let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
                 let running = c.state.and_then(|s| s.running).unwrap_or(false);
                 match labels.get(label::SPEC_HASH) {
@@ -283,6 +441,9 @@ impl Step for Service {
                 }
             }
         };
+        // Steps after this one that would ask the server (Vault's
+        // initialization) know it is not there yet.
+        outputs.insert(STARTS_OUTPUT.into(), change.action.is_change().to_string());
         Ok(StepPlan { change, outputs })
     }
 
@@ -290,12 +451,25 @@ impl Step for Service {
         let docker = &self.shared.docker;
         let name = service_container(&self.shared.profile, self.def.name);
         let desired = self.summary().await?;
+        let deadline = Duration::from_secs(u64::from(self.def.start_seconds) + 60);
         if let Some(c) = inspect(docker, &name).await? {
             let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
             let running = c.state.and_then(|s| s.running).unwrap_or(false);
-            if labels.get(label::SPEC_HASH) == Some(&desired.hash()) && running {
-                return Ok(plan.outputs.clone());
+            if labels.get(label::SPEC_HASH) == Some(&desired.hash()) {
+                if !running {
+                    ctx.progress(&format!("starting {name}"));
+                    docker
+                        .start_container(
+                            &name,
+                            None::<bollard::query_parameters::StartContainerOptions>,
+                        )
+                        .await
+                        .map_err(|e| step_error(&format!("starting {name}"), e))?;
+                    engine::wait_healthy(docker, ctx, &name, deadline).await?;
+                }
+                return Ok(applied(plan));
             }
+            // The data is on the volume: a new container picks it up.
             ctx.progress(&format!("replacing {name}"));
             engine::remove(docker, &name, 30).await?;
         }
@@ -305,7 +479,7 @@ impl Step for Service {
             &format!("services.{}", self.def.name),
         )
         .await?;
-        let delivery = secret_files::resolve(&self.shared.secrets, &self.def.env).await?;
+        let delivery = self.delivery().await?;
         let mut labels = base_labels(&self.shared.profile, "service");
         labels.insert(label::SERVICE.into(), self.def.name.into());
         labels.insert(label::SPEC_HASH.into(), desired.hash());
@@ -314,61 +488,30 @@ impl Step for Service {
             serde_json::to_string(&desired).expect("plain data"),
         );
         labels.insert(label::RELEASE.into(), ctx.run_id.clone());
-        let network = self
-            .shared
-            .profile
-            .target
-            .docker
-            .as_ref()
-            .map(|d| d.network.clone())
-            .unwrap_or_else(|| "taskctl".into());
-        let port = format!("{}/tcp", self.def.port);
         let mut mounts: Vec<Mount> = secret_files::mount(&delivery).into_iter().collect();
-        if self.def.persistent {
-            mounts.push(Mount {
-                target: Some(self.def.data_path.into()),
-                source: Some(volume_name(&self.shared.profile, self.def.name)),
-                typ: Some(MountTypeEnum::VOLUME),
-                ..Default::default()
-            });
-        }
-        let body = ContainerCreateBody {
-            image: Some(image),
-            env: Some(delivery.env.clone()),
-            labels: Some(hash_map(labels)),
-            exposed_ports: Some([(port.clone(), HashMap::new())].into()),
-            host_config: Some(HostConfig {
-                restart_policy: Some(DockerRestart {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
-                port_bindings: Some(
-                    [(
-                        port,
-                        Some(vec![PortBinding {
-                            host_ip: Some("127.0.0.1".into()),
-                            host_port: Some(self.def.port.to_string()),
-                        }]),
-                    )]
-                    .into(),
-                ),
-                mounts: (!mounts.is_empty()).then_some(mounts),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(
-                    [(
-                        network,
-                        EndpointSettings {
-                            aliases: Some(vec![self.def.name.to_string()]),
-                            ..Default::default()
-                        },
-                    )]
-                    .into(),
-                ),
-            }),
+        mounts.push(Mount {
+            target: Some(self.def.data_path.into()),
+            source: Some(volume_name(&self.shared.profile, self.def.name)),
+            typ: Some(MountTypeEnum::VOLUME),
             ..Default::default()
-        };
+        });
+        let config: BTreeMap<String, String> = self
+            .def
+            .files
+            .iter()
+            .filter_map(|f| match f {
+                FileDef::Config { name, content } => Some((name.clone(), content.clone())),
+                FileDef::RabbitConf { .. } => None,
+            })
+            .collect();
+        if !config.is_empty() {
+            mounts.push(secret_files::config_mount(stack::CONFIG_DIR));
+        }
+        for (host, _) in &self.def.binds {
+            std::fs::create_dir_all(host)
+                .map_err(|e| StepError::new(ErrorKind::Other, format!("creating {host}: {e}")))?;
+        }
+        let body = self.body(image, delivery.env.clone(), labels, mounts);
         docker
             .create_container(
                 Some(CreateContainerOptions {
@@ -379,15 +522,37 @@ impl Step for Service {
             )
             .await
             .map_err(|e| step_error(&format!("creating {name}"), e))?;
-        secret_files::upload(docker, &name, &delivery, self.def.file_owner).await?;
+        let prepared = async {
+            secret_files::upload(docker, &name, &delivery, self.def.file_owner).await?;
+            secret_files::upload_config(docker, &name, stack::CONFIG_DIR, &config).await?;
+            docker
+                .start_container(
+                    &name,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .map_err(|e| step_error(&format!("starting {name}"), e))
+        };
+        if let Err(e) = prepared.await {
+            let _ = force_remove(docker, &name).await;
+            return Err(e);
+        }
+        ctx.progress(&format!("started {name} ({})", self.def.image));
+        engine::wait_healthy(docker, ctx, &name, deadline).await?;
         docker
-            .start_container(
+            .update_container(
                 &name,
-                None::<bollard::query_parameters::StartContainerOptions>,
+                bollard::models::ContainerUpdateBody {
+                    restart_policy: Some(DockerRestart {
+                        name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                        maximum_retry_count: None,
+                    }),
+                    ..Default::default()
+                },
             )
             .await
-            .map_err(|e| step_error(&format!("starting {name}"), e))?;
-        Ok(plan.outputs.clone())
+            .map_err(|e| step_error(&format!("setting the restart policy of {name}"), e))?;
+        Ok(applied(plan))
     }
 
     async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {

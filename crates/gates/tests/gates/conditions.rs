@@ -96,7 +96,7 @@ async fn flapping_health_trips_health_check_failure_and_stops_the_others() {
 
 #[tokio::test]
 async fn more_restarts_than_allowed_trip_resource_exhaustion() {
-    // local.yaml: { name: resource_exhaustion, max_restarts: 3 }
+    // local-external.yaml: { name: resource_exhaustion, max_restarts: 3 }
     let reports = watch_conditions(
         &local_profile(),
         &Endpoints::default(),

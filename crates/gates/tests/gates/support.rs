@@ -132,17 +132,17 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `profiles/local.yaml` as shipped, with no variables set (so its
+/// `profiles/local-external.yaml` as shipped, with no variables set (so its
 /// `${VAR:-default}` defaults apply).
 pub fn local_profile() -> Profile {
     let loaded = load(&LoadOptions {
-        files: vec![repo_root().join("profiles/local.yaml")],
+        files: vec![repo_root().join("profiles/local-external.yaml")],
         environment: None,
         vars: &|_| None,
     });
     loaded.valid_profile().cloned().unwrap_or_else(|| {
         panic!(
-            "profiles/local.yaml does not load: {:?}",
+            "profiles/local-external.yaml does not load: {:?}",
             loaded.diagnostics
         )
     })
@@ -153,6 +153,7 @@ pub fn agent_endpoint(name: &str, http: &str, metrics: &str) -> AgentEndpoint {
         name: name.to_owned(),
         http: http.to_owned(),
         metrics: metrics.to_owned(),
+        instance: metrics.to_owned(),
         readiness_path: "/ready".to_owned(),
         liveness_path: "/health".to_owned(),
     }

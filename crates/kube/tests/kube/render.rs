@@ -514,7 +514,10 @@ fn development_is_the_small_layout() {
 /// agent's egress opens their ports instead.
 #[test]
 fn external_services_are_not_rendered() {
-    let ms = render(&[workspace().join("profiles/local.yaml")], "development");
+    let ms = render(
+        &[workspace().join("profiles/local-external.yaml")],
+        "development",
+    );
     assert!(
         !ms.iter()
             .any(|m| m.namespace.as_deref() == Some("messaging"))

@@ -42,6 +42,11 @@ pub struct SecretEntry {
     /// How often taskctl rotates it, e.g. `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Checked<Duration>>,
+    /// The user name stored beside the password (types `rabbitmq`,
+    /// `postgres`, `mongodb`); default `taskctl-<profile>-<environment>`,
+    /// one user per environment on a shared server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

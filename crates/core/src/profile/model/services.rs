@@ -80,11 +80,25 @@ pub struct RabbitMq {
     /// Credentials of the broker user the agents connect as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Checked<SecretRef>>,
+    /// The administrator of a managed broker, `vault:PATH#password` with
+    /// `username` beside it (a `secrets.entries` one of type `rabbitmq`, so
+    /// taskctl generates it): the broker starts with it as its only user
+    /// (no `guest`), and taskctl creates the agents' user with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Checked<SecretRef>>,
+    /// The virtual host the agents use on a managed broker (an external
+    /// broker's is the path of its `url`).
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
     /// Erlang cookie shared by the cluster's nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erlang_cookie: Option<Checked<SecretRef>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<HorizontalScaling>,
+}
+
+fn default_vhost() -> String {
+    "/".into()
 }
 
 fn default_rabbitmq_plugins() -> Vec<String> {
@@ -212,6 +226,11 @@ pub struct Alertmanager {
     pub enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
+    /// Where alerts go: a webhook receiver's URL (Alertmanager's
+    /// `webhook_configs`). Without it, a managed Alertmanager has no
+    /// receiver and the docker target refuses to start one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -1,5 +1,7 @@
+use crate::profile::value::{Checked, Quantity};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Where the stack is deployed.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -67,6 +69,40 @@ pub struct DockerTarget {
     /// scrapes every agent wherever the rollout put its metrics port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_file_sd: Option<String>,
+    /// The image of a managed service (`rabbitmq`, `postgres`, `mongodb`,
+    /// `prometheus`, `alertmanager`, `vault`), instead of its default
+    /// official image: e.g. the ones `scripts/images.sh` builds offline
+    /// from Debian packages (`taskctl/rabbitmq:bookworm`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
+    /// Ports of managed services published on 127.0.0.1 (and nowhere
+    /// else), by name: `rabbitmq` (AMQP), `rabbitmq_management`,
+    /// `postgres`, `mongodb`, `prometheus`, `alertmanager`, `vault`. The
+    /// ones taskctl must reach itself (`vault`, `rabbitmq`,
+    /// `rabbitmq_management`, `prometheus`, `alertmanager`) are published
+    /// on their usual port unless named here; the databases only when
+    /// named. `0` publishes nothing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub publish: BTreeMap<String, u16>,
+    /// Limits of a managed service's container, by the names of `images`;
+    /// each has defaults (see the docker target's documentation).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, ContainerLimits>,
+}
+
+/// CPU, memory and process limits of one container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ContainerLimits {
+    /// CPU cores, e.g. `1` or `500m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Checked<Quantity>>,
+    /// Memory, e.g. `512Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Checked<Quantity>>,
+    /// Most processes (threads included) the container may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
 }
 
 fn default_docker_network() -> String {
