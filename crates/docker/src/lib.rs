@@ -6,13 +6,17 @@
 //! `taskctl.dev/release`, `taskctl.dev/spec-hash`):
 //!
 //! - `network`: the profile's bridge network (`target.docker.network`),
-//!   which managed services join;
-//! - `volumes/<service>`, `services/<service>`: managed rabbitmq, mongodb
-//!   and postgres containers (`external` services get none; their
+//!   which managed services (and, beside them, the agents) join;
+//! - `volumes/<service>`, `services/<service>`: the services taskctl runs
+//!   (OpenBao, RabbitMQ, PostgreSQL, MongoDB, Prometheus, Alertmanager; see
+//!   [`stack`]), each one hardened container with its named volume, waited
+//!   on until its health check passes (`external` services get none; their
 //!   addresses are what the agents use). A missing image is an error at
-//!   plan time naming the image and how to provide it; it is pulled only
-//!   when `target.docker.registry` is set, so nothing hangs on a registry
-//!   the machine cannot reach;
+//!   plan time naming the image and how to provide it (`scripts/images.sh`
+//!   for the offline `taskctl/*` images); it is pulled only when
+//!   `target.docker.registry` is set, so nothing hangs on a registry the
+//!   machine cannot reach. A managed Vault starts before anything asks it:
+//!   see [`DockerProvider::secrets_order`](Provider::secrets_order);
 //! - `images/<agent>`: the agent image, built without any pull (see
 //!   [`image`]);
 //! - `agents/<agent>/<i>`: replica i, replaced by a rolling update when its
@@ -26,19 +30,22 @@
 //!   on `destroy`, everything labelled with the environment (volumes only
 //!   with `--purge`).
 //!
-//! **Networking.** Agents run with the host's network. The broker,
-//! Prometheus and Vault this target is used with listen on the host's
-//! loopback (scripts/test-env.sh, a developer's own servers), which a
-//! bridge-networked container cannot reach; host networking reaches them
-//! at the addresses the profile already has, and lets the host's
-//! Prometheus scrape the agents on loopback. The price: every container
-//! needs its own ports. Replica i uses `port + 2·(i−1) + slot` for the
-//! profile's `http` and `metrics` ports, and a replacement starts in the
-//! other slot, so old and new run side by side until the new one is
-//! healthy. Each replica's metrics address is written to the Prometheus
-//! `file_sd` directory of `target.docker.prometheus_file_sd` when set, as
-//! soon as its container starts (beside the address of the container it
-//! replaces, until that one is gone).
+//! **Networking.** When taskctl runs the broker or Prometheus
+//! ([`stack::agents_bridged`]), the agents join the environment's network:
+//! they reach the broker by its name there, Prometheus scrapes each replica
+//! by a per-slot alias, and only ports published on 127.0.0.1 reach them
+//! from the host. Otherwise the agents run with the host's network: the
+//! broker, Prometheus and Vault are then on the host's loopback
+//! (scripts/test-env.sh, a developer's own servers), which a bridged
+//! container cannot reach. Either way replica i uses
+//! `port + 2·(i−1) + slot` for the profile's `http` and `metrics` ports,
+//! and a replacement starts in the other slot, so old and new run side by
+//! side until the new one is healthy. Each replica's metrics address is
+//! written to the Prometheus `file_sd` directory ([`steps::file_sd_dir`])
+//! as soon as its container starts (beside the address of the container it
+//! replaces, until that one is gone). Every container runs non-root with
+//! no capabilities, `no-new-privileges`, a read-only root file system and
+//! limits.
 //!
 //! Releases live on the engine too ([`release::DockerReleaseStore`]).
 

@@ -40,6 +40,16 @@ pub fn environment_label(profile: &Profile) -> String {
     format!("{}.{}", profile.metadata.name, profile.metadata.environment)
 }
 
+/// The environment's bridge network (`target.docker.network`).
+pub fn network_name(profile: &Profile) -> String {
+    profile
+        .target
+        .docker
+        .as_ref()
+        .map(|d| d.network.clone())
+        .unwrap_or_else(|| "taskctl".into())
+}
+
 /// The labels every object of the environment carries.
 pub fn base_labels(profile: &Profile, role: &str) -> BTreeMap<String, String> {
     BTreeMap::from([

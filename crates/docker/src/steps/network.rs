@@ -9,13 +9,7 @@ pub struct Network {
 
 impl Network {
     fn name(&self) -> String {
-        self.shared
-            .profile
-            .target
-            .docker
-            .as_ref()
-            .map(|d| d.network.clone())
-            .unwrap_or_else(|| "taskctl".into())
+        spec::network_name(&self.shared.profile)
     }
 }
 

@@ -114,14 +114,7 @@ impl Replica {
         let docker = &self.shared.docker;
         let (http, metrics) = spec.ports(slot);
         let bridged = crate::stack::agents_bridged(&self.shared.profile);
-        let network = self
-            .shared
-            .profile
-            .target
-            .docker
-            .as_ref()
-            .map(|d| d.network.clone())
-            .unwrap_or_else(|| "taskctl".into());
+        let network = spec::network_name(&self.shared.profile);
         let agent_id = self.primary();
         let delivery =
             secret_files::resolve(&self.shared.secrets, &spec.env_for(slot, &agent_id)).await?;

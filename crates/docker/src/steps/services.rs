@@ -230,13 +230,7 @@ impl Service {
     }
 
     fn network(&self) -> String {
-        self.shared
-            .profile
-            .target
-            .docker
-            .as_ref()
-            .map(|d| d.network.clone())
-            .unwrap_or_else(|| "taskctl".into())
+        spec::network_name(&self.shared.profile)
     }
 
     /// The secret files: the env's secrets, and the files rendered with them.
