@@ -130,10 +130,15 @@ agents:
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        self.run_with(&self.profile, args)
+    }
+
+    /// Runs taskctl with `profile` (the stack's, or a layer over it).
+    fn run_with(&self, profile: &std::path::Path, args: &[&str]) -> Output {
         Command::new(assert_cmd::cargo::cargo_bin("taskctl"))
             .args(args)
             .arg("-p")
-            .arg(&self.profile)
+            .arg(profile)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .env("TASKCTL_AGENT_BINARY", agent_binary())
@@ -305,6 +310,49 @@ fn webhook_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, bodies)
 }
 
+/// Polls the engine for the environment's healthy agent containers (a
+/// replacement beside the container it replaces counts too) until
+/// stopped; keeps the fewest seen.
+struct HealthWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, usize)>,
+}
+
+impl HealthWatch {
+    fn start(label: &str) -> HealthWatch {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, label) = (stop.clone(), label.to_owned());
+        let thread = std::thread::spawn(move || {
+            let (mut polls, mut fewest) = (0usize, usize::MAX);
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = Command::new("docker")
+                    .args(["ps", "--filter", &format!("label={label}")])
+                    .args(["--filter", "label=taskctl.dev/role=agent"])
+                    .args(["--format", "{{.Status}}"])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    let healthy = String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .filter(|l| l.contains("(healthy)"))
+                        .count();
+                    polls += 1;
+                    fewest = fewest.min(healthy);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (polls, fewest)
+        });
+        HealthWatch { stop, thread }
+    }
+
+    /// (polls, the fewest healthy agents at one poll).
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -314,7 +362,7 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn the_local_stack_comes_up_hardened_survives_a_broker_kill_and_goes_away() {
+fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downtime_and_goes_away() {
     let (webhook, alerts) = webhook_receiver();
     let stack = Stack::new(webhook);
 
@@ -524,7 +572,56 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_and_goes_away() {
         report.duplicates
     );
 
-    // 7. destroy: no container, no network; the volumes are kept until
+    // 7. A rolling update of the agents, then a rollback to release 1,
+    //    under a steady stream of tasks: all three replicas healthy at every
+    //    poll of the engine (the profile promises maxUnavailable 0), every
+    //    confirmed task answered (from the broker's side).
+    let rolled = stack.dir.path().join("rolled.yaml");
+    std::fs::write(
+        &rolled,
+        "apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [stack.yaml]\nagents:\n  - name: automated-task-executor\n    env:\n      - name: ROLLOUT_MARK\n        value: \"2\"\n",
+    )
+    .unwrap();
+    let watch = HealthWatch::start(&stack.label());
+    let probe = probe::start_surviving_restarts(
+        &stack.agents_amqp_url(),
+        "taskctl.tasks",
+        Duration::from_millis(10),
+    );
+    let update = stack.run_with(&rolled, &["deploy", "--yes"]);
+    assert_eq!(update.status.code(), Some(0), "{}", text(&update));
+    let rollback = stack.run(&["rollback", "--to", "1", "--approve", "lead", "--yes"]);
+    assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
+    wait_for(
+        "1,000 tasks through the rollout",
+        Duration::from_secs(120),
+        || probe.published() >= 1000,
+    );
+    let report = probe.finish();
+    let (polls, fewest) = watch.finish();
+    report.assert_none_lost(1000, "during a rolling update and a rollback");
+    assert!(polls >= 20, "the engine was polled {polls} times");
+    assert!(
+        fewest >= 3,
+        "at one of {polls} polls only {fewest} agent containers were healthy"
+    );
+    for name in stack
+        .containers()
+        .iter()
+        .filter(|n| n.starts_with("automated"))
+    {
+        let env = docker(&["inspect", "-f", "{{json .Config.Env}}", name]);
+        assert!(
+            !env.contains("ROLLOUT_MARK"),
+            "{name} after the rollback: {env}"
+        );
+    }
+    eprintln!(
+        "rollout and rollback: {} tasks, all answered; {polls} polls, at least {fewest} healthy agents at each",
+        report.published.len()
+    );
+
+    // 8. destroy: no container, no network; the volumes are kept until
     //    --purge.
     let volumes = stack.volumes();
     assert_eq!(volumes.len(), 5, "{volumes:?}");
