@@ -271,6 +271,8 @@ ensure_debian_packages() {
     command -v curl >/dev/null || need+=(curl)
     # The Vault setup test makes a throwaway CA certificate with it.
     command -v openssl >/dev/null || need+=(openssl)
+    # The local stack's test logs in to its PostgreSQL with it.
+    command -v psql >/dev/null || need+=(postgresql-client)
     command -v setsid >/dev/null || need+=(util-linux)
     command -v flock >/dev/null || need+=(util-linux)
     # A venv still to be made needs a python with ensurepip: Debian's python3

@@ -14,7 +14,6 @@
 //! keep the same contract, for machines that reach no registry.
 
 use serde::Serialize;
-use std::collections::BTreeMap;
 use taskctl_core::profile::Profile;
 use taskctl_core::profile::value::SecretRef;
 
@@ -867,12 +866,4 @@ pub fn rabbit_conf(user: &str, password: &str, rest: &str) -> Result<String, Str
     Ok(format!(
         "# Written by taskctl.\ndefault_user = {user}\ndefault_pass = {password}\ndefault_vhost = /\ndefault_permissions.configure = .*\ndefault_permissions.read = .*\ndefault_permissions.write = .*\ndefault_user_tags.administrator = true\n{rest}"
     ))
-}
-
-/// Every image the profile's managed services use, by service.
-pub fn images(profile: &Profile) -> Result<BTreeMap<&'static str, String>, String> {
-    Ok(managed_services(profile)?
-        .into_iter()
-        .map(|s| (s.name, s.image))
-        .collect())
 }
