@@ -10,7 +10,7 @@
 #   scripts/test-env.sh logs <service>     log path and its last lines
 #
 # Services: moto (AWS, :5055), openbao (Vault API, :8200), rabbitmq (AMQP :5672,
-# management :15672, prometheus plugin :15692), prometheus (:19090).
+# AMQPS :5671, management :15672, prometheus plugin :15692), prometheus (:19090).
 #
 # Typical use:  eval "$(scripts/test-env.sh up)"
 # stdout carries only the export lines; every progress message goes to stderr.
@@ -22,6 +22,10 @@
 # RabbitMQ is the exception: Debian runs its node as the `rabbitmq` user, with
 # config in /etc/rabbitmq and data in /var/lib/rabbitmq, so there is one node
 # per machine whatever the state dir (the state dir links to its log).
+# Its TLS listener uses a private CA made with openssl into <state dir>/rabbitmq/tls
+# (CA, server certificate for 127.0.0.1/localhost, a client certificate for
+# mutual TLS; made once, remade only when missing or expiring); the node's copies
+# of the CA, the server certificate and its key are in /etc/rabbitmq/tls.
 # up/down/install/restart take a lock (<state dir>/.lock): concurrent calls
 # run one after the other.
 #
@@ -58,6 +62,7 @@ HOST=127.0.0.1
 MOTO_PORT=5055
 BAO_PORT=8200
 AMQP_PORT=5672
+AMQPS_PORT=5671
 RMQ_MGMT_PORT=15672
 RMQ_PROM_PORT=15692
 # Not 9090: the project's agent serves its own metrics there.
@@ -70,6 +75,9 @@ RMQ_NODE=rabbit@localhost
 # state dir under root's home, so its data stays in /var/lib/rabbitmq and its
 # config in /etc/rabbitmq (where every rabbitmq CLI tool also looks).
 RMQ_ETC=/etc/rabbitmq
+# The node's copy of the TLS files: it cannot read them in a state dir under
+# root's home. root:rabbitmq, the key 0640, so only root and the node read it.
+RMQ_TLS_DIR=$RMQ_ETC/tls
 RMQ_NODE_PID_FILE="/var/lib/rabbitmq/mnesia/$RMQ_NODE.pid"
 RMQ_NODE_LOG="/var/log/rabbitmq/$RMQ_NODE.log"
 
@@ -386,13 +394,97 @@ rabbitmq_ping() { rmq_cli rabbitmq-diagnostics -q ping; }
 
 # Cheap HTTP and TCP checks first: each CLI ping boots an Erlang VM.
 rabbitmq_ready() {
-    rabbitmq_mgmt_ready && port_open "$AMQP_PORT" && port_open "$RMQ_PROM_PORT" && rabbitmq_ping
+    rabbitmq_mgmt_ready && port_open "$AMQP_PORT" && port_open "$AMQPS_PORT" &&
+        port_open "$RMQ_PROM_PORT" && rabbitmq_ping
+}
+
+# The test CA and the certificates it signs, for the TLS listener and for
+# clients (TASKCTL_TEST_BROKER_CA, TASKCTL_TEST_BROKER_CLIENT_CERT/_KEY).
+rmq_tls_dir() { printf '%s/tls' "$(svc_dir rabbitmq)"; }
+
+# tls_files_valid DIR: every file is there and no certificate expires within a day.
+tls_files_valid() {
+    local f
+    for f in ca.pem ca.key server.pem server.key client.pem client.key; do
+        [[ -s $1/$f ]] || return 1
+    done
+    for f in ca.pem server.pem client.pem; do
+        openssl x509 -checkend 86400 -noout -in "$1/$f" >/dev/null 2>&1 || return 1
+    done
+}
+
+# sign_tls_cert DIR NAME SUBJECT EXTENSIONS: a P-256 key and a certificate
+# signed by DIR/ca.pem, as DIR/NAME.key and DIR/NAME.pem.
+sign_tls_cert() {
+    local dir=$1 name=$2 subject=$3 extensions=$4
+    printf '%s\n' "$extensions" >"$dir/$name.ext"
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+        -keyout "$dir/$name.key" -out "$dir/$name.csr" -subj "$subject" &&
+        openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+            -set_serial "0x$(openssl rand -hex 8)" -days 3650 -sha256 \
+            -extfile "$dir/$name.ext" -out "$dir/$name.pem" &&
+        rm -f "$dir/$name.csr" "$dir/$name.ext"
+}
+
+# Makes the CA and the certificates when they are missing or expiring (made in
+# a temporary dir, then moved in place, so an interrupted run leaves no half
+# set). Keys are 0600 and the CA key never leaves the state dir.
+ensure_rabbitmq_tls() {
+    local dir tmp
+    dir=$(rmq_tls_dir)
+    tls_files_valid "$dir" && return 0
+    log "making the test CA and the rabbitmq TLS certificates in $dir"
+    mkdir -p "$(svc_dir rabbitmq)"
+    tmp=$(mktemp -d "$dir.new.XXXXXX")
+    if ! (
+        umask 077
+        openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+            -keyout "$tmp/ca.key" -out "$tmp/ca.pem" -days 3650 -sha256 \
+            -subj "/CN=taskctl test-env CA" \
+            -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+            sign_tls_cert "$tmp" server "/CN=localhost" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:$HOST" &&
+            sign_tls_cert "$tmp" client "/CN=taskctl-test-client" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth"
+    ) >>"$(log_file rabbitmq)" 2>&1; then
+        rm -rf "$tmp"
+        die "openssl could not make the test CA and certificates; see $(log_file rabbitmq)"
+    fi
+    chmod 644 "$tmp"/*.pem
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+    chmod 755 "$dir"
+}
+
+# Copies the CA, the server certificate and its key where the node can read
+# them. Returns 0 when a file changed (the node caches them: restart it).
+install_rabbitmq_tls() {
+    local src f mode changed=1
+    src=$(rmq_tls_dir)
+    "${SUDO[@]}" install -d -o root -g rabbitmq -m 0750 "$RMQ_TLS_DIR"
+    for f in ca.pem server.pem server.key; do
+        mode=0644
+        [[ $f == *.key ]] && mode=0640
+        if ! "${SUDO[@]}" cmp -s "$src/$f" "$RMQ_TLS_DIR/$f"; then
+            "${SUDO[@]}" install -o root -g rabbitmq -m "$mode" "$src/$f" "$RMQ_TLS_DIR/$f"
+            changed=0
+        fi
+    done
+    return "$changed"
 }
 
 # Config lives in /etc/rabbitmq (see RMQ_ETC above). Returns 0 when it changed.
 configure_rabbitmq() {
     local changed=1
     "${SUDO[@]}" mkdir -p "$RMQ_ETC"
+    ensure_rabbitmq_tls
+    if install_rabbitmq_tls; then
+        changed=0
+    fi
     # rabbitmq-env.conf is read by the server and by every CLI tool.
     # epmd and the Erlang distribution port listen on loopback only; the
     # +sbwt flags stop idle schedulers from busy-waiting, since the machine's
@@ -406,6 +498,16 @@ SERVER_ADDITIONAL_ERL_ARGS=\"-kernel inet_dist_use_interface {127,0,0,1} +sbwt n
     if write_file "$RMQ_ETC/rabbitmq.conf" "# Written by taskctl scripts/test-env.sh; rewritten on every 'up'.
 # Loopback only. guest/guest is allowed from loopback (RabbitMQ's default).
 listeners.tcp.default = $HOST:$AMQP_PORT
+# TLS 1.3 and 1.2 with the test CA; a client certificate is verified when one is
+# presented (mutual TLS), not required.
+listeners.ssl.default = $HOST:$AMQPS_PORT
+ssl_options.cacertfile = $RMQ_TLS_DIR/ca.pem
+ssl_options.certfile = $RMQ_TLS_DIR/server.pem
+ssl_options.keyfile = $RMQ_TLS_DIR/server.key
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
 management.tcp.ip = $HOST
 management.tcp.port = $RMQ_MGMT_PORT
 prometheus.tcp.ip = $HOST
@@ -448,7 +550,8 @@ start_rabbitmq() {
         getent hosts localhost >/dev/null ||
             die "rabbitmq needs the name localhost to resolve: add '127.0.0.1 localhost' to /etc/hosts"
         ! port_open "$AMQP_PORT" || die "127.0.0.1:$AMQP_PORT is taken by something that is not node $RMQ_NODE"
-        log "starting rabbitmq ($RMQ_NODE) on $HOST:$AMQP_PORT, management :$RMQ_MGMT_PORT"
+        ! port_open "$AMQPS_PORT" || die "127.0.0.1:$AMQPS_PORT is taken by something that is not node $RMQ_NODE"
+        log "starting rabbitmq ($RMQ_NODE) on $HOST:$AMQP_PORT, TLS :$AMQPS_PORT, management :$RMQ_MGMT_PORT"
         printf '\n===== %s starting: rabbitmq-server -detached\n' "$(date -u +%FT%TZ)" >>"$(log_file rabbitmq)"
         rmq_cli rabbitmq-server -detached || die "rabbitmq-server -detached failed; see $(log_file rabbitmq)"
     fi
@@ -471,6 +574,7 @@ stop_rabbitmq() {
     fi
     rm -f "$(pid_file rabbitmq)"
     wait_port_free rabbitmq "$AMQP_PORT"
+    wait_port_free rabbitmq "$AMQPS_PORT"
     wait_port_free rabbitmq "$RMQ_MGMT_PORT"
 }
 
@@ -548,6 +652,10 @@ print_env() {
         TASKCTL_TEST_VAULT_ADDR "http://$HOST:$BAO_PORT" \
         TASKCTL_TEST_VAULT_TOKEN root \
         TASKCTL_TEST_AMQP_URL "amqp://guest:guest@$HOST:$AMQP_PORT/%2f" \
+        TASKCTL_TEST_AMQPS_URL "amqps://guest:guest@$HOST:$AMQPS_PORT/%2f" \
+        TASKCTL_TEST_BROKER_CA "$(rmq_tls_dir)/ca.pem" \
+        TASKCTL_TEST_BROKER_CLIENT_CERT "$(rmq_tls_dir)/client.pem" \
+        TASKCTL_TEST_BROKER_CLIENT_KEY "$(rmq_tls_dir)/client.key" \
         TASKCTL_TEST_RABBITMQ_MGMT_URL "http://$HOST:$RMQ_MGMT_PORT" \
         TASKCTL_TEST_PROMETHEUS_URL "http://$HOST:$PROM_PORT" \
         TASKCTL_TEST_PROMETHEUS_SD_DIR "$(svc_dir prometheus)/targets" \
@@ -579,10 +687,10 @@ status_line() {
         openbao_ready && ok=0
         ;;
     rabbitmq)
-        where="amqp://$HOST:$AMQP_PORT http://$HOST:$RMQ_MGMT_PORT"
+        where="amqp://$HOST:$AMQP_PORT amqps://$HOST:$AMQPS_PORT http://$HOST:$RMQ_MGMT_PORT"
         # The management API answering means the node and its plugins are up;
         # the CLI ping is left to `up`, as it costs an Erlang VM start.
-        rabbitmq_mgmt_ready && port_open "$AMQP_PORT" && ok=0
+        rabbitmq_mgmt_ready && port_open "$AMQP_PORT" && port_open "$AMQPS_PORT" && ok=0
         ;;
     prometheus)
         where="http://$HOST:$PROM_PORT"

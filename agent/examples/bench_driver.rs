@@ -5,6 +5,10 @@
 //! both queues and publishes `n` persistent noop tasks (confirms pipelined)
 //! with `reply_to = <result-queue>`.
 //!
+//! With `BENCH_SIGNING_KEY` (base64 PKCS#8 Ed25519) set, each task is
+//! signed and valid for an hour. `bench_driver keygen` prints a new key
+//! pair: the private key, a space, the public key.
+//!
 //! `bench_driver collect <amqp-url> <result-queue> <n>`: consumes `n` results
 //! and prints one JSON line: results, seconds from the first result to the
 //! last, and tasks/s over that span (so worker start-up is not counted).
@@ -19,9 +23,12 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
-use taskctl_protocol::{TaskKind, TaskMessage};
+use taskctl_protocol::{
+    TaskKind, TaskMessage,
+    signing::{HEADER_KEY_ID, HEADER_SIGNATURE, Signer},
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -31,8 +38,24 @@ async fn main() -> anyhow::Result<()> {
             publish(&args[2], &args[3], &args[4], args[5].parse()?).await
         }
         Some("collect") if args.len() == 5 => collect(&args[2], &args[3], args[4].parse()?).await,
+        Some("keygen") => {
+            use base64::Engine as _;
+            use ring::signature::KeyPair as _;
+            let doc =
+                ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                    .map_err(|_| anyhow::anyhow!("no random source"))?;
+            let pair = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref())
+                .map_err(|_| anyhow::anyhow!("bad key"))?;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            println!(
+                "{} {}",
+                b64.encode(doc.as_ref()),
+                b64.encode(pair.public_key().as_ref())
+            );
+            Ok(())
+        }
         _ => bail!(
-            "usage: bench_driver publish URL TASK_QUEUE RESULT_QUEUE N | collect URL RESULT_QUEUE N"
+            "usage: bench_driver publish URL TASK_QUEUE RESULT_QUEUE N | collect URL RESULT_QUEUE N | keygen"
         ),
     }
 }
@@ -60,19 +83,44 @@ async fn publish(url: &str, queue: &str, results: &str, n: usize) -> anyhow::Res
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_reply_to(results.into());
+    let signer = match std::env::var("BENCH_SIGNING_KEY") {
+        Ok(key) => Some(Signer::from_pkcs8_base64(&key).context("BENCH_SIGNING_KEY")?),
+        Err(_) => None,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let mut confirms = Vec::with_capacity(chunk.len());
         for i in chunk {
-            let task = TaskMessage::new(format!("bench-{i}"), TaskKind::Noop, 0);
+            let task = TaskMessage {
+                expires_at_ms: signer.as_ref().map(|_| now + 3_600_000),
+                ..TaskMessage::new(format!("bench-{now}-{i}"), TaskKind::Noop, now)
+            };
             let body = serde_json::to_vec(&task)?;
+            let props = match &signer {
+                None => props.clone(),
+                Some(signer) => {
+                    let mut headers = FieldTable::default();
+                    headers.insert(
+                        HEADER_KEY_ID.into(),
+                        AMQPValue::LongString(signer.key_id().to_owned().into()),
+                    );
+                    headers.insert(
+                        HEADER_SIGNATURE.into(),
+                        AMQPValue::LongString(signer.sign(&body).into()),
+                    );
+                    props.clone().with_headers(headers)
+                }
+            };
             confirms.push(
                 ch.basic_publish(
                     "".into(),
                     queue.into(),
                     BasicPublishOptions::default(),
                     &body,
-                    props.clone(),
+                    props,
                 )
                 .await?,
             );

@@ -220,12 +220,15 @@ impl Supervisor {
     }
 
     async fn open(&self) -> Result<Session, SessionError> {
-        let connection = Connection::connect(
-            self.config.broker_url.expose(),
-            ConnectionProperties::default()
-                .with_connection_name(self.config.agent_id.clone().into()),
-        )
-        .await?;
+        let url = self.config.broker_url.expose();
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.config.agent_id.clone().into());
+        let connection = match &self.config.broker_tls {
+            // A private CA and/or a client certificate (see `tls`).
+            Some(tls) => tls.connect(url, properties).await?,
+            // amqp://, or amqps:// trusting the public web roots.
+            None => Connection::connect(url, properties).await?,
+        };
         match self.start(&connection).await {
             Ok((consume, publish, consumer_tags, deliveries)) => Ok(Session {
                 connection,

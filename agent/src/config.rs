@@ -14,7 +14,7 @@
 //! when there is any.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     fmt::Write as _,
     io::{self, Read as _},
@@ -26,10 +26,16 @@ use std::{
 
 use taskctl_protocol as protocol;
 
+use crate::tls::{self, BrokerTls, ClientIdentity, TlsSetupError};
+
 /// Validated configuration of one agent process.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub broker_url: BrokerUrl,
+    /// TLS with a private CA and/or a client certificate; `None` when none
+    /// of `BROKER_CA_FILE`, `BROKER_CLIENT_CERT_FILE`, `BROKER_CLIENT_KEY_FILE`
+    /// is set (then `amqps://` trusts the public web roots).
+    pub broker_tls: Option<BrokerTls>,
     pub log_level: String,
     pub max_concurrent_tasks: u16,
     pub execution_timeout: Duration,
@@ -50,14 +56,49 @@ pub struct Config {
     pub dedup_capacity: usize,
     pub gpu_device_dir: PathBuf,
     pub agent_id: String,
+    pub admission: Admission,
 }
 
+/// Which messages may run at all: checked before anything executes.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Public keys tasks must be signed with; empty only when
+    /// `allow_unsigned` is set.
+    pub keys: protocol::signing::Verifier,
+    /// `ALLOW_UNSIGNED_TASKS=true`: run unsigned tasks (signed ones are still
+    /// verified). For a bench or a test bed, never production.
+    pub allow_unsigned: bool,
+    /// Longest `expires_at_ms - created_at_ms` accepted: bounds how long a
+    /// task id must be remembered to refuse its replay.
+    pub max_ttl: Duration,
+    /// Largest message body accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Task kinds this agent runs (`ENABLED_KINDS`).
+    pub enabled_kinds: BTreeSet<String>,
+    /// Programs `command` tasks may run, by absolute path, each optionally
+    /// pinned to the SHA-256 of the file (`COMMAND_ALLOWED`).
+    pub commands: BTreeMap<PathBuf, Option<[u8; 32]>>,
+}
+
+/// Every kind the wire protocol knows.
+pub const KINDS: [&str; 4] = ["command", "http", "noop", "echo"];
+
 /// Resource limits applied to every `command` task (setrlimit in the child).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CommandLimits {
     pub cpu_seconds: u64,
     pub memory_bytes: u64,
     pub open_files: u64,
+    /// RLIMIT_NPROC: processes (and threads) of the task's user.
+    pub processes: u64,
+    /// RLIMIT_FSIZE: the largest file the task may write.
+    pub file_bytes: u64,
+    /// uid and gid tasks run as; `None` keeps the agent's (then the agent
+    /// makes itself non-dumpable so tasks cannot read its memory or
+    /// `/proc/<pid>/environ`).
+    pub user: Option<(u32, u32)>,
+    /// Where each task gets its private working directory.
+    pub work_root: PathBuf,
 }
 
 /// The broker URL; its `Debug`/`Display` hide the password because the URL
@@ -178,10 +219,13 @@ fn with_credentials(
 /// Variables that carry credentials, each with its `_FILE` variant: the
 /// path of a file whose content (trailing newlines removed) is the value.
 /// Setting both is an error; other variables have no `_FILE` variant.
-pub const SECRET_VARIABLES: [(&str, &str); 3] = [
+pub const SECRET_VARIABLES: [(&str, &str); 4] = [
     ("BROKER_URL", "BROKER_URL_FILE"),
     ("BROKER_USERNAME", "BROKER_USERNAME_FILE"),
     ("BROKER_PASSWORD", "BROKER_PASSWORD_FILE"),
+    // Public keys are not secret, but taskctl delivers them the same way
+    // (a file from Vault), and a file is how a key set is rotated in place.
+    ("TASK_SIGNING_PUBLIC_KEYS", "TASK_SIGNING_PUBLIC_KEYS_FILE"),
 ];
 
 /// Largest secret file read; a secret is small, and a path to something
@@ -360,6 +404,166 @@ impl Reader<'_> {
     }
 }
 
+// ---------------------------------------------------------------- broker TLS
+//
+// BROKER_CA_FILE, BROKER_CLIENT_CERT_FILE and BROKER_CLIENT_KEY_FILE are
+// paths, not secrets (so they have no `_FILE` form of their own); the files
+// are read and parsed here, at start-up, so a wrong path or a file that is not
+// PEM stops the agent before it binds a port rather than at its first
+// connection. The key file's content is secret: no problem quotes any file
+// content (see `tls`).
+
+/// The broker TLS variables, each the path of a PEM file.
+pub const TLS_VARIABLES: [&str; 3] = [
+    "BROKER_CA_FILE",
+    "BROKER_CLIENT_CERT_FILE",
+    "BROKER_CLIENT_KEY_FILE",
+];
+
+impl Reader<'_> {
+    /// Reads the PEM file at `path` (the value of `name`) and parses it with
+    /// `parse`; a problem naming the variable and the path otherwise.
+    fn pem_file<T>(
+        &mut self,
+        name: &'static str,
+        path: &str,
+        what: &str,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let content = match (self.read_file)(Path::new(path)) {
+            Ok(content) => content,
+            Err(error) => {
+                self.problem(
+                    name,
+                    format!(
+                        "expected a readable PEM file of {what}, cannot read `{path}`: {error}"
+                    ),
+                );
+                return None;
+            }
+        };
+        match parse(&content) {
+            Ok(parsed) => Some(parsed),
+            Err(reason) => {
+                self.problem(
+                    name,
+                    format!("expected a PEM file of {what}, but `{path}` is not one: {reason}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The TLS set-up the three variables ask for, `None` when none is set
+    /// or when there is a problem (reported).
+    fn broker_tls(&mut self, broker_url: &str) -> Option<BrokerTls> {
+        let [ca_path, cert_path, key_path] = TLS_VARIABLES.map(|name| self.env(name));
+        if ca_path.is_none() && cert_path.is_none() && key_path.is_none() {
+            return None;
+        }
+        let mut valid = true;
+
+        // Only an amqps:// URL uses TLS; with amqp:// these would be ignored
+        // and the connection silently unencrypted.
+        if broker_url.starts_with("amqp://") {
+            for (name, path) in TLS_VARIABLES.iter().zip([&ca_path, &cert_path, &key_path]) {
+                if path.is_some() {
+                    self.problem(
+                        name,
+                        format!(
+                            "expected an amqps:// BROKER_URL when {name} is set; \
+                             an amqp:// URL does not use TLS"
+                        ),
+                    );
+                }
+            }
+            valid = false;
+        }
+
+        // A client certificate needs its key and a key its certificate.
+        match (&cert_path, &key_path) {
+            (Some(_), None) => {
+                self.problem(
+                    "BROKER_CLIENT_KEY_FILE",
+                    "expected the client certificate's private key too: \
+                     BROKER_CLIENT_CERT_FILE is set, and mutual TLS needs both or neither",
+                );
+                valid = false;
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    "BROKER_CLIENT_CERT_FILE",
+                    "expected the client certificate too: \
+                     BROKER_CLIENT_KEY_FILE is set, and mutual TLS needs both or neither",
+                );
+                valid = false;
+            }
+            _ => {}
+        }
+
+        let roots = match &ca_path {
+            Some(path) => {
+                let roots =
+                    self.pem_file("BROKER_CA_FILE", path, "CA certificates", tls::parse_roots);
+                valid &= roots.is_some();
+                roots.map(|roots| (PathBuf::from(path), roots))
+            }
+            None => None,
+        };
+        let chain = cert_path.as_deref().and_then(|path| {
+            self.pem_file(
+                "BROKER_CLIENT_CERT_FILE",
+                path,
+                "the client certificate (and its intermediates)",
+                tls::parse_certificates,
+            )
+        });
+        let key = key_path.as_deref().and_then(|path| {
+            self.pem_file(
+                "BROKER_CLIENT_KEY_FILE",
+                path,
+                "the client certificate's private key",
+                tls::parse_private_key,
+            )
+        });
+        valid &= chain.is_some() == cert_path.is_some() && key.is_some() == key_path.is_some();
+        if !valid {
+            return None;
+        }
+
+        let identity = match (chain, key, &cert_path) {
+            (Some(chain), Some(key), Some(path)) => {
+                Some((PathBuf::from(path), ClientIdentity::new(chain, key)))
+            }
+            _ => None,
+        };
+        match BrokerTls::new(roots, identity) {
+            Ok(tls) => Some(tls),
+            Err(TlsSetupError::ClientKey(reason)) => {
+                self.problem(
+                    "BROKER_CLIENT_KEY_FILE",
+                    format!(
+                        "expected the private key of the certificate in BROKER_CLIENT_CERT_FILE \
+                         (`{}`), but `{}` is not usable with it: {reason}",
+                        cert_path.unwrap_or_default(),
+                        key_path.unwrap_or_default()
+                    ),
+                );
+                None
+            }
+            Err(TlsSetupError::Other(reason)) => {
+                let name = if ca_path.is_some() {
+                    "BROKER_CA_FILE"
+                } else {
+                    "BROKER_CLIENT_CERT_FILE"
+                };
+                self.problem(name, format!("expected a usable TLS set-up: {reason}"));
+                None
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads the configuration from the process environment; `_FILE`
     /// variables are read from the filesystem.
@@ -421,6 +625,7 @@ impl Config {
             }
             Secret::Invalid => String::new(),
         };
+        let broker_tls = r.broker_tls(&broker_url);
 
         let log_level = r.string("LOG_LEVEL", "info").to_ascii_lowercase();
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
@@ -497,7 +702,23 @@ impl Config {
                 * 1024
                 * 1024,
             open_files: r.number("COMMAND_MAX_OPEN_FILES", 1024u64, 16, 1_048_576, ""),
+            processes: r.number("COMMAND_MAX_PROCESSES", 256u64, 1, 1_000_000, ""),
+            file_bytes: r.number("COMMAND_MAX_FILE_MB", 1024u64, 1, 1_048_576, "of MiB ")
+                * 1024
+                * 1024,
+            user: sandbox_user(&mut r),
+            work_root: PathBuf::from(r.string("COMMAND_WORK_DIR", "/tmp")),
         };
+        if !limits.work_root.is_absolute() {
+            r.problem(
+                "COMMAND_WORK_DIR",
+                format!(
+                    "expected an absolute directory, got `{}`",
+                    limits.work_root.display()
+                ),
+            );
+        }
+        let admission = admission(&mut r);
         let output_limit = r.number(
             "OUTPUT_LIMIT_BYTES",
             protocol::DEFAULT_OUTPUT_LIMIT,
@@ -512,6 +733,7 @@ impl Config {
         if r.problems.is_empty() {
             Ok(Config {
                 broker_url: BrokerUrl(broker_url),
+                broker_tls,
                 log_level,
                 max_concurrent_tasks,
                 execution_timeout,
@@ -532,6 +754,7 @@ impl Config {
                 dedup_capacity,
                 gpu_device_dir,
                 agent_id,
+                admission,
             })
         } else {
             Err(ConfigError(r.problems))
@@ -560,6 +783,156 @@ impl Config {
     }
 }
 
+/// `SANDBOX_UID` and `SANDBOX_GID`: both or neither.
+fn sandbox_user(r: &mut Reader<'_>) -> Option<(u32, u32)> {
+    let uid = r.raw("SANDBOX_UID");
+    let gid = r.raw("SANDBOX_GID");
+    let parse = |r: &mut Reader<'_>, name: &'static str, raw: &str| match raw.trim().parse::<u32>()
+    {
+        Ok(id) if id > 0 => Some(id),
+        _ => {
+            r.problem(
+                name,
+                format!("expected a numeric id other than 0 (root), got `{raw}`"),
+            );
+            None
+        }
+    };
+    match (uid, gid) {
+        (None, None) => None,
+        (Some(uid), Some(gid)) => Some((
+            parse(r, "SANDBOX_UID", &uid)?,
+            parse(r, "SANDBOX_GID", &gid)?,
+        )),
+        (Some(_), None) => {
+            r.problem("SANDBOX_GID", "expected SANDBOX_GID beside SANDBOX_UID");
+            None
+        }
+        (None, Some(_)) => {
+            r.problem("SANDBOX_UID", "expected SANDBOX_UID beside SANDBOX_GID");
+            None
+        }
+    }
+}
+
+/// Signing keys, kinds, programs and sizes: what may run at all.
+fn admission(r: &mut Reader<'_>) -> Admission {
+    let allow_unsigned = match r.string("ALLOW_UNSIGNED_TASKS", "false").trim() {
+        "true" => true,
+        "false" => false,
+        other => {
+            r.problem(
+                "ALLOW_UNSIGNED_TASKS",
+                format!("expected `true` or `false`, got `{other}`"),
+            );
+            false
+        }
+    };
+    let keys = match r.secret("TASK_SIGNING_PUBLIC_KEYS") {
+        Secret::Value(text) => match protocol::signing::Verifier::parse(&text) {
+            Ok(keys) => keys,
+            Err(e) => {
+                r.problem(
+                    "TASK_SIGNING_PUBLIC_KEYS",
+                    format!("expected Ed25519 public keys (base64, comma or line separated): {e}"),
+                );
+                Default::default()
+            }
+        },
+        Secret::Unset if !allow_unsigned => {
+            r.problem(
+                "TASK_SIGNING_PUBLIC_KEYS",
+                "expected the public keys tasks are signed with (or TASK_SIGNING_PUBLIC_KEYS_FILE); \
+                 only signed tasks run. ALLOW_UNSIGNED_TASKS=true runs unsigned ones, for a test bed only",
+            );
+            Default::default()
+        }
+        Secret::Unset | Secret::Invalid => Default::default(),
+    };
+    let max_ttl = r.millis("TASK_MAX_TTL", 3_600_000, 1_000, 7 * 86_400_000);
+    let max_message_bytes = r.number(
+        "MAX_MESSAGE_BYTES",
+        1024 * 1024usize,
+        1024,
+        128 * 1024 * 1024,
+        "of bytes ",
+    );
+    let mut enabled_kinds = BTreeSet::new();
+    for kind in r
+        .string("ENABLED_KINDS", &KINDS.join(","))
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    {
+        if KINDS.contains(&kind) {
+            enabled_kinds.insert(kind.to_owned());
+        } else {
+            r.problem(
+                "ENABLED_KINDS",
+                format!("expected kinds from {}, got `{kind}`", KINDS.join(", ")),
+            );
+        }
+    }
+    let mut commands = BTreeMap::new();
+    for entry in r
+        .string("COMMAND_ALLOWED", "")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        match parse_allowed_command(entry) {
+            Ok((path, digest)) => {
+                commands.insert(path, digest);
+            }
+            Err(expected) => r.problem("COMMAND_ALLOWED", expected),
+        }
+    }
+    Admission {
+        keys,
+        allow_unsigned,
+        max_ttl,
+        max_message_bytes,
+        enabled_kinds,
+        commands,
+    }
+}
+
+/// `/abs/path` or `/abs/path@sha256:<64 hex>`.
+fn parse_allowed_command(entry: &str) -> Result<(PathBuf, Option<[u8; 32]>), String> {
+    let (path, digest) = match entry.split_once("@sha256:") {
+        Some((path, hex)) => {
+            let bytes: Option<Vec<u8>> = (hex.len() == 64)
+                .then(|| {
+                    (0..32)
+                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                        .collect()
+                })
+                .flatten();
+            match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                Some(d) => (path, Some(d)),
+                None => {
+                    return Err(format!(
+                        "expected `{path}@sha256:` followed by 64 hex digits"
+                    ));
+                }
+            }
+        }
+        None => (entry, None),
+    };
+    let path = PathBuf::from(path);
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(format!(
+            "expected absolute program paths (optionally `@sha256:<hex>`), got `{}`",
+            path.display()
+        ));
+    }
+    Ok((path, digest))
+}
+
 /// The pod name in Kubernetes (HOSTNAME), else the host name, plus the pid so
 /// two agents on one host differ.
 fn default_agent_id() -> String {
@@ -578,11 +951,19 @@ mod tests {
 
     use super::*;
 
+    /// A public key for tests that are not about signing.
+    const TEST_KEY: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
+        let mut map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if !map.contains_key("TASK_SIGNING_PUBLIC_KEYS")
+            && !map.contains_key("ALLOW_UNSIGNED_TASKS")
+        {
+            map.insert("TASK_SIGNING_PUBLIC_KEYS".into(), TEST_KEY.into());
+        }
         Config::from_lookup(&move |name| map.get(name).cloned())
     }
 
@@ -592,10 +973,12 @@ mod tests {
         vars: &[(&str, &str)],
         files: &[(&str, &str)],
     ) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
+        let mut map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        map.entry("TASK_SIGNING_PUBLIC_KEYS".into())
+            .or_insert_with(|| TEST_KEY.into());
         let files: HashMap<PathBuf, String> = files
             .iter()
             .map(|(k, v)| (PathBuf::from(k), v.to_string()))
@@ -915,6 +1298,7 @@ mod tests {
             move |name: &str| match name {
                 "BROKER_URL" => Some("amqp://u@h".to_owned()),
                 "BROKER_PASSWORD_FILE" => Some(file.clone()),
+                "ALLOW_UNSIGNED_TASKS" => Some("true".to_owned()),
                 _ => None,
             }
         };
@@ -943,5 +1327,260 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.0[0].variable, "METRICS_PORT");
+    }
+}
+
+/// The broker TLS variables (`BROKER_CA_FILE`, `BROKER_CLIENT_CERT_FILE`,
+/// `BROKER_CLIENT_KEY_FILE`), with certificates made by rcgen.
+#[cfg(test)]
+mod broker_tls_tests {
+    use std::collections::HashMap;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    use super::*;
+
+    /// A CA: its certificate (PEM) and its issuer, to sign leaves.
+    fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let pem = params.self_signed(&key).unwrap().pem();
+        (pem, Issuer::new(params, key))
+    }
+
+    /// A client certificate signed by `issuer` and its key (both PEM).
+    fn client(issuer: &Issuer<'static, KeyPair>) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "agent");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn config_with_files(
+        vars: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let mut map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // Not about signing: any valid key.
+        map.entry("TASK_SIGNING_PUBLIC_KEYS".into())
+            .or_insert_with(|| "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into());
+        let files: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(k, v)| (PathBuf::from(k), v.to_string()))
+            .collect();
+        Config::from_sources(&move |name| map.get(name).cloned(), &move |path| {
+            files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "No such file or directory"))
+        })
+    }
+
+    fn variables(err: &ConfigError) -> Vec<&'static str> {
+        err.0.iter().map(|p| p.variable).collect()
+    }
+
+    const AMQPS: (&str, &str) = ("BROKER_URL", "amqps://u:p@rabbitmq:5671/%2f");
+
+    #[test]
+    fn without_tls_variables_there_is_no_tls_setup() {
+        for url in ["amqp://h", "amqps://h"] {
+            let c = config_with_files(&[("BROKER_URL", url)], &[]).unwrap();
+            assert!(c.broker_tls.is_none());
+        }
+    }
+
+    #[test]
+    fn tls_ca_file_is_the_only_trust_and_is_read_at_startup() {
+        let (ca1, _) = ca("first CA");
+        let (ca2, _) = ca("second CA");
+        let bundle = format!("{ca1}{ca2}");
+        let c = config_with_files(
+            &[AMQPS, ("BROKER_CA_FILE", "/etc/tls/ca.pem")],
+            &[("/etc/tls/ca.pem", &bundle)],
+        )
+        .unwrap();
+        let tls = c.broker_tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/tls/ca.pem")));
+        assert_eq!(tls.ca_certificates, 2);
+        assert!(tls.client_cert_file.is_none());
+    }
+
+    #[test]
+    fn tls_variables_with_an_amqp_url_are_refused() {
+        let (ca_pem, issuer) = ca("CA");
+        let (cert, key) = client(&issuer);
+        let files = [("/ca", ca_pem.as_str()), ("/cert", &cert), ("/key", &key)];
+        let err = config_with_files(
+            &[
+                ("BROKER_URL", "amqp://u:p@rabbitmq:5672/%2f"),
+                ("BROKER_CA_FILE", "/ca"),
+            ],
+            &files,
+        )
+        .unwrap_err();
+        assert_eq!(variables(&err), ["BROKER_CA_FILE"]);
+        assert!(
+            err.to_string().contains(
+                "BROKER_CA_FILE: expected an amqps:// BROKER_URL when BROKER_CA_FILE is set"
+            ),
+            "{err}"
+        );
+
+        // Each variable set is named.
+        let err = config_with_files(
+            &[
+                ("BROKER_URL", "amqp://h"),
+                ("BROKER_CA_FILE", "/ca"),
+                ("BROKER_CLIENT_CERT_FILE", "/cert"),
+                ("BROKER_CLIENT_KEY_FILE", "/key"),
+            ],
+            &files,
+        )
+        .unwrap_err();
+        assert_eq!(variables(&err), TLS_VARIABLES);
+        assert!(
+            err.to_string().contains(
+                "BROKER_CLIENT_KEY_FILE: expected an amqps:// BROKER_URL when BROKER_CLIENT_KEY_FILE is set"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_client_certificate_and_key_go_together() {
+        let (ca_pem, issuer) = ca("CA");
+        let (cert, key) = client(&issuer);
+        let files = [("/ca", ca_pem.as_str()), ("/cert", &cert), ("/key", &key)];
+
+        let err =
+            config_with_files(&[AMQPS, ("BROKER_CLIENT_CERT_FILE", "/cert")], &files).unwrap_err();
+        assert_eq!(variables(&err), ["BROKER_CLIENT_KEY_FILE"]);
+        assert!(err.to_string().contains("both or neither"), "{err}");
+
+        let err =
+            config_with_files(&[AMQPS, ("BROKER_CLIENT_KEY_FILE", "/key")], &files).unwrap_err();
+        assert_eq!(variables(&err), ["BROKER_CLIENT_CERT_FILE"]);
+
+        // Both, with or without a private CA.
+        for ca_var in [None, Some(("BROKER_CA_FILE", "/ca"))] {
+            let mut vars = vec![
+                AMQPS,
+                ("BROKER_CLIENT_CERT_FILE", "/cert"),
+                ("BROKER_CLIENT_KEY_FILE", "/key"),
+            ];
+            vars.extend(ca_var);
+            let c = config_with_files(&vars, &files).unwrap();
+            let tls = c.broker_tls.as_ref().unwrap();
+            assert_eq!(tls.client_cert_file.as_deref(), Some(Path::new("/cert")));
+            assert_eq!(tls.ca_file.is_some(), ca_var.is_some());
+            // Nothing of the key shows in the configuration's Debug.
+            let shown = format!("{c:?}");
+            let key_body: String = key.lines().nth(1).unwrap().chars().take(20).collect();
+            assert!(!shown.contains(&key_body), "{shown}");
+        }
+    }
+
+    #[test]
+    fn tls_files_unreadable_or_not_pem_name_the_variable_and_the_path() {
+        let (ca_pem, issuer) = ca("CA");
+        let (cert, key) = client(&issuer);
+
+        let err =
+            config_with_files(&[AMQPS, ("BROKER_CA_FILE", "/missing/ca.pem")], &[]).unwrap_err();
+        assert_eq!(variables(&err), ["BROKER_CA_FILE"]);
+        assert!(
+            err.to_string().contains(
+                "BROKER_CA_FILE: expected a readable PEM file of CA certificates, \
+                 cannot read `/missing/ca.pem`: No such file or directory"
+            ),
+            "{err}"
+        );
+
+        let err = config_with_files(
+            &[AMQPS, ("BROKER_CA_FILE", "/ca")],
+            &[("/ca", "just some text\n")],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "BROKER_CA_FILE: expected a PEM file of CA certificates, but `/ca` is not one: \
+                 no `-----BEGIN CERTIFICATE-----` block found"
+            ),
+            "{err}"
+        );
+
+        // A key where the CA belongs: not a certificate.
+        let err =
+            config_with_files(&[AMQPS, ("BROKER_CA_FILE", "/ca")], &[("/ca", &key)]).unwrap_err();
+        assert_eq!(variables(&err), ["BROKER_CA_FILE"]);
+
+        // A broken key file: the error says so without quoting it.
+        let secret = "c2VjcmV0LWtleS1tYXRlcmlhbA$$$";
+        let broken = format!("-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n");
+        for content in [broken.as_str(), "", &cert] {
+            let err = config_with_files(
+                &[
+                    AMQPS,
+                    ("BROKER_CLIENT_CERT_FILE", "/cert"),
+                    ("BROKER_CLIENT_KEY_FILE", "/key"),
+                ],
+                &[("/cert", &cert), ("/key", content)],
+            )
+            .unwrap_err();
+            assert_eq!(variables(&err), ["BROKER_CLIENT_KEY_FILE"], "{err}");
+            let text = err.to_string();
+            assert!(text.contains("but `/key` is not one"), "{text}");
+            assert!(!text.contains("c2VjcmV0"), "{text}");
+            assert!(!text.contains("$$$"), "{text}");
+        }
+
+        // Every file problem at once.
+        let err = config_with_files(
+            &[
+                AMQPS,
+                ("BROKER_CA_FILE", "/nope1"),
+                ("BROKER_CLIENT_CERT_FILE", "/nope2"),
+                ("BROKER_CLIENT_KEY_FILE", "/nope3"),
+            ],
+            &[("/ca", &ca_pem)],
+        )
+        .unwrap_err();
+        assert_eq!(variables(&err), TLS_VARIABLES);
+    }
+
+    #[test]
+    fn tls_client_key_of_another_certificate_is_refused() {
+        let (_, issuer) = ca("CA");
+        let (cert, _) = client(&issuer);
+        let (_, other_key) = client(&issuer);
+        let err = config_with_files(
+            &[
+                AMQPS,
+                ("BROKER_CLIENT_CERT_FILE", "/cert"),
+                ("BROKER_CLIENT_KEY_FILE", "/key"),
+            ],
+            &[("/cert", &cert), ("/key", &other_key)],
+        )
+        .unwrap_err();
+        assert_eq!(variables(&err), ["BROKER_CLIENT_KEY_FILE"]);
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "expected the private key of the certificate in BROKER_CLIENT_CERT_FILE (`/cert`)"
+            ),
+            "{text}"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`config`]: the environment, validated before anything starts;
 //! - [`run`] (here): wiring of the components;
 //! - [`broker`]: connection supervisor, reconnect and drain;
+//! - [`tls`]: `amqps://` with a private CA and a client certificate;
 //! - [`worker`]: one delivery from receipt to ack (the delivery guarantee);
 //! - [`executor`]: the task kinds, knowing nothing of AMQP;
 //! - [`topology`], [`dedup`], [`readiness`], [`metrics`], [`server`], [`gpu`],
@@ -17,6 +18,7 @@
 //!
 //! The wire format lives in the `taskctl-protocol` crate.
 
+pub mod admission;
 pub mod broker;
 pub mod config;
 pub mod dedup;
@@ -27,6 +29,7 @@ pub mod metrics;
 pub mod probe;
 pub mod readiness;
 pub mod server;
+pub mod tls;
 pub mod topology;
 pub mod worker;
 
@@ -83,19 +86,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         server::metrics_route(path, &registry)
     }));
 
-    info!(agent_id = %config.agent_id, broker = %config.broker_url, gpus,
+    info!(agent_id = %config.agent_id, broker = %config.broker_url,
+        broker_tls = ?config.broker_tls, gpus,
         max_concurrent_tasks = config.max_concurrent_tasks,
+        signing_keys = ?config.admission.keys.key_ids().collect::<Vec<_>>(),
+        enabled_kinds = ?config.admission.enabled_kinds,
         health = %health_addr, metrics = %metrics_addr, "task-executor starting");
+    if config.admission.allow_unsigned {
+        tracing::warn!(
+            "ALLOW_UNSIGNED_TASKS=true: anyone who can publish to the task queue runs tasks here"
+        );
+    }
+    // Tasks that run as the agent's own user must not read its memory or
+    // /proc/<pid>/environ (the broker credentials): a non-dumpable process's
+    // /proc files belong to root and ptrace is refused.
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %error, "cannot make the agent non-dumpable; tasks running as its user could read its environment");
+    }
 
-    let executor = executor::Executor::new(
-        config.limits,
+    let mut executor = executor::Executor::new(
+        config.limits.clone(),
         config.output_limit,
         config.http_allowed_hosts.clone(),
     )?;
+    executor.pins = config.admission.commands.clone();
+    if config.admission.enabled_kinds.contains("command") {
+        tracing::warn!(
+            sandbox_user = ?executor::command::sandbox_user(&config.limits),
+            "command tasks run without Landlock or seccomp filters (not implemented); \
+             their containment is the sandbox user, rlimits, no_new_privs and the container"
+        );
+    }
     let worker = Arc::new(worker::Worker {
         config: config.clone(),
         executor,
         completed: dedup::Completed::new(
+            NonZeroUsize::new(config.dedup_capacity).unwrap_or(NonZeroUsize::MIN),
+        ),
+        replays: admission::Replays::new(
             NonZeroUsize::new(config.dedup_capacity).unwrap_or(NonZeroUsize::MIN),
         ),
         metrics: metrics.clone(),

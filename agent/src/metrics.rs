@@ -45,10 +45,15 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Attempts sent to a retry delay queue.
     pub retries: Family<Kind, Counter>,
-    /// Messages sent to the dead-letter queue, by reason (`rejected`, `max_attempts`).
+    /// Messages sent to the dead-letter queue, by reason: `max_attempts`,
+    /// `rejected` (the task ran and was refused, e.g. a host not allowed), and
+    /// before running: `unsigned`, `unknown_key`, `bad_signature`, `expired`,
+    /// `replayed`, `unauthorized`, `malformed`, `too_large`, `agent_error`.
     pub dead_letters: Family<Reason, Counter>,
     /// Redeliveries acknowledged without running again (already completed here).
     pub deduplicated: Counter,
+    /// Deliveries whose handler panicked (a bug; each was dead-lettered).
+    pub handler_panics: Counter,
     pub broker_reconnects: Counter,
     pub broker_connected: Gauge,
     pub gpus: Gauge,
@@ -64,6 +69,7 @@ impl Metrics {
             retries: Family::default(),
             dead_letters: Family::default(),
             deduplicated: Counter::default(),
+            handler_panics: Counter::default(),
             broker_reconnects: Counter::default(),
             broker_connected: Gauge::default(),
             gpus: Gauge::default(),
@@ -98,6 +104,11 @@ impl Metrics {
             "redeliveries_deduplicated",
             "Redelivered tasks already completed by this agent, acknowledged without running",
             m.deduplicated.clone(),
+        );
+        r.register(
+            "handler_panics",
+            "Deliveries whose handler panicked, dead-lettered with reason agent_error",
+            m.handler_panics.clone(),
         );
         r.register(
             "broker_reconnects",

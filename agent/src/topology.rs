@@ -63,6 +63,7 @@ mod tests {
             "BROKER_URL" => Some("amqp://h".into()),
             "RETRY_BASE_DELAY" => Some("100".into()),
             "RETRY_MAX_DELAY" => Some("200".into()),
+            "ALLOW_UNSIGNED_TASKS" => Some("true".into()),
             _ => None,
         })
         .unwrap();

@@ -13,10 +13,12 @@
 //! interrupted half-way.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use futures_lite::FutureExt as _;
 use lapin::{
     BasicProperties, Channel, Confirmation,
     message::Delivery,
@@ -26,12 +28,14 @@ use lapin::{
 use taskctl_protocol::{
     HEADER_ATTEMPT, HEADER_DEAD_REASON, HEADER_SOURCE_QUEUE, HEADER_TASK_ID, PROTOCOL_VERSION,
     TaskMessage, TaskResult, TaskStatus,
+    signing::{HEADER_KEY_ID, HEADER_SIGNATURE},
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    admission::{self, Envelope, Rejection, Replays, printable},
     config::Config,
     dedup::Completed,
     executor::{Executor, Outcome},
@@ -61,6 +65,7 @@ pub struct Worker {
     pub config: Arc<Config>,
     pub executor: Executor,
     pub completed: Completed,
+    pub replays: Replays,
     pub metrics: Metrics,
     pub permits: Semaphore,
 }
@@ -102,27 +107,71 @@ impl Worker {
     ) {
         self.metrics.in_flight.inc();
         let _in_flight = InFlight(self.metrics.clone());
+        // Nothing in a message may take the consumer down: a panic here
+        // (a bug, never an input the decoder lets through) dead-letters the
+        // delivery with the reason and acks it, so it neither holds a
+        // prefetch slot nor comes back after every reconnect.
+        let outcome = AssertUnwindSafe(self.handle_delivery(&delivery, &queue, &publish, &stops))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = outcome {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            self.metrics.handler_panics.inc();
+            tracing::error!(panic = %what, "the task handler panicked; dead-lettering the delivery");
+            let rejection = Rejection {
+                label: "agent_error",
+                reason: format!(
+                    "the agent failed on this message: {}",
+                    printable(&what, 200)
+                ),
+                authenticated: false,
+            };
+            self.reject(&delivery, &queue, &publish, rejection).await;
+        }
+    }
 
+    async fn handle_delivery(
+        &self,
+        delivery: &Delivery,
+        queue: &Arc<str>,
+        publish: &Channel,
+        stops: &Stops,
+    ) {
         let _permit = tokio::select! {
             biased;
             permit = self.permits.acquire() => match permit {
                 Ok(p) => p,
-                Err(_) => return requeue(&delivery).await,
+                Err(_) => return requeue(delivery).await,
             },
-            _ = stops.drain.cancelled() => return requeue(&delivery).await,
+            _ = stops.drain.cancelled() => return requeue(delivery).await,
         };
 
-        let task = match parse(&delivery.data) {
-            Ok(task) => task,
-            Err(reason) => return self.reject(&delivery, &queue, &publish, reason).await,
-        };
+        let now = now_ms();
+        let envelope = envelope(&delivery.properties);
+        let admitted =
+            match admission::decode(&delivery.data, &envelope, now, &self.config.admission) {
+                Ok(admitted) => admitted,
+                Err(rejection) => return self.reject(delivery, queue, publish, rejection).await,
+            };
+        if admitted.signed_by.is_some()
+            && let Err(replay) = self
+                .replays
+                .admit(&admitted.task, delivery.redelivered, now)
+        {
+            return self.reject(delivery, queue, publish, replay).await;
+        }
+        let task = admitted.task;
 
         if self.completed.get(&task.id).is_some() {
             // The result was confirmed before; only the ack was lost. Running
             // again or republishing would give the producer a second result.
             self.metrics.deduplicated.inc();
             info!(task_id = %task.id, "redelivered task already completed here; acknowledging");
-            ack(&delivery).await;
+            ack(delivery).await;
             return;
         }
 
@@ -137,7 +186,7 @@ impl Worker {
             outcome = self.executor.run(&task, timeout) => outcome,
             _ = stops.hard.cancelled() => {
                 warn!(task_id = %task.id, "grace period over; killing the task and requeueing it");
-                return requeue(&delivery).await;
+                return requeue(delivery).await;
             }
         };
         let run = started.elapsed();
@@ -152,9 +201,7 @@ impl Worker {
         let max_attempts = task.max_attempts.unwrap_or(self.config.max_attempts);
         let dead_reason = match decide(&outcome, task.attempt, max_attempts) {
             Decision::Retry => {
-                return self
-                    .retry(&delivery, &queue, &publish, task, &outcome)
-                    .await;
+                return self.retry(delivery, queue, publish, task, &outcome).await;
             }
             Decision::Final { dead_letter } => dead_letter,
         };
@@ -178,7 +225,14 @@ impl Worker {
             finished_at_ms: now_ms(),
         };
         match self
-            .finish(&delivery, &queue, &publish, &result, dead_reason.as_ref())
+            .finish(
+                delivery,
+                queue,
+                publish,
+                &result,
+                dead_reason.as_ref(),
+                true,
+            )
             .await
         {
             Ok(()) => {
@@ -192,11 +246,11 @@ impl Worker {
                         error = result.error.as_deref().unwrap_or(""),
                         trace_id = task.trace_id.as_deref().unwrap_or(""), "task ended without success");
                 }
-                ack(&delivery).await;
+                ack(delivery).await;
             }
             Err(error) => {
                 warn!(task_id = %task.id, error = chain(&error), "failed to publish the result; leaving the task to be redelivered");
-                requeue_after_failure(&delivery).await;
+                requeue_after_failure(delivery).await;
             }
         }
     }
@@ -209,20 +263,30 @@ impl Worker {
         publish: &Channel,
         result: &TaskResult,
         dead_reason: Option<&(&'static str, String)>,
+        authenticated: bool,
     ) -> Result<(), PublishError> {
         // TaskResult has only string keys and plain values: serializing it
         // cannot fail, so there is no error path to design here.
         let body = serde_json::to_vec(result).unwrap_or_default();
         let props = &delivery.properties;
-        let routing_key = props
-            .reply_to()
-            .as_ref()
-            .map(|r| r.as_str().to_owned())
-            .unwrap_or_else(|| self.config.result_queue.clone());
+        let routing_key = match props.reply_to().as_ref().map(|r| r.as_str()) {
+            Some(reply) if authenticated && reply_allowed(reply, &self.config.result_queue) => {
+                reply.to_owned()
+            }
+            Some(reply) => {
+                if authenticated {
+                    warn!(task_id = %result.task_id, reply_to = %printable(reply, 80),
+                        "reply_to is neither a server-named queue nor under the result queue; sending the result to the result queue");
+                }
+                self.config.result_queue.clone()
+            }
+            None => self.config.result_queue.clone(),
+        };
+        // Task ids are at most MAX_TASK_ID_BYTES, well inside a short string.
         let correlation = props
             .correlation_id()
             .clone()
-            .unwrap_or_else(|| ShortString::from(result.task_id.as_str()));
+            .unwrap_or_else(|| ShortString::from(printable(&result.task_id, 255)));
         let result_props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -290,8 +354,9 @@ impl Worker {
         let delay = self.config.retry_delay(task.attempt);
         let retry_queue = topology::retry_queue(queue, delay);
         task.attempt += 1;
-        // As for results: a TaskMessage always serializes.
-        let body = serde_json::to_vec(&task).unwrap_or_default();
+        // The producer's body goes back unchanged (its signature covers
+        // those bytes); the attempt travels in a header.
+        let body = &delivery.data;
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(HEADER_TASK_ID.into(), long_string(&task.id));
         headers.insert(
@@ -305,7 +370,7 @@ impl Worker {
             .clone()
             .with_delivery_mode(2)
             .with_headers(headers);
-        match publish_message(publish, &retry_queue, &body, props).await {
+        match publish_message(publish, &retry_queue, body, props).await {
             Ok(()) => {
                 self.metrics
                     .retries
@@ -326,12 +391,17 @@ impl Worker {
     }
 
     /// A message that cannot be run: `rejected` result, dead-letter, ack.
-    async fn reject(&self, delivery: &Delivery, queue: &str, publish: &Channel, reason: String) {
-        let task_id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
-            .ok()
-            .and_then(|v| v.get("id").and_then(|id| id.as_str().map(str::to_owned)))
-            .unwrap_or_default();
-        warn!(task_id = %task_id, queue, reason = %reason, "rejecting a message");
+    /// The result goes to the sender's `reply_to` only when the sender was
+    /// authenticated; otherwise to the result queue.
+    async fn reject(
+        &self,
+        delivery: &Delivery,
+        queue: &str,
+        publish: &Channel,
+        rejection: Rejection,
+    ) {
+        let task_id = admission::id_for_log(&delivery.data);
+        warn!(task_id = %task_id, queue, reason = %rejection.reason, label = rejection.label, "rejecting a message");
         let result = TaskResult {
             version: PROTOCOL_VERSION,
             task_id: task_id.clone(),
@@ -341,7 +411,7 @@ impl Worker {
             output: String::new(),
             stderr: String::new(),
             truncated: false,
-            error: Some(reason.clone()),
+            error: Some(rejection.reason.clone()),
             queued_ms: 0,
             run_ms: 0,
             attempt: 0,
@@ -350,9 +420,16 @@ impl Worker {
             idempotency_key: None,
             finished_at_ms: now_ms(),
         };
-        let dead = ("rejected", reason);
+        let dead = (rejection.label, rejection.reason);
         match self
-            .finish(delivery, queue, publish, &result, Some(&dead))
+            .finish(
+                delivery,
+                queue,
+                publish,
+                &result,
+                Some(&dead),
+                rejection.authenticated,
+            )
             .await
         {
             Ok(()) => {
@@ -364,6 +441,42 @@ impl Worker {
                 requeue_after_failure(delivery).await;
             }
         }
+    }
+}
+
+/// Where results may go: a server-named queue (`amq.gen-…`, exclusive to
+/// the connection that declared it), the result queue, or a queue under it
+/// (`<result queue>.<name>`). Never a task queue or any other application's.
+pub fn reply_allowed(reply_to: &str, result_queue: &str) -> bool {
+    reply_to.starts_with("amq.gen-")
+        || reply_to == result_queue
+        || reply_to
+            .strip_prefix(result_queue)
+            .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1)
+}
+
+/// The headers the admission reads.
+fn envelope(props: &BasicProperties) -> Envelope {
+    let Some(headers) = props.headers() else {
+        return Envelope::default();
+    };
+    let text = |name: &str| match headers.inner().get(name) {
+        None => None,
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+        // Present but not text: the verifier reports it as malformed.
+        Some(_) => Some(String::new()),
+    };
+    let attempt = match headers.inner().get(HEADER_ATTEMPT) {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).ok(),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).ok(),
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).ok(),
+        _ => None,
+    };
+    Envelope {
+        key_id: text(HEADER_KEY_ID),
+        signature: text(HEADER_SIGNATURE),
+        attempt,
     }
 }
 
@@ -402,22 +515,6 @@ pub fn decide(outcome: &Outcome, attempt: u32, max_attempts: u32) -> Decision {
             )),
         },
     }
-}
-
-/// Parses a task, or says why it cannot be run.
-pub fn parse(data: &[u8]) -> Result<TaskMessage, String> {
-    let task: TaskMessage =
-        serde_json::from_slice(data).map_err(|e| format!("malformed task message: {e}"))?;
-    if task.version != PROTOCOL_VERSION {
-        return Err(format!(
-            "unsupported protocol version {} (this agent reads {PROTOCOL_VERSION})",
-            task.version
-        ));
-    }
-    if task.id.is_empty() {
-        return Err("task id is empty".to_owned());
-    }
-    Ok(task)
 }
 
 /// An error and its causes on one line, for log fields.
@@ -530,13 +627,16 @@ mod tests {
     }
 
     #[test]
-    fn parse_refuses_other_versions_and_garbage() {
-        assert!(parse(b"not json").unwrap_err().starts_with("malformed"));
-        let v2 = br#"{"version":2,"id":"x","kind":{"type":"noop"},"created_at_ms":0}"#;
-        assert!(parse(v2).unwrap_err().contains("version 2"));
-        let unknown = br#"{"version":1,"id":"x","kind":{"type":"shell"},"created_at_ms":0}"#;
-        assert!(parse(unknown).is_err());
-        let ok = br#"{"version":1,"id":"x","kind":{"type":"noop"},"created_at_ms":0}"#;
-        assert_eq!(parse(ok).unwrap().id, "x");
+    fn results_go_only_to_server_named_or_result_queues() {
+        assert!(reply_allowed(
+            "amq.gen-JzTY20BRgKO-HjmUJj0wLg",
+            "taskctl.results"
+        ));
+        assert!(reply_allowed("taskctl.results", "taskctl.results"));
+        assert!(reply_allowed("taskctl.results.probe-1", "taskctl.results"));
+        assert!(!reply_allowed("taskctl.results.", "taskctl.results"));
+        assert!(!reply_allowed("taskctl.resultsX", "taskctl.results"));
+        assert!(!reply_allowed("taskctl.tasks", "taskctl.results"));
+        assert!(!reply_allowed("billing.invoices", "taskctl.results"));
     }
 }

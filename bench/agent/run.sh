@@ -2,7 +2,10 @@
 # Throughput and peak RSS of three workers doing the same job on the same
 # RabbitMQ: N persistent noop tasks, each answered with a persistent result
 # (publisher confirm) before the ack.
-#   (a) task-executor (release build), MAX_CONCURRENT_TASKS=$CONCURRENCY
+#   (a) task-executor (release build), MAX_CONCURRENT_TASKS=$CONCURRENCY,
+#       unsigned tasks (ALLOW_UNSIGNED_TASKS=true)
+#   (s) the same agent with signed tasks: every task verified (Ed25519),
+#       checked for expiry and replay; issue 14 asks for >= 0.9x of (a)
 #   (b) Celery prefork, -c $CELERY_CONCURRENCY, acks_late, rpc:// results
 #   (c) a raw lapin loop (agent/examples/bench_raw_loop.rs), 100 in flight:
 #       the ceiling for any worker that publishes results.
@@ -10,7 +13,7 @@
 # the first result to the last, so start-up time is not counted. Peak RSS is
 # the sum over the worker's process tree, sampled every 20 ms.
 #
-# usage: bench/agent/run.sh [N] [which...]   (which: agent celery raw; default all)
+# usage: bench/agent/run.sh [N] [which...]   (which: agent signed celery raw; default all)
 # env:   BENCH_AMQP_URL (default $TASKCTL_TEST_AMQP_URL, else guest@127.0.0.1)
 #        CONCURRENCY (default 100), CELERY_CONCURRENCY (default $CONCURRENCY)
 #        REPEAT (default 1): runs per worker, interleaved (agent, raw, celery,
@@ -22,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 N=${1:-20000}
 shift || true
-which=${*:-agent celery raw}
+which=${*:-agent signed celery raw}
 URL=${BENCH_AMQP_URL:-${TASKCTL_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}}
 C=${CONCURRENCY:-100}
 REPEAT=${REPEAT:-1}
@@ -67,13 +70,25 @@ run_worker() {
 
 for run in $(seq 1 "$REPEAT"); do
 if [[ $which == *agent* ]]; then
-    echo "(a) task-executor, MAX_CONCURRENT_TASKS=$C" >&2
+    echo "(a) task-executor, MAX_CONCURRENT_TASKS=$C, unsigned tasks" >&2
     "$driver" publish "$URL" bench.agent.tasks bench.agent.results "$N"
     run_worker "agent.$run" bench.agent.results -- env -i PATH="$PATH" \
         BROKER_URL="$URL" TASK_QUEUE=bench.agent.tasks GPU_TASK_QUEUE=bench.agent.gpu \
         RESULT_QUEUE=bench.agent.results DEAD_LETTER_QUEUE=bench.agent.dead \
         MAX_CONCURRENT_TASKS="$C" LOG_LEVEL=warn BIND_ADDRESS=127.0.0.1 \
-        HEALTH_PORT="$(free_port)" METRICS_PORT="$(free_port)" \
+        HEALTH_PORT="$(free_port)" METRICS_PORT="$(free_port)" ALLOW_UNSIGNED_TASKS=true \
+        "$bin/task-executor"
+fi
+
+if [[ $which == *signed* ]]; then
+    echo "(s) task-executor, MAX_CONCURRENT_TASKS=$C, signed tasks" >&2
+    read -r private public < <("$driver" keygen)
+    BENCH_SIGNING_KEY=$private "$driver" publish "$URL" bench.signed.tasks bench.signed.results "$N"
+    run_worker "signed.$run" bench.signed.results -- env -i PATH="$PATH" \
+        BROKER_URL="$URL" TASK_QUEUE=bench.signed.tasks GPU_TASK_QUEUE=bench.signed.gpu \
+        RESULT_QUEUE=bench.signed.results DEAD_LETTER_QUEUE=bench.signed.dead \
+        MAX_CONCURRENT_TASKS="$C" LOG_LEVEL=warn BIND_ADDRESS=127.0.0.1 \
+        HEALTH_PORT="$(free_port)" METRICS_PORT="$(free_port)" TASK_SIGNING_PUBLIC_KEYS="$public" \
         "$bin/task-executor"
 fi
 
@@ -109,7 +124,7 @@ python3 - "$out" "$N" "$C" "$CC" <<'PY'
 import glob, json, statistics, sys
 out, n, c, cc = sys.argv[1:5]
 rows = {}
-for name in ("agent", "celery", "raw"):
+for name in ("agent", "signed", "celery", "raw"):
     rates, rss = [], []
     for f in sorted(glob.glob(f"{out}/{name}.*.json")):
         try:
@@ -119,11 +134,14 @@ for name in ("agent", "celery", "raw"):
             pass
     if rates:
         rows[name] = (statistics.median(rates), max(rss), rates)
-label = {"agent": f"task-executor (c={c})", "celery": f"celery prefork (c={cc})",
+label = {"agent": f"task-executor (c={c})", "signed": f"  same, signed tasks",
+         "celery": f"celery prefork (c={cc})",
          "raw": "raw loop (100 in flight)"}
 print(f"{n} persistent noop tasks with persistent confirmed results (median of runs)")
 for name, (rate, rss, rates) in rows.items():
     print(f"  {label[name]:<28} {rate:>8.0f} tasks/s   peak RSS {rss:>7.1f} MB   runs: {rates}")
+if "agent" in rows and "signed" in rows:
+    print(f"  signed / unsigned:  {rows['signed'][0] / rows['agent'][0]:.2f} of the throughput (goal >= 0.90)")
 if "agent" in rows and "raw" in rows:
     print(f"  agent / raw loop:   {rows['agent'][0] / rows['raw'][0]:.2f} of the throughput")
 if "agent" in rows and "celery" in rows:

@@ -173,6 +173,28 @@ agents:
         )
     }
 
+    /// The agents' task-signing private key, from the test's Vault path.
+    pub(crate) fn signing_key(&self) -> String {
+        let (addr, token) = (
+            required("TASKCTL_TEST_VAULT_ADDR"),
+            required("TASKCTL_TEST_VAULT_TOKEN"),
+        );
+        let out = Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!("X-Vault-Token: {token}"))
+            .arg(format!(
+                "{addr}/v1/secret/data/taskctl/test/{}/signing",
+                self.name
+            ))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["data"]["data"]["private_key"]
+            .as_str()
+            .expect("the signing secret taskctl generated")
+            .to_owned()
+    }
+
     pub(crate) fn label(&self) -> String {
         format!("taskctl.dev/environment={}.development", self.name)
     }
@@ -310,14 +332,16 @@ impl Drop for Env {
             std::env::var("TASKCTL_TEST_VAULT_ADDR"),
             std::env::var("TASKCTL_TEST_VAULT_TOKEN"),
         ) {
-            let _ = Command::new("curl")
-                .args(["-s", "-X", "DELETE", "-H"])
-                .arg(format!("X-Vault-Token: {token}"))
-                .arg(format!(
-                    "{addr}/v1/secret/metadata/taskctl/test/{}/messaging",
-                    self.name
-                ))
-                .output();
+            for entry in ["messaging", "signing"] {
+                let _ = Command::new("curl")
+                    .args(["-s", "-X", "DELETE", "-H"])
+                    .arg(format!("X-Vault-Token: {token}"))
+                    .arg(format!(
+                        "{addr}/v1/secret/metadata/taskctl/test/{}/{entry}",
+                        self.name
+                    ))
+                    .output();
+            }
         }
     }
 }
@@ -848,6 +872,7 @@ fn a_broken_version_is_rolled_back_automatically_while_tasks_keep_coming_and_non
 
     let probe = Probe::start(
         &env.agents_amqp_url(),
+        &env.signing_key(),
         &queue,
         "probe task",
         Duration::from_millis(100),

@@ -130,6 +130,10 @@ impl ProductionSecrets {
             &format!("{prefix}/grafana"),
             r#"{"password":"k8s-grafana-password-1"}"#,
         );
+        vault_write(
+            &format!("{prefix}/signing"),
+            r#"{"private_key":"k8s-signing-private-key-1","public_key":"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="}"#,
+        );
         ProductionSecrets { prefix }
     }
 
@@ -139,12 +143,12 @@ impl ProductionSecrets {
         let v = format!("vault:secret/{}", self.prefix);
         let p = format!("secret/{}", self.prefix);
         format!(
-            "secrets:\n  entries:\n    database: {{ path: {p}/database, type: mongodb }}\n    messaging: {{ path: {p}/messaging, type: rabbitmq }}\n    postgres: {{ path: {p}/postgres, type: postgres }}\n    grafana: {{ path: {p}/grafana, type: generic }}\n\
+            "secrets:\n  entries:\n    database: {{ path: {p}/database, type: mongodb }}\n    messaging: {{ path: {p}/messaging, type: rabbitmq }}\n    postgres: {{ path: {p}/postgres, type: postgres }}\n    grafana: {{ path: {p}/grafana, type: generic }}\n    signing: {{ path: {p}/signing, type: ed25519 }}\n\
              services:\n  rabbitmq:\n    credentials: {v}/messaging#password\n    erlang_cookie: {v}/messaging#erlang_cookie\n\
              \x20 mongodb:\n    keyfile: {v}/database#keyfile\n    root_password: {v}/database#password\n\
              \x20 postgres:\n    password: {v}/postgres#password\n\
              \x20 grafana:\n    admin_password: {v}/grafana#password\n\
-             agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n"
+             agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n      - name: TASK_SIGNING_PUBLIC_KEYS\n        secret: {v}/signing#public_key\n"
         )
     }
 }

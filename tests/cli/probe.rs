@@ -13,14 +13,15 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use taskctl_protocol::{TaskKind, TaskMessage, TaskResult};
+use taskctl_protocol::signing::{HEADER_KEY_ID, HEADER_SIGNATURE, Signer};
+use taskctl_protocol::{RESULT_QUEUE, TaskKind, TaskMessage, TaskResult};
 
 /// What the probe sent and got back.
 #[derive(Debug)]
@@ -73,11 +74,13 @@ impl Probe {
     /// deletes it when it finishes.
     pub fn start(
         amqp_url: &str,
+        signing_key: &str,
         queue: &str,
         message: &str,
         every: Duration,
         delay_ms: u64,
     ) -> Probe {
+        let signer = Arc::new(signer(signing_key));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -90,7 +93,7 @@ impl Probe {
                     .build()
                     .map_err(|e| e.to_string())?
                     .block_on(run(
-                        &url, &queue, &message, every, delay_ms, &stop, &started, &count,
+                        &url, &signer, &queue, &message, every, delay_ms, &stop, &started, &count,
                     ))
             })
         };
@@ -135,9 +138,32 @@ fn epoch_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// The agents' signing key (base64 PKCS#8, from the environment's Vault).
+fn signer(key: &str) -> Signer {
+    Signer::from_pkcs8_base64(key).unwrap_or_else(|e| panic!("the task-signing key: {e}"))
+}
+
+/// Task properties with the signature of `body`; tasks stay valid for 30
+/// minutes, longer than any test waits for them.
+fn signed(signer: &Signer, body: &[u8], props: BasicProperties) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        HEADER_KEY_ID.into(),
+        AMQPValue::LongString(signer.key_id().to_owned().into()),
+    );
+    headers.insert(
+        HEADER_SIGNATURE.into(),
+        AMQPValue::LongString(signer.sign(body).into()),
+    );
+    props.with_headers(headers)
+}
+
+const TASK_TTL_MS: u64 = 30 * 60 * 1000;
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     url: &str,
+    signer: &Signer,
     queue: &str,
     message: &str,
     every: Duration,
@@ -208,20 +234,27 @@ async fn run(
     while !stop.load(Ordering::SeqCst) {
         n += 1;
         let id = format!("{run}-{n}");
-        let task = TaskMessage::new(
-            id.clone(),
-            TaskKind::Echo {
-                message: format!("{message} {n}"),
-                delay_ms,
-            },
-            epoch_ms(),
-        );
+        let task = TaskMessage {
+            expires_at_ms: Some(epoch_ms() + TASK_TTL_MS),
+            ..TaskMessage::new(
+                id.clone(),
+                TaskKind::Echo {
+                    message: format!("{message} {n}"),
+                    delay_ms,
+                },
+                epoch_ms(),
+            )
+        };
         let body = serde_json::to_vec(&task).map_err(|e| e.to_string())?;
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_reply_to(reply_queue.as_str().into())
-            .with_correlation_id(id.as_str().into());
+        let properties = signed(
+            signer,
+            &body,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_reply_to(reply_queue.as_str().into())
+                .with_correlation_id(id.as_str().into()),
+        );
         let confirm = channel
             .basic_publish(
                 "".into(),
@@ -353,7 +386,13 @@ async fn connect_collecting(
 /// queue is durable, so the results of tasks confirmed before a broker
 /// restart still reach it. Tasks whose publish was not confirmed are not
 /// counted (the broker never promised them).
-pub fn start_surviving_restarts(amqp_url: &str, queue: &str, every: Duration) -> Probe {
+pub fn start_surviving_restarts(
+    amqp_url: &str,
+    signing_key: &str,
+    queue: &str,
+    every: Duration,
+) -> Probe {
+    let signer = Arc::new(signer(signing_key));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicBool::new(false));
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -365,7 +404,9 @@ pub fn start_surviving_restarts(amqp_url: &str, queue: &str, every: Duration) ->
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?
-                .block_on(run_surviving(&url, &queue, every, &stop, &started, &count))
+                .block_on(run_surviving(
+                    &url, &signer, &queue, every, &stop, &started, &count,
+                ))
         })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -387,13 +428,16 @@ pub fn start_surviving_restarts(amqp_url: &str, queue: &str, every: Duration) ->
 
 async fn run_surviving(
     url: &str,
+    signer: &Signer,
     queue: &str,
     every: Duration,
     stop: &AtomicBool,
     started: &AtomicBool,
     count: &std::sync::atomic::AtomicUsize,
 ) -> Result<ProbeReport, String> {
-    let reply = format!("{queue}.replies");
+    // Agents send results only to server-named queues or queues under the
+    // result queue; this one must outlive connections, so it is named.
+    let reply = format!("{RESULT_QUEUE}.probe-{:x}", epoch_ms());
     let collected: Collected = Arc::default();
     let run = format!("probe-{:x}-{}", epoch_ms(), std::process::id());
     let mut published = Vec::new();
@@ -421,20 +465,27 @@ async fn run_surviving(
         let (_, channel, _) = link.as_ref().expect("connected above");
         n += 1;
         let id = format!("{run}-{n}");
-        let task = TaskMessage::new(
-            id.clone(),
-            TaskKind::Echo {
-                message: format!("probe {n}"),
-                delay_ms: 0,
-            },
-            epoch_ms(),
-        );
+        let task = TaskMessage {
+            expires_at_ms: Some(epoch_ms() + TASK_TTL_MS),
+            ..TaskMessage::new(
+                id.clone(),
+                TaskKind::Echo {
+                    message: format!("probe {n}"),
+                    delay_ms: 0,
+                },
+                epoch_ms(),
+            )
+        };
         let body = serde_json::to_vec(&task).map_err(|e| e.to_string())?;
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_reply_to(reply.as_str().into())
-            .with_correlation_id(id.as_str().into());
+        let properties = signed(
+            signer,
+            &body,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_reply_to(reply.as_str().into())
+                .with_correlation_id(id.as_str().into()),
+        );
         let outcome = async {
             channel
                 .basic_publish(

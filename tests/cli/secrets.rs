@@ -285,6 +285,7 @@ fn rotating_the_broker_credential_under_load_loses_no_task_and_rollback_restores
 
     let probe = Probe::start(
         &env.agents_amqp_url(),
+        &env.signing_key(),
         &queue,
         "rotation probe",
         Duration::from_millis(2),

@@ -230,6 +230,14 @@ agents:
         read["data"]["data"].clone()
     }
 
+    /// The agents' task-signing private key.
+    fn signing_key(&self) -> String {
+        self.secret("taskctl/local/signing")["private_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// The agents' broker URL, as published on loopback.
     fn agents_amqp_url(&self) -> String {
         let m = self.secret("taskctl/local/messaging");
@@ -534,6 +542,7 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
     let rabbit = format!("rabbitmq.{}.development", stack.name);
     let probe = probe::start_surviving_restarts(
         &stack.agents_amqp_url(),
+        &stack.signing_key(),
         "taskctl.tasks",
         Duration::from_millis(5),
     );
@@ -585,6 +594,7 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
     let watch = HealthWatch::start(&stack.label());
     let probe = probe::start_surviving_restarts(
         &stack.agents_amqp_url(),
+        &stack.signing_key(),
         "taskctl.tasks",
         Duration::from_millis(10),
     );

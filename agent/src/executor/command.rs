@@ -1,18 +1,32 @@
 //! `command` tasks: a program run in a sandbox.
 //!
-//! Guarantees: the child runs in its own process group with `RLIMIT_CPU`,
-//! `RLIMIT_AS`, `RLIMIT_NOFILE` and `PR_SET_NO_NEW_PRIVS`, with only the
-//! environment the task gives (plus `PATH` and `TASKCTL_*`), never the agent's
-//! own (which holds the broker credentials). At the timeout, when the leader
-//! exits, and when the future is dropped, the whole group gets SIGKILL, so
-//! background grandchildren do not outlive the task. stdout and stderr are read
-//! concurrently and kept up to a bound; the rest is drained and discarded so a
-//! chatty child never blocks on a full pipe.
+//! Guarantees: the child runs in a new session (so its own process group)
+//! as the sandbox user (`SANDBOX_UID`/`SANDBOX_GID`; `nobody` when the agent
+//! runs as root and names none; else the agent's own user, and the agent is
+//! then non-dumpable so a task cannot read its `/proc/<pid>/environ`), with
+//! no supplementary groups, `RLIMIT_CPU`, `RLIMIT_AS`, `RLIMIT_NOFILE`,
+//! `RLIMIT_NPROC` (a fork bomb stops there), `RLIMIT_FSIZE` (a write past it
+//! gets SIGXFSZ), no core dumps and `PR_SET_NO_NEW_PRIVS`; with only the
+//! environment the task gives (plus `PATH`, `HOME`, `TMPDIR` and
+//! `TASKCTL_*`), never the agent's own (which holds the broker credentials);
+//! in a private working directory (mode 0700) removed afterwards. At the
+//! timeout, when the leader exits, and when the future is dropped, the whole
+//! group gets SIGKILL, so background grandchildren do not outlive the task.
+//! stdout and stderr are read concurrently and kept up to a bound; the rest
+//! is drained and discarded so a chatty child never blocks on a full pipe.
 //!
-//! Caveat: a descendant that calls `setsid()` leaves the group and escapes the
-//! kill; containing that needs a cgroup (the pod's, in Kubernetes).
+//! Caveats: a descendant that calls `setsid()` leaves the group and escapes
+//! the kill; containing that needs a cgroup (the pod's, in Kubernetes).
+//! `RLIMIT_NPROC` counts every process of the user, so when tasks run as the
+//! agent's own user the agent's threads count too. Landlock and seccomp
+//! filters are not applied (the agent says so at start-up).
 
-use std::{collections::BTreeMap, process::Stdio, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use nix::{
     sys::{
@@ -61,48 +75,156 @@ impl Drop for GroupGuard {
     }
 }
 
+/// The uid and gid tasks run as: the configured ones; `nobody` (65534)
+/// when the agent is root and none is configured (root would ignore
+/// `RLIMIT_NPROC` and could undo every other limit); else the agent's own.
+pub fn sandbox_user(limits: &CommandLimits) -> Option<(u32, u32)> {
+    limits
+        .user
+        .or_else(|| nix::unistd::geteuid().is_root().then_some((65_534, 65_534)))
+}
+
+/// A private working directory for one attempt, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create(root: &Path, task_id: &str, user: Option<(u32, u32)>) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let safe: String = task_id
+            .chars()
+            .take(40)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut random = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| std::io::Error::other("no random source"))?;
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = root.join(format!("task-{safe}-{suffix}"));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let dir = WorkDir(dir);
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&dir.0, Some(uid), Some(gid))?;
+        }
+        Ok(dir)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %error, "failed to remove a task's working directory");
+        }
+    }
+}
+
+/// Checks the program against its pinned SHA-256, if any. The file is read
+/// again by exec afterwards: a program replaced in between is not caught,
+/// so pinned programs belong in directories only root can write.
+pub async fn check_pin(program: &str, pin: Option<[u8; 32]>) -> Result<(), String> {
+    let Some(expected) = pin else {
+        return Ok(());
+    };
+    let path = program.to_owned();
+    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(&path)?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        Ok(ctx.finish().as_ref().to_vec())
+    })
+    .await
+    .map_err(|e| format!("cannot hash `{program}`: {e}"))?
+    .map_err(|e| format!("cannot read `{program}` to check its sha256: {e}"))?;
+    if digest == expected {
+        Ok(())
+    } else {
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Err(format!(
+            "`{program}` has sha256 {hex}, not the one COMMAND_ALLOWED pins"
+        ))
+    }
+}
+
 pub async fn run(
     spec: &CommandSpec<'_>,
-    limits: CommandLimits,
+    limits: &CommandLimits,
     output_limit: usize,
     timeout: Duration,
 ) -> Outcome {
     let Some((program, args)) = spec.argv.split_first() else {
         return Outcome::with_error(TaskStatus::Rejected, "command task has an empty argv");
     };
+    let user = sandbox_user(limits);
+    let workdir = match WorkDir::create(&limits.work_root, spec.task_id, user) {
+        Ok(dir) => dir,
+        Err(error) => {
+            return Outcome::with_error(
+                TaskStatus::Failed,
+                format!(
+                    "cannot create a working directory under {}: {error}",
+                    limits.work_root.display()
+                ),
+            );
+        }
+    };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &workdir.0)
+        .env("TMPDIR", &workdir.0)
         .env("TASKCTL_TASK_ID", spec.task_id)
         .env("TASKCTL_ATTEMPT", spec.attempt.to_string())
         .envs(spec.env)
+        .current_dir(&workdir.0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
+    if let Some((uid, gid)) = user {
+        // std drops supplementary groups when it changes the uid.
+        cmd.uid(uid).gid(gid);
+    }
     if let Some(key) = spec.idempotency_key {
         cmd.env("TASKCTL_IDEMPOTENCY_KEY", key);
     }
     if let Some(cwd) = spec.cwd {
         cmd.current_dir(cwd);
     }
+    let limits = limits.clone();
+    let (cpu, memory, files, processes, file_bytes) = (
+        limits.cpu_seconds,
+        limits.memory_bytes,
+        limits.open_files,
+        limits.processes,
+        limits.file_bytes,
+    );
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe syscalls (setrlimit, prctl); it allocates nothing.
+    // async-signal-safe syscalls (setsid, setrlimit, prctl); it allocates
+    // nothing.
     unsafe {
         cmd.pre_exec(move || {
-            setrlimit(Resource::RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds)?;
-            setrlimit(
-                Resource::RLIMIT_AS,
-                limits.memory_bytes,
-                limits.memory_bytes,
-            )?;
-            setrlimit(
-                Resource::RLIMIT_NOFILE,
-                limits.open_files,
-                limits.open_files,
-            )?;
+            // A new session: its own process group (pgid = pid), no
+            // controlling terminal.
+            nix::unistd::setsid()?;
+            setrlimit(Resource::RLIMIT_NPROC, processes, processes)?;
+            setrlimit(Resource::RLIMIT_FSIZE, file_bytes, file_bytes)?;
+            setrlimit(Resource::RLIMIT_CPU, cpu, cpu)?;
+            setrlimit(Resource::RLIMIT_AS, memory, memory)?;
+            setrlimit(Resource::RLIMIT_NOFILE, files, files)?;
             setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
             nix::sys::prctl::set_no_new_privs()?;
             Ok(())
@@ -119,7 +241,7 @@ pub async fn run(
         }
     };
     let mut guard = GroupGuard {
-        // process_group(0) makes the child's pid its group id.
+        // setsid() makes the child's pid its group id.
         pgid: child.id().map(|pid| Pid::from_raw(pid as i32)),
     };
     let stdout = child.stdout.take();
@@ -213,6 +335,10 @@ mod tests {
             cpu_seconds: 10,
             memory_bytes: 256 * 1024 * 1024,
             open_files: 64,
+            processes: 4096,
+            file_bytes: 64 * 1024 * 1024,
+            user: None,
+            work_root: std::env::temp_dir(),
         }
     }
 
@@ -227,7 +353,7 @@ mod tests {
             attempt: 1,
             idempotency_key: None,
         };
-        run(&spec, limits(), limit, Duration::from_millis(timeout_ms)).await
+        run(&spec, &limits(), limit, Duration::from_millis(timeout_ms)).await
     }
 
     #[tokio::test]
@@ -279,7 +405,7 @@ mod tests {
             attempt: 1,
             idempotency_key: None,
         };
-        let out = run(&spec, limits(), 100, Duration::from_secs(5)).await;
+        let out = run(&spec, &limits(), 100, Duration::from_secs(5)).await;
         assert_eq!(out.status, TaskStatus::Failed);
     }
 }

@@ -7,7 +7,11 @@
 pub mod command;
 pub mod http;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use taskctl_protocol::{TaskKind, TaskMessage, TaskStatus};
 
@@ -51,6 +55,8 @@ impl Outcome {
 /// Everything the kinds need, built once per agent.
 pub struct Executor {
     pub limits: CommandLimits,
+    /// Programs pinned to a SHA-256 in `COMMAND_ALLOWED`.
+    pub pins: BTreeMap<PathBuf, Option<[u8; 32]>>,
     pub output_limit: usize,
     pub http: http::HttpRunner,
 }
@@ -63,6 +69,7 @@ impl Executor {
     ) -> Result<Self, http::HttpError> {
         Ok(Executor {
             limits,
+            pins: BTreeMap::new(),
             output_limit,
             http: http::HttpRunner::new(allowed_hosts, output_limit)?,
         })
@@ -87,6 +94,14 @@ impl Executor {
                 }
             }
             TaskKind::Command { argv, env, cwd } => {
+                let pin = argv
+                    .first()
+                    .and_then(|p| self.pins.get(Path::new(p)).copied().flatten());
+                if let (Some(program), Some(_)) = (argv.first(), pin)
+                    && let Err(reason) = command::check_pin(program, pin).await
+                {
+                    return Outcome::with_error(TaskStatus::Rejected, reason);
+                }
                 let spec = command::CommandSpec {
                     argv,
                     env,
@@ -95,7 +110,7 @@ impl Executor {
                     attempt: task.attempt,
                     idempotency_key: task.idempotency_key.as_deref(),
                 };
-                command::run(&spec, self.limits, self.output_limit, timeout).await
+                command::run(&spec, &self.limits, self.output_limit, timeout).await
             }
             TaskKind::Http {
                 method,

@@ -39,8 +39,13 @@ async fn failing_task_is_retried_with_backoff_then_dead_lettered() {
         other => panic!("no reason header: {other:?}"),
     };
     assert!(reason.contains("failed after 3 attempt(s)"), "{reason}");
+    // The producer's signed body travels unchanged; the attempt is a header.
     let body: serde_json::Value = serde_json::from_slice(&dead[0].delivery.data).unwrap();
-    assert_eq!(body["attempt"], 3);
+    assert_eq!(body["attempt"], 1);
+    assert_eq!(
+        headers.inner().get(taskctl_protocol::HEADER_ATTEMPT),
+        Some(&AMQPValue::LongLongInt(3))
+    );
     assert_eq!(
         agent
             .metric("task_executor_retries_total{kind=\"command\"}")
@@ -78,7 +83,7 @@ async fn task_that_succeeds_on_retry_has_one_succeeded_result() {
 async fn result_goes_to_reply_to_with_correlation_id() {
     let h = Harness::new().await;
     let _agent = h.agent("a", &[]).await;
-    let reply = format!("{}.reply", h.prefix);
+    let reply = format!("{}.reply", h.result_queue);
     h.channel
         .queue_declare(
             reply.as_str().into(),
@@ -123,14 +128,19 @@ async fn result_goes_to_reply_to_with_correlation_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_id_completed_here_is_not_run_twice() {
+    // Unsigned, so the copy is not refused as a replay (security.rs shows
+    // that) but recognised as a redelivery of a completed task.
     let h = Harness::new().await;
-    let agent = h.agent("a", &[]).await;
+    let agent = h.agent("a", &[("ALLOW_UNSIGNED_TASKS", "true")]).await;
     let marker = h.workdir.join("runs");
     let t = task("once", sh(&format!("echo run >> {}", marker.display())));
-    h.publish(&t).await;
+    let body = serde_json::to_vec(&t).unwrap();
+    h.publish_unsigned(&h.task_queue, &body, BasicProperties::default())
+        .await;
     h.results(1, WAIT).await;
     // The same message again, as a redelivery after a lost ack would be.
-    h.publish(&t).await;
+    h.publish_unsigned(&h.task_queue, &body, BasicProperties::default())
+        .await;
     eventually("the copy was acknowledged", WAIT, || async {
         agent
             .metric("task_executor_redeliveries_deduplicated_total")
@@ -148,8 +158,8 @@ async fn a_task_id_completed_here_is_not_run_twice() {
 async fn result_for_a_vanished_reply_queue_goes_to_the_result_queue() {
     let h = Harness::new().await;
     let _agent = h.agent("a", &[]).await;
-    let props =
-        BasicProperties::default().with_reply_to(format!("{}.gone", h.prefix).as_str().into());
+    let props = BasicProperties::default()
+        .with_reply_to(format!("{}.gone", h.result_queue).as_str().into());
     h.publish_to(&h.task_queue, &task("orphan", TaskKind::Noop), props)
         .await;
     let r = &h.results(1, WAIT).await[0];

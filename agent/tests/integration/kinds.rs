@@ -18,7 +18,7 @@ async fn command_task_runs_with_env_cwd_and_captured_output() {
     env.insert("GREETING".to_owned(), "hello".to_owned());
     let kind = TaskKind::Command {
         argv: [
-            "sh",
+            "/bin/sh",
             "-c",
             "echo $GREETING from $(pwd) attempt $TASKCTL_ATTEMPT; echo oops >&2",
         ]
@@ -85,12 +85,12 @@ async fn memory_limit_is_enforced() {
     // 256 MiB cannot fit under a 64 MiB address-space limit; 8 MiB can.
     h.publish(&task(
         "big",
-        command(&["python3", "-c", "b = bytearray(256 << 20)"]),
+        command(&["/usr/bin/python3", "-c", "b = bytearray(256 << 20)"]),
     ))
     .await;
     h.publish(&task(
         "small",
-        command(&["python3", "-c", "b = bytearray(8 << 20)"]),
+        command(&["/usr/bin/python3", "-c", "b = bytearray(8 << 20)"]),
     ))
     .await;
     let results = h.results(2, WAIT).await;
@@ -246,7 +246,7 @@ async fn malformed_and_unknown_messages_are_rejected_and_dead_lettered() {
     assert_eq!(h.results(1, WAIT).await[0].task_id, "after");
     assert_eq!(
         agent
-            .metric("task_executor_dead_letters_total{reason=\"rejected\"}")
+            .metric("task_executor_dead_letters_total{reason=\"malformed\"}")
             .await,
         3.0
     );

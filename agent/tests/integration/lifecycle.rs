@@ -113,6 +113,7 @@ fn a_port_in_use_exits_1() {
     let out = Command::new(env!("CARGO_BIN_EXE_task-executor"))
         .env_clear()
         .env("BROKER_URL", "amqp://127.0.0.1:1/%2f")
+        .env("ALLOW_UNSIGNED_TASKS", "true")
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("HEALTH_PORT", port.to_string())
         .env("METRICS_PORT", free_port().to_string())
@@ -136,6 +137,7 @@ async fn not_ready_without_a_broker_but_alive_and_exits_0_on_sigterm() {
             format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port()),
         ),
         ("BIND_ADDRESS".to_owned(), "127.0.0.1".to_owned()),
+        ("ALLOW_UNSIGNED_TASKS".to_owned(), "true".to_owned()),
     ];
     let mut agent = Agent::spawn("nobroker", &env, &workdir);
     eventually("health answers", Duration::from_secs(10), || async {

@@ -11,5 +11,7 @@ mod kinds;
 mod lifecycle;
 mod observability;
 mod resilience;
+mod security;
 mod soak;
 mod support;
+mod tls;

@@ -19,6 +19,7 @@ use std::{
 };
 
 use futures_lite::StreamExt;
+use lapin::types::{AMQPValue, ShortString};
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{
@@ -28,7 +29,36 @@ use lapin::{
     types::FieldTable,
 };
 use nix::fcntl::{Flock, FlockArg};
-use taskctl_protocol::{TaskKind, TaskMessage, TaskResult};
+use taskctl_protocol::{
+    TaskKind, TaskMessage, TaskResult,
+    signing::{HEADER_KEY_ID, HEADER_SIGNATURE, Signer},
+};
+
+/// Programs the test agents may run (`COMMAND_ALLOWED`).
+pub const TEST_PROGRAMS: &str = "/bin/sh,/usr/bin/python3,/bin/true,/bin/sleep";
+
+/// A new Ed25519 signing key.
+pub fn new_signer() -> Signer {
+    use base64::Engine as _;
+    let doc =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    Signer::from_pkcs8_base64(&base64::engine::general_purpose::STANDARD.encode(doc.as_ref()))
+        .unwrap()
+}
+
+/// `props` with the signature headers of `body` under `signer` added.
+pub fn signed_props(signer: &Signer, body: &[u8], props: BasicProperties) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from(HEADER_KEY_ID),
+        AMQPValue::LongString(signer.key_id().to_owned().into()),
+    );
+    headers.insert(
+        ShortString::from(HEADER_SIGNATURE),
+        AMQPValue::LongString(signer.sign(body).into()),
+    );
+    props.with_headers(headers)
+}
 
 /// Reads a test-environment variable or fails with what to do.
 pub fn env(name: &str) -> String {
@@ -97,6 +127,9 @@ pub struct Harness {
     pub connection: Connection,
     pub channel: Channel,
     pub workdir: PathBuf,
+    /// The key every task this harness publishes is signed with; its
+    /// public key is the test agents' only one.
+    pub signer: Signer,
     /// Agents started through [`Harness::agent`], stopped before the queues
     /// are deleted (a running agent would redeclare them on reconnect).
     agents: std::sync::Mutex<Vec<u32>>,
@@ -126,7 +159,12 @@ impl Harness {
         let (connection, channel) = connect(&url).await;
         let workdir = std::env::temp_dir().join(format!("agent-test-{prefix}"));
         std::fs::create_dir_all(&workdir).unwrap();
+        // Tasks run as the sandbox user (nobody, when the tests run as
+        // root) and leave marker files here.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let h = Harness {
+            signer: new_signer(),
             task_queue: format!("{prefix}.tasks"),
             gpu_queue: format!("{prefix}.gpu"),
             result_queue: format!("{prefix}.results"),
@@ -178,6 +216,8 @@ impl Harness {
             ("RETRY_MAX_DELAY", RETRY_MAX_MS.to_string()),
             ("GPU_DEVICE_DIR", gpu_dir.display().to_string()),
             ("SHUTDOWN_GRACE_PERIOD", "10000".to_owned()),
+            ("TASK_SIGNING_PUBLIC_KEYS", self.signer.public_key_base64()),
+            ("COMMAND_ALLOWED", TEST_PROGRAMS.to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -207,7 +247,14 @@ impl Harness {
         self.publish_raw(queue, &body, props).await;
     }
 
+    /// Publishes `body` signed by the harness's key.
     pub async fn publish_raw(&self, queue: &str, body: &[u8], props: BasicProperties) {
+        let props = signed_props(&self.signer, body, props);
+        self.publish_unsigned(queue, body, props).await;
+    }
+
+    /// Publishes `body` with `props` as they are: no signature added.
+    pub async fn publish_unsigned(&self, queue: &str, body: &[u8], props: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish(
@@ -237,7 +284,11 @@ impl Harness {
                             self.task_queue.as_str().into(),
                             BasicPublishOptions::default(),
                             &body,
-                            BasicProperties::default().with_delivery_mode(2),
+                            signed_props(
+                                &self.signer,
+                                &body,
+                                BasicProperties::default().with_delivery_mode(2),
+                            ),
                         )
                         .await
                         .unwrap(),
@@ -381,9 +432,11 @@ pub async fn connect(url: &str) -> (Connection, Channel) {
     (connection, channel)
 }
 
+/// A task valid for ten minutes.
 pub fn task(id: &str, kind: TaskKind) -> TaskMessage {
     TaskMessage {
         trace_id: Some(format!("trace-{id}")),
+        expires_at_ms: Some(now_ms() + 600_000),
         ..TaskMessage::new(id, kind, now_ms())
     }
 }
@@ -397,7 +450,7 @@ pub fn command(argv: &[&str]) -> TaskKind {
 }
 
 pub fn sh(script: &str) -> TaskKind {
-    command(&["sh", "-c", script])
+    command(&["/bin/sh", "-c", script])
 }
 
 /// A running `task-executor` child.

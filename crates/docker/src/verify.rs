@@ -78,6 +78,10 @@ pub async fn endpoints(
         Some(agent) => agent_broker_url(agent, secrets).await?,
         None => None,
     };
+    let task_signing_key = match profile.agents.first() {
+        Some(agent) => agent_signing_key(agent, secrets).await?,
+        None => None,
+    };
     let mut agents = Vec::new();
     for (name, labels) in agent_containers(docker, profile).await? {
         let (Some(agent), Some(index), Some(slot)) = (
@@ -161,7 +165,45 @@ pub async fn endpoints(
         vault_url: external(services.vault.as_ref().and_then(|v| v.external.as_ref()))
             .or_else(|| published("vault", "vault", "http")),
         agents,
+        task_signing_key,
     })
+}
+
+/// The key taskctl signs its own tasks with (the functional gate's): the
+/// private key beside the public key the agents are given. When the agents'
+/// `TASK_SIGNING_PUBLIC_KEYS` is `vault:PATH#KEY` (a managed `ed25519`
+/// secret), that is `vault:PATH#private_key` at the same version; otherwise
+/// `TASKCTL_TASK_SIGNING_KEY` from taskctl's environment (base64 PKCS#8).
+pub async fn agent_signing_key(
+    agent: &taskctl_core::profile::model::Agent,
+    secrets: &Secrets,
+) -> Result<Option<String>, OpsError> {
+    use taskctl_core::profile::value::SecretRef;
+    let reference = agent
+        .env
+        .iter()
+        .find(|v| v.name == "TASK_SIGNING_PUBLIC_KEYS")
+        .and_then(|v| v.secret.as_ref().and_then(|s| s.get().cloned()));
+    if let Some(SecretRef::Vault { path, version, .. }) = reference {
+        let private = SecretRef::Vault {
+            path,
+            key: "private_key".into(),
+            version,
+        };
+        return secrets
+            .resolve(&private)
+            .await
+            .map(|r| Some(r.value.expose().to_string()))
+            .map_err(|e| {
+                OpsError::Provider(format!(
+                    "agent `{}`: the task-signing key {private}: {e}",
+                    agent.name
+                ))
+            });
+    }
+    Ok(std::env::var("TASKCTL_TASK_SIGNING_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty()))
 }
 
 /// The broker URL an agent connects with, as the agent composes it:

@@ -24,14 +24,24 @@ use lapin::Confirmation;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use taskctl_protocol::signing::{HEADER_KEY_ID, HEADER_SIGNATURE, Signer};
 use taskctl_protocol::{TaskKind, TaskMessage, TaskResult, TaskStatus};
 
 use crate::{Attempt, quoted, redact, seconds};
 
-pub(crate) async fn attempt(amqp_url: &str, queue: &str, budget: Duration) -> Attempt {
+pub(crate) async fn attempt(
+    amqp_url: &str,
+    queue: &str,
+    signing_key: Option<&str>,
+    budget: Duration,
+) -> Attempt {
     let deadline = Instant::now() + budget;
+    let signer = match signing_key.map(Signer::from_pkcs8_base64).transpose() {
+        Ok(signer) => signer,
+        Err(e) => return Attempt::Fatal(format!("cannot sign the task: {e}")),
+    };
     let shown = redact::url(amqp_url);
     let properties = ConnectionProperties::default().with_connection_name("taskctl-gate".into());
     let connection =
@@ -47,7 +57,7 @@ pub(crate) async fn attempt(amqp_url: &str, queue: &str, budget: Duration) -> At
                 ));
             }
         };
-    let outcome = match round_trip(&connection, queue, deadline, budget).await {
+    let outcome = match round_trip(&connection, queue, signer.as_ref(), deadline, budget).await {
         Ok(outcome) => outcome,
         Err(e) => Attempt::Retry(format!("broker error: {e}")),
     };
@@ -64,6 +74,7 @@ pub(crate) async fn attempt(amqp_url: &str, queue: &str, budget: Duration) -> At
 async fn round_trip(
     connection: &Connection,
     queue: &str,
+    signer: Option<&Signer>,
     deadline: Instant,
     budget: Duration,
 ) -> Result<Attempt, lapin::Error> {
@@ -98,21 +109,36 @@ async fn round_trip(
     let id = task_id();
     let message = format!("taskctl functional gate {id}");
     let remaining = deadline.saturating_duration_since(Instant::now());
+    let now = epoch_ms();
     let task = TaskMessage {
         max_attempts: Some(1),
         timeout_ms: Some(remaining.as_millis().max(1) as u64),
+        // Signed tasks must expire; a gate's task is worthless after the gate.
+        expires_at_ms: Some(now + remaining.as_millis().max(1) as u64),
         ..TaskMessage::new(
             id.clone(),
             TaskKind::Echo {
                 message: message.clone(),
                 delay_ms: 0,
             },
-            epoch_ms(),
+            now,
         )
     };
     // A TaskMessage is strings and numbers only: serializing cannot fail.
     let body = serde_json::to_vec(&task).unwrap_or_default();
+    let mut headers = FieldTable::default();
+    if let Some(signer) = signer {
+        headers.insert(
+            HEADER_KEY_ID.into(),
+            AMQPValue::LongString(signer.key_id().to_owned().into()),
+        );
+        headers.insert(
+            HEADER_SIGNATURE.into(),
+            AMQPValue::LongString(signer.sign(&body).into()),
+        );
+    }
     let properties = BasicProperties::default()
+        .with_headers(headers)
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_reply_to(reply_queue.as_str().into())

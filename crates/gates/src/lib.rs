@@ -137,8 +137,13 @@ pub enum GateKind {
         hold_for: Duration,
     },
     /// A real task, published to `queue` through the broker at `amqp_url`,
-    /// comes back `succeeded`.
-    Functional { amqp_url: String, queue: String },
+    /// comes back `succeeded`; signed with `signing_key` (base64 PKCS#8
+    /// Ed25519, never shown) when the agents require signed tasks.
+    Functional {
+        amqp_url: String,
+        queue: String,
+        signing_key: Option<String>,
+    },
 }
 
 impl GateKind {
@@ -195,10 +200,15 @@ impl fmt::Debug for GateKind {
                 .field("no_data", no_data)
                 .field("hold_for", hold_for)
                 .finish(),
-            GateKind::Functional { amqp_url, queue } => f
+            GateKind::Functional {
+                amqp_url,
+                queue,
+                signing_key,
+            } => f
                 .debug_struct("Functional")
                 .field("amqp_url", &redact::url(amqp_url))
                 .field("queue", queue)
+                .field("signed", &signing_key.is_some())
                 .finish(),
         }
     }
@@ -282,6 +292,9 @@ pub struct Endpoints {
     pub prometheus_url: Option<String>,
     pub vault_url: Option<String>,
     pub agents: Vec<AgentEndpoint>,
+    /// The private key tasks are signed with (base64 PKCS#8 Ed25519), when
+    /// the agents require signed tasks; never shown.
+    pub task_signing_key: Option<String>,
 }
 
 /// Written by hand: the broker URL carries credentials.
@@ -293,6 +306,10 @@ impl fmt::Debug for Endpoints {
             .field("prometheus_url", &shown(&self.prometheus_url))
             .field("vault_url", &shown(&self.vault_url))
             .field("agents", &self.agents)
+            .field(
+                "task_signing_key",
+                &self.task_signing_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -458,9 +475,11 @@ async fn run_attempt(
                 )
                 .await
             }
-            GateKind::Functional { amqp_url, queue } => {
-                functional::attempt(amqp_url, queue, budget).await
-            }
+            GateKind::Functional {
+                amqp_url,
+                queue,
+                signing_key,
+            } => functional::attempt(amqp_url, queue, signing_key.as_deref(), budget).await,
         }
     };
     match tokio::time::timeout(budget + Duration::from_secs(1), attempt).await {

@@ -143,6 +143,7 @@ pub fn verification_gates(
                         let kind = GateKind::Functional {
                             amqp_url: amqp_url.clone(),
                             queue: queue.clone(),
+                            signing_key: endpoints.task_signing_key.clone(),
                         };
                         gates.push(gate(gate_name, kind));
                     }

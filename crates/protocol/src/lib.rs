@@ -43,8 +43,26 @@
 //! (currently only [`PROTOCOL_VERSION`]). Unknown JSON fields are ignored, so
 //! adding an optional field is not a version change; removing or changing the
 //! meaning of one is.
+//!
+//! # Signed tasks
+//!
+//! Agents run only tasks signed by a key they trust (see [`signing`]): the
+//! producer signs the body bytes and sends [`signing::HEADER_KEY_ID`] and
+//! [`signing::HEADER_SIGNATURE`]; the body must carry `expires_at_ms`. An
+//! agent rejects (dead-letters, with the reason) unsigned tasks, tasks signed
+//! by an unknown key or with a bad signature, expired tasks and replays of a
+//! task id it has already accepted. A retry keeps the producer's body and
+//! signature and carries the next attempt in [`HEADER_ATTEMPT`].
+//!
+//! # Limits
+//!
+//! A task id is at most [`MAX_TASK_ID_BYTES`] bytes of printable characters;
+//! an agent rejects a longer one (AMQP short strings, which carry the id in
+//! headers and correlation ids, hold 255 bytes).
 
 use std::collections::BTreeMap;
+
+pub mod signing;
 
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +92,9 @@ pub const HEADER_TASK_ID: &str = "x-taskctl-task-id";
 pub const HEADER_ATTEMPT: &str = "x-taskctl-attempt";
 /// AMQP header on dead-lettered messages: the queue the task came from.
 pub const HEADER_SOURCE_QUEUE: &str = "x-taskctl-source-queue";
+
+/// Longest task id an agent accepts, in bytes.
+pub const MAX_TASK_ID_BYTES: usize = 200;
 
 /// Maximum bytes of stdout (and, separately, stderr) kept in a result.
 pub const DEFAULT_OUTPUT_LIMIT: usize = 64 * 1024;
@@ -108,6 +129,10 @@ pub struct TaskMessage {
     /// Trace id propagated into the agent's log lines and the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// After this instant (Unix epoch milliseconds) the task must not start;
+    /// required on signed tasks, covered by the signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl TaskMessage {
@@ -124,6 +149,7 @@ impl TaskMessage {
             idempotency_key: None,
             created_at_ms,
             trace_id: None,
+            expires_at_ms: None,
         }
     }
 }

@@ -15,6 +15,7 @@ async fn a_task_goes_through_the_agent_and_back() {
     let kind = GateKind::Functional {
         amqp_url: amqp_url(),
         queue: agent.task_queue.clone(),
+        signing_key: Some(agent.signing_key.clone()),
     };
     // Retried until the agent has declared its queue and consumes it.
     let report = check(
@@ -61,6 +62,7 @@ async fn without_an_agent_the_gate_times_out_and_says_so() {
     let kind = GateKind::Functional {
         amqp_url: amqp_url(),
         queue: queue.clone(),
+        signing_key: None,
     };
     let report = check(
         &gate("f", kind, Duration::from_secs(2), INTERVAL),
@@ -93,6 +95,7 @@ async fn a_queue_no_agent_declared_is_named_in_the_report() {
     let kind = GateKind::Functional {
         amqp_url: amqp_url(),
         queue: queue.clone(),
+        signing_key: None,
     };
     let report = check(
         &gate("f", kind, Duration::from_millis(800), INTERVAL),
@@ -115,6 +118,7 @@ async fn broker_credentials_never_appear_in_reports() {
         let kind = GateKind::Functional {
             amqp_url: url,
             queue: "taskctl.tasks".into(),
+            signing_key: None,
         };
         let g = gate("f", kind, Duration::from_millis(600), INTERVAL);
         let report = check(&g, &CancellationToken::new()).await;

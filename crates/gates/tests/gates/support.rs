@@ -216,9 +216,25 @@ pub fn agent_binary() -> PathBuf {
 }
 
 /// A real agent consuming its own queues on the test broker.
+/// A new Ed25519 pair: (private key, base64 PKCS#8; public key, base64).
+pub fn signing_pair() -> (String, String) {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let doc =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    (
+        b64.encode(doc.as_ref()),
+        b64.encode(pair.public_key().as_ref()),
+    )
+}
+
 pub struct Agent {
     pub name: String,
     pub task_queue: String,
+    /// The private key (base64 PKCS#8) whose public key this agent trusts.
+    pub signing_key: String,
     pub http: String,
     pub metrics: String,
     child: Child,
@@ -250,6 +266,7 @@ impl Agent {
         }
         let log = workdir.join("agent.log");
         let out = File::create(&log).unwrap();
+        let (signing_key, public_key) = signing_pair();
         let child = Command::new(agent_binary())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -266,6 +283,7 @@ impl Agent {
             .env("HEALTH_PORT", health_port.to_string())
             .env("METRICS_PORT", metrics_port.to_string())
             .env("GPU_DEVICE_DIR", workdir.join("no-gpu"))
+            .env("TASK_SIGNING_PUBLIC_KEYS", public_key)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
@@ -274,6 +292,7 @@ impl Agent {
         Agent {
             name,
             task_queue,
+            signing_key,
             http: format!("127.0.0.1:{health_port}"),
             metrics: format!("127.0.0.1:{metrics_port}"),
             child,

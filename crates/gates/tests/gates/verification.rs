@@ -29,6 +29,7 @@ fn hand_made() -> Endpoints {
                 "127.0.0.1:19092",
             ),
         ],
+        task_signing_key: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn the_local_profile_yields_one_gate_per_service_and_agent() {
         GateKind::Functional {
             amqp_url: format!("amqp://admin:{SECRET}@127.0.0.1:5672/%2f"),
             queue: "taskctl.tasks".into(),
+            signing_key: None,
         }
     );
 }
@@ -163,6 +165,7 @@ async fn a_running_agent_passes_every_gate_of_the_local_profile() {
         prometheus_url: Some(prometheus_url()),
         vault_url: Some(env("TASKCTL_TEST_VAULT_ADDR")),
         agents: vec![agent.endpoint()],
+        task_signing_key: Some(agent.signing_key.clone()),
     };
     let (gates, skipped) = verification_gates(&profile, &endpoints, Duration::from_secs(60));
     assert_eq!(skipped, []);

@@ -205,6 +205,13 @@ fn production_kv() -> Arc<MemoryKv> {
     );
     kv.write("secret/postgres", &[("password", "postgres-pass-v1-Jd2Fa")]);
     kv.write("secret/grafana", &[("password", "grafana-admin-v1-Mn4Rs")]);
+    kv.write(
+        "secret/signing",
+        &[
+            ("private_key", "signing-private-v1-Tq5Wc"),
+            ("public_key", "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="),
+        ],
+    );
     Arc::new(kv)
 }
 

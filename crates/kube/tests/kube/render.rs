@@ -504,8 +504,19 @@ fn development_is_the_small_layout() {
         ),
         "500m"
     );
+    let log_level = (0..20)
+        .find(|i| {
+            text(
+                agent,
+                &format!("/spec/template/spec/containers/0/env/{i}/name"),
+            ) == "LOG_LEVEL"
+        })
+        .expect("a LOG_LEVEL variable");
     assert_eq!(
-        text(agent, "/spec/template/spec/containers/0/env/4/value"),
+        text(
+            agent,
+            &format!("/spec/template/spec/containers/0/env/{log_level}/value")
+        ),
         "DEBUG"
     );
 }

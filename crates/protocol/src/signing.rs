@@ -1,0 +1,308 @@
+//! Task signatures: producers sign, agents verify.
+//!
+//! A producer signs the exact bytes of the message body (the JSON
+//! [`TaskMessage`](crate::TaskMessage)) with an Ed25519 key and sends two
+//! AMQP headers beside it: [`HEADER_KEY_ID`] names the key, and
+//! [`HEADER_SIGNATURE`] carries the base64 signature. The bytes signed are
+//! [`SIGNING_DOMAIN`], the key id, a newline and the body, so a signature
+//! made for something else with the same key never verifies as a task.
+//! Signing the body bytes rather than a re-serialized form means there is no
+//! canonical JSON to agree on: whatever the producer sent is what is checked.
+//!
+//! The body carries the issue time (`created_at_ms`) and the expiry
+//! (`expires_at_ms`); both are covered by the signature. An agent holds only
+//! public keys and accepts several at once, so a key is rotated by giving the
+//! agents the new public key beside the old one, switching producers, then
+//! removing the old key.
+//!
+//! A key id is the first 8 bytes of the SHA-256 of the public key, in hex: it
+//! names the key without any registry, and the same key always has the same id.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+
+/// AMQP header: the id of the key that signed the task.
+pub const HEADER_KEY_ID: &str = "x-taskctl-key-id";
+/// AMQP header: base64 of the Ed25519 signature.
+pub const HEADER_SIGNATURE: &str = "x-taskctl-signature";
+/// Prefix of the signed bytes (domain separation).
+pub const SIGNING_DOMAIN: &[u8] = b"taskctl task signature v1\n";
+
+/// A key that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError(pub String);
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Why a message's signature was not accepted; [`Unverified::label`] is the
+/// metric label and dead-letter reason prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unverified {
+    /// No signature headers at all.
+    Unsigned,
+    /// Signed by a key this agent does not hold.
+    UnknownKey(String),
+    /// A header is there but is not a string, or not base64 of 64 bytes.
+    MalformedSignature(String),
+    /// The signature does not match the body under the named key.
+    BadSignature(String),
+}
+
+impl Unverified {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unverified::Unsigned => "unsigned",
+            Unverified::UnknownKey(_) => "unknown_key",
+            Unverified::MalformedSignature(_) | Unverified::BadSignature(_) => "bad_signature",
+        }
+    }
+}
+
+impl fmt::Display for Unverified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unverified::Unsigned => write!(
+                f,
+                "task is not signed (expected headers {HEADER_KEY_ID} and {HEADER_SIGNATURE})"
+            ),
+            Unverified::UnknownKey(id) => {
+                write!(
+                    f,
+                    "task is signed by key `{id}`, which this agent does not trust"
+                )
+            }
+            Unverified::MalformedSignature(why) => write!(f, "task signature is malformed: {why}"),
+            Unverified::BadSignature(id) => {
+                write!(f, "task signature does not verify under key `{id}`")
+            }
+        }
+    }
+}
+
+/// The id of an Ed25519 public key: hex of the first 8 bytes of its SHA-256.
+pub fn key_id(public_key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn signed_bytes(key_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(SIGNING_DOMAIN.len() + key_id.len() + 1 + body.len());
+    bytes.extend_from_slice(SIGNING_DOMAIN);
+    bytes.extend_from_slice(key_id.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A producer's signing key.
+pub struct Signer {
+    pair: Ed25519KeyPair,
+    key_id: String,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the private key.
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+impl Signer {
+    /// From the base64 of a PKCS#8 (v1 or v2) Ed25519 private key, the form
+    /// taskctl's managed `ed25519` secrets store as `private_key`.
+    pub fn from_pkcs8_base64(text: &str) -> Result<Self, KeyError> {
+        let der = STANDARD.decode(text.trim()).map_err(|_| {
+            KeyError("the private key is not base64 (expected base64 of a PKCS#8 document)".into())
+        })?;
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| {
+            KeyError(format!(
+                "the private key is not an Ed25519 PKCS#8 document ({e})"
+            ))
+        })?;
+        let key_id = key_id(pair.public_key().as_ref());
+        Ok(Signer { pair, key_id })
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Base64 of the 32-byte public key, what agents are given.
+    pub fn public_key_base64(&self) -> String {
+        STANDARD.encode(self.pair.public_key().as_ref())
+    }
+
+    /// Base64 of the signature of `body`, for [`HEADER_SIGNATURE`].
+    pub fn sign(&self, body: &[u8]) -> String {
+        STANDARD.encode(self.pair.sign(&signed_bytes(&self.key_id, body)).as_ref())
+    }
+}
+
+/// The public keys an agent trusts, by key id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verifier {
+    keys: BTreeMap<String, Vec<u8>>,
+}
+
+impl Verifier {
+    /// Reads public keys (base64 of 32 bytes each) separated by commas,
+    /// whitespace or newlines; `#` starts a comment to the end of the line.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let mut keys = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("");
+            for word in line
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|w| !w.is_empty())
+            {
+                let bytes = STANDARD
+                    .decode(word)
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| {
+                        KeyError(format!(
+                            "line {}: `{}` is not a public key (expected base64 of 32 bytes)",
+                            n + 1,
+                            shorten(word)
+                        ))
+                    })?;
+                keys.insert(key_id(&bytes), bytes);
+            }
+        }
+        Ok(Verifier { keys })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The ids of the keys held, sorted.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// Checks `signature` (base64) over `body` under the key `key_id`.
+    pub fn verify(
+        &self,
+        key_id: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), Unverified> {
+        let (key_id, signature) = match (key_id, signature) {
+            (None, None) => return Err(Unverified::Unsigned),
+            (Some(k), Some(s)) => (k, s),
+            (None, Some(_)) => {
+                return Err(Unverified::MalformedSignature(format!(
+                    "{HEADER_SIGNATURE} without {HEADER_KEY_ID}"
+                )));
+            }
+            (Some(_), None) => {
+                return Err(Unverified::MalformedSignature(format!(
+                    "{HEADER_KEY_ID} without {HEADER_SIGNATURE}"
+                )));
+            }
+        };
+        let Some(public) = self.keys.get(key_id) else {
+            return Err(Unverified::UnknownKey(shorten(key_id)));
+        };
+        let signature = STANDARD
+            .decode(signature)
+            .ok()
+            .filter(|s| s.len() == 64)
+            .ok_or_else(|| {
+                Unverified::MalformedSignature("not base64 of a 64-byte Ed25519 signature".into())
+            })?;
+        UnparsedPublicKey::new(&ED25519, public)
+            .verify(&signed_bytes(key_id, body), &signature)
+            .map_err(|_| Unverified::BadSignature(key_id.to_owned()))
+    }
+}
+
+/// At most 40 characters of untrusted text, for error messages.
+fn shorten(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(40)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::rand::SystemRandom;
+
+    fn signer() -> Signer {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        Signer::from_pkcs8_base64(&STANDARD.encode(doc.as_ref())).unwrap()
+    }
+
+    #[test]
+    fn a_signature_verifies_only_for_its_body_and_key() {
+        let a = signer();
+        let b = signer();
+        let verifier = Verifier::parse(&format!(
+            "# current\n{}\n{}",
+            a.public_key_base64(),
+            b.public_key_base64()
+        ))
+        .unwrap();
+        assert_eq!(verifier.key_ids().count(), 2);
+        let body = br#"{"id":"t"}"#;
+        let sig = a.sign(body);
+        assert_eq!(verifier.verify(Some(a.key_id()), Some(&sig), body), Ok(()));
+        // Another body, or the same signature claimed under another key.
+        assert_eq!(
+            verifier.verify(Some(a.key_id()), Some(&sig), br#"{"id":"u"}"#),
+            Err(Unverified::BadSignature(a.key_id().to_owned()))
+        );
+        assert!(matches!(
+            verifier.verify(Some(b.key_id()), Some(&sig), body),
+            Err(Unverified::BadSignature(_))
+        ));
+        assert_eq!(verifier.verify(None, None, body), Err(Unverified::Unsigned));
+        let only_a = Verifier::parse(&a.public_key_base64()).unwrap();
+        assert_eq!(
+            only_a.verify(Some(b.key_id()), Some(&b.sign(body)), body),
+            Err(Unverified::UnknownKey(b.key_id().to_owned()))
+        );
+        assert_eq!(
+            only_a
+                .verify(Some(a.key_id()), Some("not base64!"), body)
+                .unwrap_err()
+                .label(),
+            "bad_signature"
+        );
+    }
+
+    #[test]
+    fn key_ids_are_stable_and_keys_are_checked() {
+        let a = signer();
+        let id = key_id(&STANDARD.decode(a.public_key_base64()).unwrap());
+        assert_eq!(id, a.key_id());
+        assert_eq!(id.len(), 16);
+        let err = Verifier::parse("AAAA, bm90IGEga2V5").unwrap_err();
+        assert!(err.0.contains("line 1"), "{err}");
+        assert!(Signer::from_pkcs8_base64("bm9wZQ==").is_err());
+        assert!(format!("{a:?}").contains("key_id"));
+    }
+}
