@@ -36,6 +36,7 @@ mkdir -p "$out"
 export BENCH_AMQP_URL=$URL
 
 echo "building release binaries" >&2
+# (bench_verify, beside: the cost of admitting a signed task without a broker.)
 (cd "$root" && cargo build -q --release -p task-executor --bins --examples)
 # CARGO_TARGET_DIR (or the build's own config) may put the build elsewhere.
 bin="$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release"

@@ -23,7 +23,8 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use ed25519_dalek::VerifyingKey;
+use ring::signature::{Ed25519KeyPair, KeyPair};
 
 /// AMQP header: the id of the key that signed the task.
 pub const HEADER_KEY_ID: &str = "x-taskctl-key-id";
@@ -156,7 +157,7 @@ impl Signer {
 /// The public keys an agent trusts, by key id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verifier {
-    keys: BTreeMap<String, Vec<u8>>,
+    keys: BTreeMap<String, VerifyingKey>,
 }
 
 impl Verifier {
@@ -170,18 +171,26 @@ impl Verifier {
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|w| !w.is_empty())
             {
-                let bytes = STANDARD
+                let not_a_key = || {
+                    KeyError(format!(
+                        "line {}: `{}` is not a public key (expected base64 of 32 bytes)",
+                        n + 1,
+                        shorten(word)
+                    ))
+                };
+                let bytes: [u8; 32] = STANDARD
                     .decode(word)
                     .ok()
-                    .filter(|b| b.len() == 32)
-                    .ok_or_else(|| {
-                        KeyError(format!(
-                            "line {}: `{}` is not a public key (expected base64 of 32 bytes)",
-                            n + 1,
-                            shorten(word)
-                        ))
-                    })?;
-                keys.insert(key_id(&bytes), bytes);
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(not_a_key)?;
+                let key = VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                    KeyError(format!(
+                        "line {}: `{}` is not a point of the Ed25519 curve",
+                        n + 1,
+                        shorten(word)
+                    ))
+                })?;
+                keys.insert(key_id(&bytes), key);
             }
         }
         Ok(Verifier { keys })
@@ -220,15 +229,19 @@ impl Verifier {
         let Some(public) = self.keys.get(key_id) else {
             return Err(Unverified::UnknownKey(shorten(key_id)));
         };
-        let signature = STANDARD
+        let signature: [u8; 64] = STANDARD
             .decode(signature)
             .ok()
-            .filter(|s| s.len() == 64)
+            .and_then(|s| s.try_into().ok())
             .ok_or_else(|| {
                 Unverified::MalformedSignature("not base64 of a 64-byte Ed25519 signature".into())
             })?;
-        UnparsedPublicKey::new(&ED25519, public)
-            .verify(&signed_bytes(key_id, body), &signature)
+        // verify_strict: no small-order keys, no malleable signatures.
+        public
+            .verify_strict(
+                &signed_bytes(key_id, body),
+                &ed25519_dalek::Signature::from_bytes(&signature),
+            )
             .map_err(|_| Unverified::BadSignature(key_id.to_owned()))
     }
 }
