@@ -93,6 +93,9 @@ pub enum Command {
     /// The profile's managed secrets in Vault: status and rotation (never a value)
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Send one signed task to the deployed agents and wait for its result
+    #[command(subcommand)]
+    Task(TaskCommand),
     /// The audit log: deploys, destroys, rollbacks and lock breaks
     Audit,
     /// Write a kubeconfig for the `aws` target's EKS cluster (stdout, or --out FILE)
@@ -179,6 +182,47 @@ pub enum SecretsCommand {
     Status,
     /// Rotate now: new values in Vault, then a deploy that rolls every consumer onto them
     Rotate(RotateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Sign a task with the agents' key, publish it and wait for its result
+    #[command(
+        after_help = "Examples:\n  taskctl -p profiles/local.yaml task send echo hello\n  taskctl -p profiles/local.yaml task send command -- /usr/bin/env -i\n  taskctl -p profiles/local.yaml task send http https://example.com/health\n\nExit codes: 0 the task succeeded, 1 it failed, was rejected or got no answer."
+    )]
+    Send(TaskSendArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskKindArg {
+    /// Succeeds at once
+    Noop,
+    /// Echoes its arguments back
+    Echo,
+    /// Runs a program the agents allow (COMMAND_ALLOWED), with the arguments
+    Command,
+    /// GETs a URL an agent allows (HTTP_ALLOWED_HOSTS)
+    Http,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskSendArgs {
+    /// What to run
+    #[arg(value_enum)]
+    pub kind: TaskKindArg,
+    /// The message (echo), program and arguments (command) or URL (http)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<String>,
+    /// Queue to publish to (default: the agents' TASK_QUEUE)
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+    /// How long to wait for the result, e.g. 30s
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub timeout: humantime::Duration,
 }
 
 #[derive(Debug, Args)]

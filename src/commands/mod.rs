@@ -9,6 +9,7 @@ mod render;
 mod schema;
 mod secrets;
 mod state;
+mod task;
 mod validate;
 mod version;
 
@@ -30,6 +31,7 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
         Command::Rollback(args) => releases::rollback(ctx, shell, args),
         Command::Lock(command) => state::lock(ctx, shell, command),
         Command::Secrets(command) => secrets::exec(ctx, shell, command),
+        Command::Task(crate::cli::TaskCommand::Send(args)) => task::send(ctx, shell, args),
         Command::Audit => state::audit(ctx, shell),
         Command::Kubeconfig(args) => kubeconfig::kubeconfig(ctx, shell, args),
         Command::EksToken(args) => kubeconfig::eks_token(ctx, shell, args),

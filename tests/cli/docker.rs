@@ -63,8 +63,11 @@ pub(crate) fn free_bases() -> (u16, u16) {
         .subsec_nanos()
         ^ std::process::id();
     for attempt in 0..200u32 {
-        let k = ((seed.wrapping_add(attempt * 7919)) % 2000) as u16;
-        let (http, metrics) = (20000 + k * 8, 40000 + k * 8);
+        // Below the kernel's ephemeral range (32768 and up by default), so
+        // no client connection of a parallel test takes a port between this
+        // check and the moment Docker publishes it.
+        let k = ((seed.wrapping_add(attempt * 7919)) % 1500) as u16;
+        let (http, metrics) = (8000 + k * 8, 20000 + k * 8);
         let free = (0..6).all(|i| {
             TcpListener::bind(("127.0.0.1", http + i)).is_ok()
                 && TcpListener::bind(("127.0.0.1", metrics + i)).is_ok()
@@ -212,10 +215,12 @@ agents:
 
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskctl"));
-        cmd.args(args);
+        // Global options first, as the README writes them (a command's
+        // trailing arguments, like `task send`'s, would take them).
         for p in &self.profiles {
             cmd.arg("-p").arg(p);
         }
+        cmd.args(args);
         cmd.current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .env("TASKCTL_AGENT_BINARY", agent_binary())
@@ -478,6 +483,32 @@ fn deploy_builds_the_image_runs_healthy_labelled_agents_and_redeploy_is_a_no_op(
             .any(|n| n == format!("{}-net", env.name))
     );
     wait_scraped(&env, 3);
+
+    // `task send`: an operator's task, signed with the key from Vault,
+    // through the broker to an agent and back.
+    let out = env.run(&["task", "send", "echo", "hello", "from", "ops"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from ops");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("succeeded in"),
+        "{}",
+        text(&out)
+    );
+    let out = env.run(&["task", "send", "-o", "json", "noop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["status"], "succeeded");
+    // The agents allow no program (COMMAND_ALLOWED is empty): refused, with
+    // the reason, and nothing secret in what taskctl printed.
+    let out = env.run(&["task", "send", "command", "/usr/bin/id"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("rejected") && text(&out).contains("COMMAND_ALLOWED is empty"),
+        "{}",
+        text(&out)
+    );
+    let signing = env.signing_key();
+    assert!(!text(&out).contains(&signing));
 
     // `status` lists what runs: each container's state, health, image and
     // the release that runs it.

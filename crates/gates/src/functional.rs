@@ -37,35 +37,93 @@ pub(crate) async fn attempt(
     signing_key: Option<&str>,
     budget: Duration,
 ) -> Attempt {
+    let id = task_id("gate");
+    let message = format!("taskctl functional gate {id}");
+    let kind = TaskKind::Echo {
+        message: message.clone(),
+        delay_ms: 0,
+    };
+    match send(
+        amqp_url,
+        queue,
+        &id,
+        kind,
+        signing_key,
+        budget,
+        "taskctl-gate",
+    )
+    .await
+    {
+        Sent::Answered(result, round_trip) => judge(&result, &message, round_trip),
+        Sent::Unanswered(why) => Attempt::Retry(why),
+        Sent::Refused(why) => Attempt::Fatal(why),
+    }
+}
+
+/// What became of a task sent by [`send`].
+#[derive(Debug)]
+pub enum Sent {
+    /// Its result, and the time from publish to result.
+    Answered(Box<TaskResult>, Duration),
+    /// No result (yet): no broker, no queue, no agent within the time.
+    Unanswered(String),
+    /// It could not be sent as asked (a bad signing key).
+    Refused(String),
+}
+
+/// Publishes one task of `kind` with id `id` to `queue` through the broker
+/// at `amqp_url` (signed with `signing_key`, base64 PKCS#8, when given) and
+/// waits up to `budget` for its result, through an exclusive reply queue.
+/// The task runs at most once (`max_attempts` 1) and expires with the
+/// budget, so a task nobody consumed does not run after the caller gave up.
+pub async fn send(
+    amqp_url: &str,
+    queue: &str,
+    id: &str,
+    kind: TaskKind,
+    signing_key: Option<&str>,
+    budget: Duration,
+    connection_name: &str,
+) -> Sent {
     let deadline = Instant::now() + budget;
     let signer = match signing_key.map(Signer::from_pkcs8_base64).transpose() {
         Ok(signer) => signer,
-        Err(e) => return Attempt::Fatal(format!("cannot sign the task: {e}")),
+        Err(e) => return Sent::Refused(format!("cannot sign the task: {e}")),
     };
     let shown = redact::url(amqp_url);
-    let properties = ConnectionProperties::default().with_connection_name("taskctl-gate".into());
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     let connection =
         match tokio::time::timeout(budget, Connection::connect(amqp_url, properties)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                return Attempt::Retry(format!("cannot connect to the broker at {shown}: {e}"));
+                return Sent::Unanswered(format!("cannot connect to the broker at {shown}: {e}"));
             }
             Err(_) => {
-                return Attempt::Retry(format!(
+                return Sent::Unanswered(format!(
                     "the broker at {shown} did not answer within {}",
                     seconds(budget)
                 ));
             }
         };
-    let outcome = match round_trip(&connection, queue, signer.as_ref(), deadline, budget).await {
+    let outcome = match round_trip(
+        &connection,
+        queue,
+        id,
+        kind,
+        signer.as_ref(),
+        deadline,
+        budget,
+    )
+    .await
+    {
         Ok(outcome) => outcome,
-        Err(e) => Attempt::Retry(format!("broker error: {e}")),
+        Err(e) => Sent::Unanswered(format!("broker error: {e}")),
     };
     // Closing also deletes the exclusive reply queue; bounded so a broker
-    // that vanished mid-gate cannot hold the report.
+    // that vanished mid-call cannot hold the answer.
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
-        connection.close(200, "gate done".into()),
+        connection.close(200, "task sent".into()),
     )
     .await;
     outcome
@@ -74,10 +132,12 @@ pub(crate) async fn attempt(
 async fn round_trip(
     connection: &Connection,
     queue: &str,
+    id: &str,
+    kind: TaskKind,
     signer: Option<&Signer>,
     deadline: Instant,
     budget: Duration,
-) -> Result<Attempt, lapin::Error> {
+) -> Result<Sent, lapin::Error> {
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -106,8 +166,6 @@ async fn round_trip(
         )
         .await?;
 
-    let id = task_id();
-    let message = format!("taskctl functional gate {id}");
     let remaining = deadline.saturating_duration_since(Instant::now());
     let now = epoch_ms();
     let task = TaskMessage {
@@ -115,14 +173,7 @@ async fn round_trip(
         timeout_ms: Some(remaining.as_millis().max(1) as u64),
         // Signed tasks must expire; a gate's task is worthless after the gate.
         expires_at_ms: Some(now + remaining.as_millis().max(1) as u64),
-        ..TaskMessage::new(
-            id.clone(),
-            TaskKind::Echo {
-                message: message.clone(),
-                delay_ms: 0,
-            },
-            now,
-        )
+        ..TaskMessage::new(id, kind, now)
     };
     // A TaskMessage is strings and numbers only: serializing cannot fail.
     let body = serde_json::to_vec(&task).unwrap_or_default();
@@ -142,7 +193,7 @@ async fn round_trip(
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_reply_to(reply_queue.as_str().into())
-        .with_correlation_id(id.as_str().into())
+        .with_correlation_id(id.into())
         .with_expiration(remaining.as_millis().max(1).to_string().as_str().into());
     let sent = Instant::now();
     let confirm = channel
@@ -161,12 +212,12 @@ async fn round_trip(
     match confirm {
         Confirmation::Ack(None) => {}
         Confirmation::Ack(Some(_)) => {
-            return Ok(Attempt::Retry(format!(
+            return Ok(Sent::Unanswered(format!(
                 "queue `{queue}` does not exist on the broker: no agent has declared it yet"
             )));
         }
         Confirmation::Nack(_) | Confirmation::NotRequested => {
-            return Ok(Attempt::Retry(format!(
+            return Ok(Sent::Unanswered(format!(
                 "the broker did not accept task {id} into `{queue}`"
             )));
         }
@@ -177,7 +228,7 @@ async fn round_trip(
         let next = match tokio::time::timeout(left, results.next()).await {
             Ok(next) => next,
             Err(_) => {
-                return Ok(Attempt::Retry(format!(
+                return Ok(Sent::Unanswered(format!(
                     "no result for task {id} within {}: no agent consumed it from `{queue}` \
                      (is an agent running and connected to this broker?)",
                     seconds(budget)
@@ -188,7 +239,7 @@ async fn round_trip(
             Some(Ok(d)) => d,
             Some(Err(e)) => return Err(e),
             None => {
-                return Ok(Attempt::Retry(format!(
+                return Ok(Sent::Unanswered(format!(
                     "the broker closed the reply queue before task {id}'s result came"
                 )));
             }
@@ -206,7 +257,7 @@ async fn round_trip(
         if !correlated || result.task_id != id {
             continue;
         }
-        return Ok(judge(&result, &message, sent.elapsed()));
+        return Ok(Sent::Answered(Box::new(result), sent.elapsed()));
     }
 }
 
@@ -233,16 +284,16 @@ fn judge(result: &TaskResult, expected: &str, round_trip: Duration) -> Attempt {
     }
 }
 
-/// Unique enough across processes and calls: wall-clock nanoseconds, the
-/// pid and a counter.
-fn task_id() -> String {
+/// Unique enough across processes and calls: `prefix`, wall-clock
+/// nanoseconds, the pid and a counter.
+pub fn task_id(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default();
     format!(
-        "gate-{nanos:x}-{:x}-{}",
+        "{prefix}-{nanos:x}-{:x}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
@@ -299,6 +350,6 @@ mod tests {
 
     #[test]
     fn task_ids_differ() {
-        assert_ne!(task_id(), task_id());
+        assert_ne!(task_id("gate"), task_id("gate"));
     }
 }

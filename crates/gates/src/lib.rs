@@ -47,6 +47,7 @@
 
 mod conditions;
 mod functional;
+pub use functional::{Sent, send as send_task, task_id};
 mod http;
 mod metric;
 pub mod redact;
