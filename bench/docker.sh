@@ -116,6 +116,9 @@ IMAGE=$(docker inspect --format '{{.Config.Image}}' "automated-task-executor-1.$
       HEALTH_PORT: "$h"
       METRICS_PORT: "$m"
       AGENT_ID: agent-$i
+      # The agents refuse to start without a task-signing key; compose's
+      # agents get one (any valid key: the bench sends no task to them).
+      TASK_SIGNING_PUBLIC_KEYS: "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
     healthcheck:
       test: ["CMD", "/task-executor", "probe", "http://127.0.0.1:$h/ready"]
       interval: 2s

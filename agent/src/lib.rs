@@ -111,10 +111,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     )?;
     executor.pins = config.admission.commands.clone();
     if config.admission.enabled_kinds.contains("command") {
+        match executor::command::seccomp_filter() {
+            Ok(filter) => executor.seccomp = Some(Arc::new(filter)),
+            Err(why) => tracing::warn!(reason = %why,
+                "command tasks run WITHOUT the seccomp filter (ptrace, namespaces, mounts, keys, BPF stay allowed)"),
+        }
         tracing::warn!(
             sandbox_user = ?executor::command::sandbox_user(&config.limits),
-            "command tasks run without Landlock or seccomp filters (not implemented); \
-             their containment is the sandbox user, rlimits, no_new_privs and the container"
+            seccomp = executor.seccomp.is_some(),
+            "command tasks run without a Landlock file system ruleset (not implemented); \
+             their file access is the sandbox user's"
         );
     }
     let worker = Arc::new(worker::Worker {

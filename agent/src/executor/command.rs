@@ -84,6 +84,78 @@ pub fn sandbox_user(limits: &CommandLimits) -> Option<(u32, u32)> {
         .or_else(|| nix::unistd::geteuid().is_root().then_some((65_534, 65_534)))
 }
 
+/// Syscalls a task has no business making, each of which widens what it
+/// can reach (other processes' memory, namespaces, mounts, kernel keys and
+/// modules, BPF, the clock): refused with `EPERM`, everything else allowed.
+/// A deny list rather than an allow list because tasks run arbitrary
+/// allowed programs (interpreters included), whose syscalls are not known.
+const DENIED_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_kcmp,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_userfaultfd,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_fanotify_init,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_syslog,
+];
+
+/// The sandbox's seccomp filter as BPF, compiled once; `Err` says why it
+/// cannot be used here (then tasks run without it, and the agent says so).
+pub fn seccomp_filter() -> Result<seccompiler::BpfProgram, String> {
+    let has_seccomp = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
+        .unwrap_or(false);
+    if !has_seccomp {
+        return Err("the kernel has no seccomp".into());
+    }
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("no seccomp filter for {}: {e}", std::env::consts::ARCH))?;
+    // c_long is i64 here, i32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let rules = DENIED_SYSCALLS
+        .iter()
+        .map(|n| (i64::from(*n), Vec::new()))
+        .collect();
+    let filter = seccompiler::SeccompFilter::new(
+        rules,
+        seccompiler::SeccompAction::Allow,
+        seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|e| format!("building the seccomp filter: {e}"))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| format!("compiling the seccomp filter: {e}"))
+}
+
 /// A private working directory for one attempt, removed when dropped.
 struct WorkDir(PathBuf);
 
@@ -161,6 +233,7 @@ pub async fn check_pin(program: &str, pin: Option<[u8; 32]>) -> Result<(), Strin
 pub async fn run(
     spec: &CommandSpec<'_>,
     limits: &CommandLimits,
+    seccomp: Option<std::sync::Arc<seccompiler::BpfProgram>>,
     output_limit: usize,
     timeout: Duration,
 ) -> Outcome {
@@ -227,6 +300,13 @@ pub async fn run(
             setrlimit(Resource::RLIMIT_NOFILE, files, files)?;
             setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
             nix::sys::prctl::set_no_new_privs()?;
+            // Last: after it, only exec. apply_filter builds the kernel's
+            // sock_fprog on the stack; nothing is allocated.
+            if let Some(filter) = &seccomp
+                && seccompiler::apply_filter(filter).is_err()
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -353,7 +433,14 @@ mod tests {
             attempt: 1,
             idempotency_key: None,
         };
-        run(&spec, &limits(), limit, Duration::from_millis(timeout_ms)).await
+        run(
+            &spec,
+            &limits(),
+            None,
+            limit,
+            Duration::from_millis(timeout_ms),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -405,7 +492,7 @@ mod tests {
             attempt: 1,
             idempotency_key: None,
         };
-        let out = run(&spec, &limits(), 100, Duration::from_secs(5)).await;
+        let out = run(&spec, &limits(), None, 100, Duration::from_secs(5)).await;
         assert_eq!(out.status, TaskStatus::Failed);
     }
 }

@@ -57,6 +57,8 @@ pub struct Executor {
     pub limits: CommandLimits,
     /// Programs pinned to a SHA-256 in `COMMAND_ALLOWED`.
     pub pins: BTreeMap<PathBuf, Option<[u8; 32]>>,
+    /// The command sandbox's seccomp filter, when the kernel takes one.
+    pub seccomp: Option<std::sync::Arc<seccompiler::BpfProgram>>,
     pub output_limit: usize,
     pub http: http::HttpRunner,
 }
@@ -70,6 +72,7 @@ impl Executor {
         Ok(Executor {
             limits,
             pins: BTreeMap::new(),
+            seccomp: None,
             output_limit,
             http: http::HttpRunner::new(allowed_hosts, output_limit)?,
         })
@@ -110,7 +113,14 @@ impl Executor {
                     attempt: task.attempt,
                     idempotency_key: task.idempotency_key.as_deref(),
                 };
-                command::run(&spec, &self.limits, self.output_limit, timeout).await
+                command::run(
+                    &spec,
+                    &self.limits,
+                    self.seccomp.clone(),
+                    self.output_limit,
+                    timeout,
+                )
+                .await
             }
             TaskKind::Http {
                 method,

@@ -266,7 +266,7 @@ fn processes_of(uid: u32) -> Vec<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sandbox_contains_environ_reads_fork_bombs_big_writes_and_leftovers() {
+async fn the_sandbox_contains_environ_reads_fork_bombs_big_writes_syscalls_and_leftovers() {
     if !nix::unistd::geteuid().is_root() {
         panic!("this test switches the sandbox user and needs root (CI runs as root)");
     }
@@ -304,10 +304,21 @@ async fn the_sandbox_contains_environ_reads_fork_bombs_big_writes_and_leftovers(
         sh("head -c 2147483648 /dev/zero > $TMPDIR/big; echo status $?; ls -l $TMPDIR/big"),
     );
     let leftover = task("leftover", sh("echo kept > $HOME/file; pwd"));
-    for t in [&environ, &write, &leftover] {
+    // Refused by the seccomp filter (both succeed for nobody without it).
+    let namespaces = task("unshare", sh("unshare -U true; echo status $?"));
+    let ptrace = task(
+        "ptrace",
+        command(&[
+            "/usr/bin/python3",
+            "-c",
+            "import ctypes; l = ctypes.CDLL(None, use_errno=True); \
+             print(l.ptrace(0, 0, 0, 0), ctypes.get_errno())",
+        ]),
+    );
+    for t in [&environ, &write, &leftover, &namespaces, &ptrace] {
         h.publish(t).await;
     }
-    let mut results = h.results(3, Duration::from_secs(60)).await;
+    let mut results = h.results(5, Duration::from_secs(60)).await;
     // The fork bomb alone: RLIMIT_NPROC counts every process of the
     // sandbox user, so while it holds the limit no other task of that user
     // can fork either (what a uid per agent, or a cgroup, isolates).
@@ -334,6 +345,12 @@ async fn the_sandbox_contains_environ_reads_fork_bombs_big_writes_and_leftovers(
         r.output.contains(&(8u64 * 1024 * 1024).to_string()),
         "the file stopped at 8 MiB: {r:?}"
     );
+
+    let r = map["unshare"][0];
+    assert!(r.output.contains("status 1"), "{r:?}");
+    assert!(r.stderr.contains("Operation not permitted"), "{r:?}");
+    let r = map["ptrace"][0];
+    assert_eq!(r.output.trim(), "-1 1", "ptrace refused with EPERM: {r:?}");
 
     let r = map["leftover"][0];
     assert_eq!(r.status, TaskStatus::Succeeded, "{r:?}");
