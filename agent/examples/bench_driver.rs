@@ -25,10 +25,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use taskctl_protocol::{
-    TaskKind, TaskMessage,
-    signing::{HEADER_KEY_ID, HEADER_SIGNATURE, Signer},
-};
+use taskctl_protocol::{TaskKind, TaskMessage, signing::Signer};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -103,14 +100,9 @@ async fn publish(url: &str, queue: &str, results: &str, n: usize) -> anyhow::Res
                 None => props.clone(),
                 Some(signer) => {
                     let mut headers = FieldTable::default();
-                    headers.insert(
-                        HEADER_KEY_ID.into(),
-                        AMQPValue::LongString(signer.key_id().to_owned().into()),
-                    );
-                    headers.insert(
-                        HEADER_SIGNATURE.into(),
-                        AMQPValue::LongString(signer.sign(&body).into()),
-                    );
+                    for (name, value) in signer.headers(&body) {
+                        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+                    }
                     props.clone().with_headers(headers)
                 }
             };

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use taskctl_protocol::signing::{HEADER_KEY_ID, HEADER_SIGNATURE, Signer};
+use taskctl_protocol::signing::Signer;
 use taskctl_protocol::{RESULT_QUEUE, TaskKind, TaskMessage, TaskResult};
 
 /// What the probe sent and got back.
@@ -147,14 +147,9 @@ fn signer(key: &str) -> Signer {
 /// minutes, longer than any test waits for them.
 fn signed(signer: &Signer, body: &[u8], props: BasicProperties) -> BasicProperties {
     let mut headers = FieldTable::default();
-    headers.insert(
-        HEADER_KEY_ID.into(),
-        AMQPValue::LongString(signer.key_id().to_owned().into()),
-    );
-    headers.insert(
-        HEADER_SIGNATURE.into(),
-        AMQPValue::LongString(signer.sign(body).into()),
-    );
+    for (name, value) in signer.headers(body) {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
     props.with_headers(headers)
 }
 

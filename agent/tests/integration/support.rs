@@ -29,10 +29,7 @@ use lapin::{
     types::FieldTable,
 };
 use nix::fcntl::{Flock, FlockArg};
-use taskctl_protocol::{
-    TaskKind, TaskMessage, TaskResult,
-    signing::{HEADER_KEY_ID, HEADER_SIGNATURE, Signer},
-};
+use taskctl_protocol::{TaskKind, TaskMessage, TaskResult, signing::Signer};
 
 /// Programs the test agents may run (`COMMAND_ALLOWED`).
 pub const TEST_PROGRAMS: &str = "/bin/sh,/usr/bin/python3,/bin/true,/bin/sleep";
@@ -49,14 +46,9 @@ pub fn new_signer() -> Signer {
 /// `props` with the signature headers of `body` under `signer` added.
 pub fn signed_props(signer: &Signer, body: &[u8], props: BasicProperties) -> BasicProperties {
     let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(
-        ShortString::from(HEADER_KEY_ID),
-        AMQPValue::LongString(signer.key_id().to_owned().into()),
-    );
-    headers.insert(
-        ShortString::from(HEADER_SIGNATURE),
-        AMQPValue::LongString(signer.sign(body).into()),
-    );
+    for (name, value) in signer.headers(body) {
+        headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
+    }
     props.with_headers(headers)
 }
 

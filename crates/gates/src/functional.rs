@@ -26,7 +26,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use taskctl_protocol::signing::{HEADER_KEY_ID, HEADER_SIGNATURE, Signer};
+use taskctl_protocol::signing::Signer;
 use taskctl_protocol::{TaskKind, TaskMessage, TaskResult, TaskStatus};
 
 use crate::{Attempt, quoted, redact, seconds};
@@ -178,15 +178,8 @@ async fn round_trip(
     // A TaskMessage is strings and numbers only: serializing cannot fail.
     let body = serde_json::to_vec(&task).unwrap_or_default();
     let mut headers = FieldTable::default();
-    if let Some(signer) = signer {
-        headers.insert(
-            HEADER_KEY_ID.into(),
-            AMQPValue::LongString(signer.key_id().to_owned().into()),
-        );
-        headers.insert(
-            HEADER_SIGNATURE.into(),
-            AMQPValue::LongString(signer.sign(&body).into()),
-        );
+    for (name, value) in signer.map(|s| s.headers(&body)).into_iter().flatten() {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
     }
     let properties = BasicProperties::default()
         .with_headers(headers)

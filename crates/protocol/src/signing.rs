@@ -148,6 +148,15 @@ impl Signer {
         STANDARD.encode(self.pair.public_key().as_ref())
     }
 
+    /// The headers of a signed `body`, as (name, value) pairs for any AMQP
+    /// client's header table (values are long strings).
+    pub fn headers(&self, body: &[u8]) -> [(&'static str, String); 2] {
+        [
+            (HEADER_KEY_ID, self.key_id.clone()),
+            (HEADER_SIGNATURE, self.sign(body)),
+        ]
+    }
+
     /// Base64 of the signature of `body`, for [`HEADER_SIGNATURE`].
     pub fn sign(&self, body: &[u8]) -> String {
         STANDARD.encode(self.pair.sign(&signed_bytes(&self.key_id, body)).as_ref())
