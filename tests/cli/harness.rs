@@ -132,7 +132,7 @@ impl ProductionSecrets {
         );
         vault_write(
             &format!("{prefix}/signing"),
-            r#"{"private_key":"k8s-signing-private-key-1","public_key":"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="}"#,
+            r#"{"private_key":"k8s-signing-private-key-1","public_key":"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=","public_keys":"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="}"#,
         );
         ProductionSecrets { prefix }
     }
@@ -148,7 +148,7 @@ impl ProductionSecrets {
              \x20 mongodb:\n    keyfile: {v}/database#keyfile\n    root_password: {v}/database#password\n\
              \x20 postgres:\n    password: {v}/postgres#password\n\
              \x20 grafana:\n    admin_password: {v}/grafana#password\n\
-             agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n      - name: TASK_SIGNING_PUBLIC_KEYS\n        secret: {v}/signing#public_key\n"
+             agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n      - name: TASK_SIGNING_PUBLIC_KEYS\n        secret: {v}/signing#public_keys\n"
         )
     }
 }

@@ -411,6 +411,61 @@ impl Drop for OwnBao {
     }
 }
 
+#[test]
+fn rotating_the_signing_key_under_load_rejects_no_task_signed_with_the_old_one() {
+    let mut env = Env::new("sec-sign");
+    let queue = format!("taskctl.tasks.{}", env.name);
+    env.layer(
+        "queue.yaml",
+        &format!(
+            "agents:\n  - name: {AGENT}\n    env:\n      - name: TASK_QUEUE\n        value: \"{queue}\"\n"
+        ),
+    );
+    let first = quick(&env, &["deploy", "--yes"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let old_key = env.signing_key();
+
+    // A producer that keeps signing with the key it read before the
+    // rotation, as a real one does until it reloads.
+    let probe = Probe::start(
+        &env.agents_amqp_url(),
+        &old_key,
+        &queue,
+        "signing probe",
+        Duration::from_millis(2),
+        0,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let rotate = quick(&env, &["secrets", "rotate", "signing", "--yes"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe.published() < 1000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = probe.finish();
+    assert_eq!(rotate.status.code(), Some(0), "{}", text(&rotate));
+    let new_key = env.signing_key();
+    assert_ne!(old_key, new_key, "the rotation made a new key");
+    report.assert_none_lost(1000, "during the signing key's rotation");
+    let rejected: Vec<_> = report
+        .results
+        .values()
+        .filter(|r| r.status != taskctl_protocol::TaskStatus::Succeeded)
+        .collect();
+    assert!(rejected.is_empty(), "tasks refused: {rejected:#?}");
+    // Every agent now trusts both keys; taskctl signs with the new one.
+    for agent in env.assert_three_healthy() {
+        let (_, _, keys) = container_file(&agent.name, "/run/secrets/task_signing_public_keys");
+        assert_eq!(keys.lines().count(), 2, "{}: {keys}", agent.name);
+    }
+    let sent = quick(&env, &["task", "send", "echo", "new", "key"]);
+    assert_eq!(sent.status.code(), Some(0), "{}", text(&sent));
+    assert_eq!(String::from_utf8_lossy(&sent.stdout), "new key");
+    eprintln!(
+        "signing key rotation: {} tasks signed with the old key, none refused",
+        report.published.len()
+    );
+}
+
 fn failing(env: &Env, vars: &[(&str, &str)]) -> String {
     let mut cmd = env.command(&["deploy", "--yes"]);
     cmd.env("TASKCTL_GATE_TIMEOUT", "5s").env("CI", "true");

@@ -19,7 +19,10 @@ pub enum Kind {
     Postgres,
     /// password
     Generic,
-    /// private_key (base64 PKCS#8), public_key (base64, 32 bytes)
+    /// private_key (base64 PKCS#8), public_key (base64, 32 bytes) and
+    /// public_keys: this public key, then the previous version's, one per
+    /// line: what verifiers trust, so a rotation rejects nothing signed
+    /// with the key it replaces.
     Ed25519,
 }
 
@@ -31,12 +34,17 @@ impl Kind {
             Kind::Mongodb => &["username", "password", "keyfile"],
             Kind::Postgres => &["username", "password"],
             Kind::Generic => &["password"],
-            Kind::Ed25519 => &["private_key", "public_key"],
+            Kind::Ed25519 => &["private_key", "public_key", "public_keys"],
         }
     }
 
-    /// New values; `username` kept when given.
-    fn generate(self, username: Option<Secret>) -> BTreeMap<String, Secret> {
+    /// New values; `username` kept when given; `previous_public` (an
+    /// `ed25519` secret's public key before this rotation) stays trusted.
+    fn generate(
+        self,
+        username: Option<Secret>,
+        previous_public: Option<Secret>,
+    ) -> BTreeMap<String, Secret> {
         let user = || username.clone().unwrap_or_else(|| Secret::new(USERNAME));
         let mut m = BTreeMap::new();
         let mut put = |k: &str, v: Secret| {
@@ -60,8 +68,13 @@ impl Kind {
             Kind::Generic => put("password", generate::password(32)),
             Kind::Ed25519 => {
                 let (private, public) = generate::ed25519_keypair();
+                let trusted = match &previous_public {
+                    Some(old) if old.expose() != public => format!("{public}\n{}", old.expose()),
+                    _ => public.clone(),
+                };
                 put("private_key", private);
                 put("public_key", Secret::new(public));
+                put("public_keys", Secret::new(trusted));
             }
         }
         m
@@ -111,7 +124,7 @@ pub async fn ensure(
             .write_meta(
                 &m.mount,
                 &m.path,
-                &m.kind.generate(m.username.clone().map(Secret::new)),
+                &m.kind.generate(m.username.clone().map(Secret::new), None),
                 Some(0),
             )
             .await?;
@@ -129,23 +142,36 @@ pub async fn ensure(
     };
     // A deleted or destroyed current version has no values to keep using.
     let gone = meta.gone(current) || created.is_none();
-    if !(force || due || gone) {
+    // What the current version holds, when a rotation keeps some of it
+    // (the username; an ed25519 key's public half) or when a key the kind
+    // now has may be missing (written by an older taskctl).
+    let current_data = if gone {
+        None
+    } else if m.kind.keys().contains(&"username") || m.kind == Kind::Ed25519 {
+        Some(v.read(&m.mount, &m.path, Some(current)).await?.data)
+    } else {
+        None
+    };
+    let incomplete = current_data
+        .as_ref()
+        .is_some_and(|d| m.kind.keys().iter().any(|k| !d.contains_key(*k)));
+    if !(force || due || gone || incomplete) {
         return Ok(Outcome {
             version: current,
             created: created.unwrap_or(SystemTime::UNIX_EPOCH),
             action: Action::Unchanged,
         });
     }
-    let username = if gone || !m.kind.keys().contains(&"username") {
-        None
-    } else {
-        v.read(&m.mount, &m.path, Some(current))
-            .await?
-            .data
-            .remove("username")
-    };
+    let mut current_data = current_data.unwrap_or_default();
+    let username = current_data.remove("username");
+    let previous_public = current_data.remove("public_key");
     let (version, created) = v
-        .write_meta(&m.mount, &m.path, &m.kind.generate(username), Some(current))
+        .write_meta(
+            &m.mount,
+            &m.path,
+            &m.kind.generate(username, previous_public),
+            Some(current),
+        )
         .await?;
     Ok(Outcome {
         version,
@@ -210,7 +236,7 @@ mod tests {
             Kind::Generic,
             Kind::Ed25519,
         ] {
-            let data = kind.generate(None);
+            let data = kind.generate(None, None);
             let keys: Vec<&str> = data.keys().map(String::as_str).collect();
             let mut want = kind.keys().to_vec();
             want.sort_unstable();
@@ -219,7 +245,33 @@ mod tests {
                 assert_eq!(u.expose(), USERNAME);
             }
         }
-        let kept = Kind::Postgres.generate(Some(Secret::new("app")));
+        let kept = Kind::Postgres.generate(Some(Secret::new("app")), None);
         assert_eq!(kept["username"].expose(), "app");
+    }
+
+    #[test]
+    fn a_rotated_signing_key_keeps_the_previous_public_key_trusted() {
+        let first = Kind::Ed25519.generate(None, None);
+        assert_eq!(
+            first["public_keys"].expose(),
+            first["public_key"].expose(),
+            "a new key trusts only itself"
+        );
+        let second = Kind::Ed25519.generate(None, Some(first["public_key"].clone()));
+        assert_eq!(
+            second["public_keys"].expose(),
+            format!(
+                "{}\n{}",
+                second["public_key"].expose(),
+                first["public_key"].expose()
+            )
+        );
+        // Only one generation back: the key before the previous one is gone.
+        let third = Kind::Ed25519.generate(None, Some(second["public_key"].clone()));
+        assert!(
+            !third["public_keys"]
+                .expose()
+                .contains(first["public_key"].expose())
+        );
     }
 }

@@ -240,7 +240,43 @@ async fn managed_create_rotate_and_due() {
     let keys = v.read("secret", &k.path, None).await.unwrap();
     assert_eq!(
         keys.data.keys().collect::<Vec<_>>(),
-        ["private_key", "public_key"]
+        ["private_key", "public_key", "public_keys"]
+    );
+    // A rotation keeps the previous public key trusted beside the new one.
+    assert_eq!(
+        managed::ensure(&v, &k, now, true).await.unwrap().action,
+        Action::Rotated
+    );
+    let rotated = v.read("secret", &k.path, None).await.unwrap();
+    assert_eq!(
+        rotated.data["public_keys"].expose(),
+        format!(
+            "{}\n{}",
+            rotated.data["public_key"].expose(),
+            keys.data["public_key"].expose()
+        )
+    );
+    // A secret an older taskctl wrote, without public_keys, is completed
+    // by the next ensure even though no rotation is due.
+    let old = unique("managed/signing-old");
+    v.write(
+        "secret",
+        &old,
+        &data(&[("private_key", "x"), ("public_key", "y")]),
+        None,
+    )
+    .await
+    .unwrap();
+    let legacy = Managed {
+        path: old.clone(),
+        ..k.clone()
+    };
+    assert_eq!(
+        managed::ensure(&v, &legacy, now, false)
+            .await
+            .unwrap()
+            .action,
+        Action::Rotated
     );
     let g = Managed {
         mount: "secret".into(),

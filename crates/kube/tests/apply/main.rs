@@ -210,6 +210,10 @@ fn production_kv() -> Arc<MemoryKv> {
         &[
             ("private_key", "signing-private-v1-Tq5Wc"),
             ("public_key", "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="),
+            (
+                "public_keys",
+                "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+            ),
         ],
     );
     Arc::new(kv)
