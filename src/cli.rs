@@ -210,12 +210,9 @@ pub struct TaskSendArgs {
     /// What to run
     #[arg(value_enum)]
     pub kind: TaskKindArg,
-    /// The message (echo), program and arguments (command) or URL (http)
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "ARGS"
-    )]
+    /// The message (echo), program and arguments (command) or URL (http);
+    /// arguments that start with `-` go after `--`
+    #[arg(value_name = "ARGS")]
     pub args: Vec<String>,
     /// Queue to publish to (default: the agents' TASK_QUEUE)
     #[arg(long, value_name = "QUEUE")]
@@ -326,4 +323,37 @@ pub struct CompletionsArgs {
     /// Shell to generate completions for
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task_send(args: &[&str]) -> Result<(GlobalArgs, TaskSendArgs), clap::Error> {
+        let cli = Cli::try_parse_from(args)?;
+        match cli.command {
+            Command::Task(TaskCommand::Send(send)) => Ok((cli.global, send)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn task_send_takes_global_options_anywhere_and_hyphen_arguments_after_a_double_dash() {
+        let (global, send) = task_send(&[
+            "taskctl", "task", "send", "echo", "hi", "there", "-p", "a.yaml",
+        ])
+        .unwrap();
+        assert_eq!(global.profiles, [PathBuf::from("a.yaml")]);
+        assert_eq!(send.args, ["hi", "there"]);
+        let (_, send) = task_send(&[
+            "taskctl", "-p", "a.yaml", "task", "send", "command", "--", "/bin/sh", "-c", "id",
+        ])
+        .unwrap();
+        assert_eq!(send.kind, TaskKindArg::Command);
+        assert_eq!(send.args, ["/bin/sh", "-c", "id"]);
+        let err = task_send(&["taskctl", "task", "send", "command", "/bin/sh", "-c", "id"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'-c'"), "{err}");
+    }
 }

@@ -215,8 +215,7 @@ agents:
 
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskctl"));
-        // Global options first, as the README writes them (a command's
-        // trailing arguments, like `task send`'s, would take them).
+        // Global options first, as the README writes them.
         for p in &self.profiles {
             cmd.arg("-p").arg(p);
         }
