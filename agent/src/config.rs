@@ -99,6 +99,8 @@ pub struct CommandLimits {
     pub user: Option<(u32, u32)>,
     /// Where each task gets its private working directory.
     pub work_root: PathBuf,
+    /// Directories tasks may write beside their own (Landlock).
+    pub writable: Vec<PathBuf>,
 }
 
 /// The broker URL; its `Debug`/`Display` hide the password because the URL
@@ -708,7 +710,22 @@ impl Config {
                 * 1024,
             user: sandbox_user(&mut r),
             work_root: PathBuf::from(r.string("COMMAND_WORK_DIR", "/tmp")),
+            writable: r
+                .string("COMMAND_WRITABLE_PATHS", "")
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect(),
         };
+        for dir in &limits.writable {
+            if !dir.is_absolute() {
+                r.problem(
+                    "COMMAND_WRITABLE_PATHS",
+                    format!("expected absolute directories, got `{}`", dir.display()),
+                );
+            }
+        }
         if !limits.work_root.is_absolute() {
             r.problem(
                 "COMMAND_WORK_DIR",

@@ -116,11 +116,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             Err(why) => tracing::warn!(reason = %why,
                 "command tasks run WITHOUT the seccomp filter (ptrace, namespaces, mounts, keys, BPF stay allowed)"),
         }
-        tracing::warn!(
+        match executor::landlock::abi() {
+            Ok(abi) => executor.landlock = Some(abi),
+            Err(why) => tracing::warn!(reason = %why,
+                "command tasks run WITHOUT Landlock: they may write wherever the sandbox user may"),
+        }
+        info!(
             sandbox_user = ?executor::command::sandbox_user(&config.limits),
             seccomp = executor.seccomp.is_some(),
-            "command tasks run without a Landlock file system ruleset (not implemented); \
-             their file access is the sandbox user's"
+            landlock_abi = ?executor.landlock,
+            "command sandbox"
         );
     }
     let worker = Arc::new(worker::Worker {

@@ -234,6 +234,7 @@ pub async fn run(
     spec: &CommandSpec<'_>,
     limits: &CommandLimits,
     seccomp: Option<std::sync::Arc<seccompiler::BpfProgram>>,
+    landlock: Option<i64>,
     output_limit: usize,
     timeout: Duration,
 ) -> Outcome {
@@ -253,6 +254,24 @@ pub async fn run(
             );
         }
     };
+    // Built here (it opens paths and allocates); only applied in the child.
+    let ruleset = match landlock {
+        None => None,
+        Some(abi) => {
+            let mut writable: Vec<&Path> = vec![&workdir.0];
+            writable.extend(limits.writable.iter().map(PathBuf::as_path));
+            match super::landlock::ruleset(abi, &writable) {
+                Ok(fd) => Some(fd),
+                Err(error) => {
+                    return Outcome::with_error(
+                        TaskStatus::Failed,
+                        format!("cannot build the task's Landlock ruleset: {error}"),
+                    );
+                }
+            }
+        }
+    };
+    let ruleset_fd = ruleset.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -300,6 +319,9 @@ pub async fn run(
             setrlimit(Resource::RLIMIT_NOFILE, files, files)?;
             setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
             nix::sys::prctl::set_no_new_privs()?;
+            if let Some(fd) = ruleset_fd {
+                super::landlock::restrict_self(fd)?;
+            }
             // Last: after it, only exec. apply_filter builds the kernel's
             // sock_fprog on the stack; nothing is allocated.
             if let Some(filter) = &seccomp
@@ -419,6 +441,7 @@ mod tests {
             file_bytes: 64 * 1024 * 1024,
             user: None,
             work_root: std::env::temp_dir(),
+            writable: Vec::new(),
         }
     }
 
@@ -436,6 +459,7 @@ mod tests {
         run(
             &spec,
             &limits(),
+            None,
             None,
             limit,
             Duration::from_millis(timeout_ms),
@@ -492,7 +516,7 @@ mod tests {
             attempt: 1,
             idempotency_key: None,
         };
-        let out = run(&spec, &limits(), None, 100, Duration::from_secs(5)).await;
+        let out = run(&spec, &limits(), None, None, 100, Duration::from_secs(5)).await;
         assert_eq!(out.status, TaskStatus::Failed);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod http;
+pub mod landlock;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -59,6 +60,8 @@ pub struct Executor {
     pub pins: BTreeMap<PathBuf, Option<[u8; 32]>>,
     /// The command sandbox's seccomp filter, when the kernel takes one.
     pub seccomp: Option<std::sync::Arc<seccompiler::BpfProgram>>,
+    /// The kernel's Landlock ABI, when it has Landlock.
+    pub landlock: Option<i64>,
     pub output_limit: usize,
     pub http: http::HttpRunner,
 }
@@ -73,6 +76,7 @@ impl Executor {
             limits,
             pins: BTreeMap::new(),
             seccomp: None,
+            landlock: None,
             output_limit,
             http: http::HttpRunner::new(allowed_hosts, output_limit)?,
         })
@@ -117,6 +121,7 @@ impl Executor {
                     &spec,
                     &self.limits,
                     self.seccomp.clone(),
+                    self.landlock,
                     self.output_limit,
                     timeout,
                 )

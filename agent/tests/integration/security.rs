@@ -315,10 +315,20 @@ async fn the_sandbox_contains_environ_reads_fork_bombs_big_writes_syscalls_and_l
              print(l.ptrace(0, 0, 0, 0), ctypes.get_errno())",
         ]),
     );
-    for t in [&environ, &write, &leftover, &namespaces, &ptrace] {
+    // Landlock: no writes outside the task's own directory (and the
+    // harness's COMMAND_WRITABLE_PATHS), reads still allowed.
+    let outside = std::env::temp_dir().join(format!("landlock-probe-{}", random_id()));
+    let escape = task(
+        "escape",
+        sh(&format!(
+            "echo x > {} 2>/dev/null; echo write $?; head -c 4 /etc/hostname >/dev/null; echo read $?",
+            outside.display()
+        )),
+    );
+    for t in [&environ, &write, &leftover, &namespaces, &ptrace, &escape] {
         h.publish(t).await;
     }
-    let mut results = h.results(5, Duration::from_secs(60)).await;
+    let mut results = h.results(6, Duration::from_secs(60)).await;
     // The fork bomb alone: RLIMIT_NPROC counts every process of the
     // sandbox user, so while it holds the limit no other task of that user
     // can fork either (what a uid per agent, or a cgroup, isolates).
@@ -351,6 +361,10 @@ async fn the_sandbox_contains_environ_reads_fork_bombs_big_writes_syscalls_and_l
     assert!(r.stderr.contains("Operation not permitted"), "{r:?}");
     let r = map["ptrace"][0];
     assert_eq!(r.output.trim(), "-1 1", "ptrace refused with EPERM: {r:?}");
+
+    let r = map["escape"][0];
+    assert_eq!(r.output, "write 2\nread 0\n", "{r:?}");
+    assert!(!outside.exists(), "the task wrote outside its directory");
 
     let r = map["leftover"][0];
     assert_eq!(r.status, TaskStatus::Succeeded, "{r:?}");

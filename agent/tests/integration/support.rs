@@ -210,6 +210,8 @@ impl Harness {
             ("SHUTDOWN_GRACE_PERIOD", "10000".to_owned()),
             ("TASK_SIGNING_PUBLIC_KEYS", self.signer.public_key_base64()),
             ("COMMAND_ALLOWED", TEST_PROGRAMS.to_owned()),
+            // Tasks leave marker files here (Landlock allows no other writes).
+            ("COMMAND_WRITABLE_PATHS", self.workdir.display().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
