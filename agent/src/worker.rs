@@ -307,10 +307,12 @@ impl Worker {
         match dead_reason {
             None => result_confirm.await,
             Some((label, reason)) => {
-                let dead = self.dead_letter(delivery, queue, publish, &result.task_id, reason);
-                let (a, b) = tokio::join!(result_confirm, dead);
-                a?;
-                b?;
+                // The dead letter is confirmed before the result goes out,
+                // so whoever sees the result finds the dead letter already
+                // there (a rare path: the extra round trip costs nothing).
+                self.dead_letter(delivery, queue, publish, &result.task_id, reason)
+                    .await?;
+                result_confirm.await?;
                 self.metrics.record_dead_letter(label);
                 Ok(())
             }
