@@ -150,9 +150,9 @@ agents:
         format!("taskctl-{}-development", self.name)
     }
 
-    /// The agents' broker URL with their credentials from Vault, in the
-    /// environment's virtual host (what a probe publishes with).
-    pub(crate) fn agents_amqp_url(&self) -> String {
+    /// The current data of the managed secret `entry` at this test's
+    /// Vault path.
+    fn managed_secret(&self, entry: &str) -> serde_json::Value {
         let (addr, token) = (
             required("TASKCTL_TEST_VAULT_ADDR"),
             required("TASKCTL_TEST_VAULT_TOKEN"),
@@ -161,13 +161,19 @@ agents:
             .args(["-s", "-H"])
             .arg(format!("X-Vault-Token: {token}"))
             .arg(format!(
-                "{addr}/v1/secret/data/taskctl/test/{}/messaging",
+                "{addr}/v1/secret/data/taskctl/test/{}/{entry}",
                 self.name
             ))
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let d = &v["data"]["data"];
+        v["data"]["data"].clone()
+    }
+
+    /// The agents' broker URL with their credentials from Vault, in the
+    /// environment's virtual host (what a probe publishes with).
+    pub(crate) fn agents_amqp_url(&self) -> String {
+        let d = self.managed_secret("messaging");
         format!(
             "amqp://{}:{}@127.0.0.1:5672/{}",
             crate::harness::urlencode(d["username"].as_str().expect("the messaging secret")),
@@ -178,21 +184,7 @@ agents:
 
     /// The agents' task-signing private key, from the test's Vault path.
     pub(crate) fn signing_key(&self) -> String {
-        let (addr, token) = (
-            required("TASKCTL_TEST_VAULT_ADDR"),
-            required("TASKCTL_TEST_VAULT_TOKEN"),
-        );
-        let out = Command::new("curl")
-            .args(["-s", "-H"])
-            .arg(format!("X-Vault-Token: {token}"))
-            .arg(format!(
-                "{addr}/v1/secret/data/taskctl/test/{}/signing",
-                self.name
-            ))
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["data"]["data"]["private_key"]
+        self.managed_secret("signing")["private_key"]
             .as_str()
             .expect("the signing secret taskctl generated")
             .to_owned()
