@@ -29,7 +29,8 @@ pub mod metrics;
 pub mod probe;
 pub mod readiness;
 pub mod server;
-pub mod tls;
+// The TLS set-up is shared with taskctl (its gates and `task send`).
+pub use taskctl_broker_tls as tls;
 pub mod topology;
 pub mod worker;
 

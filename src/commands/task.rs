@@ -53,8 +53,12 @@ pub fn send(ctx: &Context, shell: &mut Shell, args: TaskSendArgs) -> anyhow::Res
         );
     }
     let id = taskctl_gates::task_id("task");
+    let broker = taskctl_gates::Broker {
+        url: &amqp_url,
+        ca: endpoints.broker_ca.as_deref(),
+    };
     let sent = rt.block_on(taskctl_gates::send_task(
-        &amqp_url,
+        broker,
         &queue,
         &id,
         kind,

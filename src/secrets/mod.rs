@@ -209,7 +209,9 @@ pub fn entries(profile: &Profile) -> Vec<Entry> {
                         SecretKind::Postgres => managed::Kind::Postgres,
                         SecretKind::Generic => managed::Kind::Generic,
                         SecretKind::Ed25519 => managed::Kind::Ed25519,
+                        SecretKind::Tls => managed::Kind::Tls,
                     },
+                    hosts: e.hosts.clone(),
                     rotation: e.rotation.as_ref().and_then(|r| r.get()).map(|d| d.0),
                     // One broker or database user per environment, so two
                     // environments sharing a server never fight over one.

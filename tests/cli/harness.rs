@@ -134,6 +134,10 @@ impl ProductionSecrets {
             &format!("{prefix}/signing"),
             r#"{"private_key":"k8s-signing-private-key-1","public_key":"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=","public_keys":"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="}"#,
         );
+        vault_write(
+            &format!("{prefix}/broker-tls"),
+            r#"{"cert":"k8s-tls-cert-1","key":"k8s-tls-key-1","ca_cert":"k8s-tls-ca-1","ca_certs":"k8s-tls-ca-1","hosts":"rabbitmq.messaging.svc"}"#,
+        );
         ProductionSecrets { prefix }
     }
 
@@ -143,12 +147,12 @@ impl ProductionSecrets {
         let v = format!("vault:secret/{}", self.prefix);
         let p = format!("secret/{}", self.prefix);
         format!(
-            "secrets:\n  entries:\n    database: {{ path: {p}/database, type: mongodb }}\n    messaging: {{ path: {p}/messaging, type: rabbitmq }}\n    postgres: {{ path: {p}/postgres, type: postgres }}\n    grafana: {{ path: {p}/grafana, type: generic }}\n    signing: {{ path: {p}/signing, type: ed25519 }}\n\
-             services:\n  rabbitmq:\n    credentials: {v}/messaging#password\n    erlang_cookie: {v}/messaging#erlang_cookie\n\
+            "secrets:\n  entries:\n    database: {{ path: {p}/database, type: mongodb }}\n    messaging: {{ path: {p}/messaging, type: rabbitmq }}\n    postgres: {{ path: {p}/postgres, type: postgres }}\n    grafana: {{ path: {p}/grafana, type: generic }}\n    signing: {{ path: {p}/signing, type: ed25519 }}\n    broker_tls: {{ path: {p}/broker-tls, type: tls, hosts: [rabbitmq.messaging.svc] }}\n\
+             services:\n  rabbitmq:\n    credentials: {v}/messaging#password\n    erlang_cookie: {v}/messaging#erlang_cookie\n    tls: {{ cert: {v}/broker-tls#cert, key: {v}/broker-tls#key }}\n\
              \x20 mongodb:\n    keyfile: {v}/database#keyfile\n    root_password: {v}/database#password\n\
              \x20 postgres:\n    password: {v}/postgres#password\n\
              \x20 grafana:\n    admin_password: {v}/grafana#password\n\
-             agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n      - name: TASK_SIGNING_PUBLIC_KEYS\n        secret: {v}/signing#public_keys\n"
+             agents:\n  - name: task-executor\n    env:\n      - name: BROKER_PASSWORD\n        secret: {v}/messaging#password\n      - name: TASK_SIGNING_PUBLIC_KEYS\n        secret: {v}/signing#public_keys\n      - name: BROKER_CA\n        secret: {v}/broker-tls#ca_certs\n"
         )
     }
 }
@@ -156,7 +160,14 @@ impl ProductionSecrets {
 impl Drop for ProductionSecrets {
     fn drop(&mut self) {
         let (addr, token) = vault();
-        for name in ["messaging", "database", "postgres", "grafana"] {
+        for name in [
+            "messaging",
+            "database",
+            "postgres",
+            "grafana",
+            "signing",
+            "broker-tls",
+        ] {
             let _ = std::process::Command::new("curl")
                 .args(["-s", "-X", "DELETE", "-H"])
                 .arg(format!("X-Vault-Token: {token}"))

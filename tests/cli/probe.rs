@@ -167,12 +167,7 @@ async fn run(
     started: &AtomicBool,
     count: &std::sync::atomic::AtomicUsize,
 ) -> Result<ProbeReport, String> {
-    let connection = Connection::connect(
-        url,
-        ConnectionProperties::default().with_connection_name("taskctl-test-probe".into()),
-    )
-    .await
-    .map_err(|e| format!("connecting to the broker: {e}"))?;
+    let connection = open(url, None).await?;
     let channel = connection
         .create_channel()
         .await
@@ -313,6 +308,38 @@ async fn run(
     })
 }
 
+/// A connection to the broker at `url`; with `ca` (PEM), over TLS trusting
+/// only those CAs, as the agents and taskctl do.
+async fn open(url: &str, ca: Option<&str>) -> Result<Connection, String> {
+    let properties =
+        ConnectionProperties::default().with_connection_name("taskctl-test-probe".into());
+    match ca {
+        Some(pem) => {
+            taskctl_broker_tls::BrokerTls::with_ca_pem(pem)?
+                .connect(url, properties)
+                .await
+        }
+        None => Connection::connect(url, properties).await,
+    }
+    .map_err(|e| format!("connecting to the broker: {e}"))
+}
+
+/// Opens and closes one connection: whether the broker at `url` can be
+/// reached trusting only `ca` (PEM), and why not.
+pub fn connects(url: &str, ca: Option<&str>) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?
+        .block_on(async {
+            let c = tokio::time::timeout(Duration::from_secs(15), open(url, ca))
+                .await
+                .map_err(|_| "no connection within 15 s".to_string())??;
+            let _ = c.close(200, "checked".into()).await;
+            Ok(())
+        })
+}
+
 /// Results collected so far, and how many came twice.
 type Collected = Arc<Mutex<(BTreeMap<String, TaskResult>, usize)>>;
 
@@ -320,15 +347,11 @@ type Collected = Arc<Mutex<(BTreeMap<String, TaskResult>, usize)>>;
 /// collector on it; the connection's channel publishes under confirms.
 async fn connect_collecting(
     url: &str,
+    ca: Option<&str>,
     reply: &str,
     collected: &Collected,
 ) -> Result<(Connection, lapin::Channel, tokio::task::JoinHandle<()>), String> {
-    let connection = Connection::connect(
-        url,
-        ConnectionProperties::default().with_connection_name("taskctl-test-probe".into()),
-    )
-    .await
-    .map_err(|e| format!("connecting to the broker: {e}"))?;
+    let connection = open(url, ca).await?;
     let channel = connection
         .create_channel()
         .await
@@ -383,6 +406,7 @@ async fn connect_collecting(
 /// counted (the broker never promised them).
 pub fn start_surviving_restarts(
     amqp_url: &str,
+    ca: Option<&str>,
     signing_key: &str,
     queue: &str,
     every: Duration,
@@ -393,6 +417,7 @@ pub fn start_surviving_restarts(
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let thread = {
         let (url, queue) = (amqp_url.to_owned(), queue.to_owned());
+        let ca = ca.map(str::to_owned);
         let (stop, started, count) = (stop.clone(), started.clone(), count.clone());
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
@@ -400,7 +425,14 @@ pub fn start_surviving_restarts(
                 .build()
                 .map_err(|e| e.to_string())?
                 .block_on(run_surviving(
-                    &url, &signer, &queue, every, &stop, &started, &count,
+                    &url,
+                    ca.as_deref(),
+                    &signer,
+                    &queue,
+                    every,
+                    &stop,
+                    &started,
+                    &count,
                 ))
         })
     };
@@ -421,8 +453,10 @@ pub fn start_surviving_restarts(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_surviving(
     url: &str,
+    ca: Option<&str>,
     signer: &Signer,
     queue: &str,
     every: Duration,
@@ -442,7 +476,7 @@ async fn run_surviving(
     // Publishing, through broker restarts.
     while !stop.load(Ordering::SeqCst) {
         if link.is_none() {
-            match connect_collecting(url, &reply, &collected).await {
+            match connect_collecting(url, ca, &reply, &collected).await {
                 Ok(l) => {
                     link = Some(l);
                     down_since = None;
@@ -530,7 +564,7 @@ async fn run_surviving(
             if let Some((_, _, collector)) = link.take() {
                 collector.abort();
             }
-            link = connect_collecting(url, &reply, &collected).await.ok();
+            link = connect_collecting(url, ca, &reply, &collected).await.ok();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -238,11 +238,19 @@ agents:
             .to_owned()
     }
 
-    /// The agents' broker URL, as published on loopback.
+    /// The CA bundle the agents trust the broker with.
+    fn broker_ca(&self) -> String {
+        self.secret("taskctl/local/broker-tls")["ca_certs"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The agents' broker URL, as published on loopback (TLS only).
     fn agents_amqp_url(&self) -> String {
         let m = self.secret("taskctl/local/messaging");
         format!(
-            "amqp://{}:{}@127.0.0.1:{}/taskctl-local",
+            "amqps://{}:{}@127.0.0.1:{}/taskctl-local",
             crate::harness::urlencode(m["username"].as_str().unwrap()),
             crate::harness::urlencode(m["password"].as_str().unwrap()),
             self.amqp
@@ -464,6 +472,43 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
             );
         }
     }
+    // The broker speaks AMQP over TLS only, published as 5671, with a
+    // certificate of the stack's own CA: its private key is in no
+    // container's configuration, and a client that trusts another CA, or
+    // speaks plain AMQP, gets nothing.
+    let rabbit_ports = docker(&[
+        "inspect",
+        "-f",
+        "{{json .HostConfig.PortBindings}}",
+        &format!("rabbitmq.{}.development", stack.name),
+    ]);
+    assert!(
+        rabbit_ports.contains("\"5671/tcp\"") && !rabbit_ports.contains("\"5672/tcp\""),
+        "{rabbit_ports}"
+    );
+    let tls = stack.secret("taskctl/local/broker-tls");
+    let key = tls["key"].as_str().unwrap();
+    let key_body = key.lines().nth(1).unwrap();
+    for name in &names {
+        assert!(
+            !docker(&["inspect", name]).contains(key_body),
+            "{name}: the broker's TLS key in its configuration"
+        );
+    }
+    probe::connects(&stack.agents_amqp_url(), Some(&stack.broker_ca()))
+        .expect("amqps:// trusting the stack's CA");
+    let foreign = std::fs::read_to_string(
+        std::env::var("TASKCTL_TEST_BROKER_CA").expect("scripts/test-env.sh's CA"),
+    )
+    .unwrap();
+    let refused = probe::connects(&stack.agents_amqp_url(), Some(&foreign)).unwrap_err();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+    let plain = stack.agents_amqp_url().replacen("amqps://", "amqp://", 1);
+    assert!(
+        probe::connects(&plain, None).is_err(),
+        "plain AMQP on the TLS port"
+    );
+
     // The broker has no guest, and its administrator is the generated one.
     let guest = Command::new("curl")
         .args([
@@ -542,6 +587,7 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
     let rabbit = format!("rabbitmq.{}.development", stack.name);
     let probe = probe::start_surviving_restarts(
         &stack.agents_amqp_url(),
+        Some(&stack.broker_ca()),
         &stack.signing_key(),
         "taskctl.tasks",
         Duration::from_millis(5),
@@ -594,6 +640,7 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
     let watch = HealthWatch::start(&stack.label());
     let probe = probe::start_surviving_restarts(
         &stack.agents_amqp_url(),
+        Some(&stack.broker_ca()),
         &stack.signing_key(),
         "taskctl.tasks",
         Duration::from_millis(10),

@@ -1,4 +1,5 @@
-//! `BROKER_CA_FILE`, `BROKER_CLIENT_CERT_FILE`, `BROKER_CLIENT_KEY_FILE`.
+//! `BROKER_CA_FILE` (or `BROKER_CA`, the PEM itself), `BROKER_CLIENT_CERT_FILE`,
+//! `BROKER_CLIENT_KEY_FILE`.
 
 use std::path::{Path, PathBuf};
 
@@ -60,10 +61,28 @@ impl Reader<'_> {
     /// or when there is a problem (reported).
     pub(super) fn broker_tls(&mut self, broker_url: &str) -> Option<BrokerTls> {
         let [ca_path, cert_path, key_path] = TLS_VARIABLES.map(|name| self.env(name));
-        if ca_path.is_none() && cert_path.is_none() && key_path.is_none() {
+        // The CA bundle itself rather than its path: what a Kubernetes
+        // `secretKeyRef` gives (the docker target delivers it as a file).
+        let ca_inline = self.env("BROKER_CA");
+        if ca_path.is_none() && ca_inline.is_none() && cert_path.is_none() && key_path.is_none() {
             return None;
         }
         let mut valid = true;
+        if ca_inline.is_some() && ca_path.is_some() {
+            self.problem(
+                "BROKER_CA",
+                "expected BROKER_CA (the PEM itself) or BROKER_CA_FILE (its path), not both",
+            );
+            valid = false;
+        }
+        if ca_inline.is_some() && broker_url.starts_with("amqp://") {
+            self.problem(
+                "BROKER_CA",
+                "expected an amqps:// BROKER_URL when BROKER_CA is set; \
+                 an amqp:// URL does not use TLS",
+            );
+            valid = false;
+        }
 
         // Only an amqps:// URL uses TLS; with amqp:// these would be ignored
         // and the connection silently unencrypted.
@@ -103,14 +122,25 @@ impl Reader<'_> {
             _ => {}
         }
 
-        let roots = match &ca_path {
-            Some(path) => {
+        let roots = match (&ca_path, &ca_inline) {
+            (None, Some(pem)) => match tls::parse_roots(pem) {
+                Ok(roots) => Some((PathBuf::from("BROKER_CA"), roots)),
+                Err(reason) => {
+                    self.problem(
+                        "BROKER_CA",
+                        format!("expected PEM CA certificates, but it is not: {reason}"),
+                    );
+                    valid = false;
+                    None
+                }
+            },
+            (Some(path), _) => {
                 let roots =
                     self.pem_file("BROKER_CA_FILE", path, "CA certificates", tls::parse_roots);
                 valid &= roots.is_some();
                 roots.map(|roots| (PathBuf::from(path), roots))
             }
-            None => None,
+            (None, None) => None,
         };
         let chain = cert_path.as_deref().and_then(|path| {
             self.pem_file(
@@ -154,7 +184,9 @@ impl Reader<'_> {
                 None
             }
             Err(TlsSetupError::Other(reason)) => {
-                let name = if ca_path.is_some() {
+                let name = if ca_inline.is_some() {
+                    "BROKER_CA"
+                } else if ca_path.is_some() {
                     "BROKER_CA_FILE"
                 } else {
                     "BROKER_CLIENT_CERT_FILE"
@@ -253,6 +285,39 @@ mod tests {
         assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/tls/ca.pem")));
         assert_eq!(tls.ca_certificates, 2);
         assert!(tls.client_cert_file.is_none());
+    }
+
+    /// `BROKER_CA` is the bundle itself (a Kubernetes `secretKeyRef`);
+    /// never together with `BROKER_CA_FILE`, never with amqp://, and a
+    /// bundle that is not PEM is named without being quoted.
+    #[test]
+    pub(super) fn an_inline_ca_bundle_is_the_only_trust_too() {
+        let (ca1, _) = ca("first CA");
+        let (ca2, _) = ca("second CA");
+        let bundle = format!("{ca1}{ca2}");
+        let c = config_with_files(&[AMQPS, ("BROKER_CA", &bundle)], &[]).unwrap();
+        let tls = c.broker_tls.as_ref().unwrap();
+        assert_eq!(tls.ca_certificates, 2);
+
+        let err = config_with_files(
+            &[AMQPS, ("BROKER_CA", &bundle), ("BROKER_CA_FILE", "/ca")],
+            &[("/ca", &ca1)],
+        )
+        .unwrap_err();
+        assert!(variables(&err).contains(&"BROKER_CA"), "{err}");
+        let err = config_with_files(
+            &[
+                ("BROKER_URL", "amqp://u:p@rabbitmq:5672/%2f"),
+                ("BROKER_CA", &bundle),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(variables(&err), ["BROKER_CA"]);
+        let err =
+            config_with_files(&[AMQPS, ("BROKER_CA", "secret-looking text")], &[]).unwrap_err();
+        assert_eq!(variables(&err), ["BROKER_CA"]);
+        assert!(!err.to_string().contains("secret-looking"), "{err}");
     }
 
     #[test]

@@ -365,6 +365,80 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
             ));
         }
         let rabbit_limits = limits(profile, "rabbitmq", (1.0, 512 * MI, 512))?;
+        let mut env: Vec<(String, EnvSource)> = [
+            ("HOME", "/var/lib/rabbitmq"),
+            // The node's name names its storage directory: a name of its
+            // own (not the container id) keeps the data of the volume.
+            ("RABBITMQ_NODENAME", "rabbit@localhost"),
+            ("RABBITMQ_CONFIG_FILE", "/run/secrets/rabbitmq.conf"),
+            (
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                "/etc/taskctl/enabled_plugins",
+            ),
+            ("RABBITMQ_MNESIA_BASE", "/var/lib/rabbitmq/mnesia"),
+            ("RABBITMQ_LOG_BASE", "/var/lib/rabbitmq/log"),
+            (
+                "RABBITMQ_PLUGINS_EXPAND_DIR",
+                "/var/lib/rabbitmq/plugins-expand",
+            ),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), EnvSource::Literal(v.into())))
+        .collect();
+        // AMQP: over TLS only when the profile gives a certificate (the
+        // certificate, key and CA arrive as secret files like every
+        // secret), plain otherwise.
+        let (listeners, amqp_port) = match &r.tls {
+            Some(tls) => {
+                let mut conf = String::from("listeners.tcp = none\nlisteners.ssl.default = 5671\n");
+                let mut file = |name: &str,
+                                c: &taskctl_core::profile::value::Checked<SecretRef>,
+                                what: &str,
+                                option: &str|
+                 -> Result<(), String> {
+                    env.push((name.to_string(), EnvSource::Secret(secret(c, what)?)));
+                    conf.push_str(&format!(
+                        "ssl_options.{option} = {}/{}\n",
+                        crate::secret_files::DIR,
+                        crate::secret_files::file_name(name)
+                    ));
+                    Ok(())
+                };
+                file(
+                    "RABBITMQ_TLS_CERT",
+                    &tls.cert,
+                    "services.rabbitmq.tls.cert",
+                    "certfile",
+                )?;
+                file(
+                    "RABBITMQ_TLS_KEY",
+                    &tls.key,
+                    "services.rabbitmq.tls.key",
+                    "keyfile",
+                )?;
+                if let Some(ca) = &tls.ca {
+                    file(
+                        "RABBITMQ_TLS_CA",
+                        ca,
+                        "services.rabbitmq.tls.ca",
+                        "cacertfile",
+                    )?;
+                }
+                // TLS 1.3 and 1.2 only; client certificates are asked for
+                // when a CA is given, never required (agents authenticate
+                // with their password).
+                conf.push_str(
+                    "ssl_options.versions.1 = tlsv1.3\nssl_options.versions.2 = tlsv1.2\n",
+                );
+                conf.push_str(if tls.ca.is_some() {
+                    "ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = false\n"
+                } else {
+                    "ssl_options.verify = verify_none\n"
+                });
+                (conf, 5671)
+            }
+            None => ("listeners.tcp.default = 5672\n".to_string(), 5672),
+        };
         out.push(ServiceDef {
             name: "rabbitmq",
             image: image_of(
@@ -377,26 +451,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
             file_owner: 999,
             entrypoint: Some(strs(&["rabbitmq-server"])),
             cmd: None,
-            env: [
-                ("HOME", "/var/lib/rabbitmq"),
-                // The node's name names its storage directory: a name of its
-                // own (not the container id) keeps the data of the volume.
-                ("RABBITMQ_NODENAME", "rabbit@localhost"),
-                ("RABBITMQ_CONFIG_FILE", "/run/secrets/rabbitmq.conf"),
-                (
-                    "RABBITMQ_ENABLED_PLUGINS_FILE",
-                    "/etc/taskctl/enabled_plugins",
-                ),
-                ("RABBITMQ_MNESIA_BASE", "/var/lib/rabbitmq/mnesia"),
-                ("RABBITMQ_LOG_BASE", "/var/lib/rabbitmq/log"),
-                (
-                    "RABBITMQ_PLUGINS_EXPAND_DIR",
-                    "/var/lib/rabbitmq/plugins-expand",
-                ),
-            ]
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), EnvSource::Literal(v.into())))
-            .collect(),
+            env,
             files: vec![
                 FileDef::Config {
                     name: "enabled_plugins".into(),
@@ -409,7 +464,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
                     // RabbitMQ sizes its memory alarm from the host's RAM,
                     // not the container's limit: 40% of the limit instead.
                     rest: format!(
-                        "loopback_users = none\nlisteners.tcp.default = 5672\nmanagement.tcp.port = 15672\nprometheus.tcp.port = 15692\nlog.console = true\nlog.file = false\nvm_memory_high_watermark.absolute = {}\n",
+                        "loopback_users = none\n{listeners}management.tcp.port = 15672\nprometheus.tcp.port = 15692\nlog.console = true\nlog.file = false\nvm_memory_high_watermark.absolute = {}\n",
                         rabbit_limits.memory * 2 / 5
                     ),
                 },
@@ -417,8 +472,8 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
             ports: vec![
                 PortDef {
                     name: "rabbitmq",
-                    container: 5672,
-                    host: published(profile, "rabbitmq", Some(5672)),
+                    container: amqp_port,
+                    host: published(profile, "rabbitmq", Some(amqp_port)),
                 },
                 PortDef {
                     name: "rabbitmq_management",

@@ -82,6 +82,12 @@ pub async fn endpoints(
         Some(agent) => agent_signing_key(agent, secrets).await?,
         None => None,
     };
+    // The CA bundle the agents trust the broker with (`BROKER_CA`, a value
+    // or a secret): taskctl trusts it the same way, and nothing else.
+    let broker_ca = match profile.agents.first() {
+        Some(agent) => agent_env(agent, secrets, "BROKER_CA").await?,
+        None => None,
+    };
     let mut agents = Vec::new();
     for (name, labels) in agent_containers(docker, profile).await? {
         let (Some(agent), Some(index), Some(slot)) = (
@@ -166,6 +172,7 @@ pub async fn endpoints(
             .or_else(|| published("vault", "vault", "http")),
         agents,
         task_signing_key,
+        broker_ca,
     })
 }
 
@@ -206,6 +213,27 @@ pub async fn agent_signing_key(
         .filter(|k| !k.trim().is_empty()))
 }
 
+/// The value of an agent's env entry `name`: the literal, or the secret
+/// resolved (never shown in errors); `None` when the agent has no such entry.
+async fn agent_env(
+    agent: &taskctl_core::profile::model::Agent,
+    secrets: &Secrets,
+    name: &str,
+) -> Result<Option<String>, OpsError> {
+    let Some(var) = agent.env.iter().find(|v| v.name == name) else {
+        return Ok(None);
+    };
+    match (&var.value, var.secret.as_ref().and_then(|s| s.get())) {
+        (Some(v), _) => Ok(Some(v.clone())),
+        (None, Some(r)) => secrets
+            .resolve(r)
+            .await
+            .map(|r| Some(r.value.expose().to_string()))
+            .map_err(|e| OpsError::Provider(format!("agent `{}` env {name}: {e}", agent.name))),
+        _ => Ok(None),
+    }
+}
+
 /// The broker URL an agent connects with, as the agent composes it:
 /// `BROKER_URL` (a value or a secret), with `BROKER_USERNAME` and
 /// `BROKER_PASSWORD` (values or secrets) put in its user info. The gates
@@ -214,25 +242,7 @@ async fn agent_broker_url(
     agent: &taskctl_core::profile::model::Agent,
     secrets: &Secrets,
 ) -> Result<Option<String>, OpsError> {
-    let value = |name: &str| {
-        agent.env.iter().find(|v| v.name == name).map(|v| {
-            (
-                v.value.clone(),
-                v.secret.as_ref().and_then(|s| s.get().cloned()),
-            )
-        })
-    };
-    let resolve = async |name: &str| -> Result<Option<String>, OpsError> {
-        match value(name) {
-            Some((Some(v), _)) => Ok(Some(v)),
-            Some((None, Some(r))) => secrets
-                .resolve(&r)
-                .await
-                .map(|r| Some(r.value.expose().to_string()))
-                .map_err(|e| OpsError::Provider(format!("agent `{}` env {name}: {e}", agent.name))),
-            _ => Ok(None),
-        }
-    };
+    let resolve = async |name: &str| agent_env(agent, secrets, name).await;
     let Some(url) = resolve("BROKER_URL").await? else {
         return Ok(None);
     };

@@ -26,13 +26,14 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use taskctl_broker_tls::BrokerTls;
 use taskctl_protocol::signing::Signer;
 use taskctl_protocol::{TaskKind, TaskMessage, TaskResult, TaskStatus};
 
 use crate::{Attempt, quoted, redact, seconds};
 
 pub(crate) async fn attempt(
-    amqp_url: &str,
+    broker: Broker<'_>,
     queue: &str,
     signing_key: Option<&str>,
     budget: Duration,
@@ -44,7 +45,7 @@ pub(crate) async fn attempt(
         delay_ms: 0,
     };
     match send(
-        amqp_url,
+        broker,
         queue,
         &id,
         kind,
@@ -71,13 +72,23 @@ pub enum Sent {
     Refused(String),
 }
 
+/// Where the broker is and which CAs to trust for it.
+#[derive(Clone, Copy)]
+pub struct Broker<'a> {
+    /// `amqp://` or `amqps://`; may carry credentials, never shown.
+    pub url: &'a str,
+    /// PEM CA bundle: with `amqps://`, only these are trusted (the bundle
+    /// the agents are given); without it, the public web roots.
+    pub ca: Option<&'a str>,
+}
+
 /// Publishes one task of `kind` with id `id` to `queue` through the broker
-/// at `amqp_url` (signed with `signing_key`, base64 PKCS#8, when given) and
+/// at `broker` (signed with `signing_key`, base64 PKCS#8, when given) and
 /// waits up to `budget` for its result, through an exclusive reply queue.
 /// The task runs at most once (`max_attempts` 1) and expires with the
 /// budget, so a task nobody consumed does not run after the caller gave up.
 pub async fn send(
-    amqp_url: &str,
+    broker: Broker<'_>,
     queue: &str,
     id: &str,
     kind: TaskKind,
@@ -90,21 +101,31 @@ pub async fn send(
         Ok(signer) => signer,
         Err(e) => return Sent::Refused(format!("cannot sign the task: {e}")),
     };
+    let tls = match broker.ca.map(BrokerTls::with_ca_pem).transpose() {
+        Ok(tls) => tls,
+        Err(e) => return Sent::Refused(format!("the broker's CA bundle is not usable: {e}")),
+    };
+    let amqp_url = broker.url;
     let shown = redact::url(amqp_url);
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    let connection =
-        match tokio::time::timeout(budget, Connection::connect(amqp_url, properties)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return Sent::Unanswered(format!("cannot connect to the broker at {shown}: {e}"));
-            }
-            Err(_) => {
-                return Sent::Unanswered(format!(
-                    "the broker at {shown} did not answer within {}",
-                    seconds(budget)
-                ));
-            }
-        };
+    let connect = async {
+        match &tls {
+            Some(tls) => tls.connect(amqp_url, properties).await,
+            None => Connection::connect(amqp_url, properties).await,
+        }
+    };
+    let connection = match tokio::time::timeout(budget, connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Sent::Unanswered(format!("cannot connect to the broker at {shown}: {e}"));
+        }
+        Err(_) => {
+            return Sent::Unanswered(format!(
+                "the broker at {shown} did not answer within {}",
+                seconds(budget)
+            ));
+        }
+    };
     let outcome = match round_trip(
         &connection,
         queue,

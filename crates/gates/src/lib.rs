@@ -47,7 +47,7 @@
 
 mod conditions;
 mod functional;
-pub use functional::{Sent, send as send_task, task_id};
+pub use functional::{Broker, Sent, send as send_task, task_id};
 mod http;
 mod metric;
 pub mod redact;
@@ -144,6 +144,8 @@ pub enum GateKind {
         amqp_url: String,
         queue: String,
         signing_key: Option<String>,
+        /// With `amqps://`: the PEM CA bundle to trust, and only it.
+        broker_ca: Option<String>,
     },
 }
 
@@ -205,11 +207,13 @@ impl fmt::Debug for GateKind {
                 amqp_url,
                 queue,
                 signing_key,
+                broker_ca,
             } => f
                 .debug_struct("Functional")
                 .field("amqp_url", &redact::url(amqp_url))
                 .field("queue", queue)
                 .field("signed", &signing_key.is_some())
+                .field("private_ca", &broker_ca.is_some())
                 .finish(),
         }
     }
@@ -296,6 +300,9 @@ pub struct Endpoints {
     /// The private key tasks are signed with (base64 PKCS#8 Ed25519), when
     /// the agents require signed tasks; never shown.
     pub task_signing_key: Option<String>,
+    /// The CA bundle (PEM) the agents trust for an `amqps://` broker, when
+    /// they are given one: taskctl trusts the broker the same way.
+    pub broker_ca: Option<String>,
 }
 
 /// Written by hand: the broker URL carries credentials.
@@ -311,6 +318,7 @@ impl fmt::Debug for Endpoints {
                 "task_signing_key",
                 &self.task_signing_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("broker_ca", &self.broker_ca.is_some())
             .finish()
     }
 }
@@ -480,7 +488,14 @@ async fn run_attempt(
                 amqp_url,
                 queue,
                 signing_key,
-            } => functional::attempt(amqp_url, queue, signing_key.as_deref(), budget).await,
+                broker_ca,
+            } => {
+                let broker = Broker {
+                    url: amqp_url,
+                    ca: broker_ca.as_deref(),
+                };
+                functional::attempt(broker, queue, signing_key.as_deref(), budget).await
+            }
         }
     };
     match tokio::time::timeout(budget + Duration::from_secs(1), attempt).await {

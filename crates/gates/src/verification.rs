@@ -144,6 +144,7 @@ pub fn verification_gates(
                             amqp_url: amqp_url.clone(),
                             queue: queue.clone(),
                             signing_key: endpoints.task_signing_key.clone(),
+                            broker_ca: endpoints.broker_ca.clone(),
                         };
                         gates.push(gate(gate_name, kind));
                     }

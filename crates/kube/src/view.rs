@@ -169,6 +169,18 @@ pub struct RabbitMqView {
     /// Namespaces whose pods may connect to AMQP.
     pub client_namespaces: Vec<String>,
     pub secret_sources: String,
+    /// AMQP over TLS with these Secret keys (PEM), mounted as files.
+    pub tls: Option<TlsView>,
+    /// 5671 with TLS (the only AMQP listener then), 5672 without.
+    pub amqp_port: u16,
+}
+
+/// A server's certificate, key and client CAs, as Secret keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsView {
+    pub cert: SecretKey,
+    pub key: SecretKey,
+    pub ca: Option<SecretKey>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -450,6 +462,13 @@ pub fn build(profile: &Profile, templates: &Path) -> Result<View, RenderError> {
         .map(|r| {
             let credentials = r.credentials.as_ref().and_then(|c| secret_key(c, mount));
             let erlang_cookie = r.erlang_cookie.as_ref().and_then(|c| secret_key(c, mount));
+            let tls = r.tls.as_ref().and_then(|t| {
+                Some(TlsView {
+                    cert: secret_key(&t.cert, mount)?,
+                    key: secret_key(&t.key, mount)?,
+                    ca: t.ca.as_ref().and_then(|c| secret_key(c, mount)),
+                })
+            });
             RabbitMqView {
                 namespace: MESSAGING.into(),
                 image: r.image.clone().unwrap_or_else(|| RABBITMQ_IMAGE.into()),
@@ -463,9 +482,17 @@ pub fn build(profile: &Profile, templates: &Path) -> Result<View, RenderError> {
                 enabled_plugins: format!("[{}].", r.plugins.join(",")),
                 plugins: r.plugins.clone(),
                 default_user: broker_user(&profile.agents).unwrap_or_else(|| "taskctl".into()),
-                secret_sources: sources(&[credentials.as_ref(), erlang_cookie.as_ref()]),
+                secret_sources: sources(&[
+                    credentials.as_ref(),
+                    erlang_cookie.as_ref(),
+                    tls.as_ref().map(|t| &t.cert),
+                    tls.as_ref().map(|t| &t.key),
+                    tls.as_ref().and_then(|t| t.ca.as_ref()),
+                ]),
                 credentials,
                 erlang_cookie,
+                amqp_port: if tls.is_some() { 5671 } else { 5672 },
+                tls,
                 autoscaling: r.autoscaling.as_ref().map(hpa),
                 client_namespaces: agent_namespaces.clone(),
             }

@@ -68,10 +68,90 @@ pub fn ed25519_keypair() -> (Secret, String) {
     )
 }
 
+/// A server certificate and the private CA that signed it, in PEM.
+pub struct Tls {
+    /// The CA's certificate: what clients trust.
+    pub ca_cert: String,
+    /// The server's certificate (signed by the CA).
+    pub cert: String,
+    /// The server's private key (PKCS#8, P-256).
+    pub key: Secret,
+}
+
+/// A new private CA and a server certificate for `hosts` (DNS names or IP
+/// addresses), both valid for `valid_for` from an hour ago (clock skew).
+/// The CA's private key is dropped once the certificate is signed: it is
+/// never stored, so nobody can issue another certificate under this CA;
+/// a rotation makes a new CA (see `managed::Kind::Tls`).
+pub fn tls(hosts: &[String], valid_for: std::time::Duration) -> Result<Tls, String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    if hosts.is_empty() {
+        return Err("a tls secret needs at least one host name or address (`hosts`)".into());
+    }
+    let not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let not_after = time::OffsetDateTime::now_utc()
+        + time::Duration::try_from(valid_for).map_err(|e| format!("validity: {e}"))?;
+    let failed = |what: &str, e: rcgen::Error| format!("{what}: {e}");
+
+    let ca_key = KeyPair::generate().map_err(|e| failed("the CA's key", e))?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| failed("the CA", e))?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(DnType::CommonName, "taskctl private CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = not_before;
+    ca.not_after = not_after;
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .map_err(|e| failed("the CA", e))?
+        .pem();
+    let issuer = Issuer::new(ca, ca_key);
+
+    let key = KeyPair::generate().map_err(|e| failed("the server's key", e))?;
+    let mut server = CertificateParams::new(hosts.to_vec())
+        .map_err(|e| failed("the server certificate's names", e))?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, hosts[0].clone());
+    server.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.not_before = not_before;
+    server.not_after = not_after;
+    let cert = server
+        .signed_by(&key, &issuer)
+        .map_err(|e| failed("the server certificate", e))?
+        .pem();
+    Ok(Tls {
+        ca_cert,
+        cert,
+        key: Secret::new(key.serialize_pem()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ring::signature::{ED25519, UnparsedPublicKey};
+
+    #[test]
+    fn a_tls_certificate_names_its_hosts_and_chains_to_its_ca() {
+        let hosts = vec!["rabbitmq".to_string(), "127.0.0.1".to_string()];
+        let t = tls(&hosts, std::time::Duration::from_secs(86_400)).unwrap();
+        assert!(t.ca_cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(t.cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(t.key.expose().starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_ne!(t.ca_cert, t.cert);
+        // Two calls, two CAs: nothing is shared between generations.
+        let again = tls(&hosts, std::time::Duration::from_secs(86_400)).unwrap();
+        assert_ne!(again.ca_cert, t.ca_cert);
+        assert!(tls(&[], std::time::Duration::from_secs(60)).is_err());
+    }
 
     #[test]
     fn passwords_are_alphanumeric_and_distinct() {

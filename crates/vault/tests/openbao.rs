@@ -167,6 +167,7 @@ async fn managed_create_rotate_and_due() {
         kind: Kind::Rabbitmq,
         rotation: Some(30 * day),
         username: None,
+        hosts: Vec::new(),
     };
     let now = SystemTime::now();
 
@@ -232,6 +233,7 @@ async fn managed_create_rotate_and_due() {
         kind: Kind::Ed25519,
         rotation: None,
         username: None,
+        hosts: Vec::new(),
     };
     assert_eq!(
         managed::ensure(&v, &k, now, false).await.unwrap().action,
@@ -284,6 +286,7 @@ async fn managed_create_rotate_and_due() {
         kind: Kind::Generic,
         rotation: Some(day),
         username: None,
+        hosts: Vec::new(),
     };
     assert_eq!(
         managed::ensure(&v, &g, now, false).await.unwrap().action,
@@ -297,6 +300,56 @@ async fn managed_create_rotate_and_due() {
             .keys()
             .collect::<Vec<_>>(),
         ["password"]
+    );
+}
+
+/// A `tls` secret: made once, kept while its names stay, made again (with
+/// the previous CA still in the trusted bundle) when the names change.
+#[tokio::test]
+async fn managed_certificate_follows_its_host_names() {
+    let Some(env) = env("managed_certificate_follows_its_host_names") else {
+        return;
+    };
+    let v = root(&env).await;
+    let now = SystemTime::now();
+    let t = Managed {
+        mount: "secret".into(),
+        path: unique("managed/tls"),
+        kind: Kind::Tls,
+        rotation: None,
+        username: None,
+        hosts: vec!["rabbitmq".into(), "127.0.0.1".into()],
+    };
+    let first = managed::ensure(&v, &t, now, false).await.unwrap();
+    assert_eq!(first.action, Action::Created);
+    assert_eq!(
+        managed::ensure(&v, &t, now, false).await.unwrap().action,
+        Action::Unchanged
+    );
+    // Due after the default 90 days even though the profile set none.
+    let status = managed::status(&v, &t, now).await.unwrap();
+    assert_eq!(
+        status.next_rotation.unwrap(),
+        first.created + managed::TLS_DEFAULT_ROTATION
+    );
+    let old = v.read("secret", &t.path, None).await.unwrap().data;
+    let renamed = Managed {
+        hosts: vec!["rabbitmq".into(), "broker.internal".into()],
+        ..t.clone()
+    };
+    assert_eq!(
+        managed::ensure(&v, &renamed, now, false)
+            .await
+            .unwrap()
+            .action,
+        Action::Rotated
+    );
+    let new = v.read("secret", &t.path, None).await.unwrap().data;
+    assert_eq!(new["hosts"].expose(), "rabbitmq,broker.internal");
+    assert_ne!(new["cert"].expose(), old["cert"].expose());
+    assert_eq!(
+        new["ca_certs"].expose(),
+        format!("{}{}", new["ca_cert"].expose(), old["ca_cert"].expose())
     );
 }
 

@@ -42,6 +42,7 @@ fn endpoints(agents: &[&HttpServer]) -> Endpoints {
             .map(|(i, s)| agent_endpoint(&format!("agent-{i}"), &s.addr, "127.0.0.1:1"))
             .collect(),
         task_signing_key: None,
+        broker_ca: None,
     }
 }
 

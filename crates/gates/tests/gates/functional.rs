@@ -16,6 +16,7 @@ async fn a_task_goes_through_the_agent_and_back() {
         amqp_url: amqp_url(),
         queue: agent.task_queue.clone(),
         signing_key: Some(agent.signing_key.clone()),
+        broker_ca: None,
     };
     // Retried until the agent has declared its queue and consumes it.
     let report = check(
@@ -63,6 +64,7 @@ async fn without_an_agent_the_gate_times_out_and_says_so() {
         amqp_url: amqp_url(),
         queue: queue.clone(),
         signing_key: None,
+        broker_ca: None,
     };
     let report = check(
         &gate("f", kind, Duration::from_secs(2), INTERVAL),
@@ -88,6 +90,48 @@ async fn without_an_agent_the_gate_times_out_and_says_so() {
     );
 }
 
+/// Over `amqps://` the gate trusts exactly the CA bundle it is given (the
+/// agents' `BROKER_CA`): the broker's private CA passes, any other
+/// certificate fails the handshake with the reason in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_amqps_the_gate_trusts_only_the_given_ca() {
+    let agent = Agent::start().await;
+    let read = |var: &str| std::fs::read_to_string(crate::support::env(var)).unwrap();
+    let ca = read("TASKCTL_TEST_BROKER_CA");
+    // A certificate that signed nothing the broker presents.
+    let other = read("TASKCTL_TEST_BROKER_CLIENT_CERT");
+    let kind = |ca: &str| GateKind::Functional {
+        amqp_url: crate::support::env("TASKCTL_TEST_AMQPS_URL"),
+        queue: agent.task_queue.clone(),
+        signing_key: Some(agent.signing_key.clone()),
+        broker_ca: Some(ca.to_owned()),
+    };
+    let trusted = check(
+        &gate("f", kind(&ca), Duration::from_secs(60), INTERVAL),
+        &CancellationToken::new(),
+    )
+    .await;
+    let refused = check(
+        &gate("f", kind(&other), Duration::from_secs(2), INTERVAL),
+        &CancellationToken::new(),
+    )
+    .await;
+    let log = agent.log_text();
+    agent.stop().await;
+    assert!(trusted.passed, "{}\nagent log:\n{log}", trusted.summary());
+    assert!(!refused.passed);
+    assert!(
+        refused.observed.contains("TLS handshake") && refused.observed.contains("UnknownIssuer"),
+        "{}",
+        refused.observed
+    );
+    assert!(
+        !refused.observed.contains("guest:guest"),
+        "{}",
+        refused.observed
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_no_agent_declared_is_named_in_the_report() {
     let _lock = tokio::task::spawn_blocking(broker_lock).await.unwrap();
@@ -96,6 +140,7 @@ async fn a_queue_no_agent_declared_is_named_in_the_report() {
         amqp_url: amqp_url(),
         queue: queue.clone(),
         signing_key: None,
+        broker_ca: None,
     };
     let report = check(
         &gate("f", kind, Duration::from_millis(800), INTERVAL),
@@ -119,6 +164,7 @@ async fn broker_credentials_never_appear_in_reports() {
             amqp_url: url,
             queue: "taskctl.tasks".into(),
             signing_key: None,
+            broker_ca: None,
         };
         let g = gate("f", kind, Duration::from_millis(600), INTERVAL);
         let report = check(&g, &CancellationToken::new()).await;

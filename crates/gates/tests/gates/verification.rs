@@ -30,6 +30,7 @@ fn hand_made() -> Endpoints {
             ),
         ],
         task_signing_key: None,
+        broker_ca: None,
     }
 }
 
@@ -97,6 +98,7 @@ fn the_local_profile_yields_one_gate_per_service_and_agent() {
             amqp_url: format!("amqp://admin:{SECRET}@127.0.0.1:5672/%2f"),
             queue: "taskctl.tasks".into(),
             signing_key: None,
+            broker_ca: None,
         }
     );
 }
@@ -166,6 +168,7 @@ async fn a_running_agent_passes_every_gate_of_the_local_profile() {
         vault_url: Some(env("TASKCTL_TEST_VAULT_ADDR")),
         agents: vec![agent.endpoint()],
         task_signing_key: Some(agent.signing_key.clone()),
+        broker_ca: None,
     };
     let (gates, skipped) = verification_gates(&profile, &endpoints, Duration::from_secs(60));
     assert_eq!(skipped, []);

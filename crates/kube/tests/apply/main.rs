@@ -216,6 +216,16 @@ fn production_kv() -> Arc<MemoryKv> {
             ),
         ],
     );
+    kv.write(
+        "secret/broker-tls",
+        &[
+            ("cert", "broker-cert-v1-Lp3Za"),
+            ("key", "broker-key-v1-Wq8Ne"),
+            ("ca_cert", "broker-ca-v1-Rt6Ym"),
+            ("ca_certs", "broker-ca-v1-Rt6Ym"),
+            ("hosts", "hosts-v1-Gh2Ks"),
+        ],
+    );
     Arc::new(kv)
 }
 

@@ -233,10 +233,46 @@ fn production_renders_every_object_of_the_issue() {
     ] {
         assert!(plugins.contains(p), "{plugins}");
     }
+    let rabbit_conf = text(conf, "/data/rabbitmq.conf");
     assert!(
-        text(conf, "/data/rabbitmq.conf")
+        rabbit_conf
             .contains("cluster_formation.peer_discovery_backend = rabbit_peer_discovery_k8s")
     );
+    // AMQP over TLS only, from the Secret taskctl makes of the `tls` entry.
+    for want in [
+        "listeners.tcp = none",
+        "listeners.ssl.default = 5671",
+        "ssl_options.certfile = /etc/rabbitmq/tls/cert/tls.crt",
+        "ssl_options.keyfile = /etc/rabbitmq/tls/key/tls.key",
+        "ssl_options.versions.1 = tlsv1.3",
+    ] {
+        assert!(rabbit_conf.contains(want), "no `{want}` in {rabbit_conf}");
+    }
+    assert!(
+        !rabbit_conf.contains("listeners.tcp.default"),
+        "{rabbit_conf}"
+    );
+    assert_eq!(
+        at(rmq, "/spec/template/spec/volumes")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["name"].as_str().unwrap().starts_with("tls-"))
+            .map(|v| v["secret"].clone())
+            .collect::<Vec<_>>(),
+        [
+            serde_json::json!({"secretName": "taskctl-broker-tls", "defaultMode": 288,
+                "items": [{"key": "cert", "path": "tls.crt"}]}),
+            serde_json::json!({"secretName": "taskctl-broker-tls", "defaultMode": 288,
+                "items": [{"key": "key", "path": "tls.key"}]}),
+        ]
+    );
+    assert_eq!(
+        at(rmq, "/spec/template/spec/containers/0/ports/0"),
+        serde_json::json!({"name": "amqp", "containerPort": 5671})
+    );
+    let rmq_svc = find(&ms, "Service", ns("messaging"), "rabbitmq");
+    assert_eq!(at(rmq_svc, "/spec/ports/0/port"), 5671);
     let hpa = find(&ms, "HorizontalPodAutoscaler", ns("messaging"), "rabbitmq");
     assert_eq!(
         (at(hpa, "/spec/minReplicas"), at(hpa, "/spec/maxReplicas")),
@@ -338,7 +374,8 @@ fn production_renders_every_object_of_the_issue() {
 
     // The agent.
     let cm = find(&ms, "ConfigMap", ns("agent-system"), "agent-config");
-    assert!(text(cm, "/data/broker_url").starts_with("amqp://"));
+    assert!(text(cm, "/data/broker_url").starts_with("amqps://"));
+    assert!(text(cm, "/data/broker_url").contains(":5671/"));
     let agent = find(&ms, "Deployment", ns("agent-system"), "task-executor");
     assert_eq!(at(agent, "/spec/replicas"), 3);
     let c = at(agent, "/spec/template/spec/containers/0");
@@ -357,6 +394,17 @@ fn production_renders_every_object_of_the_issue() {
     assert_eq!(
         c["env"][0]["valueFrom"]["configMapKeyRef"],
         serde_json::json!({"name": "agent-config", "key": "broker_url"})
+    );
+    // The agents trust the broker's private CA, and only it.
+    let broker_ca = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "BROKER_CA")
+        .expect("BROKER_CA in the agent's env");
+    assert_eq!(
+        broker_ca["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "taskctl-broker-tls", "key": "ca_certs"})
     );
     let svc = find(&ms, "Service", ns("agent-system"), "task-executor-service");
     assert_eq!(at(svc, "/spec/ports/0/port"), 8080);

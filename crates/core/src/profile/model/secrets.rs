@@ -47,6 +47,12 @@ pub struct SecretEntry {
     /// one user per environment on a shared server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The names a `tls` certificate is made for (DNS names or IP
+    /// addresses, e.g. `[rabbitmq, localhost, 127.0.0.1]`); only for
+    /// type `tls`, which needs at least one. Changing the list makes a new
+    /// certificate at the next deploy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -59,4 +65,9 @@ pub enum SecretKind {
     /// An Ed25519 key pair (`private_key`, `public_key`): the agents'
     /// task-signing key.
     Ed25519,
+    /// A server certificate for `hosts` and the private CA that signed it
+    /// (`cert`, `key`, `ca_cert`, `ca_certs`: the bundle clients trust,
+    /// this CA and the previous one); rotated every 90 days unless
+    /// `rotation` says otherwise. The CA's private key is never kept.
+    Tls,
 }

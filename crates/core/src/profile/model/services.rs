@@ -95,6 +95,27 @@ pub struct RabbitMq {
     pub erlang_cookie: Option<Checked<SecretRef>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<HorizontalScaling>,
+    /// AMQP over TLS (port 5671) with a certificate from Vault; the plain
+    /// listener (5672) is then turned off. A `secrets.entries` one of type
+    /// `tls` has all three (`#cert`, `#key`, `#ca_certs`); agents trust it
+    /// through `BROKER_CA` (the `#ca_certs` reference) and `amqps://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTls>,
+}
+
+/// A server's certificate, private key and (optionally) the CAs it trusts
+/// for client certificates, each a secret reference to PEM.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The server's certificate chain, e.g. `vault:secret/broker-tls#cert`.
+    pub cert: Checked<SecretRef>,
+    /// Its private key, e.g. `vault:secret/broker-tls#key`.
+    pub key: Checked<SecretRef>,
+    /// CA certificates a client certificate may chain to; clients without
+    /// one are still accepted (they authenticate with a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<Checked<SecretRef>>,
 }
 
 fn default_vhost() -> String {

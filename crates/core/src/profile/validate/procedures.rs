@@ -146,6 +146,39 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
                 format!("Vault path `{}` is used by two secrets", entry.path),
             );
         }
+        let is_tls = entry.kind == crate::profile::model::SecretKind::Tls;
+        if is_tls && entry.hosts.is_empty() {
+            r.error_help(
+                at.child("type"),
+                "a `tls` secret needs the names its certificate is for",
+                "add `hosts: [rabbitmq, localhost, 127.0.0.1]` (the names clients connect to)",
+            );
+        }
+        if !is_tls && !entry.hosts.is_empty() {
+            r.error(
+                at.child("hosts"),
+                "`hosts` is only for secrets of type `tls`",
+            );
+        }
+        for (i, host) in entry.hosts.iter().enumerate() {
+            let ip = host.parse::<std::net::IpAddr>().is_ok();
+            let dns = !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+                });
+            if !(ip || dns) {
+                r.error(
+                    at.child("hosts").child(i),
+                    format!("`{host}` is neither a DNS name nor an IP address"),
+                );
+            }
+        }
         if let Some(rotation) = &entry.rotation
             && let Some(d) = r.check(rotation, at.child("rotation"))
             && d.0.as_secs() < 3600

@@ -1,5 +1,8 @@
 //! TLS to the broker with a private CA and an optional client certificate
-//! (`BROKER_CA_FILE`, `BROKER_CLIENT_CERT_FILE`, `BROKER_CLIENT_KEY_FILE`).
+//! (the agent's `BROKER_CA_FILE`, `BROKER_CLIENT_CERT_FILE`,
+//! `BROKER_CLIENT_KEY_FILE`; taskctl's gates and `task send` with the CA
+//! bundle the agents are given). One crate, so both sides trust a broker
+//! in exactly the same way.
 //!
 //! Without those variables an `amqps://` URL goes through lapin's own TLS
 //! set-up, which trusts the public web roots (webpki-roots). lapin's
@@ -188,6 +191,17 @@ impl BrokerTls {
             client_cert_file,
             connector,
         })
+    }
+
+    /// Only the CA certificates in `pem` trusted, no client certificate:
+    /// taskctl's own clients, whose CA bundle comes from Vault, not a file.
+    pub fn with_ca_pem(pem: &str) -> Result<Self, String> {
+        let roots = parse_roots(pem)?;
+        let mut tls = Self::new(Some((PathBuf::new(), roots)), None).map_err(|e| match e {
+            TlsSetupError::ClientKey(e) | TlsSetupError::Other(e) => e,
+        })?;
+        tls.ca_file = None;
+        Ok(tls)
     }
 
     /// Connects to `url` (an `amqps://` URL) with this TLS set-up. A failed
