@@ -239,8 +239,8 @@ pub struct RotateArgs {
 pub struct DestroyArgs {
     #[command(flatten)]
     pub scope: ScopeArgs,
-    /// Also remove data volumes (docker target); without it they are kept
-    #[arg(long)]
+    /// Also delete the data: volumes (docker), persistent volume claims, volumes and namespaces (kubernetes, each named); without it they are kept
+    #[arg(long, visible_alias = "delete-data")]
     pub purge: bool,
     /// Seconds steps in flight may take to finish after Ctrl-C or SIGTERM
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]

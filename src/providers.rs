@@ -6,7 +6,8 @@ use taskctl_core::profile::{Profile, TargetKind};
 /// Options some targets take from the command line rather than the profile.
 #[derive(Debug, Clone, Default)]
 pub struct ProviderOptions {
-    /// `destroy --purge`: also remove data volumes (docker).
+    /// `destroy --purge` / `--delete-data`: also remove data volumes
+    /// (docker) or claims, volumes and namespaces (Kubernetes).
     pub purge: bool,
     /// `deploy --force-conflicts`: take over fields another field manager
     /// owns (kubernetes).
@@ -88,6 +89,9 @@ fn kube_options(
             .unwrap_or_else(|| "templates".into()),
         force_conflicts: options.force_conflicts,
         prune_all: options.prune_all,
+        // `destroy --purge` (`--delete-data`): on Kubernetes, the claims,
+        // volumes and namespaces too; never on deploy or rollback.
+        delete_data: options.destroying && options.purge,
         secrets: Some(secrets),
         ..Default::default()
     }

@@ -102,6 +102,11 @@ pub(crate) fn reconcile(shared: &Shared, key: &Key) {
         "persistentvolumeclaims" => json!({"phase": "Bound"}),
         _ => return,
     };
+    let claim_templates = v
+        .pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut value = v;
     value["status"] = status;
     let managed = obj.managed.clone();
@@ -115,6 +120,50 @@ pub(crate) fn reconcile(shared: &Shared, key: &Key) {
             owner,
         },
     );
+
+    // Claims from `volumeClaimTemplates`, as the StatefulSet controller
+    // makes them: `<template>-<set>-<ordinal>`, the template's labels, no
+    // owner (they outlive the StatefulSet, as on a real cluster), made
+    // once and then left alone, bound at once.
+    if key.plural == "statefulsets" {
+        let namespace = key.namespace.clone().unwrap_or_default();
+        for t in &claim_templates {
+            let Some(template_name) = t.pointer("/metadata/name").and_then(Value::as_str) else {
+                continue;
+            };
+            for i in 0..replicas {
+                let name = format!("{template_name}-{}-{i}", key.name);
+                let claim_key = Key {
+                    prefix: "api/v1".into(),
+                    plural: "persistentvolumeclaims".into(),
+                    namespace: Some(namespace.clone()),
+                    name: name.clone(),
+                };
+                if state.objects.contains_key(&claim_key) {
+                    continue;
+                }
+                let mut claim = json!({
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {
+                        "name": name, "namespace": namespace,
+                        "labels": t.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
+                    },
+                    "spec": t.get("spec").cloned().unwrap_or(json!({})),
+                    "status": {"phase": "Bound"},
+                });
+                let managed = BTreeMap::new();
+                stamp(&mut state, &mut claim, &managed, false);
+                state.objects.insert(
+                    claim_key,
+                    Stored {
+                        value: claim,
+                        managed,
+                        owner: None,
+                    },
+                );
+            }
+        }
+    }
 
     // Pods: the previous ones go, one per replica comes.
     if matches!(

@@ -45,6 +45,16 @@ impl Known {
         )
     }
 
+    /// Kinds whose deletion deletes data: claims, volumes, and namespaces
+    /// (which take their claims with them). Prune never deletes them, not
+    /// even with `prune_all`; only `destroy --delete-data` does.
+    pub fn holds_data(&self) -> bool {
+        matches!(
+            self.kind,
+            "PersistentVolumeClaim" | "PersistentVolume" | "Namespace"
+        )
+    }
+
     /// Kinds prune leaves alone unless `prune_all` is set: their loss is
     /// data loss (volumes, custom resources, everything in a namespace,
     /// secret values taskctl cannot render again).

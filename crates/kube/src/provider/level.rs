@@ -334,10 +334,25 @@ impl Step for LevelStep {
             let Some(known) = resources::lookup(&m.api_version, &m.kind) else {
                 continue;
             };
-            if known.is_protected() && !self.shared.options.prune_all {
+            let options = &self.shared.options;
+            let kept = if known.holds_data() {
+                !options.delete_data
+            } else {
+                known.is_protected() && !options.prune_all
+            };
+            if kept {
                 continue;
             }
+            if known.holds_data() {
+                tracing::warn!(object = %m.id(), "deleting data (destroy --delete-data)");
+            }
             cluster::delete(&client, &known, m.namespace.as_deref(), &m.name).await?;
+            // The claims a StatefulSet made from its templates are no
+            // rendered object: with --delete-data they go with it.
+            if options.delete_data && m.kind == "StatefulSet" {
+                crate::provider::claims::delete_of_statefulset(&client, m, &self.environment)
+                    .await?;
+            }
         }
         Ok(())
     }

@@ -52,6 +52,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod claims;
 mod level;
 mod observe;
 mod prune;
@@ -79,9 +80,15 @@ pub struct KubeOptions {
     /// Take over fields another field manager owns instead of failing
     /// with the conflict (`kubectl apply --server-side --force-conflicts`).
     pub force_conflicts: bool,
-    /// Let prune delete PersistentVolumeClaims, PersistentVolumes, CRDs,
-    /// Namespaces and Secrets too.
+    /// Let prune (and destroy) delete CRDs and Secrets too. Never data:
+    /// PersistentVolumeClaims, PersistentVolumes and Namespaces (which
+    /// take their claims with them) are left by prune whatever this says.
     pub prune_all: bool,
+    /// `destroy --delete-data`: destroy also deletes the environment's
+    /// PersistentVolumeClaims (those rendered and those the StatefulSets
+    /// made from their templates), PersistentVolumes and Namespaces,
+    /// naming each. Only ever set by destroy.
+    pub delete_data: bool,
     /// Objects applied at once within a level; reads (plans, prune's
     /// lists) go [`READS_PER_WRITE`] times as wide, being cheap for the
     /// API server and most of a no-op deploy's time.
@@ -113,6 +120,7 @@ impl Default for KubeOptions {
             templates: PathBuf::from("templates"),
             force_conflicts: false,
             prune_all: false,
+            delete_data: false,
             parallelism: 8,
             step_timeout: Duration::from_secs(600),
             poll_interval: Duration::from_secs(2),

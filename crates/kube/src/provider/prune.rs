@@ -33,7 +33,8 @@ impl PruneStep {
         let selector = format!("{ENVIRONMENT_LABEL}={},{MANAGED_BY}", self.environment);
         let kinds: Vec<Known> = resources::known()
             .into_iter()
-            .filter(|k| self.shared.options.prune_all || !k.is_protected())
+            // Data is never pruned, whatever the flags (see `holds_data`).
+            .filter(|k| !k.holds_data() && (self.shared.options.prune_all || !k.is_protected()))
             .collect();
         let client = client.clone();
         let lists = bounded(

@@ -77,6 +77,43 @@ impl Cluster {
         self.run(provider, profile, false).await
     }
 
+    async fn destroy(&self, provider: &KubernetesProvider, profile: &Profile) -> DeployOutcome {
+        let store = Arc::new(LocalStore::new(
+            self.state.path(),
+            &ops::environment_key(profile),
+        ));
+        let outcome = ops::destroy(
+            profile,
+            provider,
+            store,
+            Arc::new(Discard),
+            DeployOptions {
+                scope: Scope(vec![Layer::Services, Layer::Agents]),
+                parallelism: 4,
+                dry_run: false,
+                saved_plan: None,
+                grace: Duration::from_secs(5),
+                retry: RetryPolicy::default(),
+                cancel: CancellationToken::new(),
+                skip_preflight: true,
+            },
+            &|_| true,
+        )
+        .await
+        .expect("the destroy runs");
+        provider.release_locks().await.expect("locks released");
+        outcome
+    }
+
+    /// The API paths of every PersistentVolumeClaim in the double.
+    fn claims(&self) -> Vec<String> {
+        self.double
+            .paths()
+            .into_iter()
+            .filter(|p| p.contains("/persistentvolumeclaims/"))
+            .collect()
+    }
+
     async fn plan(&self, provider: &KubernetesProvider, profile: &Profile) -> RunReport {
         self.run(provider, profile, true).await.plan
     }
@@ -626,28 +663,91 @@ async fn prune_deletes_what_the_render_dropped_but_never_a_volume_claim() {
             .is_some()
     );
 
-    // With prune_all, the claim goes too.
+    // Not even with prune_all does the claim go: prune never deletes data.
     let all = c.provider(KubeOptions {
         prune_all: true,
         ..options()
     });
     let plan = c.plan(&all, &profile).await;
-    let prune = plan
+    let fields: Vec<String> = plan
         .changes()
-        .find(|s| s.id.0 == "kubernetes/prune")
-        .expect("prune planned");
-    let fields: Vec<&str> = prune
-        .change
-        .as_ref()
-        .unwrap()
-        .diffs
-        .iter()
-        .map(|d| d.field.as_str())
+        .filter(|s| s.id.0 == "kubernetes/prune")
+        .flat_map(|s| {
+            s.change
+                .iter()
+                .flat_map(|c| c.diffs.iter().map(|d| d.field.clone()))
+        })
         .collect();
     assert!(
-        fields.contains(&"PersistentVolumeClaim agent-system/data-old-0"),
+        !fields
+            .iter()
+            .any(|f| f.starts_with("PersistentVolumeClaim") || f.starts_with("Namespace")),
         "{fields:?}"
     );
+    c.deploy(&all, &profile).await;
+    assert!(
+        c.double
+            .object("/api/v1/namespaces/agent-system/persistentvolumeclaims/data-old-0")
+            .is_some()
+    );
+}
+
+/// The StatefulSets' claims (made by the double from their templates, as
+/// the StatefulSet controller does) survive everything but
+/// `destroy --delete-data`: a service removed from the profile and pruned
+/// with `--prune-all`, and a plain destroy, leave every one; destroy with
+/// `delete_data` removes them (and the namespaces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_survive_prune_all_and_destroy_and_go_only_with_delete_data() {
+    let c = Cluster::start().await;
+    let profile = production();
+    let all = c.provider(KubeOptions {
+        prune_all: true,
+        ..options()
+    });
+    succeeded(&c.deploy(&all, &profile).await);
+    let claims = c.claims();
+    for want in [
+        "/api/v1/namespaces/messaging/persistentvolumeclaims/data-rabbitmq-0",
+        "/api/v1/namespaces/messaging/persistentvolumeclaims/data-rabbitmq-2",
+    ] {
+        assert!(claims.iter().any(|p| p == want), "{want} in {claims:?}");
+    }
+
+    // RabbitMQ taken out of the profile: its StatefulSet is pruned, its
+    // three claims stay.
+    let mut without = profile.clone();
+    without.services.rabbitmq.as_mut().unwrap().enabled = false;
+    succeeded(&c.deploy(&all, &without).await);
+    assert!(
+        c.double
+            .object("/apis/apps/v1/namespaces/messaging/statefulsets/rabbitmq")
+            .is_none(),
+        "the StatefulSet is pruned"
+    );
+    assert_eq!(c.claims(), claims, "prune --prune-all kept every claim");
+
+    // A plain destroy (even with prune_all) keeps the data.
+    let outcome = c.destroy(&all, &profile).await;
+    assert!(outcome.applied.is_some());
+    assert_eq!(c.claims(), claims, "destroy kept every claim");
+    assert!(c.double.object("/api/v1/namespaces/messaging").is_some());
+
+    // destroy --delete-data: the claims of every StatefulSet still
+    // rendered go, with the namespaces.
+    succeeded(&c.deploy(&all, &profile).await);
+    let purge = c.provider(KubeOptions {
+        delete_data: true,
+        ..options()
+    });
+    let outcome = c.destroy(&purge, &profile).await;
+    assert!(outcome.applied.is_some());
+    let left = c.claims();
+    assert!(
+        !left.iter().any(|p| p.contains("/data-rabbitmq-")),
+        "{left:?}"
+    );
+    assert!(c.double.object("/api/v1/namespaces/messaging").is_none());
 }
 
 async fn record(provider: &KubernetesProvider, profile: &Profile, revision: u32) -> Release {
