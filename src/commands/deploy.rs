@@ -222,9 +222,9 @@ fn finish(
             StatusStyle::Ok,
             "verified",
             &format!(
-                "release {} recorded; verification passed ({} check(s))",
+                "release {} recorded; verification passed ({})",
                 release.revision,
-                release.checks.len()
+                taskctl_core::ops::checks_summary(&release.checks)
             ),
         );
     }

@@ -192,9 +192,9 @@ pub fn rollback(ctx: &Context, shell: &mut Shell, args: RollbackArgs) -> anyhow:
                 StatusStyle::Ok,
                 "rolled back",
                 &format!(
-                    "{environment} runs release {}{revision}{approver}; system validation passed ({} check(s))",
+                    "{environment} runs release {}{revision}{approver}; system validation passed ({})",
                     outcome.to,
-                    outcome.checks.len()
+                    taskctl_core::ops::checks_summary(&outcome.checks)
                 ),
             );
             Ok(exit::SUCCESS)

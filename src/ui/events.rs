@@ -111,11 +111,18 @@ impl EventSink for Lines {
                 name,
                 kind,
                 passed,
+                evaluated,
                 observed,
                 elapsed_s,
             } => format!(
                 "check {name} ({kind}): {} in {}: {observed}",
-                if *passed { "passed" } else { "FAILED" },
+                if !*evaluated {
+                    "not evaluated"
+                } else if *passed {
+                    "passed"
+                } else {
+                    "FAILED"
+                },
                 seconds((elapsed_s * 1000.0) as u64)
             ),
             other => match release_line(other) {
@@ -231,10 +238,13 @@ impl EventSink for Progress {
                 name,
                 kind,
                 passed,
+                evaluated,
                 observed,
                 elapsed_s,
             } => {
-                let mark = if *passed {
+                let mark = if !*evaluated {
+                    format!("{DIM}– not evaluated{DIM:#}")
+                } else if *passed {
                     format!("{OK}✓{OK:#}")
                 } else {
                     format!("{FAIL}✗{FAIL:#}")
@@ -286,8 +296,14 @@ fn release_line(event: &Event) -> Option<String> {
             passed,
             checks,
             failed,
+            not_evaluated,
         } => {
-            if *passed {
+            if *passed && *not_evaluated > 0 {
+                format!(
+                    "release {revision} verified: {} check(s) passed, {not_evaluated} not evaluated",
+                    checks - not_evaluated
+                )
+            } else if *passed {
                 format!("release {revision} verified: {checks} check(s) passed")
             } else {
                 format!(
@@ -390,8 +406,19 @@ mod tests {
                 passed: false,
                 checks: 3,
                 failed: 1,
+                not_evaluated: 0,
             }),
             "release 2 failed verification: 1 of 3 check(s) failed"
+        );
+        assert_eq!(
+            line(Event::VerificationFinished {
+                revision: 2,
+                passed: true,
+                checks: 3,
+                failed: 0,
+                not_evaluated: 2,
+            }),
+            "release 2 verified: 1 check(s) passed, 2 not evaluated"
         );
         assert!(
             release_line(&Event::StepProgress {

@@ -109,6 +109,8 @@ pub enum Event {
         name: String,
         kind: String,
         passed: bool,
+        /// False: the check could not look (reported "not evaluated").
+        evaluated: bool,
         /// What the check saw, for people (`HTTP 503`, `0.04 > 0.01`).
         observed: String,
         elapsed_s: f64,
@@ -118,6 +120,8 @@ pub enum Event {
         passed: bool,
         checks: usize,
         failed: usize,
+        /// Checks that could not look at what they check.
+        not_evaluated: usize,
     },
     /// A rollback begins: `automatic` after a failed verification, or on
     /// command.

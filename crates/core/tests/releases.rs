@@ -68,6 +68,8 @@ struct World {
     verifications: AtomicUsize,
     /// When set, verification cannot run at all (its server is down).
     verify_error: Mutex<Option<String>>,
+    /// When set, one more check that could not look at anything.
+    not_evaluated: std::sync::atomic::AtomicBool,
     releases: Arc<MemoryReleases>,
 }
 
@@ -240,6 +242,7 @@ impl Provider for MemoryTarget {
                     name: format!("check_service_health/{agent}"),
                     kind: "http".into(),
                     passed: ok,
+                    evaluated: true,
                     observed: if ok {
                         "HTTP 200".into()
                     } else {
@@ -248,6 +251,19 @@ impl Provider for MemoryTarget {
                     elapsed: Duration::from_millis(5),
                 }
             })
+            .chain(
+                self.world
+                    .not_evaluated
+                    .load(Ordering::SeqCst)
+                    .then(|| Check {
+                        name: "high_error_rate".into(),
+                        kind: "condition".into(),
+                        passed: false,
+                        evaluated: false,
+                        observed: "no Prometheus address".into(),
+                        elapsed: Duration::ZERO,
+                    }),
+            )
             .collect())
     }
 }
@@ -530,6 +546,36 @@ async fn without_automatic_rollback_the_failed_release_stays() {
         vec![(1, ReleaseStatus::Superseded), (2, ReleaseStatus::Deployed)]
     );
     assert_eq!(h.target.last_applied().image, "task-executor:v2");
+}
+
+/// A check that could not look is neither a failure (no rollback) nor a
+/// pass: the report, the event and the audit say "not evaluated".
+#[tokio::test]
+async fn a_check_that_was_not_evaluated_is_never_reported_as_passed() {
+    let h = Harness::new();
+    h.target.world.not_evaluated.store(true, Ordering::SeqCst);
+    let outcome = h.deploy("task-executor:v1").await;
+    assert_eq!(outcome.outcome(), RunOutcome::Succeeded);
+    let report = outcome.release.unwrap();
+    assert!(report.failed_check().is_none(), "not a failure");
+    let check = report
+        .checks
+        .iter()
+        .find(|c| c.name == "high_error_rate")
+        .unwrap();
+    assert!(!check.passed && !check.evaluated, "{check:?}");
+    assert!(
+        ops::checks_summary(&report.checks).ends_with(", 1 not evaluated"),
+        "{}",
+        ops::checks_summary(&report.checks)
+    );
+    assert!(h.recorder.events().iter().any(|e| matches!(
+        e,
+        Event::CheckFinished { name, passed: false, evaluated: false, .. } if name == "high_error_rate"
+    )));
+    let audit = h.store.audit().await.unwrap();
+    let last = &audit.last().unwrap().detail;
+    assert!(last.contains("1 not evaluated"), "{last}");
 }
 
 #[tokio::test]

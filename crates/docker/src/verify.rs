@@ -316,7 +316,7 @@ pub async fn verify(
         ));
     }
     let mut checks: Vec<Check> = reports.iter().map(|r| r.to_check()).collect();
-    if checks.iter().all(|c| c.passed) && !window.is_zero() {
+    if !checks.iter().any(|c| c.failed()) && !window.is_zero() {
         let restarts = Restarts { docker, profile };
         let conditions =
             taskctl_gates::watch_conditions(profile, &endpoints, &restarts, window, cancel).await;

@@ -88,7 +88,8 @@ impl ConditionReport {
         taskctl_core::ops::Check {
             name: self.name.clone(),
             kind: "condition".to_owned(),
-            passed: !self.tripped,
+            passed: self.evaluated && !self.tripped,
+            evaluated: self.evaluated || self.tripped,
             observed: self.observed.clone(),
             elapsed: self.elapsed,
         }

@@ -283,6 +283,7 @@ impl GateReport {
             name: self.name.clone(),
             kind: self.kind.to_owned(),
             passed: self.passed,
+            evaluated: true,
             observed: self.observed.clone(),
             elapsed: self.elapsed,
         }

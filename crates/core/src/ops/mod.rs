@@ -195,11 +195,35 @@ pub struct Check {
     pub name: String,
     /// `tcp`, `http`, `metric`, `functional`, `condition`.
     pub kind: String,
+    /// It was evaluated and found good. False both when it failed and when
+    /// it could not be evaluated (see `evaluated`).
     pub passed: bool,
+    /// Whether the check could look at what it checks at all. A check that
+    /// was not evaluated is reported as such, never as passed, and does
+    /// not fail the deploy either.
+    pub evaluated: bool,
     /// The value the check saw, for people: `HTTP 503 "not ready"`.
     pub observed: String,
     #[serde(with = "humantime_serde_secs")]
     pub elapsed: Duration,
+}
+
+impl Check {
+    /// Evaluated and found bad: what fails a deploy.
+    pub fn failed(&self) -> bool {
+        self.evaluated && !self.passed
+    }
+}
+
+/// How a list of checks reads in one phrase: `3 check(s) passed`, with
+/// `, 2 not evaluated` when some could not look at what they check.
+pub fn checks_summary(checks: &[Check]) -> String {
+    let not_evaluated = checks.iter().filter(|c| !c.evaluated).count();
+    let passed = checks.iter().filter(|c| c.passed).count();
+    match not_evaluated {
+        0 => format!("{passed} check(s) passed"),
+        n => format!("{passed} check(s) passed, {n} not evaluated"),
+    }
 }
 
 mod humantime_serde_secs {

@@ -71,7 +71,7 @@ pub struct AutomaticRollbackReport {
 impl ReleaseReport {
     /// The first check that failed.
     pub fn failed_check(&self) -> Option<&Check> {
-        self.checks.iter().find(|c| !c.passed)
+        self.checks.iter().find(|c| c.failed())
     }
 
     /// Why the deploy failed, and what was done about it, in one sentence
@@ -107,7 +107,7 @@ impl ReleaseReport {
                     "the automatic rollback to release {} failed: {e}; `taskctl rollback --to {}` retries it",
                     r.to, r.to
                 ),
-                (None, Some(revision)) => match r.checks.iter().find(|c| !c.passed) {
+                (None, Some(revision)) => match r.checks.iter().find(|c| c.failed()) {
                     None => format!(
                         "rolled back automatically to release {} (now release {revision})",
                         r.to
@@ -231,6 +231,7 @@ impl Flow<'_> {
                 name: "verification".into(),
                 kind: "error".into(),
                 passed: false,
+                evaluated: true,
                 observed: e.to_string(),
                 elapsed: Duration::ZERO,
             }],
@@ -240,16 +241,18 @@ impl Flow<'_> {
                 name: c.name.clone(),
                 kind: c.kind.clone(),
                 passed: c.passed,
+                evaluated: c.evaluated,
                 observed: c.observed.clone(),
                 elapsed_s: c.elapsed.as_secs_f64(),
             });
         }
-        let failed = checks.iter().filter(|c| !c.passed).count();
+        let failed = checks.iter().filter(|c| c.failed()).count();
         self.sink.emit(&Event::VerificationFinished {
             revision,
             passed: failed == 0,
             checks: checks.len(),
             failed,
+            not_evaluated: checks.iter().filter(|c| !c.evaluated).count(),
         });
         checks
     }
@@ -322,7 +325,7 @@ impl Flow<'_> {
         let previous = self.releases.current().await?;
         let release = self.record(self.profile, run_id, "deploy".into()).await?;
         let checks = self.verify(self.profile, release.revision).await;
-        let failed = checks.iter().find(|c| !c.passed).cloned();
+        let failed = checks.iter().find(|c| c.failed()).cloned();
         let after_failure = match &failed {
             None => None,
             Some(_) if !automatic_rollback_configured(self.profile) => {
@@ -336,7 +339,9 @@ impl Flow<'_> {
         };
         let mut detail = format!("{applied}; release {}", release.revision);
         match &failed {
-            None => detail += &format!(", verification passed ({} check(s))", checks.len()),
+            None => {
+                detail += &format!(", verification passed ({})", super::checks_summary(&checks))
+            }
             Some(c) => {
                 detail += &format!(", verification failed: {}: {}", c.name, c.observed);
                 if matches!(after_failure, Some(AfterFailure::NoPrevious)) {
@@ -402,6 +407,7 @@ impl Flow<'_> {
             name,
             kind: "rollout".into(),
             passed: false,
+            evaluated: true,
             observed,
             elapsed: applied.duration,
         };
@@ -546,8 +552,8 @@ fn run_failure(report: &RunReport) -> String {
 }
 
 fn verification_note(checks: &[Check]) -> String {
-    match checks.iter().find(|c| !c.passed) {
-        None => format!(", verification passed ({} check(s))", checks.len()),
+    match checks.iter().find(|c| c.failed()) {
+        None => format!(", verification passed ({})", super::checks_summary(checks)),
         Some(c) => format!(", verification failed: {}: {}", c.name, c.observed),
     }
 }
@@ -596,7 +602,7 @@ pub struct RollbackOutcome {
 
 impl RollbackOutcome {
     pub fn failed_check(&self) -> Option<&Check> {
-        self.checks.iter().find(|c| !c.passed)
+        self.checks.iter().find(|c| c.failed())
     }
 
     /// Failed when the engine run failed or a check failed afterwards.
