@@ -305,14 +305,9 @@ pub enum RenderCommand {
 
 #[derive(Debug, Args)]
 pub struct ManifestsArgs {
-    /// Templates directory
-    #[arg(
-        long,
-        env = "TASKCTL_TEMPLATES",
-        default_value = "templates",
-        value_name = "DIR"
-    )]
-    pub templates: PathBuf,
+    /// Templates directory overriding the ones built into taskctl
+    #[arg(long, env = "TASKCTL_TEMPLATES", value_name = "DIR")]
+    pub templates: Option<PathBuf>,
     /// Write one file per object into DIR instead of a YAML stream on stdout
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,

@@ -84,9 +84,7 @@ fn kube_options(
     secrets: std::sync::Arc<taskctl_core::secrets::Secrets>,
 ) -> taskctl_kube::KubeOptions {
     taskctl_kube::KubeOptions {
-        templates: std::env::var_os("TASKCTL_TEMPLATES")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| "templates".into()),
+        templates: taskctl_kube::Templates::from_env(),
         force_conflicts: options.force_conflicts,
         prune_all: options.prune_all,
         // `destroy --purge` (`--delete-data`): on Kubernetes, the claims,

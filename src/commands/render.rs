@@ -27,13 +27,15 @@ pub fn profile(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
 /// the Kubernetes schema before printing anything.
 pub fn manifests(ctx: &Context, shell: &mut Shell, args: ManifestsArgs) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
-    if !args.templates.is_dir() {
-        anyhow::bail!(
-            "templates directory `{}` not found: run from the repository, or pass --templates DIR (or set TASKCTL_TEMPLATES)",
-            args.templates.display()
-        );
-    }
-    let manifests = taskctl_kube::render(&profile, &args.templates)?;
+    let templates = match args.templates {
+        Some(dir) if !dir.is_dir() => anyhow::bail!(
+            "templates directory `{}` not found: pass an existing directory to --templates (or TASKCTL_TEMPLATES), or neither to use the built-in templates",
+            dir.display()
+        ),
+        Some(dir) => taskctl_kube::Templates::Dir(dir),
+        None => taskctl_kube::Templates::Embedded,
+    };
+    let manifests = taskctl_kube::render_from(&profile, &templates)?;
     let problems: Vec<String> = manifests
         .iter()
         .filter_map(|m| taskctl_kube::check(m).err().map(|e| e.to_string()))

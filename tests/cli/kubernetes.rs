@@ -78,7 +78,9 @@ impl Env {
         cmd.current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
-            .env("TASKCTL_TEMPLATES", repo_root().join("templates"))
+            // The templates built into taskctl, from a directory that has
+            // none (an installed taskctl's situation).
+            .env_remove("TASKCTL_TEMPLATES")
             // The rollback conditions are watched, briefly.
             .env("TASKCTL_WATCH_WINDOW", "1s")
             .env("VAULT_ADDR", vault().0)

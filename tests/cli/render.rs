@@ -1,4 +1,4 @@
-use crate::harness::{stderr, stdout, taskctl};
+use crate::harness::{repo_root, stderr, stdout, taskctl};
 
 fn render(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["render", "profile", "-o", "json"];
@@ -100,4 +100,41 @@ fn manifests_render_every_object_schema_checked() {
     );
     let yaml = taskctl(&["render", "manifests", "-p", "profiles/production.yaml"]);
     assert!(stdout(&yaml).matches("\n---\n").count() + 1 >= objects.len() - 1);
+}
+
+/// The templates are built into taskctl: from a directory with no
+/// `templates/`, and without `TASKCTL_TEMPLATES`, the production profile
+/// renders exactly as from the repository's directory; `--templates`
+/// still overrides them, and a missing directory is a clear error.
+#[test]
+fn the_built_in_templates_render_from_any_directory() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let production = repo_root().join("profiles/production.yaml");
+    let run = |extra: &[&str]| {
+        assert_cmd::Command::cargo_bin("taskctl")
+            .unwrap()
+            .args(["render", "manifests", "-p"])
+            .arg(&production)
+            .args(extra)
+            .current_dir(elsewhere.path())
+            .env_remove("TASKCTL_TEMPLATES")
+            .env_remove("TASKCTL_PROFILE")
+            .env_remove("TASKCTL_ENV")
+            .output()
+            .unwrap()
+    };
+    let built_in = run(&[]);
+    assert_eq!(built_in.status.code(), Some(0), "{}", stderr(&built_in));
+    let templates = repo_root().join("templates");
+    let from_dir = run(&["--templates", templates.to_str().unwrap()]);
+    assert_eq!(from_dir.status.code(), Some(0), "{}", stderr(&from_dir));
+    assert!(stdout(&built_in).contains("kind: StatefulSet"));
+    assert_eq!(stdout(&built_in), stdout(&from_dir));
+    let missing = run(&["--templates", "no-such-dir"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("templates directory `no-such-dir` not found"),
+        "{}",
+        stderr(&missing)
+    );
 }

@@ -47,7 +47,7 @@ async fn install(
     let provider = KubernetesProvider::with_client(
         client,
         KubeOptions {
-            templates: templates.to_path_buf(),
+            templates: taskctl_kube::Templates::Dir(templates.to_path_buf()),
             parallelism,
             poll_interval: Duration::from_millis(5),
             ..KubeOptions::default()

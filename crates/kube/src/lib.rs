@@ -43,5 +43,5 @@ pub use connect::{ClientSource, Connect};
 pub use kube;
 pub use manifest::{ApplyLevel, Manifest, to_yaml_stream};
 pub use provider::{KubeOptions, KubernetesProvider};
-pub use render::{RenderError, Renderer, render};
+pub use render::{RenderError, Renderer, Templates, render, render_from};
 pub use schema::{SchemaError, check};

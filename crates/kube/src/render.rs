@@ -90,8 +90,60 @@ pub const TEMPLATE_SUFFIX: &str = ".yaml.hbs";
 
 /// Renders every template against `profile` into manifests in apply order.
 pub fn render(profile: &Profile, templates: &Path) -> Result<Vec<Manifest>, RenderError> {
-    let view = view::build(profile, templates)?;
-    Renderer::load(templates)?.render(&view)
+    render_from(profile, &Templates::Dir(templates.to_path_buf()))
+}
+
+/// [`render`] from the templates built into the binary, or from a directory.
+pub fn render_from(profile: &Profile, templates: &Templates) -> Result<Vec<Manifest>, RenderError> {
+    let view = view::build_from(profile, templates)?;
+    Renderer::from_templates(templates)?.render(&view)
+}
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_templates.rs"));
+}
+
+/// Where the templates come from: the copy of the repository's
+/// `templates/` compiled into the binary (the default, so an installed
+/// `taskctl` renders from any directory), or a directory that overrides it
+/// (`--templates DIR`, `TASKCTL_TEMPLATES`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Templates {
+    #[default]
+    Embedded,
+    Dir(PathBuf),
+}
+
+impl Templates {
+    /// The templates or directory from `TASKCTL_TEMPLATES`, else the
+    /// embedded ones.
+    pub fn from_env() -> Templates {
+        match std::env::var_os("TASKCTL_TEMPLATES") {
+            Some(dir) if !dir.is_empty() => Templates::Dir(PathBuf::from(dir)),
+            _ => Templates::Embedded,
+        }
+    }
+
+    /// A file under the templates (a dashboard), by its relative path.
+    pub fn read(&self, relative: &str) -> Result<String, RenderError> {
+        match self {
+            Templates::Dir(dir) => {
+                let path = dir.join(relative);
+                std::fs::read_to_string(&path).map_err(|source| RenderError::Read { path, source })
+            }
+            Templates::Embedded => embedded::FILES
+                .iter()
+                .find(|(name, _)| *name == relative)
+                .map(|(_, text)| (*text).to_owned())
+                .ok_or_else(|| RenderError::Read {
+                    path: PathBuf::from(format!("<built-in templates>/{relative}")),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no such file among the built-in templates",
+                    ),
+                }),
+        }
+    }
 }
 
 /// Templates loaded and parsed once, rendered against any number of views.
@@ -120,6 +172,19 @@ impl Renderer {
             sources.push((name, text));
         }
         Renderer::from_sources(sources)
+    }
+
+    /// Reads and parses every template of `templates`.
+    pub fn from_templates(templates: &Templates) -> Result<Renderer, RenderError> {
+        match templates {
+            Templates::Dir(dir) => Renderer::load(dir),
+            Templates::Embedded => Renderer::from_sources(
+                embedded::FILES
+                    .iter()
+                    .filter(|(name, _)| name.ends_with(TEMPLATE_SUFFIX))
+                    .map(|(name, text)| ((*name).to_owned(), (*text).to_owned())),
+            ),
+        }
     }
 
     /// Parses templates given as `(name, text)` pairs.

@@ -423,6 +423,17 @@ pub struct GpuView {
 /// Builds the view of a profile. `templates` is the templates directory,
 /// where the Grafana dashboards named by the profile are read from.
 pub fn build(profile: &Profile, templates: &Path) -> Result<View, RenderError> {
+    build_from(
+        profile,
+        &crate::render::Templates::Dir(templates.to_path_buf()),
+    )
+}
+
+/// [`build`] with the dashboards read from `templates`.
+pub fn build_from(
+    profile: &Profile,
+    templates: &crate::render::Templates,
+) -> Result<View, RenderError> {
     let env_name = profile.metadata.environment.clone();
     let env = profile.environment();
     let s = &profile.services;
@@ -623,12 +634,7 @@ pub fn build(profile: &Profile, templates: &Path) -> Result<View, RenderError> {
         Some(g) => {
             let mut dashboards = Vec::new();
             for d in &g.dashboards {
-                let path = templates.join(&d.file);
-                let content =
-                    std::fs::read_to_string(&path).map_err(|source| RenderError::Read {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let content = templates.read(&d.file)?;
                 let key = Path::new(&d.file)
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())

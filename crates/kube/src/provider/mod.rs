@@ -38,7 +38,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use taskctl_core::Severity;
@@ -75,8 +74,9 @@ pub(super) const MANAGED_BY: &str = "app.kubernetes.io/managed-by=taskctl";
 /// How the provider applies.
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
-    /// The templates directory the manifests are rendered from.
-    pub templates: PathBuf,
+    /// The templates the manifests are rendered from (built in unless a
+    /// directory overrides them).
+    pub templates: crate::render::Templates,
     /// Take over fields another field manager owns instead of failing
     /// with the conflict (`kubectl apply --server-side --force-conflicts`).
     pub force_conflicts: bool,
@@ -117,7 +117,7 @@ pub struct KubeOptions {
 impl Default for KubeOptions {
     fn default() -> Self {
         KubeOptions {
-            templates: PathBuf::from("templates"),
+            templates: crate::render::Templates::Embedded,
             force_conflicts: false,
             prune_all: false,
             delete_data: false,
@@ -260,7 +260,7 @@ impl KubernetesProvider {
 
     /// The manifests of `profile`, rendered and schema-checked.
     pub fn manifests(&self, profile: &Profile) -> Result<Vec<Manifest>, OpsError> {
-        let manifests = crate::render(profile, &self.shared.options.templates)
+        let manifests = crate::render_from(profile, &self.shared.options.templates)
             .map_err(|e| OpsError::Provider(error_chain(&e)))?;
         for m in &manifests {
             crate::check(m).map_err(|e| OpsError::Provider(error_chain(&e)))?;

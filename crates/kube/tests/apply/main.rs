@@ -280,7 +280,7 @@ fn options() -> KubeOptions {
 
 fn options_with(kv: &Arc<MemoryKv>) -> KubeOptions {
     KubeOptions {
-        templates: workspace().join("templates"),
+        templates: taskctl_kube::Templates::Dir(workspace().join("templates")),
         poll_interval: Duration::from_millis(20),
         step_timeout: Duration::from_secs(120),
         // The conditions are watched in the test that trips one.
