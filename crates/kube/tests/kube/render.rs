@@ -718,3 +718,38 @@ fn containers_fit_limit_ranges_and_quotas() {
         }
     }
 }
+
+/// Validation refuses names that are not Kubernetes names; the templates do
+/// not rely on it. A namespace and an image that would add a key to the
+/// manifest if pasted (a newline and `kind: ClusterRole`) render as the
+/// literal strings, the objects keep their count, kinds and names.
+#[test]
+fn a_hostile_value_never_changes_a_manifests_structure() {
+    let files = [workspace().join("profiles/production.yaml")];
+    let plain = render(&files, "production");
+    let mut profile = load_profile(&files, "production");
+    let hostile = "agent-system\nkind: ClusterRole\nmetadata: {name: pwned}";
+    profile.agents[0].namespace = hostile.into();
+    profile.agents[0].image = "task-executor:1\nkind: ClusterRole".into();
+    let rendered =
+        taskctl_kube::render(&profile, &templates()).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    let shape = |ms: &[Manifest]| {
+        let mut v: Vec<(String, String)> = ms
+            .iter()
+            // The namespace object is named by the (hostile) namespace.
+            .map(|m| (m.kind.clone(), m.name.replace(hostile, "agent-system")))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(shape(&rendered), shape(&plain));
+    let agent = rendered
+        .iter()
+        .find(|m| m.kind == "Deployment" && m.name == "task-executor")
+        .expect("the agent Deployment");
+    assert_eq!(agent.namespace.as_deref(), Some(hostile));
+    assert_eq!(
+        at(agent, "/spec/template/spec/containers/0/image"),
+        "task-executor:1\nkind: ClusterRole"
+    );
+}

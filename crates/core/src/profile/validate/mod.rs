@@ -5,6 +5,7 @@
 //! problems point at the file and line that set the value.
 
 mod compute;
+mod names;
 mod network;
 mod procedures;
 mod workloads;

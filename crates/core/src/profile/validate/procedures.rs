@@ -161,22 +161,8 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
             );
         }
         for (i, host) in entry.hosts.iter().enumerate() {
-            let ip = host.parse::<std::net::IpAddr>().is_ok();
-            let dns = !host.is_empty()
-                && host.len() <= 253
-                && host.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && !l.starts_with('-')
-                        && !l.ends_with('-')
-                        && l.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
-                });
-            if !(ip || dns) {
-                r.error(
-                    at.child("hosts").child(i),
-                    format!("`{host}` is neither a DNS name nor an IP address"),
-                );
+            if let Err(e) = super::names::host(host) {
+                r.error(at.child("hosts").child(i), e);
             }
         }
         if let Some(rotation) = &entry.rotation

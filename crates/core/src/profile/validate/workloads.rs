@@ -197,6 +197,9 @@ fn services(r: &mut Report, p: &Profile) {
         }
         for (i, output) in logging.fluentd.outputs.iter().enumerate() {
             port(r, output.port, at.child("outputs").child(i).child("port"));
+            if let Err(e) = super::names::host(&output.host) {
+                r.error(at.child("outputs").child(i).child("host"), e);
+            }
         }
     }
 }
@@ -291,7 +294,55 @@ fn quantities(
     )
 }
 
+/// Every name of an agent that reaches a manifest, by Kubernetes' rules.
+fn agent_names(r: &mut Report, agent: &Agent, at: &Path) {
+    use super::names;
+    let mut check = |result: Result<(), String>, at: Path| {
+        if let Err(e) = result {
+            r.error(at, e);
+        }
+    };
+    check(names::dns_label(&agent.name), at.child("name"));
+    check(names::dns_label(&agent.namespace), at.child("namespace"));
+    for (i, var) in agent.env.iter().enumerate() {
+        check(
+            names::env_name(&var.name),
+            at.child("env").child(i).child("name"),
+        );
+        if let Some(c) = &var.config_map {
+            let c_at = at.child("env").child(i).child("config_map");
+            check(names::dns_subdomain(&c.name), c_at.child("name"));
+            check(names::config_key(&c.key), c_at.child("key"));
+        }
+    }
+    if let Some(cm) = &agent.config_map {
+        check(
+            names::dns_subdomain(&cm.name),
+            at.child("config_map").child("name"),
+        );
+        for key in cm.data.keys() {
+            check(
+                names::config_key(key),
+                at.child("config_map").child("data").child(key.as_str()),
+            );
+        }
+    }
+    for (i, p) in agent.ports.iter().enumerate() {
+        check(
+            names::port_name(&p.name),
+            at.child("ports").child(i).child("name"),
+        );
+    }
+    if let Some(s) = &agent.service {
+        check(
+            names::dns1035_label(&s.name),
+            at.child("service").child("name"),
+        );
+    }
+}
+
 fn check_agent(r: &mut Report, p: &Profile, agent: &Agent, at: Path) {
+    agent_names(r, agent, &at);
     if agent.image.trim().is_empty() || agent.image.contains(char::is_whitespace) {
         r.error(
             at.child("image"),
