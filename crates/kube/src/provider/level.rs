@@ -44,6 +44,14 @@ impl LevelStep {
                 let client = client.clone();
                 async move {
                     let live = cluster::get(&client, &m).await?;
+                    if let Some(live) = &live
+                        && let Some(problem) = foreign(&m, live)
+                    {
+                        return Err(StepError::new(
+                            ErrorKind::AlreadyExists,
+                            format!("{problem}; refusing to take it over (remove or rename it, or deploy this environment elsewhere)"),
+                        ));
+                    }
                     Ok::<_, StepError>(match live {
                         None => ObjectPlan {
                             action: Action::Create,
@@ -343,6 +351,19 @@ impl Step for LevelStep {
             if kept {
                 continue;
             }
+            // Only what this environment owns: an object of the same name
+            // made by someone else is named and left.
+            match cluster::get(&client, m).await? {
+                None => continue,
+                Some(live) => {
+                    if let Some(problem) = foreign(m, &live) {
+                        return Err(StepError::new(
+                            ErrorKind::AlreadyExists,
+                            format!("{problem}; destroy leaves it"),
+                        ));
+                    }
+                }
+            }
             if known.holds_data() {
                 tracing::warn!(object = %m.id(), "deleting data (destroy --delete-data)");
             }
@@ -355,5 +376,29 @@ impl Step for LevelStep {
             }
         }
         Ok(())
+    }
+}
+
+/// Why the live object of `m`'s name is not this environment's: it carries
+/// another environment's label, or none (made by someone else). `None`
+/// when it is ours.
+pub(super) fn foreign(m: &Manifest, live: &Value) -> Option<String> {
+    let label = |v: &Value| {
+        v.pointer("/metadata/labels")
+            .and_then(|l| l.get(ENVIRONMENT_LABEL))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let ours = label(&m.value)?;
+    match label(live) {
+        Some(theirs) if theirs == ours => None,
+        Some(theirs) => Some(format!(
+            "{} exists and belongs to environment `{theirs}`, not `{ours}`",
+            m.id()
+        )),
+        None => Some(format!(
+            "{} exists and was not made by taskctl (no `{ENVIRONMENT_LABEL}` label)",
+            m.id()
+        )),
     }
 }

@@ -1385,3 +1385,63 @@ async fn without_a_resolver_a_missing_secret_fails_the_plan_naming_it_and_its_re
         .unwrap();
     assert_eq!(secrets.change.as_ref().unwrap().action, Action::NoOp);
 }
+
+/// An object of a rendered name that another environment (or someone
+/// without taskctl) made is never taken over: the deploy fails naming it
+/// and its owner, and the object is unchanged; destroy leaves it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_of_another_owner_is_refused_not_overwritten() {
+    let c = Cluster::start().await;
+    let profile = production();
+    let provider = c.provider(options());
+    let theirs = format!("{}.staging", profile.metadata.name);
+    let ours = taskctl_kube::provider::environment_label(&profile);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.client.clone());
+    namespaces
+        .patch(
+            "agent-system",
+            &PatchParams::apply("taskctl"),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "agent-system", "labels": {
+                    "taskctl.dev/environment": ours, "app.kubernetes.io/managed-by": "taskctl"}},
+            })),
+        )
+        .await
+        .expect("the namespace, as an earlier deploy left it");
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(c.client.clone(), "agent-system");
+    config_maps
+        .patch(
+            "agent-config",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "agent-config", "labels": {
+                    "taskctl.dev/environment": theirs, "app.kubernetes.io/managed-by": "taskctl"}},
+                "data": {"broker_url": "amqps://theirs:5671/%2f"},
+            })),
+        )
+        .await
+        .expect("the other environment's ConfigMap");
+
+    let outcome = c.deploy(&provider, &profile).await;
+    let report = outcome.applied.as_ref().unwrap_or(&outcome.plan);
+    let failed = report.first_error().expect("the deploy is refused");
+    let message = failed.error.as_ref().unwrap().to_string();
+    assert!(
+        message.contains("ConfigMap agent-system/agent-config exists and belongs to environment")
+            && message.contains(&theirs)
+            && message.contains("refusing to take it over"),
+        "{message}"
+    );
+    let live = c
+        .double
+        .object("/api/v1/namespaces/agent-system/configmaps/agent-config")
+        .unwrap();
+    assert_eq!(live["data"]["broker_url"], "amqps://theirs:5671/%2f");
+    assert_eq!(
+        live["metadata"]["labels"]["taskctl.dev/environment"],
+        theirs
+    );
+}
