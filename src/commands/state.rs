@@ -13,9 +13,17 @@ pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     let store = rt.block_on(ctx.store(&profile))?;
     let env = ops::environment_key(&profile);
     let mut status = rt.block_on(ops::status(store.as_ref(), &env))?;
-    // What runs, on the local engine; a status that cannot reach it still
-    // tells the lock and the last run.
-    if profile.target.kind == taskctl_core::profile::TargetKind::Docker {
+    // What runs: the local engine's containers, or the cluster's pods; a
+    // status that cannot reach them still tells the lock and the last run.
+    use taskctl_core::profile::TargetKind;
+    let noun = match profile.target.kind {
+        TargetKind::Kubernetes => "pods",
+        _ => "containers",
+    };
+    if matches!(
+        profile.target.kind,
+        TargetKind::Docker | TargetKind::Kubernetes
+    ) {
         match rt.block_on(async {
             let provider = crate::providers::for_profile(&profile).await?;
             Ok::<_, anyhow::Error>(provider.workloads(&profile).await?)
@@ -58,21 +66,41 @@ pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
         None => text += "last run     none\n",
     }
     if let Some(e) = &status.workloads_error {
-        text += &format!("containers   unknown: {e}\n");
+        text += &format!("{noun:<12} unknown: {e}\n");
     }
     match status.workloads.as_deref() {
         None => {}
-        Some([]) => text += "containers   none\n",
+        Some([]) => text += &format!("{noun:<12} none\n"),
         Some(workloads) => {
             let width = workloads.iter().map(|w| w.name.len()).max().unwrap_or(0);
+            let state_width = workloads
+                .iter()
+                .map(|w| w.state.len())
+                .max()
+                .unwrap_or(0)
+                .max(10);
             text += &format!(
-                "containers\n  {:width$}  {:10} {:10} {:12}  RELEASE\n",
-                "NAME", "STATE", "HEALTH", "IMAGE"
+                "{noun}\n  {:width$}  {:state_width$} {:10} {:12} {:8}  {:8} {:12} NODE\n",
+                "NAME", "STATE", "HEALTH", "IMAGE", "RESTARTS", "RELEASE", "LAST EXIT"
             );
+            let dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
             for w in workloads {
                 text += &format!(
-                    "  {:width$}  {:10} {:10} {:12}  {}\n",
-                    w.name, w.state, w.health, w.image, w.release
+                    "  {:width$}  {:state_width$} {:10} {:12} {:8}  {:8} {:12} {}\n",
+                    w.name,
+                    w.state,
+                    w.health,
+                    dash(&w.image),
+                    w.restarts,
+                    dash(&w.release),
+                    dash(&w.last_termination),
+                    dash(&w.node)
                 );
             }
         }

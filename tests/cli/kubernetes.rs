@@ -106,6 +106,29 @@ async fn deploy_applies_to_the_cluster_and_a_held_lease_refuses_the_next() {
             .object("/apis/apps/v1/namespaces/agent-system/deployments/task-executor")
             .is_some()
     );
+    // `status` lists every pod of the environment: phase, readiness,
+    // restarts, image digest and node, agents first.
+    let status = env.run(&["status"], None).await;
+    assert!(status.status.success(), "{}", stderr(&status));
+    let shown = stdout(&status);
+    let agent_line = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("agent-system/task-executor-"))
+        .unwrap_or_else(|| panic!("no agent pod in {shown}"));
+    for want in ["running", "healthy", "node-"] {
+        assert!(agent_line.contains(want), "{want}: {agent_line}");
+    }
+    assert!(shown.contains("messaging/rabbitmq-0"), "{shown}");
+    let json = env.run(&["status", "-o", "json"], None).await;
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let pods = parsed["workloads"].as_array().expect("workloads");
+    assert_eq!(pods[0]["role"], "agent", "{pods:?}");
+    assert!(
+        pods.iter()
+            .all(|p| p["restarts"] == 0 && p["health"] == "healthy"),
+        "{pods:?}"
+    );
+
     // The run released its lease when it ended.
     assert!(
         !env.double

@@ -380,7 +380,19 @@ impl Provider for DockerProvider {
             let inspected = engine::inspect(&self.docker, &name)
                 .await
                 .map_err(provider)?;
+            let restarts = inspected
+                .as_ref()
+                .and_then(|i| i.restart_count)
+                .unwrap_or(0)
+                .max(0) as u32;
             let state = inspected.as_ref().and_then(|i| i.state.clone());
+            let last_termination = match state.as_ref() {
+                Some(s) if s.oom_killed == Some(true) => "OOMKilled".to_string(),
+                Some(s) if s.exit_code.is_some_and(|c| c != 0) => {
+                    format!("exit {}", s.exit_code.unwrap_or_default())
+                }
+                _ => String::new(),
+            };
             let health = state
                 .as_ref()
                 .and_then(|s| s.health.as_ref())
@@ -412,6 +424,9 @@ impl Provider for DockerProvider {
                 health,
                 image,
                 release,
+                restarts,
+                last_termination,
+                node: String::new(),
             });
         }
         out.sort_by(|a, b| (a.role != "agent", &a.name).cmp(&(b.role != "agent", &b.name)));

@@ -217,10 +217,13 @@ pub(crate) fn reconcile(shared: &Shared, key: &Key) {
                 namespace: Some(namespace.clone()),
                 name: name.clone(),
             };
+            // Scheduled round-robin on the double's nodes.
+            let mut pod_spec = template.get("spec").cloned().unwrap_or(json!({}));
+            pod_spec["nodeName"] = json!(format!("node-{}", i % shared.config.nodes.max(1)));
             let mut pod = json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                "spec": template.get("spec").cloned().unwrap_or(json!({})),
+                "spec": pod_spec,
                 "status": {"phase": "Running", "containerStatuses": containers},
             });
             let managed = BTreeMap::new();

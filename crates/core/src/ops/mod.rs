@@ -174,8 +174,17 @@ pub struct Workload {
     /// The image id's first 12 hex digits.
     pub image: String,
     /// The release that runs it (its revision), or the run that made it
-    /// when no kept release names that run.
+    /// when no kept release names that run; empty when the target cannot
+    /// tell.
     pub release: String,
+    /// Restarts of its containers.
+    pub restarts: u32,
+    /// Why its container last ended (`OOMKilled`, `Error`), when it did.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub last_termination: String,
+    /// The node it runs on (Kubernetes).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 /// What a provider observed of a deployed environment (see

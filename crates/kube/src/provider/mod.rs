@@ -377,6 +377,26 @@ impl Provider for KubernetesProvider {
         Ok(crate::verify::verify(&client, profile, workloads, window, cancel).await)
     }
 
+    /// Every pod of the environment (by its label): phase, readiness,
+    /// restarts, the last termination's reason, the image digest and the
+    /// node; agents first.
+    async fn workloads(
+        &self,
+        profile: &Profile,
+    ) -> Result<Option<Vec<taskctl_core::ops::Workload>>, OpsError> {
+        let client = self
+            .shared
+            .client
+            .require(None, "listing the pods")
+            .await
+            .map_err(ops_error)?;
+        let agents: BTreeSet<&str> = profile.agents.iter().map(|a| a.name.as_str()).collect();
+        observe::pods(&client, &environment_label(profile), &agents)
+            .await
+            .map(Some)
+            .map_err(ops_error)
+    }
+
     async fn observe_release(&self, profile: &Profile) -> Result<ReleaseFacts, OpsError> {
         let client = self
             .shared

@@ -156,3 +156,93 @@ impl ObservedWorkload {
         })
     }
 }
+
+/// The pods of the environment as `status` shows them, agents first.
+pub(super) async fn pods(
+    client: &Client,
+    environment: &str,
+    agents: &BTreeSet<&str>,
+) -> Result<Vec<taskctl_core::ops::Workload>, StepError> {
+    let selector = format!("{ENVIRONMENT_LABEL}={environment},{MANAGED_BY}");
+    let pods: Api<Pod> = Api::all(client.clone());
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| step_error("listing pods", e))?;
+    let mut out: Vec<taskctl_core::ops::Workload> = list
+        .items
+        .iter()
+        .map(|pod| {
+            let name = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/name"))
+                .map(String::as_str)
+                .unwrap_or_default();
+            let statuses: Vec<_> = pod
+                .status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .collect();
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                || (!statuses.is_empty() && statuses.iter().all(|c| c.ready));
+            let waiting = statuses.iter().find_map(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.clone())
+            });
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_else(|| "Unknown".into())
+                .to_lowercase();
+            taskctl_core::ops::Workload {
+                name: format!(
+                    "{}/{}",
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                ),
+                role: if agents.contains(name) {
+                    "agent"
+                } else {
+                    "service"
+                }
+                .into(),
+                // A container waiting (CrashLoopBackOff, ImagePullBackOff)
+                // says more than the pod's phase.
+                state: waiting.unwrap_or(phase),
+                health: if ready { "healthy" } else { "unhealthy" }.into(),
+                image: statuses
+                    .first()
+                    .and_then(|c| c.image_id.split("sha256:").nth(1))
+                    .map(|d| d.chars().take(12).collect())
+                    .unwrap_or_default(),
+                release: String::new(),
+                restarts: statuses.iter().map(|c| c.restart_count.max(0) as u32).sum(),
+                last_termination: statuses
+                    .iter()
+                    .find_map(|c| {
+                        c.last_state
+                            .as_ref()
+                            .and_then(|s| s.terminated.as_ref())
+                            .and_then(|t| t.reason.clone())
+                    })
+                    .unwrap_or_default(),
+                node: pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (a.role != "agent", &a.name).cmp(&(b.role != "agent", &b.name)));
+    Ok(out)
+}
