@@ -78,31 +78,25 @@ impl Cluster {
     }
 
     async fn destroy(&self, provider: &KubernetesProvider, profile: &Profile) -> DeployOutcome {
-        let store = Arc::new(LocalStore::new(
-            self.state.path(),
-            &ops::environment_key(profile),
-        ));
         let outcome = ops::destroy(
             profile,
             provider,
-            store,
+            self.store(profile),
             Arc::new(Discard),
-            DeployOptions {
-                scope: Scope(vec![Layer::Services, Layer::Agents]),
-                parallelism: 4,
-                dry_run: false,
-                saved_plan: None,
-                grace: Duration::from_secs(5),
-                retry: RetryPolicy::default(),
-                cancel: CancellationToken::new(),
-                skip_preflight: true,
-            },
+            run_options(false, true),
             &|_| true,
         )
         .await
         .expect("the destroy runs");
         provider.release_locks().await.expect("locks released");
         outcome
+    }
+
+    fn store(&self, profile: &Profile) -> Arc<LocalStore> {
+        Arc::new(LocalStore::new(
+            self.state.path(),
+            &ops::environment_key(profile),
+        ))
     }
 
     /// The API paths of every PersistentVolumeClaim in the double.
@@ -124,25 +118,12 @@ impl Cluster {
         profile: &Profile,
         dry_run: bool,
     ) -> DeployOutcome {
-        let store = Arc::new(LocalStore::new(
-            self.state.path(),
-            &ops::environment_key(profile),
-        ));
         let outcome = ops::deploy(
             profile,
             provider,
-            store,
+            self.store(profile),
             Arc::new(Discard),
-            DeployOptions {
-                scope: Scope(vec![Layer::Services, Layer::Agents]),
-                parallelism: 4,
-                dry_run,
-                saved_plan: None,
-                grace: Duration::from_secs(5),
-                retry: RetryPolicy::default(),
-                cancel: CancellationToken::new(),
-                skip_preflight: false,
-            },
+            run_options(dry_run, false),
             &|_| true,
         )
         .await
@@ -219,6 +200,20 @@ impl VaultBackend for MemoryKv {
                 .collect(),
             version: v,
         })
+    }
+}
+
+/// The options every run of these tests uses.
+fn run_options(dry_run: bool, skip_preflight: bool) -> DeployOptions {
+    DeployOptions {
+        scope: Scope(vec![Layer::Services, Layer::Agents]),
+        parallelism: 4,
+        dry_run,
+        saved_plan: None,
+        grace: Duration::from_secs(5),
+        retry: RetryPolicy::default(),
+        cancel: CancellationToken::new(),
+        skip_preflight,
     }
 }
 
