@@ -401,7 +401,7 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
 
     // 2. `status` lists every container, healthy.
     let names = stack.containers();
-    assert_eq!(names.len(), 8, "{names:?}");
+    assert_eq!(names.len(), 9, "{names:?}");
     let status = text(&stack.run(&["status"]));
     for name in &names {
         let line = status
@@ -648,7 +648,15 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
     let update = stack.run_with(&rolled, &["deploy", "--yes"]);
     assert_eq!(update.status.code(), Some(0), "{}", text(&update));
     let rollback = stack.run(&["rollback", "--to", "1", "--approve", "lead", "--yes"]);
-    assert_eq!(rollback.status.code(), Some(0), "{}", text(&rollback));
+    let rolled_back = text(&rollback);
+    assert_eq!(rollback.status.code(), Some(0), "{rolled_back}");
+    // backup_verification: the latest pg_dump restored into a scratch
+    // database before anything changed.
+    assert!(
+        rolled_back.contains("restored /var/lib/postgresql/tasks-")
+            && rolled_back.contains("into a scratch database"),
+        "{rolled_back}"
+    );
     wait_for(
         "1,000 tasks through the rollout",
         Duration::from_secs(120),
@@ -681,7 +689,7 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
     // 8. destroy: no container, no network; the volumes are kept until
     //    --purge.
     let volumes = stack.volumes();
-    assert_eq!(volumes.len(), 5, "{volumes:?}");
+    assert_eq!(volumes.len(), 6, "{volumes:?}");
     let destroyed = stack.run(&["destroy", "--yes"]);
     assert_eq!(
         destroyed.status.code(),
@@ -706,7 +714,7 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
         &format!("name={}-net", stack.name),
     ]);
     assert!(networks.trim().is_empty(), "{networks}");
-    assert_eq!(stack.volumes().len(), 5);
+    assert_eq!(stack.volumes().len(), 6);
     let purged = stack.run(&["destroy", "--yes", "--purge"]);
     assert_eq!(purged.status.code(), Some(0), "{}", text(&purged));
     assert!(stack.volumes().is_empty(), "{:?}", stack.volumes());

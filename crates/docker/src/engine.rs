@@ -258,3 +258,39 @@ pub async fn wait_healthy(
         }
     }
 }
+
+/// Runs `cmd` in the running container `name` (as its user) and returns
+/// its exit code and what it printed (stdout and stderr, in order).
+pub async fn exec(docker: &Docker, name: &str, cmd: &[&str]) -> Result<(i64, String), StepError> {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    let created = docker
+        .create_exec(
+            name,
+            CreateExecOptions {
+                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| step_error(&format!("exec in {name}"), e))?;
+    let mut text = String::new();
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(|e| step_error(&format!("exec in {name}"), e))?
+    {
+        while let Some(chunk) = output.next().await {
+            match chunk {
+                Ok(log) => text.push_str(&log.to_string()),
+                Err(e) => return Err(step_error(&format!("exec in {name}"), e)),
+            }
+        }
+    }
+    let inspected = docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(|e| step_error(&format!("exec in {name}"), e))?;
+    Ok((inspected.exit_code.unwrap_or(-1), text))
+}

@@ -340,6 +340,55 @@ impl Provider for DockerProvider {
         }))
     }
 
+    /// The latest PostgreSQL dump restored into a scratch database beside
+    /// the real one, its tables counted, the scratch database dropped:
+    /// a backup that cannot be restored fails the rollback before anything
+    /// changes. `None` without a managed database with backups.
+    async fn verify_backups(
+        &self,
+        profile: &Profile,
+        _target: &taskctl_core::release::Release,
+    ) -> Result<Option<String>, OpsError> {
+        let has_backups = stack::managed_services(profile)
+            .map_err(OpsError::Provider)?
+            .iter()
+            .any(|s| s.name == "postgres-backup");
+        if !has_backups {
+            return Ok(None);
+        }
+        let container = steps::service_container(profile, "postgres-backup");
+        let script = format!(
+            r#"set -u
+export PGPASSWORD="$(cat "$PGPASSWORD_FILE")"
+f=$(ls -1t {dir}/*.dump 2>/dev/null | head -n 1)
+[ -n "$f" ] || {{ echo "no backup in {dir}"; exit 3; }}
+db="taskctl_verify_$(date -u +%s)"
+createdb "$db" || exit 4
+if pg_restore --exit-on-error -d "$db" "$f" >/dev/null; then
+  n=$(psql -d "$db" -Atc "select count(*) from pg_catalog.pg_tables where schemaname not in ('pg_catalog','information_schema')")
+  rc=0
+else
+  rc=5
+fi
+dropdb "$db"
+[ $rc -eq 0 ] && echo "restored $f into a scratch database ($n table(s)), then dropped it" || echo "$f does not restore"
+exit $rc
+"#,
+            dir = stack::BACKUP_DIR
+        );
+        let (code, output) = engine::exec(&self.docker, &container, &["/bin/sh", "-c", &script])
+            .await
+            .map_err(|e| OpsError::Provider(format!("backup_verification: {}", e.message)))?;
+        let said = output.trim().to_string();
+        if code == 0 {
+            Ok(Some(said))
+        } else {
+            Err(OpsError::Provider(format!(
+                "backup_verification failed in {container} (exit {code}): {said}"
+            )))
+        }
+    }
+
     /// Every container of the environment but release records: agents
     /// first, then services, by name.
     async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {

@@ -560,6 +560,14 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
             host_gateway: false,
             stop_signal: Some("SIGINT"),
         });
+        if let Some(b) = &p.backup {
+            out.push(postgres_backup(
+                profile,
+                p,
+                b,
+                &secret(&p.password, "services.postgres.password")?,
+            )?);
+        }
     }
 
     if let Some(m) = &s.mongodb
@@ -887,6 +895,104 @@ pub fn rules(p: &taskctl_core::profile::model::Prometheus) -> Result<String, Str
     yaml("rules.yml", &serde_json::json!({ "groups": groups }))
 }
 
+/// The daily time of a `M H * * *` schedule, the only form the docker
+/// target runs (it has no cron): `(minute, hour)`.
+pub fn daily_schedule(schedule: &str) -> Result<(u32, u32), String> {
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    let expected = || {
+        format!(
+            "services.postgres.backup.schedule: `{schedule}`: the docker target runs daily schedules only, `M H * * *` (e.g. `0 3 * * *`, 03:00 UTC)"
+        )
+    };
+    match fields.as_slice() {
+        [m, h, "*", "*", "*"] => match (m.parse::<u32>(), h.parse::<u32>()) {
+            (Ok(m), Ok(h)) if m < 60 && h < 24 => Ok((m, h)),
+            _ => Err(expected()),
+        },
+        _ => Err(expected()),
+    }
+}
+
+/// Where dumps are kept: the image's home of the postgres user, so the
+/// named volume mounted there starts owned by that user (a new path would
+/// be root's, and the read-only root file system leaves no other place).
+pub const BACKUP_DIR: &str = "/var/lib/postgresql";
+
+/// PostgreSQL's backups: a container of the same image beside the
+/// database, which takes a `pg_dump -Fc` at start when there is none and
+/// then every day at the schedule's time (UTC), into its own volume,
+/// deleting dumps older than the retention. A dump is written to a
+/// `.partial` file and renamed, so a dump that is there is complete. The
+/// password reaches `pg_dump` from the secret file, never the container's
+/// configuration. Healthy once a dump exists.
+fn postgres_backup(
+    profile: &Profile,
+    p: &taskctl_core::profile::model::Postgres,
+    b: &taskctl_core::profile::model::Backup,
+    password: &SecretRef,
+) -> Result<ServiceDef, String> {
+    let (minute, hour) = daily_schedule(&b.schedule)?;
+    let keep_minutes = b
+        .retention
+        .get()
+        .map(|d| (d.0.as_secs() / 60).max(1))
+        .ok_or_else(|| {
+            "services.postgres.backup.retention: expected a duration such as `30d`".to_string()
+        })?;
+    let script = format!(
+        r#"set -u
+export PGPASSWORD="$(cat "$PGPASSWORD_FILE")"
+dump() {{
+  until pg_isready -q; do sleep 2; done
+  f="{BACKUP_DIR}/$PGDATABASE-$(date -u +%Y%m%dT%H%M%SZ).dump"
+  if pg_dump -Fc -f "$f.partial"; then mv "$f.partial" "$f"; echo "backup $f"; else rm -f "$f.partial"; echo "backup failed" >&2; fi
+  find {BACKUP_DIR} -name '*.dump' -mmin +{keep_minutes} -delete
+}}
+ls {BACKUP_DIR}/*.dump >/dev/null 2>&1 || dump
+last=""
+while :; do
+  if [ "$(date -u +%H:%M)" = "{hour:02}:{minute:02}" ] && [ "$last" != "$(date -u +%Y%m%d)" ]; then
+    last="$(date -u +%Y%m%d)"; dump
+  fi
+  sleep 20
+done
+"#
+    );
+    Ok(ServiceDef {
+        name: "postgres-backup",
+        image: image_of(
+            profile,
+            "postgres",
+            p.image.as_ref(),
+            format!("postgres:{}", p.version),
+        ),
+        user: "999:999".into(),
+        file_owner: 999,
+        entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), script]),
+        cmd: Some(Vec::new()),
+        env: vec![
+            ("PGHOST".into(), EnvSource::Literal("postgres".into())),
+            ("PGUSER".into(), EnvSource::Literal(p.user.clone())),
+            ("PGDATABASE".into(), EnvSource::Literal(p.database.clone())),
+            ("PGPASSWORD".into(), EnvSource::Secret(password.clone())),
+        ],
+        files: Vec::new(),
+        ports: Vec::new(),
+        data_path: BACKUP_DIR,
+        tmpfs: vec!["/tmp"],
+        binds: Vec::new(),
+        health: vec![
+            "CMD-SHELL".into(),
+            format!("ls {BACKUP_DIR}/*.dump >/dev/null 2>&1"),
+        ],
+        limits: limits(profile, "postgres-backup", (0.5, 256 * MI, 64))?,
+        start_seconds: 120,
+        after: vec!["postgres"],
+        host_gateway: false,
+        stop_signal: None,
+    })
+}
+
 /// `alertmanager.yml`: every alert to the profile's webhook.
 pub fn alertmanager_config(webhook: &str) -> Result<String, String> {
     yaml(
@@ -921,4 +1027,26 @@ pub fn rabbit_conf(user: &str, password: &str, rest: &str) -> Result<String, Str
     Ok(format!(
         "# Written by taskctl.\ndefault_user = {user}\ndefault_pass = {password}\ndefault_vhost = /\ndefault_permissions.configure = .*\ndefault_permissions.read = .*\ndefault_permissions.write = .*\ndefault_user_tags.administrator = true\n{rest}"
     ))
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use super::daily_schedule;
+
+    #[test]
+    fn only_daily_schedules_run_on_docker() {
+        assert_eq!(daily_schedule("0 3 * * *"), Ok((0, 3)));
+        assert_eq!(daily_schedule("45 23 * * *"), Ok((45, 23)));
+        for bad in [
+            "0 3 * * 1",
+            "*/5 * * * *",
+            "60 3 * * *",
+            "0 24 * * *",
+            "daily",
+            "",
+        ] {
+            let e = daily_schedule(bad).unwrap_err();
+            assert!(e.contains("M H * * *"), "{bad}: {e}");
+        }
+    }
 }
