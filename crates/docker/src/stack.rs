@@ -512,12 +512,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
         }
         out.push(ServiceDef {
             name: "postgres",
-            image: image_of(
-                profile,
-                "postgres",
-                p.image.as_ref(),
-                format!("postgres:{}", p.version),
-            ),
+            image: postgres_image(profile, p),
             user: "999:999".into(),
             file_owner: 999,
             entrypoint: None,
@@ -895,6 +890,16 @@ pub fn rules(p: &taskctl_core::profile::model::Prometheus) -> Result<String, Str
     yaml("rules.yml", &serde_json::json!({ "groups": groups }))
 }
 
+/// The image of the managed PostgreSQL (and of its backups).
+fn postgres_image(profile: &Profile, p: &taskctl_core::profile::model::Postgres) -> String {
+    image_of(
+        profile,
+        "postgres",
+        p.image.as_ref(),
+        format!("postgres:{}", p.version),
+    )
+}
+
 /// The daily time of a `M H * * *` schedule, the only form the docker
 /// target runs (it has no cron): `(minute, hour)`.
 pub fn daily_schedule(schedule: &str) -> Result<(u32, u32), String> {
@@ -960,12 +965,8 @@ done
     );
     Ok(ServiceDef {
         name: "postgres-backup",
-        image: image_of(
-            profile,
-            "postgres",
-            p.image.as_ref(),
-            format!("postgres:{}", p.version),
-        ),
+        // The database's own image: its pg_dump matches the server.
+        image: postgres_image(profile, p),
         user: "999:999".into(),
         file_owner: 999,
         entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), script]),

@@ -2,111 +2,100 @@
 //! profile gives reaches a manifest, so each is checked here, with its
 //! location, before any template sees it.
 
-/// A DNS-1123 label: 1 to 63 lowercase letters, digits and `-`, starting
-/// and ending with a letter or digit (namespaces, most object names).
-pub fn dns_label(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
+/// `Ok` when `ok`, else the value (control characters escaped, so a
+/// newline shows as `\n` on one line) and what was expected.
+fn rule(ok: bool, s: &str, expected: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{}` is not a DNS-1123 label: expected 1 to 63 lowercase letters, digits and `-`, starting and ending with a letter or digit",
-            shown(s)
-        ))
+        Err(format!("`{}` {expected}", s.escape_debug()))
     }
+}
+
+/// Lowercase letters, digits and `-`, not starting or ending with `-`.
+fn lower_alnum_dashes(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Letters, digits, `-`, `_` and `.`.
+fn key_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+/// A DNS-1123 label: 1 to 63 lowercase letters, digits and `-`, starting
+/// and ending with a letter or digit (namespaces, most object names).
+pub fn dns_label(s: &str) -> Result<(), String> {
+    rule(
+        !s.is_empty() && s.len() <= 63 && lower_alnum_dashes(s),
+        s,
+        "is not a DNS-1123 label: expected 1 to 63 lowercase letters, digits and `-`, starting and ending with a letter or digit",
+    )
 }
 
 /// A DNS-1035 label: a DNS-1123 label that starts with a letter (Service
 /// names).
 pub fn dns1035_label(s: &str) -> Result<(), String> {
     dns_label(s)?;
-    if s.starts_with(|c: char| c.is_ascii_lowercase()) {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` is not a DNS-1035 label: it must start with a lowercase letter",
-            shown(s)
-        ))
-    }
+    rule(
+        s.starts_with(|c: char| c.is_ascii_lowercase()),
+        s,
+        "is not a DNS-1035 label: it must start with a lowercase letter",
+    )
 }
 
 /// A DNS-1123 subdomain: dot-separated DNS-1123 labels, 253 characters at
 /// most (ConfigMap names).
 pub fn dns_subdomain(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > 253 || s.split('.').any(|l| dns_label(l).is_err()) {
-        return Err(format!(
-            "`{}` is not a DNS-1123 subdomain: expected dot-separated lowercase labels of letters, digits and `-`, 253 characters at most",
-            shown(s)
-        ));
-    }
-    Ok(())
+    rule(
+        !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| dns_label(l).is_ok()),
+        s,
+        "is not a DNS-1123 subdomain: expected dot-separated lowercase labels of letters, digits and `-`, 253 characters at most",
+    )
 }
 
 /// An environment variable name as Kubernetes accepts it:
 /// `[-._a-zA-Z][-._a-zA-Z0-9]*`.
 pub fn env_name(s: &str) -> Result<(), String> {
-    let ok = s
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b"-._".contains(&b))
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` is not an environment variable name: expected letters, digits, `_`, `-` and `.`, not starting with a digit",
-            shown(s)
-        ))
-    }
+    rule(
+        s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b"-._".contains(&b))
+            && key_chars(s),
+        s,
+        "is not an environment variable name: expected letters, digits, `_`, `-` and `.`, not starting with a digit",
+    )
 }
 
 /// A ConfigMap key: `[-._a-zA-Z0-9]+`, 253 characters at most.
 pub fn config_key(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` is not a ConfigMap key: expected letters, digits, `-`, `_` and `.`",
-            shown(s)
-        ))
-    }
+    rule(
+        !s.is_empty() && s.len() <= 253 && key_chars(s),
+        s,
+        "is not a ConfigMap key: expected letters, digits, `-`, `_` and `.`",
+    )
 }
 
 /// A port name (IANA service name): 1 to 15 lowercase letters, digits and
 /// `-`, at least one letter, no `--`, not starting or ending with `-`.
 pub fn port_name(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 15
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.bytes().any(|b| b.is_ascii_lowercase())
-        && !s.contains("--")
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` is not a port name: expected 1 to 15 lowercase letters, digits and `-`, with at least one letter",
-            shown(s)
-        ))
-    }
+    rule(
+        !s.is_empty()
+            && s.len() <= 15
+            && lower_alnum_dashes(s)
+            && s.bytes().any(|b| b.is_ascii_lowercase())
+            && !s.contains("--"),
+        s,
+        "is not a port name: expected 1 to 15 lowercase letters, digits and `-`, with at least one letter",
+    )
 }
 
 /// A host: a DNS name (labels of letters, digits and `-`; `*` allowed for
 /// wildcard certificates) or an IP address.
 pub fn host(s: &str) -> Result<(), String> {
-    let ip = s.parse::<std::net::IpAddr>().is_ok();
     let dns = !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
@@ -117,19 +106,11 @@ pub fn host(s: &str) -> Result<(), String> {
                 && l.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
         });
-    if ip || dns {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` is neither a DNS name nor an IP address",
-            shown(s)
-        ))
-    }
-}
-
-/// The value as it can be shown on one line: control characters escaped.
-fn shown(s: &str) -> String {
-    s.escape_debug().to_string()
+    rule(
+        dns || s.parse::<std::net::IpAddr>().is_ok(),
+        s,
+        "is neither a DNS name nor an IP address",
+    )
 }
 
 #[cfg(test)]
