@@ -353,23 +353,22 @@ impl Step for LevelStep {
             }
             // Only what this environment owns: an object of the same name
             // made by someone else is named and left.
-            match cluster::get(&client, m).await? {
-                None => continue,
-                Some(live) => {
-                    if let Some(problem) = foreign(m, &live) {
-                        return Err(StepError::new(
-                            ErrorKind::AlreadyExists,
-                            format!("{problem}; destroy leaves it"),
-                        ));
-                    }
+            let live = cluster::get(&client, m).await?;
+            if let Some(problem) = live.as_ref().and_then(|live| foreign(m, live)) {
+                return Err(StepError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{problem}; destroy leaves it"),
+                ));
+            }
+            if live.is_some() {
+                if known.holds_data() {
+                    tracing::warn!(object = %m.id(), "deleting data (destroy --delete-data)");
                 }
+                cluster::delete(&client, &known, m.namespace.as_deref(), &m.name).await?;
             }
-            if known.holds_data() {
-                tracing::warn!(object = %m.id(), "deleting data (destroy --delete-data)");
-            }
-            cluster::delete(&client, &known, m.namespace.as_deref(), &m.name).await?;
             // The claims a StatefulSet made from its templates are no
-            // rendered object: with --delete-data they go with it.
+            // rendered object, and outlive it: with --delete-data they go,
+            // also when the StatefulSet itself is already gone.
             if options.delete_data && m.kind == "StatefulSet" {
                 crate::provider::claims::delete_of_statefulset(&client, m, &self.environment)
                     .await?;

@@ -728,9 +728,9 @@ async fn claims_survive_prune_all_and_destroy_and_go_only_with_delete_data() {
     assert_eq!(c.claims(), claims, "destroy kept every claim");
     assert!(c.double.object("/api/v1/namespaces/messaging").is_some());
 
-    // destroy --delete-data: the claims of every StatefulSet still
-    // rendered go, with the namespaces.
-    succeeded(&c.deploy(&all, &profile).await);
+    // destroy --delete-data: the claims of every rendered StatefulSet go,
+    // with the namespaces, also those whose StatefulSet the plain destroy
+    // already removed.
     let purge = c.provider(KubeOptions {
         delete_data: true,
         ..options()
