@@ -11,7 +11,8 @@ use std::{num::NonZeroUsize, path::Path, sync::Mutex};
 
 use lru::LruCache;
 use taskctl_protocol::{
-    MAX_TASK_ID_BYTES, PROTOCOL_VERSION, TaskKind, TaskMessage, signing::Unverified,
+    MAX_TASK_ID_BYTES, PROTOCOL_VERSION, TaskKind, TaskMessage,
+    signing::{Claim, Unverified},
 };
 
 use crate::config::Admission;
@@ -59,13 +60,45 @@ pub struct Admitted {
     pub signed_by: Option<String>,
 }
 
-/// Decodes and checks one delivery body.
+/// What [`screen`] leaves to check: nothing, or a signature.
+#[derive(Debug)]
+// Moved once into the batch; boxing would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+pub enum Screened {
+    /// Unsigned, and unsigned tasks are allowed here.
+    Unsigned,
+    /// Signed by a held key, if the signature holds: check it alone
+    /// ([`Claim::check`]) or with others ([`check_all`](taskctl_protocol::signing::check_all)).
+    Signed(Claim),
+}
+
+/// The signature's refusal as a dead-letter reason.
+pub fn unverified(e: Unverified) -> Rejection {
+    Rejection::new(e.label(), e.to_string(), false)
+}
+
+/// Decodes and checks one delivery body: [`screen`], the signature, then
+/// [`admit`]. The agent runs the same steps with its signature checks
+/// checked in batches in between (`Worker::check_signatures`).
 pub fn decode(
     body: &[u8],
     envelope: &Envelope,
     now_ms: u64,
     rules: &Admission,
 ) -> Result<Admitted, Rejection> {
+    let signed_by = match screen(body, envelope, rules)? {
+        Screened::Unsigned => None,
+        Screened::Signed(claim) => {
+            claim.check().map_err(unverified)?;
+            Some(claim.key_id().to_owned())
+        }
+    };
+    admit(body, envelope, signed_by, now_ms, rules)
+}
+
+/// The checks before the signature's arithmetic: size, then the signature
+/// headers and the key they name.
+pub fn screen(body: &[u8], envelope: &Envelope, rules: &Admission) -> Result<Screened, Rejection> {
     if body.len() > rules.max_message_bytes {
         return Err(Rejection::new(
             "too_large",
@@ -78,19 +111,31 @@ pub fn decode(
         ));
     }
     let signed = envelope.key_id.is_some() || envelope.signature.is_some();
-    let signed_by = if signed || !rules.allow_unsigned {
-        rules
-            .keys
-            .verify(
-                envelope.key_id.as_deref(),
-                envelope.signature.as_deref(),
-                body,
-            )
-            .map_err(|e: Unverified| Rejection::new(e.label(), e.to_string(), false))?;
-        envelope.key_id.clone()
-    } else {
-        None
-    };
+    if !signed && rules.allow_unsigned {
+        return Ok(Screened::Unsigned);
+    }
+    rules
+        .keys
+        .claim(
+            envelope.key_id.as_deref(),
+            envelope.signature.as_deref(),
+            body,
+        )
+        .map(Screened::Signed)
+        .map_err(unverified)
+}
+
+/// The checks after the signature: `signed_by` is the key id whose
+/// signature over `body` held, `None` for an unsigned task [`screen`] let
+/// through.
+pub fn admit(
+    body: &[u8],
+    envelope: &Envelope,
+    signed_by: Option<String>,
+    now_ms: u64,
+    rules: &Admission,
+) -> Result<Admitted, Rejection> {
+    let signed = envelope.key_id.is_some() || envelope.signature.is_some();
     // Trusted: signed by a held key, or unsigned where unsigned tasks are
     // allowed. Only a trusted sender's reply_to gets the result.
     let authenticated = signed_by.is_some() || (rules.allow_unsigned && !signed);

@@ -33,7 +33,7 @@ use crate::{
     metrics::Metrics,
     readiness::Latch,
     topology,
-    worker::{Stops, Worker},
+    worker::{SIGNATURE_BATCH, Stops, Worker},
 };
 
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
@@ -108,8 +108,10 @@ impl Supervisor {
                     let cause = std::error::Error::source(&error)
                         .map(|c| format!(": {c}"))
                         .unwrap_or_default();
+                    let mut message = format!("{error}{cause}");
+                    message.push_str(self.refusal_hint(&message));
                     warn!(
-                        error = format!("{error}{cause}"),
+                        error = message,
                         retry_in_ms = delay.as_millis() as u64,
                         "broker connection failed"
                     );
@@ -204,18 +206,72 @@ impl Supervisor {
             };
             match next {
                 Some((queue, Ok(delivery))) => {
-                    tracker.spawn(self.worker.clone().handle(
-                        delivery,
-                        queue,
-                        session.publish.clone(),
-                        stops.clone(),
-                    ));
+                    // Whatever else has arrived is taken too, without
+                    // waiting, so that signatures are checked in batches.
+                    let mut ready = vec![(queue, delivery)];
+                    let mut end = None;
+                    while ready.len() < SIGNATURE_BATCH {
+                        match futures_lite::future::poll_once(session.deliveries.next()).await {
+                            Some(Some((queue, Ok(delivery)))) => ready.push((queue, delivery)),
+                            Some(Some((queue, Err(error)))) => {
+                                end = Some(SessionEnd::Lost(format!(
+                                    "consumer of `{queue}` failed: {error}"
+                                )));
+                                break;
+                            }
+                            Some(None) => {
+                                end = Some(SessionEnd::Lost("consumers ended".to_owned()));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let signatures = {
+                        let deliveries: Vec<&Delivery> = ready.iter().map(|(_, d)| d).collect();
+                        self.worker.check_signatures(&deliveries)
+                    };
+                    for ((queue, delivery), signature) in ready.into_iter().zip(signatures) {
+                        tracker.spawn(self.worker.clone().handle(
+                            delivery,
+                            queue,
+                            session.publish.clone(),
+                            stops.clone(),
+                            signature,
+                        ));
+                    }
+                    if let Some(end) = end {
+                        return end;
+                    }
                 }
                 Some((queue, Err(error))) => {
                     return SessionEnd::Lost(format!("consumer of `{queue}` failed: {error}"));
                 }
                 None => return SessionEnd::Lost("consumers ended".to_owned()),
             }
+        }
+    }
+
+    /// A broker that refuses the client certificate of a TLS 1.3 handshake
+    /// sends its alert after the client already thinks it is connected, then
+    /// closes: the client often sees only the reset. Say what it likely means.
+    fn refusal_hint(&self, error: &str) -> &'static str {
+        let client_cert = self
+            .config
+            .broker_tls
+            .as_ref()
+            .is_some_and(|t| t.client_cert_file.is_some());
+        let closed = [
+            "Connection reset by peer",
+            "unexpected end of file",
+            "UnexpectedEof",
+        ]
+        .iter()
+        .any(|c| error.contains(c));
+        if client_cert && closed {
+            " (the broker closed the connection right after the TLS handshake: \
+             it may not trust the client certificate in BROKER_CLIENT_CERT_FILE)"
+        } else {
+            ""
         }
     }
 

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub broker_reconnects: Counter,
     pub broker_connected: Gauge,
     pub gpus: Gauge,
+    /// Signatures checked together, one observation per batch.
+    pub signature_batches: Histogram,
 }
 
 impl Metrics {
@@ -73,6 +75,9 @@ impl Metrics {
             broker_reconnects: Counter::default(),
             broker_connected: Gauge::default(),
             gpus: Gauge::default(),
+            signature_batches: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 7),
+            ),
         };
         let r = registry.sub_registry_with_prefix("task_executor");
         r.register(
@@ -121,6 +126,11 @@ impl Metrics {
             m.broker_connected.clone(),
         );
         r.register("gpus", "NVIDIA GPUs detected at start-up", m.gpus.clone());
+        r.register(
+            "signature_batch_size",
+            "Task signatures checked together, one observation per batch",
+            m.signature_batches.clone(),
+        );
         m
     }
 

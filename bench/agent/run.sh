@@ -9,11 +9,18 @@
 #   (b) Celery prefork, -c $CELERY_CONCURRENCY, acks_late, rpc:// results
 #   (c) a raw lapin loop (agent/examples/bench_raw_loop.rs), 100 in flight:
 #       the ceiling for any worker that publishes results.
+#   (r) the same raw loop over signed messages: it verifies nothing, so it
+#       shows what the signature headers alone cost the broker.
 # Tasks are published before each worker starts; tasks/s is measured from
 # the first result to the last, so start-up time is not counted. Peak RSS is
 # the sum over the worker's process tree, sampled every 20 ms.
 #
-# usage: bench/agent/run.sh [N] [which...]   (which: agent signed celery raw; default all)
+# PIN=1 puts the broker (the RabbitMQ node, every thread) and the bench driver
+# on CPU 0 and the worker on CPU 1, as in a deployment where agents run on
+# their own nodes; the affinity is restored on exit. Without it everything
+# shares every core, and a worker's CPU is taken from the broker's.
+#
+# usage: bench/agent/run.sh [N] [which...]   (which: agent signed celery raw rawsigned; default all)
 # env:   BENCH_AMQP_URL (default $TASKCTL_TEST_AMQP_URL, else guest@127.0.0.1)
 #        CONCURRENCY (default 100), CELERY_CONCURRENCY (default $CONCURRENCY)
 #        REPEAT (default 1): runs per worker, interleaved (agent, raw, celery,
@@ -25,7 +32,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 N=${1:-20000}
 shift || true
-which=${*:-agent signed celery raw}
+which=${*:-agent signed celery raw rawsigned}
 URL=${BENCH_AMQP_URL:-${TASKCTL_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}}
 C=${CONCURRENCY:-100}
 REPEAT=${REPEAT:-1}
@@ -48,6 +55,21 @@ if [[ $which == *celery* && ! -x $here/.venv/bin/celery ]]; then
     "$here/.venv/bin/pip" install -q "celery==5.*"
 fi
 
+worker_cpu=()
+driver_cpu=()
+if [[ ${PIN:-0} == 1 ]]; then
+    (($(nproc) >= 2)) || { echo "PIN=1 needs two CPUs" >&2; exit 2; }
+    beam=$(pgrep -f 'beam.smp.*rabbit' | head -1)
+    [[ -n $beam ]] || { echo "PIN=1: no RabbitMQ node (beam.smp) runs here" >&2; exit 2; }
+    mask=$(taskset -p "$beam" | awk '{print $NF}')
+    trap 'taskset -a -p "$mask" "$beam" >/dev/null' EXIT
+    taskset -a -p 0x1 "$beam" >/dev/null
+    worker_cpu=(taskset -c 1)
+    driver_cpu=(taskset -c 0)
+    echo "pinned: RabbitMQ (pid $beam) and the driver on CPU 0, workers on CPU 1" >&2
+fi
+driver_run() { "${driver_cpu[@]}" "$driver" "$@"; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # run_worker NAME RESULT_QUEUE -- worker command...
@@ -56,10 +78,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 run_worker() {
     local name=$1 results=$2
     shift 3
-    "$driver" collect "$URL" "$results" "$N" >"$out/$name.json" &
+    driver_run collect "$URL" "$results" "$N" >"$out/$name.json" &
     local collector=$!
     sleep 0.5
-    "$@" >"$out/$name.log" 2>&1 &
+    "${worker_cpu[@]}" "$@" >"$out/$name.log" 2>&1 &
     local worker=$!
     python3 "$here/rss_peak.py" "$worker" >"$out/$name.rss" &
     local sampler=$!
@@ -72,7 +94,7 @@ run_worker() {
 for run in $(seq 1 "$REPEAT"); do
 if [[ $which == *agent* ]]; then
     echo "(a) task-executor, MAX_CONCURRENT_TASKS=$C, unsigned tasks" >&2
-    "$driver" publish "$URL" bench.agent.tasks bench.agent.results "$N"
+    driver_run publish "$URL" bench.agent.tasks bench.agent.results "$N"
     run_worker "agent.$run" bench.agent.results -- env -i PATH="$PATH" \
         BROKER_URL="$URL" TASK_QUEUE=bench.agent.tasks GPU_TASK_QUEUE=bench.agent.gpu \
         RESULT_QUEUE=bench.agent.results DEAD_LETTER_QUEUE=bench.agent.dead \
@@ -84,7 +106,7 @@ fi
 if [[ $which == *signed* ]]; then
     echo "(s) task-executor, MAX_CONCURRENT_TASKS=$C, signed tasks" >&2
     read -r private public < <("$driver" keygen)
-    BENCH_SIGNING_KEY=$private "$driver" publish "$URL" bench.signed.tasks bench.signed.results "$N"
+    BENCH_SIGNING_KEY=$private driver_run publish "$URL" bench.signed.tasks bench.signed.results "$N"
     run_worker "signed.$run" bench.signed.results -- env -i PATH="$PATH" \
         BROKER_URL="$URL" TASK_QUEUE=bench.signed.tasks GPU_TASK_QUEUE=bench.signed.gpu \
         RESULT_QUEUE=bench.signed.results DEAD_LETTER_QUEUE=bench.signed.dead \
@@ -93,10 +115,19 @@ if [[ $which == *signed* ]]; then
         "$bin/task-executor"
 fi
 
-if [[ $which == *raw* ]]; then
+if [[ " $which " == *" raw "* ]]; then
     echo "(c) raw loop, 100 in flight" >&2
-    "$driver" publish "$URL" bench.raw.tasks bench.raw.results "$N"
+    driver_run publish "$URL" bench.raw.tasks bench.raw.results "$N"
     run_worker "raw.$run" bench.raw.results -- "$bin/examples/bench_raw_loop" "$URL" bench.raw.tasks
+fi
+
+if [[ $which == *rawsigned* ]]; then
+    # The broker's share of the signed format: the same raw loop (it checks
+    # nothing) over signed messages, whose headers the broker parses.
+    echo "(r) raw loop over signed messages" >&2
+    read -r private _ < <("$driver" keygen)
+    BENCH_SIGNING_KEY=$private driver_run publish "$URL" bench.rawsigned.tasks bench.rawsigned.results "$N"
+    run_worker "rawsigned.$run" bench.rawsigned.results -- "$bin/examples/bench_raw_loop" "$URL" bench.rawsigned.tasks
 fi
 
 if [[ $which == *celery* ]]; then
@@ -125,7 +156,7 @@ python3 - "$out" "$N" "$C" "$CC" <<'PY'
 import glob, json, statistics, sys
 out, n, c, cc = sys.argv[1:5]
 rows = {}
-for name in ("agent", "signed", "celery", "raw"):
+for name in ("agent", "signed", "celery", "raw", "rawsigned"):
     rates, rss = [], []
     for f in sorted(glob.glob(f"{out}/{name}.*.json")):
         try:
@@ -137,12 +168,16 @@ for name in ("agent", "signed", "celery", "raw"):
         rows[name] = (statistics.median(rates), max(rss), rates)
 label = {"agent": f"task-executor (c={c})", "signed": f"  same, signed tasks",
          "celery": f"celery prefork (c={cc})",
-         "raw": "raw loop (100 in flight)"}
+         "raw": "raw loop (100 in flight)",
+         "rawsigned": "  same, signed messages"}
 print(f"{n} persistent noop tasks with persistent confirmed results (median of runs)")
 for name, (rate, rss, rates) in rows.items():
     print(f"  {label[name]:<28} {rate:>8.0f} tasks/s   peak RSS {rss:>7.1f} MB   runs: {rates}")
 if "agent" in rows and "signed" in rows:
     print(f"  signed / unsigned:  {rows['signed'][0] / rows['agent'][0]:.2f} of the throughput (goal >= 0.90)")
+if "raw" in rows and "rawsigned" in rows:
+    print(f"  raw loop, signed / plain messages: {rows['rawsigned'][0] / rows['raw'][0]:.2f} "
+          "(the broker's cost of the signature headers; nothing is verified)")
 if "agent" in rows and "raw" in rows:
     print(f"  agent / raw loop:   {rows['agent'][0] / rows['raw'][0]:.2f} of the throughput")
 if "agent" in rows and "celery" in rows:
