@@ -24,7 +24,23 @@ async fn a_task_goes_through_the_agent_and_back() {
         &CancellationToken::new(),
     )
     .await;
-    let log = agent.log_text();
+    // The agent logs the task after its result is confirmed, so the line
+    // may still be on its way when the gate already has the result.
+    let ran = |log: &str| {
+        report
+            .observed
+            .split(' ')
+            .nth(1)
+            .is_some_and(|id| log.contains(id))
+    };
+    let mut log = agent.log_text();
+    for _ in 0..50 {
+        if !report.passed || ran(&log) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log = agent.log_text();
+    }
     let name = agent.name.clone();
     agent.stop().await;
     assert!(report.passed, "{}\nagent log:\n{log}", report.summary());
