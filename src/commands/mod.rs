@@ -42,6 +42,30 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
 }
 
 /// The layers `--only` names; all when none is named.
+/// `--push REGISTRY`: `target.docker.push` for this run.
+pub fn with_push(
+    mut profile: taskctl_core::profile::Profile,
+    push: Option<&str>,
+) -> anyhow::Result<taskctl_core::profile::Profile> {
+    use taskctl_core::profile::TargetKind;
+    let Some(registry) = push else {
+        return Ok(profile);
+    };
+    if profile.target.kind != TargetKind::Docker {
+        anyhow::bail!(
+            "--push applies to the docker target; this profile's target is `{}` (an aws target pushes to its own ECR repository)",
+            format!("{:?}", profile.target.kind).to_lowercase()
+        );
+    }
+    taskctl_core::profile::check_registry(registry).map_err(|e| anyhow::anyhow!("--push {e}"))?;
+    profile
+        .target
+        .docker
+        .get_or_insert_with(Default::default)
+        .push = Some(registry.to_string());
+    Ok(profile)
+}
+
 pub fn scope(args: &ScopeArgs) -> taskctl_core::ops::Scope {
     use taskctl_core::ops::{Layer, Scope};
     if args.only.is_empty() {

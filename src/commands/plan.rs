@@ -12,7 +12,7 @@ use taskctl_core::events::RunOutcome;
 use taskctl_core::ops::{self, PlanOptions};
 
 pub fn exec(ctx: &Context, shell: &mut Shell, args: PlanArgs) -> anyhow::Result<u8> {
-    let profile = ctx.valid_profile(shell)?;
+    let profile = super::with_push(ctx.valid_profile(shell)?, args.push.as_deref())?;
     let rt = ctx.runtime()?;
     let store = rt.block_on(ctx.store(&profile))?;
     let report = rt.block_on(async {

@@ -134,6 +134,7 @@ fn rotate(ctx: &Context, shell: &mut Shell, args: RotateArgs) -> anyhow::Result<
             skip_preflight: false,
             force_conflicts: false,
             prune_all: false,
+            push: None,
         },
         args.names,
     )

@@ -554,6 +554,78 @@ fn deploy_builds_the_image_runs_healthy_labelled_agents_and_redeploy_is_a_no_op(
 }
 
 #[test]
+fn deploy_push_runs_the_agents_from_the_digest_the_registry_stored() {
+    let registry = required("TASKCTL_TEST_REGISTRY");
+    let mut env = Env::new("dk-push");
+    // Its own tag: other tests retag the shared `task-executor:local`.
+    let own = format!("{}-agent:local", env.name);
+    env.layer(
+        "image.yaml",
+        &format!("agents:\n  - name: {AGENT}\n    image: {own}\n"),
+    );
+    let out = env.run(&["deploy", "--yes", "--push", &registry]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let agents = env.assert_three_healthy();
+
+    // Every replica was made from one reference by digest in the registry.
+    let images: std::collections::BTreeSet<String> = agents
+        .iter()
+        .map(|a| env.inspect(&a.name, "{{.Config.Image}}"))
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let image = images.into_iter().next().unwrap();
+    let (repo, digest) = image
+        .split_once('@')
+        .unwrap_or_else(|| panic!("`{image}` is not a reference by digest"));
+    let path = repo
+        .strip_prefix(&format!("{registry}/"))
+        .unwrap_or_else(|| panic!("`{repo}` is not in {registry}"));
+    assert!(digest.starts_with("sha256:"), "{digest}");
+
+    // The registry itself (its HTTP API, not the engine) serves that
+    // manifest under that digest, and lists the content tag.
+    let manifest = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-D", "-", "-H"])
+        .arg("Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json")
+        .arg(format!("http://{registry}/v2/{path}/manifests/{digest}"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&manifest.stdout).to_lowercase();
+    assert!(manifest.status.success(), "{headers}");
+    assert!(
+        headers.contains(&format!("docker-content-digest: {digest}")),
+        "{headers}"
+    );
+    let tags = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{registry}/v2/{path}/tags/list")])
+        .output()
+        .unwrap();
+    let tags: serde_json::Value = serde_json::from_slice(&tags.stdout).unwrap();
+    // The content tag: `<version>-<12 hex of the binary's sha256>`.
+    let content_tag = |t: &serde_json::Value| {
+        t.as_str()
+            .and_then(|t| t.rsplit_once('-'))
+            .is_some_and(|(_, h)| h.len() == 12 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    };
+    assert!(
+        tags["tags"].as_array().unwrap().iter().any(content_tag),
+        "{tags}"
+    );
+
+    // Pushed and running from it: a second run changes nothing.
+    let out = env.run(&["plan", "--push", &registry, "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Nothing but a registry name is accepted.
+    let out = env.run(&["plan", "--push", "http://127.0.0.1:5005"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("expected HOST[:PORT][/PATH]"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn a_changed_env_value_rolls_one_replica_at_a_time() {
     let mut env = Env::new("dk-roll");
     env.deploy();

@@ -365,6 +365,117 @@ pub async fn pull(docker: &Docker, registry: &str, image: &str) -> Result<String
     Ok(reference)
 }
 
+/// `reference` (`[host/]path[:tag][@digest]`) in `registry`: the same path
+/// and tag under the registry's host, e.g. `taskctl/task-executor:1-abc` in
+/// `127.0.0.1:5000` is `("127.0.0.1:5000/taskctl/task-executor", "1-abc")`.
+/// A host already in `reference` is replaced; no tag is `latest`.
+pub fn in_registry(reference: &str, registry: &str) -> (String, String) {
+    let name = reference.split('@').next().unwrap_or(reference);
+    let repo = repository(name);
+    let tag = name[repo.len()..].trim_start_matches(':');
+    // Docker's rule: a first component with a dot or a port, or
+    // `localhost`, is a registry host.
+    let path = match repo.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => rest,
+        _ => repo,
+    };
+    (
+        format!("{}/{path}", registry.trim_end_matches('/')),
+        if tag.is_empty() { "latest" } else { tag }.to_string(),
+    )
+}
+
+/// The reference by digest (`registry/path@sha256:…`) under which image
+/// `id` was pushed to `registry` as `reference`, when the engine recorded
+/// that push and the registry still serves that digest for the tag; `None`
+/// means it has to be pushed.
+pub async fn pushed(
+    docker: &Docker,
+    id: &str,
+    reference: &str,
+    registry: &str,
+) -> Result<Option<String>, StepError> {
+    let (remote, tag) = in_registry(reference, registry);
+    let digests = match docker.inspect_image(id).await {
+        Ok(i) => i.repo_digests.unwrap_or_default(),
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(step_error(&format!("inspecting image {id}"), e)),
+    };
+    let prefix = format!("{remote}@");
+    let Some(known) = digests.into_iter().find(|d| d.starts_with(&prefix)) else {
+        return Ok(None);
+    };
+    // The engine remembers a push the registry may since have lost (or
+    // the tag may name other content now): ask the registry itself.
+    match docker
+        .inspect_registry_image(&format!("{remote}:{tag}"), None)
+        .await
+    {
+        Ok(found) if found.descriptor.digest.as_deref() == Some(&known[prefix.len()..]) => {
+            Ok(Some(known))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if is_not_found(&e) || is_registry_miss(&e) => Ok(None),
+        Err(e) => Err(step_error(
+            &format!("asking {registry} for {remote}:{tag}"),
+            e,
+        )),
+    }
+}
+
+/// The engine answers 401/403 (not 404) for a tag a registry does not have.
+fn is_registry_miss(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 401 | 403,
+            ..
+        }
+    )
+}
+
+/// Pushes image `id` to `registry` under `reference`'s path and tag and
+/// returns the reference by the digest the registry stored
+/// (`registry/path@sha256:…`), what containers are then made from.
+pub async fn push(
+    docker: &Docker,
+    id: &str,
+    reference: &str,
+    registry: &str,
+) -> Result<String, StepError> {
+    let (remote, tag) = in_registry(reference, registry);
+    let target = format!("{remote}:{tag}");
+    self::tag(docker, id, &target).await?;
+    let mut stream = docker.push_image(
+        &remote,
+        Some(
+            bollard::query_parameters::PushImageOptionsBuilder::default()
+                .tag(&tag)
+                .build(),
+        ),
+        None,
+    );
+    while let Some(item) = stream.next().await {
+        item.map_err(|e| step_error(&format!("pushing {target}"), e))?;
+    }
+    let prefix = format!("{remote}@");
+    let digests = docker
+        .inspect_image(id)
+        .await
+        .map_err(|e| step_error(&format!("inspecting image {id}"), e))?
+        .repo_digests
+        .unwrap_or_default();
+    digests
+        .into_iter()
+        .find(|d| d.starts_with(&prefix))
+        .ok_or_else(|| {
+            StepError::new(
+                ErrorKind::Other,
+                format!("pushed {target}, but the engine recorded no digest for it in {registry}"),
+            )
+        })
+}
+
 /// Builds `prepared` with no pull, then tags it with `also` (the profile's
 /// own tag). Returns the image id.
 pub async fn build(
@@ -444,6 +555,29 @@ pub async fn tag(docker: &Docker, id: &str, reference: &str) -> Result<(), StepE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_move_into_a_registry_with_their_path_and_tag() {
+        let r = "127.0.0.1:5000";
+        let cases = [
+            (
+                "taskctl/task-executor:0.1.0-abc",
+                "127.0.0.1:5000/taskctl/task-executor",
+                "0.1.0-abc",
+            ),
+            ("task-executor", "127.0.0.1:5000/task-executor", "latest"),
+            ("reg.example.com/a/b:2", "127.0.0.1:5000/a/b", "2"),
+            ("localhost:5001/a:3@sha256:00", "127.0.0.1:5000/a", "3"),
+            ("team/agent:1", "127.0.0.1:5000/team/agent", "1"),
+        ];
+        for (reference, remote, tag) in cases {
+            assert_eq!(
+                in_registry(reference, &format!("{r}/")),
+                (remote.to_string(), tag.to_string()),
+                "{reference}"
+            );
+        }
+    }
 
     #[test]
     fn repositories_keep_registry_ports() {

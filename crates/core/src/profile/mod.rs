@@ -26,6 +26,7 @@ mod yaml;
 pub use layer::merge;
 pub use model::*;
 pub use node::{Key, Node, NodeKind, Path, Scalar, Seg};
+pub use validate::check_registry;
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Severity, SourceMap, Span};
 use std::path::PathBuf;

@@ -13,21 +13,9 @@ impl AgentImage {
         let source = image::source(&self.agent).map_err(invalid)?;
         image::prepare(&self.agent, &source).map_err(invalid)
     }
-}
 
-#[async_trait]
-impl Step for AgentImage {
-    fn id(&self) -> &StepId {
-        &self.id
-    }
-    fn kind(&self) -> &str {
-        "docker-image"
-    }
-    fn depends_on(&self) -> Vec<StepId> {
-        Vec::new()
-    }
-
-    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+    /// The image on the engine: built, tagged or pulled.
+    async fn plan_local(&self) -> Result<StepPlan, StepError> {
         let docker = &self.shared.docker;
         let prepared = match self.prepared() {
             Ok(p) => p,
@@ -83,7 +71,7 @@ impl Step for AgentImage {
         }
     }
 
-    async fn apply(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<Outputs, StepError> {
+    async fn apply_local(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<Outputs, StepError> {
         let docker = &self.shared.docker;
         match self.prepared()? {
             Some(prepared) => {
@@ -117,6 +105,74 @@ impl Step for AgentImage {
             }
         }
     }
+}
+
+#[async_trait]
+impl Step for AgentImage {
+    fn id(&self) -> &StepId {
+        &self.id
+    }
+    fn kind(&self) -> &str {
+        "docker-image"
+    }
+    fn depends_on(&self) -> Vec<StepId> {
+        Vec::new()
+    }
+
+    async fn plan(&self, _ctx: &StepContext) -> Result<StepPlan, StepError> {
+        let plan = self.plan_local().await?;
+        let Some(registry) = push_registry(&self.shared.profile) else {
+            return Ok(plan);
+        };
+        let local = plan.outputs.get("image").cloned().unwrap_or_default();
+        let docker = &self.shared.docker;
+        // An image that is not built yet has not been pushed either.
+        let pushed = match image::local_id(docker, &local).await? {
+            Some(id) if plan.change.action == Action::NoOp => {
+                image::pushed(docker, &id, &local, &registry).await?
+            }
+            _ => None,
+        };
+        let (remote, tag) = image::in_registry(&local, &registry);
+        Ok(match pushed {
+            Some(digest) => StepPlan {
+                change: Change::none(),
+                outputs: [("image".to_string(), digest)].into(),
+            },
+            None => StepPlan {
+                change: if plan.change.action == Action::NoOp {
+                    Change::create(format!("push {local} to {remote}:{tag}"))
+                } else {
+                    Change::create(format!(
+                        "{}, then push it to {remote}:{tag}",
+                        plan.change.reason
+                    ))
+                },
+                outputs: [("image".to_string(), format!("{remote}:{tag}"))].into(),
+            },
+        })
+    }
+
+    async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
+        let local = self.apply_local(ctx, plan).await?;
+        let Some(registry) = push_registry(&self.shared.profile) else {
+            return Ok(local);
+        };
+        let docker = &self.shared.docker;
+        let reference = local.get("image").cloned().unwrap_or_default();
+        let id = image::local_id(docker, &reference).await?.ok_or_else(|| {
+            StepError::new(
+                ErrorKind::Other,
+                format!("image {reference} vanished before its push"),
+            )
+        })?;
+        if let Some(digest) = image::pushed(docker, &id, &reference, &registry).await? {
+            return Ok([("image".to_string(), digest)].into());
+        }
+        ctx.progress(&format!("pushing {reference} to {registry}"));
+        let digest = image::push(docker, &id, &reference, &registry).await?;
+        Ok([("image".to_string(), digest)].into())
+    }
 
     /// Images stay: they are a content-addressed cache (and a release
     /// record's container keeps the image it ran); `docker image prune`
@@ -124,6 +180,11 @@ impl Step for AgentImage {
     async fn destroy(&self, _ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
         Ok(())
     }
+}
+
+/// The registry the agent image is pushed to (`target.docker.push`).
+fn push_registry(profile: &Profile) -> Option<String> {
+    profile.target.docker.as_ref().and_then(|d| d.push.clone())
 }
 
 /// What replicas run for an image given by reference: for a pinned

@@ -61,9 +61,16 @@ pub struct DockerTarget {
     /// Name of the bridge network the stack's containers share.
     #[serde(default = "default_docker_network")]
     pub network: String,
-    /// Registry to push built agent images to, e.g. `127.0.0.1:5000`.
+    /// Registry images missing on the engine are pulled from, e.g.
+    /// `registry.example.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<String>,
+    /// Registry the agent image is pushed to, e.g. `127.0.0.1:5000`
+    /// (`deploy --push REGISTRY` for one run): replicas then run from the
+    /// digest the registry stored, as a cluster would, and a redeploy is a
+    /// no-op while the registry still serves that digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<String>,
     /// Directory a Prometheus `file_sd_configs` glob reads (`DIR/*.json`):
     /// taskctl writes one target file per agent replica there, so Prometheus
     /// scrapes every agent wherever the rollout put its metrics port.
@@ -103,6 +110,14 @@ pub struct ContainerLimits {
     /// Most processes (threads included) the container may run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u32>,
+}
+
+impl Default for DockerTarget {
+    /// What an empty `target.docker: {}` means: every field's serde default.
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({}))
+            .expect("every field of DockerTarget has a default")
+    }
 }
 
 fn default_docker_network() -> String {

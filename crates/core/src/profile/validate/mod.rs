@@ -6,6 +6,10 @@
 
 mod compute;
 mod names;
+
+/// Whether a text names an image registry (`HOST[:PORT][/PATH]`), for
+/// `deploy --push REGISTRY`.
+pub use names::registry as check_registry;
 mod network;
 mod procedures;
 mod workloads;
@@ -181,6 +185,15 @@ fn check_target(r: &mut Report, p: &Profile) {
         TargetKind::Docker => {
             if p.network.is_some() || p.compute.is_some() {
                 r.note(path!["target", "kind"], "the `docker` target runs on one engine: `network` and `compute` are not provisioned");
+            }
+            if let Some(docker) = &p.target.docker {
+                for (field, value) in [("registry", &docker.registry), ("push", &docker.push)] {
+                    if let Some(value) = value
+                        && let Err(e) = names::registry(value)
+                    {
+                        r.error(path!["target", "docker", field], e);
+                    }
+                }
             }
         }
     }

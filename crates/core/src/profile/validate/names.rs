@@ -113,6 +113,35 @@ pub fn host(s: &str) -> Result<(), String> {
     )
 }
 
+/// An image registry as Docker names one: a host (see [`host`]), an
+/// optional `:port` and an optional path, no scheme
+/// (`registry.example.com:5000/team`).
+pub fn registry(s: &str) -> Result<(), String> {
+    let (address, path) = match s.split_once('/') {
+        Some((address, path)) => (address, Some(path)),
+        None => (s, None),
+    };
+    let (name, port) = match address.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (address, None),
+    };
+    let path_ok = path.is_none_or(|path| {
+        path.split('/').all(|c| {
+            !c.is_empty()
+                && c.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        })
+    });
+    rule(
+        host(name).is_ok()
+            && !name.contains('*')
+            && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+            && path_ok,
+        s,
+        "is not a registry (expected HOST[:PORT][/PATH] with no scheme, e.g. 127.0.0.1:5000)",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +157,24 @@ mod tests {
         assert!(dns_subdomain("agent-config.v1").is_ok() && dns_subdomain("a..b").is_err());
         assert!(env_name("BROKER_URL").is_ok() && env_name("1X").is_err());
         assert!(env_name("A B").is_err() && env_name("A:").is_err());
+        for good in [
+            "127.0.0.1:5000",
+            "registry.example.com",
+            "reg.example.com:443/team/x",
+        ] {
+            assert!(registry(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://127.0.0.1:5000",
+            "host:0",
+            "host:x",
+            "a b",
+            "reg/Team",
+            "reg/",
+            "*.example.com",
+        ] {
+            assert!(registry(bad).is_err(), "{bad}");
+        }
         assert!(config_key("broker_url").is_ok() && config_key("a/b").is_err());
         assert!(port_name("http").is_ok() && port_name("8080").is_err());
         assert!(port_name("a-very-long-port-name").is_err());
