@@ -200,53 +200,51 @@ impl Supervisor {
         stops: &Stops,
     ) -> SessionEnd {
         loop {
-            let next = tokio::select! {
+            let mut next = tokio::select! {
                 next = session.deliveries.next() => next,
                 _ = stops.drain.cancelled() => return SessionEnd::Shutdown,
             };
-            match next {
-                Some((queue, Ok(delivery))) => {
-                    // Whatever else has arrived is taken too, without
-                    // waiting, so that signatures are checked in batches.
-                    let mut ready = vec![(queue, delivery)];
-                    let mut end = None;
-                    while ready.len() < SIGNATURE_BATCH {
-                        match futures_lite::future::poll_once(session.deliveries.next()).await {
-                            Some(Some((queue, Ok(delivery)))) => ready.push((queue, delivery)),
-                            Some(Some((queue, Err(error)))) => {
-                                end = Some(SessionEnd::Lost(format!(
-                                    "consumer of `{queue}` failed: {error}"
-                                )));
-                                break;
-                            }
-                            Some(None) => {
-                                end = Some(SessionEnd::Lost("consumers ended".to_owned()));
-                                break;
-                            }
-                            None => break,
-                        }
+            // This delivery and whatever else has already arrived, without
+            // waiting, so that signatures are checked in batches.
+            let mut ready = Vec::new();
+            let mut end = None;
+            loop {
+                match next {
+                    Some((queue, Ok(delivery))) => ready.push((queue, delivery)),
+                    Some((queue, Err(error))) => {
+                        end = Some(SessionEnd::Lost(format!(
+                            "consumer of `{queue}` failed: {error}"
+                        )));
+                        break;
                     }
-                    let signatures = {
-                        let deliveries: Vec<&Delivery> = ready.iter().map(|(_, d)| d).collect();
-                        self.worker.check_signatures(&deliveries)
-                    };
-                    for ((queue, delivery), signature) in ready.into_iter().zip(signatures) {
-                        tracker.spawn(self.worker.clone().handle(
-                            delivery,
-                            queue,
-                            session.publish.clone(),
-                            stops.clone(),
-                            signature,
-                        ));
-                    }
-                    if let Some(end) = end {
-                        return end;
+                    None => {
+                        end = Some(SessionEnd::Lost("consumers ended".to_owned()));
+                        break;
                     }
                 }
-                Some((queue, Err(error))) => {
-                    return SessionEnd::Lost(format!("consumer of `{queue}` failed: {error}"));
+                if ready.len() == SIGNATURE_BATCH {
+                    break;
                 }
-                None => return SessionEnd::Lost("consumers ended".to_owned()),
+                match futures_lite::future::poll_once(session.deliveries.next()).await {
+                    Some(more) => next = more,
+                    None => break,
+                }
+            }
+            let signatures = {
+                let deliveries: Vec<&Delivery> = ready.iter().map(|(_, d)| d).collect();
+                self.worker.check_signatures(&deliveries)
+            };
+            for ((queue, delivery), signature) in ready.into_iter().zip(signatures) {
+                tracker.spawn(self.worker.clone().handle(
+                    delivery,
+                    queue,
+                    session.publish.clone(),
+                    stops.clone(),
+                    signature,
+                ));
+            }
+            if let Some(end) = end {
+                return end;
             }
         }
     }

@@ -396,15 +396,10 @@ pub async fn pushed(
     registry: &str,
 ) -> Result<Option<String>, StepError> {
     let (remote, tag) = in_registry(reference, registry);
-    let digests = match docker.inspect_image(id).await {
-        Ok(i) => i.repo_digests.unwrap_or_default(),
-        Err(e) if is_not_found(&e) => return Ok(None),
-        Err(e) => return Err(step_error(&format!("inspecting image {id}"), e)),
-    };
-    let prefix = format!("{remote}@");
-    let Some(known) = digests.into_iter().find(|d| d.starts_with(&prefix)) else {
+    let Some(known) = recorded_digest(docker, id, &remote).await? else {
         return Ok(None);
     };
+    let prefix = format!("{remote}@");
     // The engine remembers a push the registry may since have lost (or
     // the tag may name other content now): ask the registry itself.
     match docker
@@ -421,6 +416,24 @@ pub async fn pushed(
             e,
         )),
     }
+}
+
+/// The engine's record of image `id` pushed as `remote`: its
+/// `remote@sha256:…` among the image's repo digests.
+async fn recorded_digest(
+    docker: &Docker,
+    id: &str,
+    remote: &str,
+) -> Result<Option<String>, StepError> {
+    let digests = match docker.inspect_image(id).await {
+        Ok(i) => i.repo_digests.unwrap_or_default(),
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(step_error(&format!("inspecting image {id}"), e)),
+    };
+    Ok(digests.into_iter().find(|d| {
+        d.strip_prefix(remote)
+            .is_some_and(|rest| rest.starts_with('@'))
+    }))
 }
 
 /// The engine answers 401/403 (not 404) for a tag a registry does not have.
@@ -458,22 +471,12 @@ pub async fn push(
     while let Some(item) = stream.next().await {
         item.map_err(|e| step_error(&format!("pushing {target}"), e))?;
     }
-    let prefix = format!("{remote}@");
-    let digests = docker
-        .inspect_image(id)
-        .await
-        .map_err(|e| step_error(&format!("inspecting image {id}"), e))?
-        .repo_digests
-        .unwrap_or_default();
-    digests
-        .into_iter()
-        .find(|d| d.starts_with(&prefix))
-        .ok_or_else(|| {
-            StepError::new(
-                ErrorKind::Other,
-                format!("pushed {target}, but the engine recorded no digest for it in {registry}"),
-            )
-        })
+    recorded_digest(docker, id, &remote).await?.ok_or_else(|| {
+        StepError::new(
+            ErrorKind::Other,
+            format!("pushed {target}, but the engine recorded no digest for it in {registry}"),
+        )
+    })
 }
 
 /// Builds `prepared` with no pull, then tags it with `also` (the profile's

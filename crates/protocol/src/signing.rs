@@ -268,8 +268,8 @@ impl Verifier {
 }
 
 /// A task's claim to be signed by a held key: the key, the signature and
-/// the signed bytes, not yet checked. Owned, so it can be handed to another
-/// thread.
+/// the signed bytes, not yet checked. Owned, so that the claims of several
+/// deliveries can be gathered and checked together ([`check_all`]).
 #[derive(Debug, Clone)]
 pub struct Claim {
     key_id: String,
