@@ -41,7 +41,6 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
     }
 }
 
-/// The layers `--only` names; all when none is named.
 /// `--push REGISTRY`: `target.docker.push` for this run.
 pub fn with_push(
     mut profile: taskctl_core::profile::Profile,
@@ -53,7 +52,7 @@ pub fn with_push(
     };
     if profile.target.kind != TargetKind::Docker {
         anyhow::bail!(
-            "--push applies to the docker target; this profile's target is `{}` (an aws target pushes to its own ECR repository)",
+            "--push applies to the docker target; this profile's target is `{}`",
             format!("{:?}", profile.target.kind).to_lowercase()
         );
     }
@@ -66,6 +65,7 @@ pub fn with_push(
     Ok(profile)
 }
 
+/// The layers `--only` names; all when none is named.
 pub fn scope(args: &ScopeArgs) -> taskctl_core::ops::Scope {
     use taskctl_core::ops::{Layer, Scope};
     if args.only.is_empty() {

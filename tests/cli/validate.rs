@@ -184,3 +184,33 @@ fn missing_profile_file_is_a_clear_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn push_is_refused_outside_the_docker_target_and_for_a_url() {
+    let out = taskctl(&[
+        "plan",
+        "-p",
+        "profiles/production.yaml",
+        "--push",
+        "127.0.0.1:5005",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--push applies to the docker target"),
+        "{}",
+        stderr(&out)
+    );
+    let out = taskctl(&[
+        "plan",
+        "-p",
+        "profiles/local.yaml",
+        "--push",
+        "https://127.0.0.1:5005",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("expected HOST[:PORT][/PATH] with no scheme"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -14,6 +14,17 @@ impl AgentImage {
         image::prepare(&self.agent, &source).map_err(invalid)
     }
 
+    /// The name an image is pushed under: the reference the local step
+    /// gave, or the profile's image when that is a bare image id (an
+    /// existing image whose tag names other content).
+    fn push_name<'a>(&'a self, local: &'a str) -> &'a str {
+        if local.starts_with("sha256:") {
+            &self.agent.image
+        } else {
+            local
+        }
+    }
+
     /// The image on the engine: built, tagged or pulled.
     async fn plan_local(&self) -> Result<StepPlan, StepError> {
         let docker = &self.shared.docker;
@@ -129,11 +140,11 @@ impl Step for AgentImage {
         // An image that is not built yet has not been pushed either.
         let pushed = match image::local_id(docker, &local).await? {
             Some(id) if plan.change.action == Action::NoOp => {
-                image::pushed(docker, &id, &local, &registry).await?
+                image::pushed(docker, &id, self.push_name(&local), &registry).await?
             }
             _ => None,
         };
-        let (remote, tag) = image::in_registry(&local, &registry);
+        let (remote, tag) = image::in_registry(self.push_name(&local), &registry);
         Ok(match pushed {
             Some(digest) => StepPlan {
                 change: Change::none(),
@@ -166,11 +177,12 @@ impl Step for AgentImage {
                 format!("image {reference} vanished before its push"),
             )
         })?;
-        if let Some(digest) = image::pushed(docker, &id, &reference, &registry).await? {
+        let name = self.push_name(&reference);
+        if let Some(digest) = image::pushed(docker, &id, name, &registry).await? {
             return Ok([("image".to_string(), digest)].into());
         }
         ctx.progress(&format!("pushing {reference} to {registry}"));
-        let digest = image::push(docker, &id, &reference, &registry).await?;
+        let digest = image::push(docker, &id, name, &registry).await?;
         Ok([("image".to_string(), digest)].into())
     }
 
