@@ -285,6 +285,8 @@ ensure_debian_packages() {
     command -v openssl >/dev/null || need+=(openssl)
     # The local stack's test logs in to its PostgreSQL with it.
     command -v psql >/dev/null || need+=(postgresql-client)
+    # The PGP recovery-key test makes operators' keys and decrypts with it.
+    command -v gpg >/dev/null || need+=(gnupg)
     command -v setsid >/dev/null || need+=(util-linux)
     command -v flock >/dev/null || need+=(util-linux)
     # A venv still to be made needs a python with ensurepip: Debian's python3

@@ -115,11 +115,15 @@ impl Step for VaultClusterStep {
                 .iter()
                 .any(|(_, a)| *a == taskctl_vault::sys::PLAN_WAIT_AUTO_UNSEAL);
             Change::create(format!(
-                "not initialized: {} {} shares, {} needed, keys to {}",
+                "not initialized: {} {} shares, {} needed, keys to {}{}",
                 self.spec.key_shares,
                 if auto { "recovery key" } else { "unseal key" },
                 self.spec.key_threshold,
-                self.spec.keys_file.display()
+                self.spec.keys_file.display(),
+                match self.spec.recovery_pgp_keys.len() {
+                    0 => String::new(),
+                    n => format!(", encrypted to {n} PGP keys"),
+                }
             ))
         } else {
             let diffs: Vec<FieldDiff> = actions
@@ -163,14 +167,20 @@ impl Step for VaultClusterStep {
             ctx.progress(&format!("{node} {what}"));
         }
         if outcome.initialized {
-            let recovery = taskctl_vault::sys::KeysFile::read(&self.spec.keys_file)
-                .map(|k| k.recovery())
-                .unwrap_or(false);
-            ctx.progress(&format!(
-                "{} keys are in {} (mode 0600): keep them offline",
-                if recovery { "recovery" } else { "unseal" },
-                self.spec.keys_file.display()
-            ));
+            let file = taskctl_vault::sys::KeysFile::read(&self.spec.keys_file).ok();
+            let recovery = file.as_ref().is_some_and(|k| k.recovery());
+            match file.as_ref().map(|k| k.encrypted_to.as_slice()) {
+                Some(to) if !to.is_empty() => ctx.progress(&format!(
+                    "recovery keys are in {}, each encrypted to one PGP key ({}): hand share N to the holder of key N; the root token in it is revoked once taskctl's AppRole is set up",
+                    self.spec.keys_file.display(),
+                    to.join(", ")
+                )),
+                _ => ctx.progress(&format!(
+                    "{} keys are in {} (mode 0600): keep them offline",
+                    if recovery { "recovery" } else { "unseal" },
+                    self.spec.keys_file.display()
+                )),
+            }
         }
         if self.needs_bootstrap() {
             let keys =

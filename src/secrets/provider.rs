@@ -103,6 +103,16 @@ impl WithSecrets {
                     key_shares: c.key_shares,
                     key_threshold: c.key_threshold,
                     keys_file: c.keys_file.clone().into(),
+                    recovery_pgp_keys: c
+                        .recovery_pgp_keys
+                        .iter()
+                        .map(|f| taskctl_vault::sys::PgpKey::read(std::path::Path::new(f)))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| {
+                            OpsError::Provider(format!(
+                                "services.vault.cluster.recovery_pgp_keys: {e}"
+                            ))
+                        })?,
                 },
                 bootstrap: taskctl_vault::setup::Bootstrap {
                     mount: profile.secrets.mount.clone(),

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use taskctl_vault::VaultError;
 use taskctl_vault::sys::{
-    ClusterSpec, KeysFile, NodeAction, NodeStatus, ensure_cluster, node_status, plan_cluster,
+    ClusterSpec, KeysFile, NodeAction, NodeStatus, PgpKey, ensure_cluster, node_status,
+    plan_cluster,
 };
 
 const KEY_HOLDER_TOKEN: &str = "autounseal-test-root";
@@ -320,6 +321,7 @@ async fn transit_auto_unsealed_raft_cluster() {
         key_shares: 3,
         key_threshold: 2,
         keys_file: c.dir.path().join("recovery-keys.json"),
+        recovery_pgp_keys: Vec::new(),
     };
 
     // The nodes say what taskctl detects: a transit seal with recovery keys.
@@ -523,4 +525,188 @@ async fn transit_auto_unsealed_raft_cluster() {
     assert!(e.to_string().contains(&victim), "{e}");
     let log = std::fs::read_to_string(&c.nodes[k].log).unwrap_or_default();
     assert!(log.contains("seal \"transit\""), "node log: {log}");
+}
+
+/// `gpg` in a private home (`GNUPGHOME`); panics with its stderr unless it
+/// succeeds.
+fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("gpg")
+        .env("GNUPGHOME", home)
+        .args(["--batch", "--quiet", "--no-tty"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gpg (Debian package gnupg) runs");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "gpg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Two operators' OpenPGP keys (made here, RSA with an encryption subkey):
+/// the recovery keys are encrypted to them at initialization, the keys file
+/// holds only ciphertext, and the shares each operator decrypts with gpg
+/// generate a root token, which only the real recovery keys can do.
+#[tokio::test]
+async fn recovery_keys_encrypted_to_pgp_keys_are_the_real_shares() {
+    let Some(bin) = common::bao_binary("recovery_keys_encrypted_to_pgp_keys_are_the_real_shares")
+    else {
+        return;
+    };
+    let t0 = Instant::now();
+    let http = reqwest::Client::new();
+    let c = Setup::start(&bin, &http, 1).await;
+    let home = c.dir.path().join("gnupg");
+    std::fs::create_dir(&home).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let mut keys = Vec::new();
+    let mut fingerprints = Vec::new();
+    for (i, armor) in [(0, true), (1, false)] {
+        let email = format!("op{i}@example.test");
+        let params = format!(
+            "%no-protection\nKey-Type: RSA\nKey-Length: 2048\nSubkey-Type: RSA\nSubkey-Length: 2048\nName-Real: operator {i}\nName-Email: {email}\nExpire-Date: 0\n%commit\n"
+        );
+        gpg(&home, &["--gen-key"], Some(params.as_bytes()));
+        let mut export = vec!["--export"];
+        if armor {
+            export.insert(0, "--armor");
+        }
+        export.push(&email);
+        let file = c
+            .dir
+            .path()
+            .join(format!("op{i}.{}", if armor { "asc" } else { "gpg" }));
+        std::fs::write(&file, gpg(&home, &export, None)).unwrap();
+        let colons = String::from_utf8(gpg(
+            &home,
+            &["--with-colons", "--fingerprint", &email],
+            None,
+        ))
+        .unwrap();
+        // The first `fpr` record is the primary key's.
+        let fpr = colons
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.trim_end_matches(':').rsplit(':').next())
+            .unwrap()
+            .to_string();
+        let key = PgpKey::read(&file).unwrap();
+        assert_eq!(key.fingerprint, fpr, "fingerprint of {}", file.display());
+        fingerprints.push(fpr);
+        keys.push(key);
+    }
+    step(t0, "two operator keys made with gpg (armored and binary)");
+    let addrs = c.addrs();
+    let spec = ClusterSpec {
+        nodes: addrs.clone(),
+        key_shares: 2,
+        key_threshold: 2,
+        keys_file: c.dir.path().join("recovery-keys.json"),
+        recovery_pgp_keys: keys,
+    };
+    // One key short of the shares: refused before anything changes.
+    let short = ClusterSpec {
+        recovery_pgp_keys: spec.recovery_pgp_keys[..1].to_vec(),
+        ..spec.clone()
+    };
+    let e = ensure_cluster(&http, &short).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("1 PGP keys for 2 recovery key shares"),
+        "{e}"
+    );
+    assert!(!spec.keys_file.exists());
+
+    let out = ensure_cluster(&http, &spec).await.unwrap();
+    assert_eq!(
+        out.actions,
+        vec![(addrs[0].clone(), NodeAction::Initialized)]
+    );
+    step(
+        t0,
+        "initialized with recovery keys encrypted to the two keys",
+    );
+    let file = KeysFile::read(&spec.keys_file).unwrap();
+    assert_eq!(file.encrypted_to.len(), 2);
+    for (i, fpr) in fingerprints.iter().enumerate() {
+        assert!(
+            file.encrypted_to[i].starts_with(fpr.as_str()),
+            "{:?}",
+            file.encrypted_to
+        );
+    }
+    let mut shares = Vec::new();
+    for ciphertext in &file.keys_base64 {
+        use base64::Engine as _;
+        let binary = base64::engine::general_purpose::STANDARD
+            .decode(ciphertext.expose())
+            .expect("each share in the keys file is base64 of a PGP message");
+        let share = String::from_utf8(gpg(&home, &["--decrypt"], Some(&binary)))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(share.len() >= 32, "a decrypted share");
+        assert!(
+            !std::fs::read_to_string(&spec.keys_file)
+                .unwrap()
+                .contains(&share),
+            "a share in clear in the keys file"
+        );
+        shares.push(share);
+    }
+    step(t0, "each share decrypted by its operator's key");
+
+    // Only the cluster's real recovery keys complete a root generation
+    // (OpenBao 2.x: `sys/generate-root-token`, behind a token).
+    wait_one_active(&http, &addrs).await;
+    let token = file.root_token.expose();
+    let attempt: serde_json::Value = http
+        .put(format!("{}/v1/sys/generate-root-token/attempt", addrs[0]))
+        .header("X-Vault-Token", token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(attempt["data"]["required"], 2, "{attempt}");
+    let nonce = attempt["data"]["nonce"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a nonce: {attempt}"))
+        .to_string();
+    let mut last = serde_json::Value::Null;
+    for share in &shares {
+        let resp = http
+            .put(format!("{}/v1/sys/generate-root-token/update", addrs[0]))
+            .header("X-Vault-Token", token)
+            .json(&serde_json::json!({ "key": share, "nonce": nonce }))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        last = resp.json().await.unwrap();
+        assert!(status.is_success(), "{status} {last}");
+    }
+    assert_eq!(last["data"]["complete"], true, "{last}");
+    assert!(
+        last["data"]["encoded_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{last}"
+    );
+    step(t0, "the decrypted shares generated a root token");
 }

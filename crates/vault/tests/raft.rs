@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use taskctl_vault::VaultError;
 use taskctl_vault::sys::{
-    ClusterSpec, KeysFile, NodeAction, NodeStatus, ensure_cluster, node_status, plan_cluster,
+    ClusterSpec, KeysFile, NodeAction, NodeStatus, PgpKey, ensure_cluster, node_status,
+    plan_cluster,
 };
 
 struct Node {
@@ -185,6 +186,7 @@ async fn three_node_raft_cluster() {
         key_shares: 3,
         key_threshold: 2,
         keys_file: c.dir.path().join("unseal-keys.json"),
+        recovery_pgp_keys: Vec::new(),
     };
 
     // Fresh nodes: reachable, uninitialized, sealed.
@@ -194,6 +196,33 @@ async fn three_node_raft_cluster() {
             "{s:?}"
         );
         assert!(s.version.is_some(), "{s:?}");
+    }
+
+    // PGP keys for the shares of a Shamir cluster: refused before anything
+    // changes (taskctl needs the unseal keys in clear to unseal it).
+    let pgp = ClusterSpec {
+        recovery_pgp_keys: (0..3)
+            .map(|i| PgpKey {
+                file: format!("op{i}.asc"),
+                fingerprint: format!("{i:040X}"),
+                base64: "mQENBF4=".into(),
+            })
+            .collect(),
+        ..spec.clone()
+    };
+    for e in [
+        plan_cluster(&http, &pgp).await.unwrap_err(),
+        ensure_cluster(&http, &pgp).await.unwrap_err(),
+    ] {
+        let msg = e.to_string();
+        assert!(
+            msg.contains("Shamir seal") && msg.contains("auto-unseal"),
+            "{msg}"
+        );
+    }
+    assert!(!spec.keys_file.exists());
+    for s in statuses(&http, &addrs).await {
+        assert!(!s.initialized, "{s:?}");
     }
 
     // A keys file left from elsewhere stops initialization, and is kept.
@@ -319,6 +348,7 @@ async fn three_node_raft_cluster() {
         keys_base64: bogus.iter().map(|k| k.as_str().into()).collect(),
         root_token: "s.not-a-real-token-0123456789".into(),
         seal: taskctl_vault::sys::SHAMIR.into(),
+        encrypted_to: Vec::new(),
     }
     .create_new(&wrong)
     .unwrap();

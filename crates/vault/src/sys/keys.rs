@@ -27,6 +27,11 @@ pub struct KeysFile {
     /// keys only), whose `keys_base64` are recovery keys: they unseal
     /// nothing, they authorize operations such as generating a root token.
     pub seal: String,
+    /// When the recovery keys were encrypted to OpenPGP keys at
+    /// initialization: `"FINGERPRINT (file)"` of the key each share (same
+    /// position) is encrypted to. `keys_base64` then holds ciphertext:
+    /// `base64 -d | gpg -d` by the key's holder gives the share.
+    pub encrypted_to: Vec<String>,
 }
 
 /// The file's layout, with the values exposed: used only to write the file.
@@ -34,6 +39,8 @@ pub struct KeysFile {
 pub(super) struct OnDisk<'a> {
     pub(super) seal: &'a str,
     keys_base64: Vec<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    encrypted_to: &'a [String],
     pub(super) root_token: &'a str,
 }
 
@@ -46,6 +53,8 @@ pub(super) struct FromDisk {
     pub(super) root_token: String,
     #[serde(default)]
     pub(super) seal: Option<String>,
+    #[serde(default)]
+    encrypted_to: Vec<String>,
 }
 
 impl KeysFile {
@@ -80,6 +89,7 @@ impl KeysFile {
                 .seal
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| default_seal.to_string()),
+            encrypted_to: raw.encrypted_to,
         })
     }
 
@@ -99,6 +109,7 @@ impl KeysFile {
         let on_disk = OnDisk {
             seal: &self.seal,
             keys_base64: self.keys_base64.iter().map(Secret::expose).collect(),
+            encrypted_to: &self.encrypted_to,
             root_token: self.root_token.expose(),
         };
         let mut text = serde_json::to_vec_pretty(&on_disk)

@@ -24,12 +24,14 @@ use taskctl_secret::Secret;
 
 mod keys;
 mod node;
+mod pgp;
 
 pub(crate) use keys::open_new;
 use keys::*;
 pub use keys::{KeysFile, SHAMIR};
 use node::*;
 pub use node::{NodeStatus, node_status};
+pub use pgp::PgpKey;
 
 /// One request's limit (health, seal status, one unseal key).
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -52,6 +54,12 @@ pub struct ClusterSpec {
     /// Where the unseal keys and the initial root token are written at
     /// initialization (never overwritten) and read from to unseal.
     pub keys_file: PathBuf,
+    /// OpenPGP public keys, one per share, that an auto-unsealed cluster's
+    /// recovery keys are encrypted to at initialization (`sys/init`'s
+    /// `recovery_pgp_keys`): the keys file then holds only ciphertext, share
+    /// `i` readable by the holder of key `i`. Empty: recovery keys in clear.
+    /// Refused for a Shamir seal, whose unseal keys taskctl itself needs.
+    pub recovery_pgp_keys: Vec<PgpKey>,
 }
 
 /// What [`ensure_cluster`] did to one node.
@@ -112,6 +120,7 @@ pub async fn plan_cluster(
     let nodes = validate(spec)?;
     let statuses = probe_all(http, &nodes).await?;
     let seal = seal_kind(http, &nodes).await?;
+    refuse_pgp_for_shamir(spec, &seal, &statuses)?;
     let sealed_step = match seal {
         Seal::Shamir => PLAN_UNSEAL,
         Seal::Auto(_) => PLAN_WAIT_AUTO_UNSEAL,
@@ -170,6 +179,7 @@ pub async fn ensure_cluster(
     let nodes = validate(spec)?;
     let statuses = probe_all(http, &nodes).await?;
     let seal = seal_kind(http, &nodes).await?;
+    refuse_pgp_for_shamir(spec, &seal, &statuses)?;
     if let Seal::Auto(seal_type) = &seal {
         return ensure_auto_unsealed(http, spec, &nodes, &statuses, seal_type).await;
     }
@@ -372,6 +382,26 @@ pub(super) async fn seal_kind(
     Ok(first)
 }
 
+/// PGP keys with a Shamir seal: taskctl unseals every node itself with the
+/// unseal keys, so it cannot have them encrypted to someone else. Checked
+/// only while the cluster is uninitialized (the keys matter only then).
+pub(super) fn refuse_pgp_for_shamir(
+    spec: &ClusterSpec,
+    seal: &Seal,
+    statuses: &[NodeStatus],
+) -> Result<(), VaultError> {
+    if spec.recovery_pgp_keys.is_empty()
+        || *seal != Seal::Shamir
+        || statuses.iter().any(|s| s.initialized)
+    {
+        return Ok(());
+    }
+    Err(VaultError::Config(format!(
+        "PGP keys are given for the recovery keys, but the nodes ({}) use a Shamir seal: taskctl unseals a Shamir cluster itself and needs its unseal keys in clear. Give the nodes an auto-unseal seal (awskms, transit) or remove the PGP keys",
+        spec.nodes.join(", ")
+    )))
+}
+
 /// The node addresses without trailing slashes, after checking the spec.
 pub(super) fn validate(spec: &ClusterSpec) -> Result<Vec<String>, VaultError> {
     if spec.nodes.is_empty() {
@@ -385,6 +415,15 @@ pub(super) fn validate(spec: &ClusterSpec) -> Result<Vec<String>, VaultError> {
         return Err(VaultError::Config(format!(
             "key_shares {} and key_threshold {}: the threshold must be between 2 and the number of shares (both 1 for a single key)",
             spec.key_shares, spec.key_threshold
+        )));
+    }
+    if !spec.recovery_pgp_keys.is_empty()
+        && spec.recovery_pgp_keys.len() != usize::from(spec.key_shares)
+    {
+        return Err(VaultError::Config(format!(
+            "{} PGP keys for {} recovery key shares: give one key per share",
+            spec.recovery_pgp_keys.len(),
+            spec.key_shares
         )));
     }
     let mut nodes: Vec<String> = Vec::with_capacity(spec.nodes.len());
@@ -490,6 +529,11 @@ pub(super) async fn initialize(
             Seal::Shamir => SHAMIR.to_string(),
             Seal::Auto(t) => t.clone(),
         },
+        encrypted_to: spec
+            .recovery_pgp_keys
+            .iter()
+            .map(|k| format!("{} ({})", k.fingerprint, k.file))
+            .collect(),
     };
     keys.write_to(file, &spec.keys_file).map_err(|e| match e {
         VaultError::KeysFile { path, cause } => VaultError::KeysFile {
@@ -626,6 +670,7 @@ mod tests {
             key_shares: shares,
             key_threshold: threshold,
             keys_file: PathBuf::from("/nonexistent/keys.json"),
+            recovery_pgp_keys: Vec::new(),
         }
     }
 
@@ -664,6 +709,7 @@ mod tests {
             keys_base64: vec!["a2V5LW9uZS1zZWNyZXQ=".into(), "a2V5LXR3by1zZWNyZXQ=".into()],
             root_token: "s.root-token-value".into(),
             seal: SHAMIR.into(),
+            encrypted_to: Vec::new(),
         };
         keys.create_new(&path).unwrap();
         #[cfg(unix)]

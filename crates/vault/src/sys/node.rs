@@ -130,6 +130,15 @@ pub(super) async fn init_request(
             "secret_shares": spec.key_shares,
             "secret_threshold": spec.key_threshold,
         }),
+        Seal::Auto(_) if !spec.recovery_pgp_keys.is_empty() => serde_json::json!({
+            "recovery_shares": spec.key_shares,
+            "recovery_threshold": spec.key_threshold,
+            "recovery_pgp_keys": spec
+                .recovery_pgp_keys
+                .iter()
+                .map(|k| k.base64.as_str())
+                .collect::<Vec<_>>(),
+        }),
         Seal::Auto(_) => serde_json::json!({
             "recovery_shares": spec.key_shares,
             "recovery_threshold": spec.key_threshold,

@@ -354,6 +354,14 @@ pub struct VaultCluster {
     /// initialization (mode 0600, never overwritten), and read from to
     /// unseal a node that restarted. Keep it offline once the cluster runs.
     pub keys_file: String,
+    /// OpenPGP public key files (`gpg --export KEY`, armored or binary),
+    /// one per share, for a cluster with an auto-unseal seal: its recovery
+    /// keys are encrypted to them at initialization, so `keys_file` holds
+    /// only ciphertext and share N is readable only by the holder of key N
+    /// (`base64 -d | gpg -d`). Refused for a Shamir seal, whose unseal keys
+    /// taskctl needs in clear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovery_pgp_keys: Vec<String>,
     /// Where taskctl writes its AppRole credentials after initialization
     /// (mode 0600), before it revokes the root token; default:
     /// `vault-approle.json` beside `keys_file`.

@@ -179,6 +179,19 @@ fn services(r: &mut Report, p: &Profile) {
     if let Some(vault) = &s.vault {
         let at = path!["services", "vault"];
         external(r, vault.external.as_ref(), &at);
+        if let Some(c) = &vault.cluster {
+            let n = c.recovery_pgp_keys.len();
+            if n != 0 && n != usize::from(c.key_shares) {
+                r.error_help(
+                    at.child("cluster").child("recovery_pgp_keys"),
+                    format!(
+                        "{n} PGP key(s) for {} recovery key shares: each share is encrypted to one key",
+                        c.key_shares
+                    ),
+                    "give one key file per share, or set key_shares to the number of keys",
+                );
+            }
+        }
         if vault.ha.enabled && (vault.ha.replicas < 3 || vault.ha.replicas % 2 == 0) {
             r.warning(
                 at.child("ha").child("replicas"),
