@@ -25,7 +25,10 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use taskctl_protocol::{TaskKind, TaskMessage, signing::Signer};
+use taskctl_protocol::{
+    TaskKind, TaskMessage,
+    signing::{self, Signer},
+};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -84,6 +87,7 @@ async fn publish(url: &str, queue: &str, results: &str, n: usize) -> anyhow::Res
         Ok(key) => Some(Signer::from_pkcs8_base64(&key).context("BENCH_SIGNING_KEY")?),
         Err(_) => None,
     };
+    let headers_format = std::env::var_os("BENCH_SIGNATURE_HEADERS").is_some();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
@@ -96,15 +100,23 @@ async fn publish(url: &str, queue: &str, results: &str, n: usize) -> anyhow::Res
                 ..TaskMessage::new(format!("bench-{now}-{i}"), TaskKind::Noop, now)
             };
             let body = serde_json::to_vec(&task)?;
-            let props = match &signer {
-                None => props.clone(),
-                Some(signer) => {
+            // Signed as producers sign; BENCH_SIGNATURE_HEADERS=1 puts the
+            // signature in AMQP headers instead, the earlier format.
+            let (body, props) = match &signer {
+                None => (body, props.clone()),
+                Some(signer) if headers_format => {
                     let mut headers = FieldTable::default();
                     for (name, value) in signer.headers(&body) {
                         headers.insert(name.into(), AMQPValue::LongString(value.into()));
                     }
-                    props.clone().with_headers(headers)
+                    (body, props.clone().with_headers(headers))
                 }
+                Some(signer) => (
+                    signer.frame(&body),
+                    props
+                        .clone()
+                        .with_content_type(signing::FRAMED_CONTENT_TYPE.into()),
+                ),
             };
             confirms.push(
                 ch.basic_publish(
@@ -147,8 +159,10 @@ async fn collect(url: &str, results: &str, n: usize) -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
+    const SUCCEEDED: &[u8] = br#""status":"succeeded""#;
     let mut first = None;
     let mut seen = 0usize;
+    let mut failed = 0usize;
     while seen < n {
         let Some(delivery) = consumer.next().await else {
             bail!("consumer ended after {seen} results");
@@ -156,12 +170,23 @@ async fn collect(url: &str, results: &str, n: usize) -> anyhow::Result<()> {
         let delivery = delivery?;
         first.get_or_insert_with(Instant::now);
         seen += 1;
+        // A rejection is a result too: count only successes as work done.
+        if !delivery
+            .data
+            .windows(SUCCEEDED.len())
+            .any(|w| w == SUCCEEDED)
+        {
+            failed += 1;
+        }
         // Ack in batches of 100 (multiple) to keep the collector cheap.
         if seen.is_multiple_of(100) || seen == n {
             delivery.ack(BasicAckOptions { multiple: true }).await?;
         }
     }
     let span = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+    if failed > 0 {
+        bail!("{failed} of {n} results did not say succeeded: the figure would count rejections");
+    }
     println!(
         "{{\"results\":{n},\"seconds\":{span:.3},\"tasks_per_s\":{:.0}}}",
         (n.saturating_sub(1)) as f64 / span.max(1e-9)

@@ -12,7 +12,7 @@ use std::{num::NonZeroUsize, path::Path, sync::Mutex};
 use lru::LruCache;
 use taskctl_protocol::{
     MAX_TASK_ID_BYTES, PROTOCOL_VERSION, TaskKind, TaskMessage,
-    signing::{Claim, Unverified},
+    signing::{self, Claim, Unverified},
 };
 
 use crate::config::Admission;
@@ -77,15 +77,18 @@ pub fn unverified(e: Unverified) -> Rejection {
     Rejection::new(e.label(), e.to_string(), false)
 }
 
-/// Decodes and checks one delivery body: [`screen`], the signature, then
-/// [`admit`]. The agent runs the same steps with its signature checks
-/// checked in batches in between (`Worker::check_signatures`).
+/// Decodes and checks one delivery: [`unframe`], [`screen`], the
+/// signature, then [`admit`]. The agent runs the same steps with its
+/// signature checks checked in batches in between
+/// (`Worker::check_signatures`).
 pub fn decode(
-    body: &[u8],
+    message: &[u8],
     envelope: &Envelope,
     now_ms: u64,
     rules: &Admission,
 ) -> Result<Admitted, Rejection> {
+    let (envelope, body) = unframe(message, envelope, rules)?;
+    let envelope = &envelope;
     let signed_by = match screen(body, envelope, rules)? {
         Screened::Unsigned => None,
         Screened::Signed(claim) => {
@@ -96,20 +99,48 @@ pub fn decode(
     admit(body, envelope, signed_by, now_ms, rules)
 }
 
-/// The checks before the signature's arithmetic: size, then the signature
-/// headers and the key they name.
-pub fn screen(body: &[u8], envelope: &Envelope, rules: &Admission) -> Result<Screened, Rejection> {
-    if body.len() > rules.max_message_bytes {
+/// The size of the whole message, then its signature line (if it has one)
+/// taken off: the envelope with the line's key id and signature in place of
+/// the headers', and the body they cover. A message signed both ways is
+/// refused: which one counts would be a guess.
+pub fn unframe<'m>(
+    message: &'m [u8],
+    envelope: &Envelope,
+    rules: &Admission,
+) -> Result<(Envelope, &'m [u8]), Rejection> {
+    if message.len() > rules.max_message_bytes {
         return Err(Rejection::new(
             "too_large",
             format!(
                 "message of {} bytes exceeds MAX_MESSAGE_BYTES ({})",
-                body.len(),
+                message.len(),
                 rules.max_message_bytes
             ),
             false,
         ));
     }
+    let framed = signing::unframe(message).map_err(unverified)?;
+    if framed.key_id.is_none() {
+        return Ok((envelope.clone(), message));
+    }
+    if envelope.key_id.is_some() || envelope.signature.is_some() {
+        return Err(unverified(Unverified::MalformedSignature(
+            "signed twice: a signature line and signature headers".into(),
+        )));
+    }
+    Ok((
+        Envelope {
+            key_id: framed.key_id.map(str::to_owned),
+            signature: framed.signature.map(str::to_owned),
+            attempt: envelope.attempt,
+        },
+        framed.body,
+    ))
+}
+
+/// The checks before the signature's arithmetic: the signature (from the
+/// envelope [`unframe`] made) and the key it names.
+pub fn screen(body: &[u8], envelope: &Envelope, rules: &Admission) -> Result<Screened, Rejection> {
     let signed = envelope.key_id.is_some() || envelope.signature.is_some();
     if !signed && rules.allow_unsigned {
         return Ok(Screened::Unsigned);
@@ -251,6 +282,7 @@ pub fn id_for_log(body: &[u8]) -> String {
     struct IdOnly {
         id: String,
     }
+    let body = signing::unframe(body).map_or(body, |u| u.body);
     serde_json::from_slice::<IdOnly>(body)
         .map(|t| printable(&t.id, MAX_TASK_ID_BYTES))
         .unwrap_or_default()
@@ -492,6 +524,61 @@ mod tests {
         assert!(id.len() <= MAX_TASK_ID_BYTES);
         assert!(!id.contains('\n'));
         assert_eq!(id_for_log(b"\xff\xfe"), "");
+    }
+
+    #[test]
+    fn a_signature_line_is_taken_off_and_checked_like_the_headers() {
+        let s = signer();
+        let rules = rules(&s);
+        let good = body("t-framed", TaskKind::Noop, Some(NOW + 60_000));
+        let framed = s.frame(&good);
+        let admitted = decode(&framed, &Envelope::default(), NOW, &rules).unwrap();
+        assert_eq!(admitted.signed_by.as_deref(), Some(s.key_id()));
+        assert_eq!(admitted.task.id, "t-framed");
+        assert_eq!(id_for_log(&framed), "t-framed");
+        // The attempt header still applies to a framed task.
+        let retry = Envelope {
+            attempt: Some(3),
+            ..Envelope::default()
+        };
+        assert_eq!(
+            decode(&framed, &retry, NOW, &rules).unwrap().task.attempt,
+            3
+        );
+
+        // A byte changed after the line, another key's line, both ways at once.
+        let mut tampered = framed.clone();
+        let at = tampered.len() - 2;
+        tampered[at] ^= 1;
+        let e = decode(&tampered, &Envelope::default(), NOW, &rules).unwrap_err();
+        assert_eq!(e.label, "bad_signature", "{}", e.reason);
+        let other = signer();
+        let e = decode(&other.frame(&good), &Envelope::default(), NOW, &rules).unwrap_err();
+        assert_eq!(e.label, "unknown_key");
+        let e = decode(&framed, &signed(&s, &good), NOW, &rules).unwrap_err();
+        assert!(e.reason.contains("signed twice"), "{}", e.reason);
+        // The size limit counts the whole message, line included.
+        let mut small = rules.clone();
+        small.max_message_bytes = good.len() + 10;
+        let e = decode(&framed, &Envelope::default(), NOW, &small).unwrap_err();
+        assert_eq!(e.label, "too_large");
+    }
+
+    proptest! {
+        // Whatever follows the signature line's prefix: a reason, never a
+        // panic.
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        #[test]
+        fn decode_never_panics_on_framed_messages(
+            line in ".{0,300}",
+            rest in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let s = signer();
+            let rules = rules(&s);
+            let message = [signing::FRAME_PREFIX, line.as_bytes(), &rest].concat();
+            let _ = decode(&message, &Envelope::default(), NOW, &rules);
+            let _ = id_for_log(&message);
+        }
     }
 
     proptest! {

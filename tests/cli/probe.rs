@@ -13,7 +13,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,14 +143,14 @@ fn signer(key: &str) -> Signer {
     Signer::from_pkcs8_base64(key).unwrap_or_else(|e| panic!("the task-signing key: {e}"))
 }
 
-/// Task properties with the signature of `body`; tasks stay valid for 30
+/// The message to send for `body`, signed as producers sign (the signature
+/// line before the body), and its properties; tasks stay valid for 30
 /// minutes, longer than any test waits for them.
-fn signed(signer: &Signer, body: &[u8], props: BasicProperties) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    for (name, value) in signer.headers(body) {
-        headers.insert(name.into(), AMQPValue::LongString(value.into()));
-    }
-    props.with_headers(headers)
+fn signed(signer: &Signer, body: &[u8], props: BasicProperties) -> (Vec<u8>, BasicProperties) {
+    (
+        signer.frame(body),
+        props.with_content_type(taskctl_protocol::signing::FRAMED_CONTENT_TYPE.into()),
+    )
 }
 
 const TASK_TTL_MS: u64 = 30 * 60 * 1000;
@@ -236,11 +236,10 @@ async fn run(
             )
         };
         let body = serde_json::to_vec(&task).map_err(|e| e.to_string())?;
-        let properties = signed(
+        let (body, properties) = signed(
             signer,
             &body,
             BasicProperties::default()
-                .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_reply_to(reply_queue.as_str().into())
                 .with_correlation_id(id.as_str().into()),
@@ -506,11 +505,10 @@ async fn run_surviving(
             )
         };
         let body = serde_json::to_vec(&task).map_err(|e| e.to_string())?;
-        let properties = signed(
+        let (body, properties) = signed(
             signer,
             &body,
             BasicProperties::default()
-                .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_reply_to(reply.as_str().into())
                 .with_correlation_id(id.as_str().into()),

@@ -40,7 +40,13 @@ async fn failing_task_is_retried_with_backoff_then_dead_lettered() {
     };
     assert!(reason.contains("failed after 3 attempt(s)"), "{reason}");
     // The producer's signed body travels unchanged; the attempt is a header.
-    let body: serde_json::Value = serde_json::from_slice(&dead[0].delivery.data).unwrap();
+    let framed = taskctl_protocol::signing::unframe(&dead[0].delivery.data).unwrap();
+    assert_eq!(
+        framed.key_id,
+        Some(h.signer.key_id()),
+        "the signature line is kept"
+    );
+    let body: serde_json::Value = serde_json::from_slice(framed.body).unwrap();
     assert_eq!(body["attempt"], 1);
     assert_eq!(
         headers.inner().get(taskctl_protocol::HEADER_ATTEMPT),

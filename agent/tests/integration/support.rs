@@ -43,7 +43,8 @@ pub fn new_signer() -> Signer {
         .unwrap()
 }
 
-/// `props` with the signature headers of `body` under `signer` added.
+/// `props` with the signature headers of `body` under `signer` added: the
+/// format of earlier producers, which agents still accept.
 pub fn signed_props(signer: &Signer, body: &[u8], props: BasicProperties) -> BasicProperties {
     let mut headers = props.headers().clone().unwrap_or_default();
     for (name, value) in signer.headers(body) {
@@ -241,10 +242,11 @@ impl Harness {
         self.publish_raw(queue, &body, props).await;
     }
 
-    /// Publishes `body` signed by the harness's key.
+    /// Publishes `body` signed by the harness's key, as producers do: the
+    /// signature line before the body (`Signer::frame`).
     pub async fn publish_raw(&self, queue: &str, body: &[u8], props: BasicProperties) {
-        let props = signed_props(&self.signer, body, props);
-        self.publish_unsigned(queue, body, props).await;
+        self.publish_unsigned(queue, &self.signer.frame(body), props)
+            .await;
     }
 
     /// Publishes `body` with `props` as they are: no signature added.
@@ -270,7 +272,7 @@ impl Harness {
         for chunk in tasks.chunks(500) {
             let mut confirms = Vec::new();
             for task in chunk {
-                let body = serde_json::to_vec(task).unwrap();
+                let body = self.signer.frame(&serde_json::to_vec(task).unwrap());
                 confirms.push(
                     self.channel
                         .basic_publish(
@@ -278,11 +280,7 @@ impl Harness {
                             self.task_queue.as_str().into(),
                             BasicPublishOptions::default(),
                             &body,
-                            signed_props(
-                                &self.signer,
-                                &body,
-                                BasicProperties::default().with_delivery_mode(2),
-                            ),
+                            BasicProperties::default().with_delivery_mode(2),
                         )
                         .await
                         .unwrap(),

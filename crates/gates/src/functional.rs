@@ -24,10 +24,10 @@ use lapin::Confirmation;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use taskctl_broker_tls::BrokerTls;
-use taskctl_protocol::signing::Signer;
+use taskctl_protocol::signing::{self, Signer};
 use taskctl_protocol::{TaskKind, TaskMessage, TaskResult, TaskStatus};
 
 use crate::{Attempt, quoted, redact, seconds};
@@ -198,13 +198,13 @@ async fn round_trip(
     };
     // A TaskMessage is strings and numbers only: serializing cannot fail.
     let body = serde_json::to_vec(&task).unwrap_or_default();
-    let mut headers = FieldTable::default();
-    for (name, value) in signer.map(|s| s.headers(&body)).into_iter().flatten() {
-        headers.insert(name.into(), AMQPValue::LongString(value.into()));
-    }
+    // Signed: the signature line before the body (taskctl_protocol::signing).
+    let (body, content_type) = match signer {
+        Some(s) => (s.frame(&body), signing::FRAMED_CONTENT_TYPE),
+        None => (body, "application/json"),
+    };
     let properties = BasicProperties::default()
-        .with_headers(headers)
-        .with_content_type("application/json".into())
+        .with_content_type(content_type.into())
         .with_delivery_mode(2)
         .with_reply_to(reply_queue.as_str().into())
         .with_correlation_id(id.into())

@@ -47,8 +47,10 @@
 //! # Signed tasks
 //!
 //! Agents run only tasks signed by a key they trust (see [`signing`]): the
-//! producer signs the body bytes and sends [`signing::HEADER_KEY_ID`] and
-//! [`signing::HEADER_SIGNATURE`]; the body must carry `expires_at_ms`. An
+//! producer signs the body bytes and sends the key id and signature on a
+//! line before them ([`signing::Signer::frame`]; the headers
+//! [`signing::HEADER_KEY_ID`] and [`signing::HEADER_SIGNATURE`] are the
+//! older form, still accepted); the body must carry `expires_at_ms`. An
 //! agent rejects (dead-letters, with the reason) unsigned tasks, tasks signed
 //! by an unknown key or with a bad signature, expired tasks and replays of a
 //! task id it has already accepted. A retry keeps the producer's body and
