@@ -11,7 +11,7 @@ use std::path::PathBuf;
     about = "Validate, plan, deploy and roll back the Task Execution Layer from one profile",
     long_about = None,
     propagate_version = true,
-    after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted.\nDocs: README.md and profiles/README.md."
+    after_help = "Exit codes: 0 success, 1 failure, 2 changes pending (plan --detailed-exitcode), 64 usage error, 130 interrupted.\nDocs: README.md and profiles/README.md."
 )]
 pub struct Cli {
     #[command(flatten)]

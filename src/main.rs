@@ -19,7 +19,20 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` print to stdout and succeed; a wrong
+        // command line is 64 (EX_USAGE), never 2, which `plan
+        // --detailed-exitcode` uses for "changes pending".
+        Err(e) => {
+            let _ = e.print();
+            return exit::code(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            });
+        }
+    };
     let mut shell = ui::Shell::new(&cli.global);
     let ctx = context::Context::new(cli.global);
     match commands::run(&ctx, &mut shell, cli.command) {

@@ -143,7 +143,7 @@ pub fn lock(ctx: &Context, shell: &mut Shell, command: LockCommand) -> anyhow::R
             }
             let removed = rt.block_on(ops::break_lock(store.as_ref(), &env, &reason))?;
             match removed {
-                Some(l) => shell.status(
+                ops::Broken::Lease(l) => shell.status(
                     StatusStyle::Ok,
                     "broken",
                     &format!(
@@ -151,7 +151,12 @@ pub fn lock(ctx: &Context, shell: &mut Shell, command: LockCommand) -> anyhow::R
                         l.holder, l.run_id
                     ),
                 ),
-                None => shell.status(
+                ops::Broken::Unreadable(why) => shell.status(
+                    StatusStyle::Ok,
+                    "broken",
+                    &format!("removed an unreadable lock file ({why}); recorded in the audit log"),
+                ),
+                ops::Broken::Free => shell.status(
                     StatusStyle::Ok,
                     "free",
                     &format!("{env} was not locked; recorded in the audit log"),

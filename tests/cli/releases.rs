@@ -36,6 +36,6 @@ fn usage_errors_exit_2() {
         vec!["history", "--to", "1", "-p", &production],
     ] {
         let out = taskctl(dir.path(), &args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
     }
 }

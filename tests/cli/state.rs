@@ -96,3 +96,50 @@ fn status_of_a_fresh_environment() {
         "{text}"
     );
 }
+
+/// An empty lock file (what a crash of an older taskctl left between
+/// creating and writing it) blocks runs: `lock status` says so and how to
+/// get out, `lock break` removes it and says what it removed.
+#[test]
+fn an_empty_lock_file_is_reported_and_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = profile("local-external.yaml");
+    let lock_dir = dir.path().join(".taskctl/task-local-external/development");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    std::fs::write(lock_dir.join("lock.json"), b"").unwrap();
+
+    let out = taskctl_in(dir.path(), &["lock", "status", "-p", &local]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("lock.json is unreadable (it is empty)") && err.contains("taskctl lock break"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = taskctl_in(
+        dir.path(),
+        &["lock", "break", "--reason", "crash", "--yes", "-p", &local],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("removed an unreadable lock file (it is empty)"),
+        "{said}"
+    );
+    assert!(!lock_dir.join("lock.json").exists());
+    let out = taskctl_in(dir.path(), &["audit", "-p", &local, "-o", "json"]);
+    let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        audit[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unreadable lock file"),
+        "{audit}"
+    );
+    let out = taskctl_in(dir.path(), &["lock", "status", "-p", &local]);
+    assert_eq!(
+        stdout(&out),
+        "task-local-external/development is not locked\n"
+    );
+}

@@ -160,11 +160,24 @@ fn layered_profiles_merge_in_order() {
 }
 
 #[test]
-fn usage_errors_exit_2() {
+fn usage_errors_exit_64_and_help_exits_0() {
     let out = taskctl(&["validate", "--no-such-flag"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
     let out = taskctl(&["frobnicate"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
+    // A bad flag beside --detailed-exitcode is a usage error, not "changes".
+    let out = taskctl(&["plan", "--detailed-exitcode", "--bogus"]);
+    assert_eq!(out.status.code(), Some(64));
+    let out = taskctl(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("64 usage error") && help.contains("2 changes pending"),
+        "{help}"
+    );
+    let out = taskctl(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]

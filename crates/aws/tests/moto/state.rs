@@ -304,6 +304,7 @@ async fn the_lock_object_is_the_lease() {
             "holder",
             "operation",
             "pid",
+            "pid_start",
             "run_id",
             "started_at"
         ]

@@ -3,7 +3,7 @@
 //! audited command.
 
 use super::OpsError;
-use crate::state::{Acquired, AuditEntry, Lease, StateStore};
+use crate::state::{Acquired, AuditEntry, Lease, StateError, StateStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -35,7 +35,7 @@ impl LockGuard {
             Acquired::HeldBy(holder) => {
                 return Err(OpsError::Locked {
                     environment: environment.to_string(),
-                    lease: holder,
+                    lease: Box::new(holder),
                 });
             }
         };
@@ -85,29 +85,52 @@ pub async fn lock_status(store: &dyn StateStore) -> Result<Option<Lease>, OpsErr
     Ok(store.current_lock().await?)
 }
 
+/// What `lock break` removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broken {
+    /// A lease, now gone.
+    Lease(Lease),
+    /// A lock file that held no readable lease (why), now gone.
+    Unreadable(String),
+    /// There was no lock.
+    Free,
+}
+
 /// Removes the lock whoever holds it, and audits who broke whose lock and
-/// why.
+/// why. A lock file that cannot be read is removed too (and said so).
 pub async fn break_lock(
     store: &dyn StateStore,
     environment: &str,
     reason: &str,
-) -> Result<Option<Lease>, OpsError> {
-    let removed = store.break_lock().await?;
+) -> Result<Broken, OpsError> {
+    let unreadable = match store.current_lock().await {
+        Err(StateError::UnreadableLock { message, .. }) => Some(message),
+        _ => None,
+    };
+    let removed = match (store.break_lock().await?, unreadable) {
+        (Some(l), _) => Broken::Lease(l),
+        (None, Some(why)) => Broken::Unreadable(why),
+        (None, None) => Broken::Free,
+    };
     let detail = match &removed {
-        Some(l) => format!(
+        Broken::Lease(l) => format!(
             "broke the lock of {} (run {}, {} since {}): {reason}",
             l.holder,
             l.run_id,
             l.operation,
             l.started()
         ),
-        None => format!("no lock to break: {reason}"),
+        Broken::Unreadable(why) => format!("removed an unreadable lock file ({why}): {reason}"),
+        Broken::Free => format!("no lock to break: {reason}"),
     };
     store
         .append_audit(&AuditEntry::now(
             "lock_break",
             environment,
-            removed.as_ref().map(|l| l.run_id.as_str()),
+            match &removed {
+                Broken::Lease(l) => Some(l.run_id.as_str()),
+                _ => None,
+            },
             detail,
         ))
         .await?;

@@ -13,7 +13,7 @@ mod releases;
 mod status;
 
 pub use deploy::{DeployOptions, DeployOutcome, deploy, destroy};
-pub use lock::{LockGuard, break_lock, lock_status};
+pub use lock::{Broken, LockGuard, break_lock, lock_status};
 pub use plan::{PlanOptions, plan};
 pub use releases::{
     AfterFailure, AutomaticRollbackReport, ReleaseReport, RollbackOptions, RollbackOutcome,
@@ -254,7 +254,11 @@ pub fn environment_key(profile: &Profile) -> String {
 pub enum OpsError {
     /// Another deploy, destroy or rollback holds the environment's lock.
     #[error("{environment} is locked by {} (run {}, {} since {}, expires {})", .lease.holder, .lease.run_id, .lease.operation, .lease.started(), .lease.expires())]
-    Locked { environment: String, lease: Lease },
+    Locked {
+        environment: String,
+        // Boxed: the largest variant otherwise, and every Result<_, OpsError> pays for it.
+        lease: Box<Lease>,
+    },
     /// The state backend failed.
     #[error(transparent)]
     State(#[from] StateError),

@@ -30,6 +30,13 @@ pub enum StateError {
     /// A state file is not what taskctl writes.
     #[error("state file {location} is corrupt: {message}")]
     Corrupt { location: String, message: String },
+    /// The lock file is there but holds no lease taskctl can read (an empty
+    /// file left by a crash of an older taskctl, or damage): nobody can take
+    /// the lock until it is removed.
+    #[error(
+        "the lock file {location} is unreadable ({message}): no run can take the lock; if no taskctl run is in progress, `taskctl lock break` removes it"
+    )]
+    UnreadableLock { location: String, message: String },
     /// A shared backend failed.
     #[error("state backend: {0}")]
     Backend(String),
@@ -46,6 +53,12 @@ pub struct Lease {
     /// Seconds since the Unix epoch.
     pub started_at: u64,
     pub expires_at: u64,
+    /// When the holding process started (clock ticks since boot, field 22
+    /// of `/proc/PID/stat`), so that a pid reused by another process after
+    /// the holder died is not taken for the holder. Absent in leases
+    /// written by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
 }
 
 impl Lease {
@@ -58,6 +71,7 @@ impl Lease {
             operation: operation.to_string(),
             started_at: now,
             expires_at: now + ttl.as_secs(),
+            pid_start: process_start(std::process::id()),
         }
     }
 
@@ -66,10 +80,18 @@ impl Lease {
     }
 
     /// Held by a process of this machine that no longer exists (killed
-    /// without a chance to release it).
+    /// without a chance to release it): no process has its pid, or the one
+    /// that has it started at another time (the pid was reused).
     pub fn is_orphaned(&self) -> bool {
         let host = self.holder.rsplit('@').next().unwrap_or_default();
-        host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        if host != hostname() {
+            return false;
+        }
+        match (process_start(self.pid), self.pid_start) {
+            (None, _) => !std::path::Path::new(&format!("/proc/{}", self.pid)).exists(),
+            (Some(now), Some(then)) => now != then,
+            (Some(_), None) => false,
+        }
     }
 
     pub fn started(&self) -> String {
@@ -162,6 +184,16 @@ pub fn unix_now() -> u64 {
 
 fn format_unix(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// Start time of process `pid` (field 22 of `/proc/PID/stat`, clock ticks
+/// since boot), or None when there is no such process (or no `/proc`).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or
+    // parentheses itself: count fields after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn hostname() -> String {
