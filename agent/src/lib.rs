@@ -55,6 +55,8 @@ pub enum RunError {
     },
     #[error("failed to set up http tasks")]
     Http(#[from] executor::http::HttpError),
+    #[error("command sandbox: {0}")]
+    Sandbox(String),
 }
 
 /// Runs the agent until `shutdown` is cancelled and the drain has finished.
@@ -122,8 +124,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             Err(why) => tracing::warn!(reason = %why,
                 "command tasks run WITHOUT Landlock: they may write wherever the sandbox user may"),
         }
+        if executor.uids.is_some() && !nix::unistd::geteuid().is_root() {
+            return Err(RunError::Sandbox(
+                "SANDBOX_UID_COUNT > 1 needs the agent to run as root: it switches each command task to a uid of its own".into(),
+            ));
+        }
         info!(
             sandbox_user = ?executor::command::sandbox_user(&config.limits),
+            sandbox_uids = config.limits.user_count,
             seccomp = executor.seccomp.is_some(),
             landlock_abi = ?executor.landlock,
             "command sandbox"

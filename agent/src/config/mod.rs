@@ -112,6 +112,10 @@ pub struct CommandLimits {
     /// makes itself non-dumpable so tasks cannot read its memory or
     /// `/proc/<pid>/environ`).
     pub user: Option<(u32, u32)>,
+    /// `SANDBOX_UID_COUNT`: with more than 1, each running command task has
+    /// a uid of its own, `user`'s uid up to this many (see
+    /// `executor::uids`); 1 is one uid shared by all tasks.
+    pub user_count: u32,
     /// Where each task gets its private working directory.
     pub work_root: PathBuf,
     /// Directories tasks may write beside their own (Landlock).
@@ -261,6 +265,7 @@ impl Config {
                 * 1024
                 * 1024,
             user: sandbox_user(&mut r),
+            user_count: r.number("SANDBOX_UID_COUNT", 1u32, 1, 65_536, ""),
             work_root: PathBuf::from(r.string("COMMAND_WORK_DIR", "/tmp")),
             writable: r
                 .string("COMMAND_WRITABLE_PATHS", "")
@@ -270,6 +275,22 @@ impl Config {
                 .map(PathBuf::from)
                 .collect(),
         };
+        if limits.user_count > 1 {
+            match limits.user {
+                None => r.problem(
+                    "SANDBOX_UID_COUNT",
+                    "expected SANDBOX_UID and SANDBOX_GID beside it: the first of the uids tasks take, and their group",
+                ),
+                Some((uid, _)) if uid.checked_add(limits.user_count - 1).is_none() => r.problem(
+                    "SANDBOX_UID_COUNT",
+                    format!(
+                        "SANDBOX_UID {uid} plus {} uids runs past the largest uid",
+                        limits.user_count
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
         for dir in &limits.writable {
             if !dir.is_absolute() {
                 r.problem(
@@ -384,6 +405,43 @@ mod tests {
             map.insert("TASK_SIGNING_PUBLIC_KEYS".into(), TEST_KEY.into());
         }
         Config::from_lookup(&move |name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn a_uid_pool_needs_its_first_uid_and_fits_the_uid_range() {
+        const URL: (&str, &str) = ("BROKER_URL", "amqp://u:p@rabbitmq:5672/%2f");
+        let ok = config(&[
+            URL,
+            ("SANDBOX_UID", "70000"),
+            ("SANDBOX_GID", "70000"),
+            ("SANDBOX_UID_COUNT", "8"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (ok.limits.user, ok.limits.user_count),
+            (Some((70_000, 70_000)), 8)
+        );
+        assert_eq!(config(&[URL]).unwrap().limits.user_count, 1);
+        let e = config(&[URL, ("SANDBOX_UID_COUNT", "4")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SANDBOX_UID_COUNT") && e.contains("SANDBOX_UID and SANDBOX_GID"),
+            "{e}"
+        );
+        let e = config(&[
+            URL,
+            ("SANDBOX_UID", "4294967290"),
+            ("SANDBOX_GID", "1000"),
+            ("SANDBOX_UID_COUNT", "100"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("largest uid"), "{e}");
+        let e = config(&[URL, ("SANDBOX_UID_COUNT", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SANDBOX_UID_COUNT"), "{e}");
     }
 
     /// Variables plus an in-memory filesystem of (path, content); a path

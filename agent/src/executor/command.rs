@@ -15,11 +15,17 @@
 //! stdout and stderr are read concurrently and kept up to a bound; the rest
 //! is drained and discarded so a chatty child never blocks on a full pipe.
 //!
-//! Caveats: a descendant that calls `setsid()` leaves the group and escapes
-//! the kill; containing that needs a cgroup (the pod's, in Kubernetes).
-//! `RLIMIT_NPROC` counts every process of the user, so when tasks run as the
-//! agent's own user the agent's threads count too. Landlock and seccomp
-//! filters are not applied (the agent says so at start-up).
+//! With `SANDBOX_UID_COUNT` > 1 each running task has a uid of its own
+//! (`super::uids`): its `RLIMIT_NPROC` is its alone, and every process of
+//! that uid is killed when the task ends, including descendants that left
+//! the group with `setsid()`.
+//!
+//! Caveats, with one shared uid (the default): a descendant that calls
+//! `setsid()` leaves the group and escapes the kill, and `RLIMIT_NPROC`
+//! counts every process of the user, so one task's fork bomb stops the
+//! others' forks until it is killed; when tasks run as the agent's own user
+//! the agent's threads count too. Where the kernel lacks them, Landlock and
+//! seccomp filters are not applied (the agent says so at start-up).
 
 use std::{
     collections::BTreeMap,
@@ -230,18 +236,29 @@ pub async fn check_pin(program: &str, pin: Option<[u8; 32]>) -> Result<(), Strin
     }
 }
 
+/// The kernel filters and the output bound every command task gets.
+pub struct Sandbox {
+    pub seccomp: Option<std::sync::Arc<seccompiler::BpfProgram>>,
+    pub landlock: Option<i64>,
+    pub output_limit: usize,
+}
+
+/// Runs the task as `user` (uid, gid; `None`: the agent's own).
 pub async fn run(
     spec: &CommandSpec<'_>,
+    user: Option<(u32, u32)>,
     limits: &CommandLimits,
-    seccomp: Option<std::sync::Arc<seccompiler::BpfProgram>>,
-    landlock: Option<i64>,
-    output_limit: usize,
+    sandbox: Sandbox,
     timeout: Duration,
 ) -> Outcome {
+    let Sandbox {
+        seccomp,
+        landlock,
+        output_limit,
+    } = sandbox;
     let Some((program, args)) = spec.argv.split_first() else {
         return Outcome::with_error(TaskStatus::Rejected, "command task has an empty argv");
     };
-    let user = sandbox_user(limits);
     let workdir = match WorkDir::create(&limits.work_root, spec.task_id, user) {
         Ok(dir) => dir,
         Err(error) => {
@@ -440,8 +457,17 @@ mod tests {
             processes: 4096,
             file_bytes: 64 * 1024 * 1024,
             user: None,
+            user_count: 1,
             work_root: std::env::temp_dir(),
             writable: Vec::new(),
+        }
+    }
+
+    fn unfiltered(output_limit: usize) -> Sandbox {
+        Sandbox {
+            seccomp: None,
+            landlock: None,
+            output_limit,
         }
     }
 
@@ -456,12 +482,12 @@ mod tests {
             attempt: 1,
             idempotency_key: None,
         };
+        let limits = limits();
         run(
             &spec,
-            &limits(),
-            None,
-            None,
-            limit,
+            sandbox_user(&limits),
+            &limits,
+            unfiltered(limit),
             Duration::from_millis(timeout_ms),
         )
         .await
@@ -516,7 +542,16 @@ mod tests {
             attempt: 1,
             idempotency_key: None,
         };
-        let out = run(&spec, &limits(), None, None, 100, Duration::from_secs(5)).await;
+        let limits = limits();
+        let user = sandbox_user(&limits);
+        let out = run(
+            &spec,
+            user,
+            &limits,
+            unfiltered(100),
+            Duration::from_secs(5),
+        )
+        .await;
         assert_eq!(out.status, TaskStatus::Failed);
     }
 }

@@ -7,6 +7,7 @@
 pub mod command;
 pub mod http;
 pub mod landlock;
+pub mod uids;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -64,6 +65,8 @@ pub struct Executor {
     pub landlock: Option<i64>,
     pub output_limit: usize,
     pub http: http::HttpRunner,
+    /// A uid per running command task (`SANDBOX_UID_COUNT` > 1).
+    pub uids: Option<uids::UidPool>,
 }
 
 impl Executor {
@@ -72,8 +75,15 @@ impl Executor {
         output_limit: usize,
         allowed_hosts: BTreeSet<String>,
     ) -> Result<Self, http::HttpError> {
+        let uids = match limits.user {
+            Some((first, gid)) if limits.user_count > 1 => {
+                Some(uids::UidPool::new(first, limits.user_count, gid))
+            }
+            _ => None,
+        };
         Ok(Executor {
             limits,
+            uids,
             pins: BTreeMap::new(),
             seccomp: None,
             landlock: None,
@@ -117,15 +127,22 @@ impl Executor {
                     attempt: task.attempt,
                     idempotency_key: task.idempotency_key.as_deref(),
                 };
-                command::run(
-                    &spec,
-                    &self.limits,
-                    self.seccomp.clone(),
-                    self.landlock,
-                    self.output_limit,
-                    timeout,
-                )
-                .await
+                let Some(pool) = &self.uids else {
+                    let user = command::sandbox_user(&self.limits);
+                    return command::run(&spec, user, &self.limits, self.sandbox(), timeout).await;
+                };
+                let Some(taken) = pool.take().await else {
+                    return Outcome::with_error(
+                        TaskStatus::Failed,
+                        "the sandbox uid pool is closed",
+                    );
+                };
+                let user = Some((taken.uid, pool.gid));
+                let outcome =
+                    command::run(&spec, user, &self.limits, self.sandbox(), timeout).await;
+                // Whatever the task left running under its uid goes with it.
+                pool.release(taken).await;
+                outcome
             }
             TaskKind::Http {
                 method,
@@ -142,6 +159,16 @@ impl Executor {
                 };
                 self.http.run(&request, timeout).await
             }
+        }
+    }
+}
+
+impl Executor {
+    fn sandbox(&self) -> command::Sandbox {
+        command::Sandbox {
+            seccomp: self.seccomp.clone(),
+            landlock: self.landlock,
+            output_limit: self.output_limit,
         }
     }
 }

@@ -382,6 +382,88 @@ async fn the_sandbox_contains_environ_reads_fork_bombs_big_writes_syscalls_and_l
     h.cleanup().await;
 }
 
+/// SANDBOX_UID_COUNT=2: each running command task has a uid of its own, so
+/// a fork bomb exhausts only its own RLIMIT_NPROC (a task running beside it
+/// still forks), and a descendant that left the task's process group with
+/// setsid is killed when the task ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_per_task_isolates_fork_bombs_and_leaves_nothing_behind() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test switches the sandbox user and needs root (CI runs as root)");
+    }
+    let h = Harness::new().await;
+    // Two uids of their own, apart from the other sandbox test's.
+    let first = 62_000 + (std::process::id() % 500) * 2;
+    let first_text = first.to_string();
+    let work = h.workdir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let work_text = work.display().to_string();
+    let _agent = h
+        .agent(
+            "a",
+            &[
+                ("SANDBOX_UID", first_text.as_str()),
+                ("SANDBOX_GID", first_text.as_str()),
+                ("SANDBOX_UID_COUNT", "2"),
+                ("COMMAND_MAX_PROCESSES", "30"),
+                ("COMMAND_WORK_DIR", work_text.as_str()),
+                ("MAX_ATTEMPTS", "1"),
+            ],
+        )
+        .await;
+    let mut bomb = task(
+        "bomb",
+        sh("id -u; bomb() { bomb | bomb & }; bomb; sleep 30"),
+    );
+    bomb.timeout_ms = Some(4_000);
+    // Starts while the bomb holds its uid's every process slot: with one
+    // shared uid its forks would fail (and it would exit 9).
+    let beside = task(
+        "beside",
+        sh("sleep 1; for i in 1 2 3 4 5 6 7 8 9 10; do /bin/true || exit 9; done; id -u"),
+    );
+    h.publish(&bomb).await;
+    h.publish(&beside).await;
+    let results = h.results(2, Duration::from_secs(60)).await;
+    let map = by_task(&results);
+    let b = map["bomb"][0];
+    let w = map["beside"][0];
+    assert_eq!(b.status, TaskStatus::TimedOut, "{b:?}");
+    assert_eq!(
+        w.status,
+        TaskStatus::Succeeded,
+        "forks beside a fork bomb: {w:?}"
+    );
+    let bomb_uid: u32 = b.output.lines().next().unwrap().trim().parse().unwrap();
+    let beside_uid: u32 = w.output.trim().parse().unwrap();
+    assert_ne!(bomb_uid, beside_uid);
+    for uid in [bomb_uid, beside_uid] {
+        assert!((first..first + 2).contains(&uid), "{uid} from the pool");
+        eventually("no process of the task's uid survives", WAIT, || async {
+            processes_of(uid).is_empty()
+        })
+        .await;
+    }
+
+    // A sleeper that leaves the task's process group: killed with its uid.
+    h.publish(&task("escape", sh("id -u; setsid sleep 60 & echo started")))
+        .await;
+    let r = h.results(1, WAIT).await.remove(0);
+    assert_eq!(r.status, TaskStatus::Succeeded, "{r:?}");
+    let escape_uid: u32 = r.output.lines().next().unwrap().trim().parse().unwrap();
+    assert!(r.output.contains("started"), "{r:?}");
+    eventually("the setsid sleeper is gone with its task", WAIT, || async {
+        processes_of(escape_uid).is_empty()
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_dir(&work).unwrap().count(),
+        0,
+        "every private working directory was removed"
+    );
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_never_go_to_a_queue_outside_the_result_queue() {
     let h = Harness::new().await;
