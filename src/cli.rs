@@ -81,8 +81,8 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Remove everything the profile manages
     Destroy(DestroyArgs),
-    /// Who holds the lock and what the last run did
-    Status,
+    /// Who holds the lock, what the last run did, and every container or pod
+    Status(StatusArgs),
     /// The environment's releases: revision, status, when, images, why
     History,
     /// Restore a kept release (the one before the running one by default)
@@ -188,6 +188,24 @@ pub enum SecretsCommand {
     Status,
     /// Rotate now: new values in Vault, then a deploy that rolls every consumer onto them
     Rotate(RotateArgs),
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Refresh until Ctrl-C (exit 0): the table is redrawn in place on a
+    /// terminal; `-o json` prints one compact document per line per
+    /// refresh, `-o yaml` one document each, separated by `---`
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between refreshes with --watch
+    #[arg(
+        long,
+        default_value = "2s",
+        requires = "watch",
+        value_name = "DURATION"
+    )]
+    pub interval: humantime::Duration,
 }
 
 #[derive(Debug, Subcommand)]

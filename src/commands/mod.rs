@@ -26,7 +26,7 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
         Command::Plan(args) => plan::exec(ctx, shell, args),
         Command::Deploy(args) => deploy::deploy(ctx, shell, args),
         Command::Destroy(args) => deploy::destroy(ctx, shell, args),
-        Command::Status => state::status(ctx, shell),
+        Command::Status(args) => state::status(ctx, shell, &args),
         Command::History => releases::history(ctx, shell),
         Command::Rollback(args) => releases::rollback(ctx, shell, args),
         Command::Lock(command) => state::lock(ctx, shell, command),

@@ -1,41 +1,84 @@
 //! `taskctl status`, `taskctl lock status|break`, `taskctl audit`: reading
 //! and repairing an environment's state.
 
-use crate::cli::{LockCommand, OutputFormat};
+use crate::cli::{LockCommand, OutputFormat, StatusArgs};
 use crate::context::Context;
 use crate::exit;
 use crate::ui::{Shell, StatusStyle};
 use taskctl_core::ops;
 
-pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
+pub fn status(ctx: &Context, shell: &mut Shell, args: &StatusArgs) -> anyhow::Result<u8> {
     let profile = ctx.valid_profile(shell)?;
     let rt = ctx.runtime()?;
     let store = rt.block_on(ctx.store(&profile))?;
     let env = ops::environment_key(&profile);
-    let mut status = rt.block_on(ops::status(store.as_ref(), &env))?;
-    // What runs: the local engine's containers, or the cluster's pods; a
-    // status that cannot reach them still tells the lock and the last run.
+    // The provider is made once: a watch asks it again at every refresh.
+    let provider = rt.block_on(crate::providers::for_profile(&profile));
+    let gather = || {
+        rt.block_on(async {
+            let mut status = ops::status(store.as_ref(), &env).await?;
+            // What runs: the local engine's containers, or the cluster's
+            // pods; a status that cannot reach them still tells the lock
+            // and the last run.
+            match &provider {
+                Ok(p) => match p.workloads(&profile).await {
+                    Ok(w) => status.workloads = w,
+                    Err(e) => status.workloads_error = Some(format!("{e:#}")),
+                },
+                Err(e) => status.workloads_error = Some(format!("{e:#}")),
+            }
+            Ok::<_, anyhow::Error>(status)
+        })
+    };
     use taskctl_core::profile::TargetKind;
     let noun = match profile.target.kind {
-        TargetKind::Kubernetes => "pods",
+        TargetKind::Kubernetes | TargetKind::Aws => "pods",
         _ => "containers",
     };
-    if matches!(
-        profile.target.kind,
-        TargetKind::Docker | TargetKind::Kubernetes
-    ) {
-        match rt.block_on(async {
-            let provider = crate::providers::for_profile(&profile).await?;
-            Ok::<_, anyhow::Error>(provider.workloads(&profile).await?)
-        }) {
-            Ok(w) => status.workloads = w,
-            Err(e) => status.workloads_error = Some(format!("{e:#}")),
+    if !args.watch {
+        let status = gather()?;
+        if ctx.output != OutputFormat::Table {
+            shell.data(&status)?;
+        } else {
+            shell.text(&status_table(&status, noun))?;
         }
-    }
-    if ctx.output != OutputFormat::Table {
-        shell.data(&status)?;
         return Ok(exit::SUCCESS);
     }
+    let interval: std::time::Duration = args.interval.into();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let status = gather()?;
+        match ctx.output {
+            OutputFormat::Json => shell.text(&format!("{}\n", serde_json::to_string(&status)?))?,
+            OutputFormat::Yaml => {
+                shell.text("---\n")?;
+                shell.data(&status)?;
+            }
+            OutputFormat::Table => {
+                let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                let header = format!(
+                    "every {} (Ctrl-C to stop)   {now}\n\n",
+                    humantime::format_duration(interval)
+                );
+                // Redrawn in place on a terminal; appended otherwise.
+                let clear = if terminal { "\x1b[H\x1b[2J" } else { "" };
+                shell.text(&format!("{clear}{header}{}\n", status_table(&status, noun)))?;
+            }
+        }
+        let stop = rt.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => false,
+                _ = tokio::signal::ctrl_c() => true,
+            }
+        });
+        if stop {
+            return Ok(exit::SUCCESS);
+        }
+    }
+}
+
+/// The human form of `status`.
+fn status_table(status: &ops::EnvironmentStatus, noun: &str) -> String {
     let mut text = format!(
         "environment  {}\nstate        {}\n",
         status.environment, status.state
@@ -105,8 +148,7 @@ pub fn status(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
             }
         }
     }
-    shell.text(&text)?;
-    Ok(exit::SUCCESS)
+    text
 }
 
 pub fn lock(ctx: &Context, shell: &mut Shell, command: LockCommand) -> anyhow::Result<u8> {

@@ -375,6 +375,19 @@ fn plan_deploy_replan_and_destroy() {
         assert!(cluster.object(path).is_some(), "{path} was applied");
     }
     check_eks_tokens(cluster);
+    // `status` on the aws target lists the cluster's pods, as on kubernetes.
+    let status = env.run(&["status", "-o", "json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["workloads_error"].is_null(), "{status:#}");
+    let pods = status["workloads"].as_array().expect("pods listed");
+    assert!(
+        pods.iter().any(|p| p["name"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/task-executor")),
+        "{status:#}"
+    );
     let history = env.run(&["history", "-o", "json"]);
     assert_eq!(history.status.code(), Some(0), "{}", stderr(&history));
     let history: Value = serde_json::from_slice(&history.stdout).unwrap();

@@ -143,3 +143,52 @@ fn an_empty_lock_file_is_reported_and_broken() {
         "task-local-external/development is not locked\n"
     );
 }
+
+/// `status --watch` refreshes until stopped: with `-o json`, one compact
+/// document per line per refresh; `--interval` without `--watch` is a
+/// usage error.
+#[test]
+fn status_watch_prints_a_document_per_refresh() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let local = profile("local-external.yaml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taskctl"))
+        .current_dir(dir.path())
+        .args([
+            "status",
+            "--watch",
+            "--interval",
+            "200ms",
+            "-o",
+            "json",
+            "-p",
+            &local,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let line = lines.next().expect("a refresh").unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            doc["environment"], "task-local-external/development",
+            "{doc}"
+        );
+    }
+    // Three documents, two intervals apart at least.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    // Ctrl-C stops it, successfully.
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let out = taskctl_in(dir.path(), &["status", "--interval", "1s", "-p", &local]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+}
