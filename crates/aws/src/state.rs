@@ -579,7 +579,7 @@ impl StateStore for S3Store {
         Err(self.contended(&self.lock_key))
     }
 
-    async fn renew(&self, lease: &Lease) -> Result<(), StateError> {
+    async fn renew(&self, lease: &Lease) -> Result<bool, StateError> {
         let body = self.encode(&self.lock_key, lease)?;
         match self.read_lock().await? {
             Some(held)
@@ -587,10 +587,12 @@ impl StateStore for S3Store {
             {
                 // A refusal means the lease was broken or taken over since
                 // the read: it is not ours any more, and stays as it is.
-                self.put_if(&self.lock_key, body, Some(&held.etag)).await?;
-                Ok(())
+                Ok(self
+                    .put_if(&self.lock_key, body, Some(&held.etag))
+                    .await?
+                    .is_some())
             }
-            _ => Ok(()),
+            _ => Ok(false),
         }
     }
 

@@ -337,7 +337,7 @@ impl crate::state::StateStore for RedactingStore {
     ) -> Result<crate::state::Acquired, crate::state::StateError> {
         self.inner.acquire(lease).await
     }
-    async fn renew(&self, lease: &crate::state::Lease) -> Result<(), crate::state::StateError> {
+    async fn renew(&self, lease: &crate::state::Lease) -> Result<bool, crate::state::StateError> {
         self.inner.renew(lease).await
     }
     async fn release(&self, lease: &crate::state::Lease) -> Result<(), crate::state::StateError> {

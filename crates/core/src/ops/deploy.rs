@@ -134,10 +134,23 @@ async fn run_operation(
     let graph = Graph::new(provider.steps(profile, &options.scope)?)?;
     let run_id = Run::new_id();
     let op_name = crate::journal::operation_name(operation);
+    // Cancelled by the caller (Ctrl-C), or when the lease is lost: either
+    // way no new step starts.
+    let cancel = options.cancel.child_token();
     let lock = if options.dry_run {
         None
     } else {
-        Some(LockGuard::acquire(store.clone(), &environment, &run_id, op_name).await?)
+        Some(
+            LockGuard::acquire_for(
+                store.clone(),
+                &environment,
+                &run_id,
+                op_name,
+                super::lock::LEASE_TTL,
+                cancel.clone(),
+            )
+            .await?,
+        )
     };
     // The lock comes first: preflight and plan describe a world that only
     // this run may change until it is done.
@@ -156,7 +169,7 @@ async fn run_operation(
             retry: options.retry,
             store: store.clone(),
             sink,
-            cancel: options.cancel.clone(),
+            cancel: cancel.clone(),
             saved_plan: options.saved_plan.clone(),
             resumes: resumed.clone(),
         };
@@ -224,7 +237,7 @@ async fn run_operation(
             parallelism: options.parallelism,
             grace: options.grace,
             retry: options.retry,
-            cancel: options.cancel.clone(),
+            cancel: cancel.clone(),
         });
         if options.dry_run || planned.outcome != RunOutcome::Succeeded || !to_do {
             // Nothing to change, but nothing recorded either: what runs
@@ -306,7 +319,36 @@ async fn run_operation(
     }
     .await;
     if let Some(lock) = lock {
+        if let Some(why) = lock.lost() {
+            let stopped = match &result {
+                Ok(o) => interrupted(&o.plan, o.applied.as_ref()),
+                Err(_) => true,
+            };
+            if stopped {
+                return Err(lost_lock(environment, why, result));
+            }
+        }
         lock.release().await?;
     }
     result
+}
+
+/// Whether a run stopped short (Ctrl-C, or its lease lost).
+pub(super) fn interrupted(plan: &RunReport, applied: Option<&RunReport>) -> bool {
+    plan.outcome == RunOutcome::Interrupted
+        || applied.is_some_and(|a| a.outcome == RunOutcome::Interrupted)
+}
+
+/// The error of a run whose lease was lost and which stopped short: the
+/// loss, unless the run had failed for its own reason first (which is then
+/// what it reports).
+pub(super) fn lost_lock<T>(
+    environment: String,
+    why: String,
+    result: Result<T, OpsError>,
+) -> OpsError {
+    match result {
+        Err(e) if !matches!(e, OpsError::Engine(_)) => e,
+        _ => OpsError::LockLost { environment, why },
+    }
 }

@@ -7,6 +7,7 @@ use crate::state::{Acquired, AuditEntry, Lease, StateError, StateStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How long a lease lasts without renewal; renewed every third of it.
 pub const LEASE_TTL: Duration = Duration::from_secs(15 * 60);
@@ -20,6 +21,7 @@ pub struct LockGuard {
     renewer: JoinHandle<()>,
     /// An expired or orphaned lease this one replaced.
     pub replaced: Option<Lease>,
+    lost: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl LockGuard {
@@ -29,7 +31,31 @@ impl LockGuard {
         run_id: &str,
         operation: &str,
     ) -> Result<LockGuard, OpsError> {
-        let lease = Lease::new(run_id, operation, LEASE_TTL);
+        Self::acquire_for(
+            store,
+            environment,
+            run_id,
+            operation,
+            LEASE_TTL,
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    /// Takes the lock for `ttl`, renewed every third of it. When the lease
+    /// is lost, `on_lost` is cancelled (the run stops before its next
+    /// change, as on Ctrl-C) and [`Self::lost`] says why: the lock is no
+    /// longer this run's (broken or taken over), or it could not be renewed
+    /// before it would expire.
+    pub async fn acquire_for(
+        store: Arc<dyn StateStore>,
+        environment: &str,
+        run_id: &str,
+        operation: &str,
+        ttl: Duration,
+        on_lost: CancellationToken,
+    ) -> Result<LockGuard, OpsError> {
+        let lease = Lease::new(run_id, operation, ttl);
         let replaced = match store.acquire(&lease).await? {
             Acquired::Yes { replaced } => replaced,
             Acquired::HeldBy(holder) => {
@@ -52,32 +78,67 @@ impl LockGuard {
                 ))
                 .await?;
         }
-        let renewer = {
-            let store = store.clone();
-            let mut lease = lease.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(LEASE_TTL / 3).await;
-                    lease.expires_at = crate::state::unix_now() + LEASE_TTL.as_secs();
-                    if let Err(e) = store.renew(&lease).await {
-                        tracing::warn!(error = %e, "lock renewal failed");
-                    }
-                }
-            })
-        };
+        let lost = Arc::new(std::sync::Mutex::new(None));
+        let renewer = tokio::spawn(renew_until_lost(
+            store.clone(),
+            lease.clone(),
+            ttl,
+            lost.clone(),
+            on_lost,
+        ));
         Ok(LockGuard {
             store,
             lease,
             renewer,
             replaced,
+            lost,
         })
+    }
+
+    /// Why the lease was lost, if it was.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub async fn release(self) -> Result<(), OpsError> {
         self.renewer.abort();
+        // Releases only a lease that is still this run's.
         self.store.release(&self.lease).await?;
         Ok(())
     }
+}
+
+/// Renews `lease` every third of `ttl` until it is lost.
+async fn renew_until_lost(
+    store: Arc<dyn StateStore>,
+    mut lease: Lease,
+    ttl: Duration,
+    lost: Arc<std::sync::Mutex<Option<String>>>,
+    on_lost: CancellationToken,
+) {
+    let every = ttl / 3;
+    let why = loop {
+        tokio::time::sleep(every).await;
+        let mut next = lease.clone();
+        next.expires_at = crate::state::unix_now() + ttl.as_secs().max(1);
+        match store.renew(&next).await {
+            Ok(true) => lease = next,
+            Ok(false) => {
+                break "the lock is no longer this run's: it was broken or taken over (`taskctl audit` says by whom)".to_string();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lock renewal failed");
+                // The next try would come after the lease expired: from
+                // then on another run may take it.
+                if crate::state::unix_now() + every.as_secs() >= lease.expires_at {
+                    break format!("the lock could not be renewed before it expired ({e})");
+                }
+            }
+        }
+    };
+    tracing::error!(reason = %why, "lock lost: stopping before the next change");
+    *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    on_lost.cancel();
 }
 
 /// Who holds the lock, if anyone.
@@ -135,4 +196,59 @@ pub async fn break_lock(
         ))
         .await?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::LocalStore;
+
+    /// A lease broken while its run holds it is noticed at the next renewal:
+    /// the run's token is cancelled (no new step starts) and the guard says
+    /// why; releasing it then leaves the new holder's lease alone.
+    #[tokio::test]
+    async fn a_broken_lease_is_noticed_and_stops_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StateStore> = Arc::new(LocalStore::new(dir.path(), "env"));
+        let stop = CancellationToken::new();
+        let ttl = Duration::from_millis(300);
+        let guard =
+            LockGuard::acquire_for(store.clone(), "env", "run-1", "deploy", ttl, stop.clone())
+                .await
+                .unwrap();
+        tokio::time::sleep(ttl).await;
+        assert!(
+            guard.lost().is_none() && !stop.is_cancelled(),
+            "renewed while ours"
+        );
+        assert_eq!(store.current_lock().await.unwrap().unwrap().run_id, "run-1");
+
+        break_lock(store.as_ref(), "env", "test").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stop.cancelled())
+            .await
+            .expect("the loss is noticed at the next renewal");
+        let why = guard.lost().unwrap();
+        assert!(why.contains("broken or taken over"), "{why}");
+
+        let other = LockGuard::acquire(store.clone(), "env", "run-2", "deploy")
+            .await
+            .unwrap();
+        guard.release().await.unwrap();
+        assert_eq!(store.current_lock().await.unwrap().unwrap().run_id, "run-2");
+        other.release().await.unwrap();
+        assert!(store.current_lock().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_lost_lease_is_the_error_unless_the_run_failed_for_its_own_reason() {
+        let lost = lost_lock_for_test(Ok(()));
+        assert!(matches!(lost, OpsError::LockLost { .. }), "{lost}");
+        assert!(lost.to_string().contains("resume"), "{lost}");
+        let own = lost_lock_for_test(Err(OpsError::Preflight("no".into())));
+        assert!(matches!(own, OpsError::Preflight(_)), "{own}");
+    }
+
+    fn lost_lock_for_test(result: Result<(), OpsError>) -> OpsError {
+        super::super::deploy::lost_lock("env".into(), "gone".into(), result)
+    }
 }

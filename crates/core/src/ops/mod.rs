@@ -259,6 +259,12 @@ pub enum OpsError {
         // Boxed: the largest variant otherwise, and every Result<_, OpsError> pays for it.
         lease: Box<Lease>,
     },
+    /// The run's lease was lost while it ran (broken, taken over, or not
+    /// renewable): it stopped before its next change.
+    #[error(
+        "{environment}: {why}; the run stopped before its next change and its journal says where. Once the lock is yours again (`taskctl lock status`), run the command again to resume"
+    )]
+    LockLost { environment: String, why: String },
     /// The state backend failed.
     #[error(transparent)]
     State(#[from] StateError),

@@ -645,21 +645,39 @@ pub async fn rollback(
         })?;
     let environment = environment_key(profile);
     let run_id = Run::new_id();
-    let lock = LockGuard::acquire(store.clone(), &environment, &run_id, "rollback").await?;
+    let cancel = options.cancel.child_token();
+    let lock = LockGuard::acquire_for(
+        store.clone(),
+        &environment,
+        &run_id,
+        "rollback",
+        super::lock::LEASE_TTL,
+        cancel.clone(),
+    )
+    .await?;
     let flow = Flow {
         profile,
         provider,
         store: store.clone(),
         sink,
         releases,
-        environment,
+        environment: environment.clone(),
         scope: Scope::all(),
         parallelism: options.parallelism,
         grace: options.grace,
         retry: options.retry,
-        cancel: options.cancel.clone(),
+        cancel,
     };
     let result = manual_rollback(&flow, &options, ask_approver, confirm).await;
+    if let Some(why) = lock.lost() {
+        let stopped = match &result {
+            Ok(o) => super::deploy::interrupted(&o.plan, o.applied.as_ref()),
+            Err(_) => true,
+        };
+        if stopped {
+            return Err(super::deploy::lost_lock(environment, why, result));
+        }
+    }
     lock.release().await?;
     result
 }

@@ -94,13 +94,13 @@ pub async fn renew_and_release_touch_only_the_own_lease<S: StateStore>(open: imp
     let (a, b) = (open(), open());
     // Nothing to renew or release: nothing is created.
     let mut mine = Lease::new("run-mine", "deploy", HOUR);
-    a.renew(&mine).await.unwrap();
+    assert!(!a.renew(&mine).await.unwrap(), "nothing to renew");
     a.release(&mine).await.unwrap();
     assert!(a.current_lock().await.unwrap().is_none());
 
     a.acquire(&mine).await.unwrap();
     let mut other = Lease::new("run-other", "deploy", 2 * HOUR);
-    b.renew(&other).await.unwrap();
+    assert!(!b.renew(&other).await.unwrap(), "not ours");
     b.release(&other).await.unwrap();
     assert_eq!(b.current_lock().await.unwrap(), Some(mine.clone()));
     // Same holder and pid, another run: still not ours.
@@ -110,7 +110,7 @@ pub async fn renew_and_release_touch_only_the_own_lease<S: StateStore>(open: imp
     assert_eq!(b.current_lock().await.unwrap(), Some(mine.clone()));
 
     mine.expires_at += 600;
-    a.renew(&mine).await.unwrap();
+    assert!(a.renew(&mine).await.unwrap(), "ours, renewed");
     assert_eq!(b.current_lock().await.unwrap(), Some(mine.clone()));
     a.release(&mine).await.unwrap();
     assert!(b.current_lock().await.unwrap().is_none());

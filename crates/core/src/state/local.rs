@@ -263,10 +263,13 @@ impl StateStore for LocalStore {
         )))
     }
 
-    async fn renew(&self, lease: &Lease) -> Result<(), StateError> {
+    async fn renew(&self, lease: &Lease) -> Result<bool, StateError> {
         match self.read_lock()? {
-            Some(current) if current.run_id == lease.run_id => self.write_lock(lease),
-            _ => Ok(()),
+            Some(current) if current.run_id == lease.run_id => {
+                self.write_lock(lease)?;
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 

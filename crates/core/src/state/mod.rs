@@ -159,8 +159,9 @@ pub trait StateStore: Send + Sync {
     fn location(&self) -> String;
 
     async fn acquire(&self, lease: &Lease) -> Result<Acquired, StateError>;
-    /// Extends our lease's expiry.
-    async fn renew(&self, lease: &Lease) -> Result<(), StateError>;
+    /// Extends our lease's expiry; `false` when the lock is not ours any
+    /// more (broken, taken over, or gone), and nothing was written.
+    async fn renew(&self, lease: &Lease) -> Result<bool, StateError>;
     /// Releases the lock if `lease` still holds it.
     async fn release(&self, lease: &Lease) -> Result<(), StateError>;
     async fn current_lock(&self) -> Result<Option<Lease>, StateError>;
