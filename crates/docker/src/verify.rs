@@ -10,9 +10,10 @@
 //! `resource_exhaustion` come from inspecting each container.
 //!
 //! The gates run first, each retried for up to `TASKCTL_GATE_TIMEOUT`
-//! (default 60 s); the automatic-rollback conditions are then watched for
-//! `TASKCTL_WATCH_WINDOW` (`15s`, `2m`; default 10 s; `0s` skips the watch),
-//! and not at all when the profile disables `rollback.automatic`.
+//! (default 60 s); the automatic-rollback conditions are then watched for the
+//! profile's `rollback.automatic.watch` (default: the longest `for` plus a
+//! margin, at least 10 s) or `TASKCTL_WATCH_WINDOW` (`15s`, `2m`; `0s` skips
+//! the watch), and not at all when the profile disables `rollback.automatic`.
 
 use crate::engine;
 use crate::spec::{self, ReplicaSpec, label};
@@ -27,8 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long each gate may take to pass unless `TASKCTL_GATE_TIMEOUT` says.
 const GATE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long conditions are watched unless `TASKCTL_WATCH_WINDOW` says.
-const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 
 fn duration_from_env(var: &str, default: Duration) -> Result<Duration, OpsError> {
     match std::env::var(var) {
@@ -302,7 +301,10 @@ pub async fn verify(
     secrets: &Secrets,
     cancel: &CancellationToken,
 ) -> Result<Vec<Check>, OpsError> {
-    let window = duration_from_env("TASKCTL_WATCH_WINDOW", DEFAULT_WINDOW)?;
+    let window = duration_from_env(
+        "TASKCTL_WATCH_WINDOW",
+        profile.rollback.automatic.watch_window(),
+    )?;
     let timeout = duration_from_env("TASKCTL_GATE_TIMEOUT", GATE_TIMEOUT)?;
     let endpoints = endpoints(docker, profile, secrets).await?;
     let (gates, skipped) = taskctl_gates::verification_gates(profile, &endpoints, timeout);

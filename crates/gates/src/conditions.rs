@@ -146,6 +146,18 @@ pub async fn watch_conditions(
         let client = &client;
         async move {
             let name = spec.name.clone();
+            if !hold.is_zero() && hold >= window {
+                // It could only trip after the watch is over: saying
+                // "passed" would claim something nobody looked at.
+                return not_evaluated(
+                    &name,
+                    &format!(
+                        "its `for` ({}) is not shorter than the {} watch, so it could not trip; set rollback.automatic.watch (or TASKCTL_WATCH_WINDOW) above it",
+                        seconds(hold),
+                        seconds(window)
+                    ),
+                );
+            }
             match name.as_str() {
                 "health_check_failure" if endpoints.agents.is_empty() => {
                     not_evaluated(&name, "the target reported no agent to watch")

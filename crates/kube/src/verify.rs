@@ -7,8 +7,10 @@
 //! counts, OOM kills of the current revision); `health_check_failure` and
 //! `high_error_rate` need the agents' and Prometheus's addresses, which a
 //! port-forward would give, and are reported as not evaluated. Readiness
-//! itself was awaited by the apply. The watch lasts `TASKCTL_WATCH_WINDOW`
-//! (default 10 s; `0s` skips it) unless [`crate::KubeOptions`] says.
+//! itself was awaited by the apply. The watch lasts the profile's
+//! `rollback.automatic.watch` (default: the longest `for` plus a margin, at
+//! least 10 s), unless `TASKCTL_WATCH_WINDOW` (`0s` skips it) or
+//! [`crate::KubeOptions`] says.
 
 use crate::cluster;
 use crate::manifest::Manifest;
@@ -20,11 +22,9 @@ use taskctl_core::profile::Profile;
 use taskctl_gates::{Endpoints, RestartSource};
 use tokio_util::sync::CancellationToken;
 
-/// How long conditions are watched unless told.
-const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
-
-/// The watch window: the option, else `TASKCTL_WATCH_WINDOW`, else 10 s.
-pub fn window(option: Option<Duration>) -> Result<Duration, OpsError> {
+/// The watch window: the option, else `TASKCTL_WATCH_WINDOW`, else the
+/// profile's (`rollback.automatic.watch`, or derived from the longest `for`).
+pub fn window(option: Option<Duration>, profile: &Profile) -> Result<Duration, OpsError> {
     if let Some(w) = option {
         return Ok(w);
     }
@@ -34,7 +34,7 @@ pub fn window(option: Option<Duration>) -> Result<Duration, OpsError> {
                 "TASKCTL_WATCH_WINDOW=`{text}` is not a duration like `10s` or `2m`: {e}"
             ))
         }),
-        Err(_) => Ok(DEFAULT_WINDOW),
+        Err(_) => Ok(profile.rollback.automatic.watch_window()),
     }
 }
 

@@ -143,6 +143,8 @@ async fn a_healthy_window_trips_nothing() {
             && spec.name == "high_error_rate"
         {
             spec.query = Some("vector(0)".into());
+            // Shorter than the watch below, or it could not be evaluated.
+            spec.for_ = Some("1s".parse().unwrap());
         }
     }
     let reports = watch_conditions(
@@ -243,4 +245,42 @@ async fn disabled_automatic_rollback_watches_nothing() {
     )
     .await;
     assert_eq!(reports, []);
+}
+
+/// A condition whose `for` does not fit in the watch could only trip after
+/// it: reported "not evaluated" with the reason, never "passed".
+#[tokio::test]
+async fn a_for_longer_than_the_watch_is_not_evaluated_not_passed() {
+    let mut profile = local_profile();
+    only(
+        &mut profile,
+        Condition::Detailed(ConditionSpec {
+            name: "high_error_rate".into(),
+            query: Some("vector(0)".into()),
+            threshold: Some(0.01),
+            for_: Some("5m".parse().unwrap()),
+            max_restarts: None,
+        }),
+    );
+    let reports = watch_conditions(
+        &profile,
+        &endpoints(&[]),
+        &restarts(&[]),
+        Duration::from_secs(1),
+        &CancellationToken::new(),
+    )
+    .await;
+    let r = by_name(&reports, "high_error_rate");
+    assert!(!r.tripped && !r.evaluated, "{}", r.summary());
+    assert!(
+        r.observed.contains("not shorter than the")
+            && r.observed.contains("rollback.automatic.watch"),
+        "{}",
+        r.observed
+    );
+    // The profile's own window would fit it: 5m plus the margin.
+    assert_eq!(
+        profile.rollback.automatic.watch_window(),
+        Duration::from_secs(305)
+    );
 }

@@ -362,7 +362,7 @@ impl Provider for KubernetesProvider {
         _sink: Arc<dyn taskctl_core::events::EventSink>,
         cancel: &CancellationToken,
     ) -> Result<Vec<Check>, OpsError> {
-        let window = crate::verify::window(self.shared.options.watch_window)?;
+        let window = crate::verify::window(self.shared.options.watch_window, profile)?;
         let manifests = self.manifests(profile)?;
         let workloads = manifests
             .iter()

@@ -93,6 +93,40 @@ pub struct AutomaticRollback {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub steps: Vec<StepRef>,
+    /// How long the conditions are watched after a rollout, e.g. `2m`.
+    /// Default: long enough for the longest `for` to trip (that `for` plus
+    /// 5 s), at least 10 s. A condition whose `for` does not fit is refused
+    /// at validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Checked<Duration>>,
+}
+
+/// The watch when no condition asks for longer and none is set.
+pub const MIN_WATCH: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time beyond a condition's `for` for the polls that see it start and hold.
+pub const WATCH_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl AutomaticRollback {
+    /// The longest `for` among the conditions.
+    pub fn longest_for(&self) -> std::time::Duration {
+        self.conditions
+            .iter()
+            .filter_map(|c| match c {
+                Condition::Detailed(spec) => spec.for_.as_ref().and_then(|f| f.get()).map(|d| d.0),
+                Condition::Named(_) => None,
+            })
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// How long the conditions are watched: `watch` when set, else the
+    /// longest `for` plus [`WATCH_MARGIN`], at least [`MIN_WATCH`].
+    pub fn watch_window(&self) -> std::time::Duration {
+        match self.watch.as_ref().and_then(|w| w.get()) {
+            Some(w) => w.0,
+            None => (self.longest_for() + WATCH_MARGIN).max(MIN_WATCH),
+        }
+    }
 }
 
 impl Default for AutomaticRollback {
@@ -101,6 +135,7 @@ impl Default for AutomaticRollback {
             enabled: true,
             conditions: Vec::new(),
             steps: Vec::new(),
+            watch: None,
         }
     }
 }
@@ -175,4 +210,39 @@ pub enum PluginRole {
     Check,
     Step,
     Gate,
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    fn conditions(fors: &[&str]) -> AutomaticRollback {
+        AutomaticRollback {
+            conditions: fors
+                .iter()
+                .map(|f| {
+                    Condition::Detailed(ConditionSpec {
+                        name: "high_error_rate".into(),
+                        query: None,
+                        threshold: None,
+                        for_: Some(f.parse().unwrap()),
+                        max_restarts: None,
+                    })
+                })
+                .chain([Condition::Named("health_check_failure".into())])
+                .collect(),
+            ..AutomaticRollback::default()
+        }
+    }
+
+    #[test]
+    fn the_watch_follows_the_longest_for_unless_set() {
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(AutomaticRollback::default().watch_window(), MIN_WATCH);
+        assert_eq!(conditions(&["2s"]).watch_window(), MIN_WATCH);
+        assert_eq!(conditions(&["1m", "5m"]).watch_window(), secs(305));
+        let mut set = conditions(&["5m"]);
+        set.watch = Some("2m".parse().unwrap());
+        assert_eq!(set.watch_window(), secs(120));
+    }
 }

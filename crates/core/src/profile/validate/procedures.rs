@@ -67,6 +67,14 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
     );
 
     let rb = &p.rollback;
+    // The window the user allows, when they set one: a condition whose
+    // `for` does not fit in it could never trip.
+    let watch = rb
+        .automatic
+        .watch
+        .as_ref()
+        .and_then(|w| r.check(w, path!["rollback", "automatic", "watch"]))
+        .map(|w| w.0);
     for (i, cond) in rb.automatic.conditions.iter().enumerate() {
         let at = path!["rollback", "automatic", "conditions", i];
         let name = cond.name();
@@ -80,8 +88,28 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
             );
         }
         if let Condition::Detailed(spec) = cond {
-            if let Some(d) = &spec.for_ {
-                r.check(d, at.child("for"));
+            if let Some(d) = &spec.for_
+                && let Some(hold) = r.check(d, at.child("for"))
+                && let Some(watch) = watch
+                && hold.0 + crate::profile::model::WATCH_MARGIN > watch
+            {
+                r.error_help(
+                    at.child("for"),
+                    format!(
+                        "`for: {}` cannot trip within the {} watch (`rollback.automatic.watch`): the condition must be seen holding for that long, plus {} for the polls",
+                        humantime::format_duration(hold.0),
+                        humantime::format_duration(watch),
+                        humantime::format_duration(
+                            crate::profile::model::WATCH_MARGIN
+                        )
+                    ),
+                    format!(
+                        "raise `rollback.automatic.watch` to at least {}, shorten `for`, or remove `watch` (it then follows the longest `for`)",
+                        humantime::format_duration(
+                            hold.0 + crate::profile::model::WATCH_MARGIN
+                        )
+                    ),
+                );
             }
             if spec.threshold.is_some_and(|t| !t.is_finite() || t < 0.0) {
                 r.error(
