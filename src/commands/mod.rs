@@ -27,6 +27,7 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
         Command::Deploy(args) => deploy::deploy(ctx, shell, args),
         Command::Destroy(args) => deploy::destroy(ctx, shell, args),
         Command::Status(args) => state::status(ctx, shell, &args),
+        Command::Checklist => state::checklist(ctx, shell),
         Command::History => releases::history(ctx, shell),
         Command::Rollback(args) => releases::rollback(ctx, shell, args),
         Command::Lock(command) => state::lock(ctx, shell, command),

@@ -228,3 +228,40 @@ pub fn audit(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     shell.text(&text)?;
     Ok(exit::SUCCESS)
 }
+
+/// `taskctl checklist`: seed 001's deployment checklist, judged.
+pub fn checklist(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
+    use taskctl_core::ops::checklist::{self, Verdict};
+    let profile = ctx.valid_profile(shell)?;
+    let rt = ctx.runtime()?;
+    let store = rt.block_on(ctx.store(&profile))?;
+    let audit = rt.block_on(store.audit())?;
+    let items = checklist::judge(&profile, &audit, std::time::SystemTime::now());
+    let failed = items.iter().filter(|i| i.verdict == Verdict::Fail).count();
+    if ctx.output != OutputFormat::Table {
+        shell.data(&items)?;
+    } else {
+        let width = items.iter().map(|i| i.id.len()).max().unwrap_or(0);
+        let mut text = String::new();
+        for i in &items {
+            text += &format!("{:7}  {:width$}  {}\n", i.verdict.label(), i.id, i.title);
+            text += &format!("{:7}  {:width$}  {}\n", "", "", i.reason);
+            for e in &i.evidence {
+                text += &format!("{:7}  {:width$}    - {e}\n", "", "");
+            }
+        }
+        let count = |v: Verdict| items.iter().filter(|i| i.verdict == v).count();
+        text += &format!(
+            "\n{} passed, {failed} failed, {} unknown (judged from the profile and the audit log of {})\n",
+            count(Verdict::Pass),
+            count(Verdict::Unknown),
+            ops::environment_key(&profile)
+        );
+        shell.text(&text)?;
+    }
+    Ok(if failed > 0 {
+        exit::FAILURE
+    } else {
+        exit::SUCCESS
+    })
+}

@@ -192,3 +192,114 @@ fn status_watch_prints_a_document_per_refresh() {
     let out = taskctl_in(dir.path(), &["status", "--interval", "1s", "-p", &local]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 }
+
+/// `taskctl checklist` judges seed 001's checklist from the profile and the
+/// audit log: the local stack passes what it does (secrets in Vault, TLS
+/// to the broker, probes, alerting to a webhook, ports on loopback), fails
+/// what it does not (PostgreSQL without TLS, open Prometheus, no restore or
+/// rollback rehearsed yet) and exits 1; a recent rollback that verified the
+/// backups in the audit log turns those two items to pass; a broker reached
+/// over plain AMQP fails the TLS item.
+#[test]
+fn checklist_judges_the_profile_and_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = profile("local.yaml");
+    let judge = |p: &str| {
+        let out = taskctl_in(dir.path(), &["checklist", "-p", p, "-o", "json"]);
+        let items: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        let verdicts: std::collections::BTreeMap<String, serde_json::Value> = items
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["id"].as_str().unwrap().to_string(), i.clone()))
+            .collect();
+        (out.status.code(), verdicts)
+    };
+    let (code, items) = judge(&local);
+    assert_eq!(code, Some(1), "a FAIL exits 1");
+    assert_eq!(items.len(), 10, "the seed's ten items");
+    let verdict = |items: &std::collections::BTreeMap<String, serde_json::Value>, id: &str| {
+        items[id]["verdict"].as_str().unwrap().to_string()
+    };
+    for (id, want) in [
+        ("secrets_in_vault", "pass"),
+        ("database_tls", "fail"),
+        ("authenticated_endpoints", "fail"),
+        ("health_checks", "pass"),
+        ("monitoring_and_alerting", "pass"),
+        ("backup_and_restore", "fail"),
+        ("rollback", "fail"),
+        ("image_scanning", "unknown"),
+        ("network_policies", "pass"),
+        ("load_testing", "unknown"),
+    ] {
+        assert_eq!(verdict(&items, id), want, "{id}: {:#}", items[id]);
+    }
+    let evidence = items["database_tls"]["evidence"].to_string();
+    assert!(
+        evidence.contains("RabbitMQ: AMQP over TLS only")
+            && evidence.contains("PostgreSQL: no TLS"),
+        "{evidence}"
+    );
+    assert!(
+        items["secrets_in_vault"]["evidence"]
+            .to_string()
+            .contains("secret/taskctl/local/messaging"),
+        "{:#}",
+        items["secrets_in_vault"]
+    );
+
+    // A rollback two days ago whose backup_verification restored the dump.
+    let status = taskctl_in(dir.path(), &["status", "-p", &local, "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let state = dir.path().join(status["state"].as_str().unwrap());
+    std::fs::create_dir_all(&state).unwrap();
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    let entry = serde_json::json!({
+        "at": humantime::format_rfc3339_seconds(two_days_ago).to_string(),
+        "actor": "alice@ops-1", "action": "rollback", "environment": "task-local/development",
+        "run_id": "r-drill",
+        "detail": "rolled back from 2 to release 1 as release 3; backups: restored tasks-20261205.dump into a scratch database: 4 tables",
+    });
+    std::fs::write(state.join("audit.jsonl"), format!("{entry}\n")).unwrap();
+    let (_, items) = judge(&local);
+    assert_eq!(
+        verdict(&items, "backup_and_restore"),
+        "pass",
+        "{:#}",
+        items["backup_and_restore"]
+    );
+    assert_eq!(
+        verdict(&items, "rollback"),
+        "pass",
+        "{:#}",
+        items["rollback"]
+    );
+    assert!(
+        items["backup_and_restore"]["evidence"]
+            .to_string()
+            .contains("last restore verified 2days"),
+        "{:#}",
+        items["backup_and_restore"]
+    );
+
+    // The agents' broker reached over plain AMQP: the TLS item names it.
+    let (code, items) = judge(&profile("local-external.yaml"));
+    assert_eq!(code, Some(1));
+    assert_eq!(verdict(&items, "database_tls"), "fail");
+    assert!(
+        items["database_tls"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("RabbitMQ (external URL is not amqps://)"),
+        "{:#}",
+        items["database_tls"]
+    );
+
+    // The human form says the same, with a summary line.
+    let out = taskctl_in(dir.path(), &["checklist", "-p", &local]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL") && text.contains("failed,"), "{text}");
+}

@@ -6,6 +6,7 @@
 //! callback, applies, journals and audits. Dry runs are plans: the same code
 //! path, stopping before the first mutating call.
 
+pub mod checklist;
 mod deploy;
 mod lock;
 mod plan;

@@ -1,0 +1,548 @@
+//! Seed `001`'s deployment checklist, judged: each item passes, fails or is
+//! unknown, with the reason and the evidence it was judged on.
+//!
+//! The evidence is the profile (what taskctl deploys) and the environment's
+//! audit log (what was actually done: rollbacks, backup verifications). A
+//! fail is something a user can change; unknown is something taskctl cannot
+//! see (an image scanner or a load test run elsewhere).
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::profile::value::{Checked, SecretRef};
+use crate::profile::{Profile, TargetKind};
+use crate::state::AuditEntry;
+
+/// How recent a rollback drill or a verified backup must be to count.
+pub const DRILL_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Unknown,
+}
+
+impl Verdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+/// One item of the checklist.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub id: &'static str,
+    /// The seed's wording.
+    pub title: &'static str,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub evidence: Vec<String>,
+}
+
+fn item(
+    id: &'static str,
+    title: &'static str,
+    verdict: Verdict,
+    reason: impl Into<String>,
+    evidence: Vec<String>,
+) -> Item {
+    Item {
+        id,
+        title,
+        verdict,
+        reason: reason.into(),
+        evidence,
+    }
+}
+
+/// Judges every item from `profile` and the environment's `audit` log at
+/// time `now`.
+pub fn judge(profile: &Profile, audit: &[AuditEntry], now: SystemTime) -> Vec<Item> {
+    vec![
+        secrets_in_vault(profile),
+        database_tls(profile),
+        authenticated_endpoints(profile),
+        health_checks(profile),
+        monitoring(profile),
+        backups(profile, audit, now),
+        rollback(profile, audit, now),
+        item(
+            "image_scanning",
+            "Security scanning of container images is implemented",
+            Verdict::Unknown,
+            "taskctl runs no image scanner, so it cannot tell whether the images were scanned elsewhere",
+            vec![],
+        ),
+        network(profile),
+        item(
+            "load_testing",
+            "Load testing has been performed to validate scaling capabilities",
+            Verdict::Unknown,
+            "taskctl records no load test of the environment",
+            vec![],
+        ),
+    ]
+}
+
+fn secrets_in_vault(profile: &Profile) -> Item {
+    let refs = crate::secrets::references(profile);
+    let mut vault = Vec::new();
+    let mut elsewhere = Vec::new();
+    for r in &refs {
+        match r {
+            SecretRef::Vault { path, .. } => vault.push(path.clone()),
+            SecretRef::Env { .. } => elsewhere.push(r.to_string()),
+        }
+    }
+    vault.sort();
+    vault.dedup();
+    let title = "All secrets are stored in a secure vault and not in configuration files";
+    let mut evidence: Vec<String> = vault.iter().map(|p| format!("vault: {p}")).collect();
+    evidence.extend(
+        elsewhere
+            .iter()
+            .map(|r| format!("{r}: read from taskctl's environment")),
+    );
+    if !elsewhere.is_empty() {
+        return item(
+            "secrets_in_vault",
+            title,
+            Verdict::Fail,
+            format!(
+                "{} secret(s) come from environment variables, not a vault",
+                elsewhere.len()
+            ),
+            evidence,
+        );
+    }
+    if vault.is_empty() {
+        return item(
+            "secrets_in_vault",
+            title,
+            Verdict::Unknown,
+            "the profile references no secret",
+            evidence,
+        );
+    }
+    item(
+        "secrets_in_vault",
+        title,
+        Verdict::Pass,
+        format!(
+            "every secret reference is in Vault ({} path(s)); literal credentials are refused by validation",
+            vault.len()
+        ),
+        evidence,
+    )
+}
+
+fn from_vault(r: Option<&Checked<SecretRef>>) -> bool {
+    matches!(r.and_then(|c| c.get()), Some(SecretRef::Vault { .. }))
+}
+
+fn database_tls(profile: &Profile) -> Item {
+    let s = &profile.services;
+    let mut evidence = Vec::new();
+    let mut missing = Vec::new();
+    if let Some(mq) = s.rabbitmq.as_ref().filter(|m| m.enabled) {
+        match &mq.external {
+            Some(ext) => {
+                let tls = ext.url.starts_with("amqps://");
+                evidence.push(format!(
+                    "RabbitMQ (external): {}",
+                    if tls { "amqps://" } else { "plain amqp://" }
+                ));
+                if !tls {
+                    missing.push("RabbitMQ (external URL is not amqps://)");
+                }
+            }
+            None => {
+                let tls = mq.tls.is_some();
+                let auth = from_vault(mq.credentials.as_ref());
+                evidence.push(format!(
+                    "RabbitMQ: {}; agents' credential {}",
+                    if tls {
+                        "AMQP over TLS only (5671)"
+                    } else {
+                        "plain AMQP (no services.rabbitmq.tls)"
+                    },
+                    if auth {
+                        "generated in Vault"
+                    } else {
+                        "not from Vault"
+                    }
+                ));
+                if !tls {
+                    missing.push("RabbitMQ (no TLS listener)");
+                }
+                if !auth {
+                    missing.push("RabbitMQ (credential not from Vault)");
+                }
+            }
+        }
+    }
+    if let Some(pg) = s.postgres.as_ref().filter(|p| p.enabled) {
+        let auth = from_vault(Some(&pg.password));
+        evidence.push(format!(
+            "PostgreSQL: no TLS listener (taskctl does not configure PostgreSQL TLS); password {}",
+            if auth { "from Vault" } else { "not from Vault" }
+        ));
+        missing.push("PostgreSQL (no TLS)");
+    }
+    if let Some(mongo) = s.mongodb.as_ref().filter(|m| m.enabled) {
+        let auth = from_vault(mongo.root_password.as_ref());
+        evidence.push(format!(
+            "MongoDB: no TLS listener (taskctl does not configure MongoDB TLS); root password {}",
+            if auth { "from Vault" } else { "not from Vault" }
+        ));
+        missing.push("MongoDB (no TLS)");
+    }
+    let title = "Database connections use TLS and strong authentication";
+    if evidence.is_empty() {
+        return item(
+            "database_tls",
+            title,
+            Verdict::Unknown,
+            "the profile runs no broker or database",
+            evidence,
+        );
+    }
+    if missing.is_empty() {
+        item(
+            "database_tls",
+            title,
+            Verdict::Pass,
+            "every broker and database connection is TLS with a credential from Vault",
+            evidence,
+        )
+    } else {
+        item(
+            "database_tls",
+            title,
+            Verdict::Fail,
+            format!("not TLS with a Vault credential: {}", missing.join(", ")),
+            evidence,
+        )
+    }
+}
+
+fn authenticated_endpoints(profile: &Profile) -> Item {
+    let s = &profile.services;
+    let mut open = Vec::new();
+    let mut evidence = vec![
+        "agents: /health, /ready and /metrics answer without credentials (probes and Prometheus read them); tasks run only when signed".to_string(),
+    ];
+    if s.rabbitmq.as_ref().is_some_and(|m| m.enabled) {
+        evidence.push("RabbitMQ management API: user and password".into());
+    }
+    if s.vault.as_ref().is_some_and(|v| v.enabled) {
+        evidence.push("Vault: token, AppRole or Kubernetes auth".into());
+    }
+    if let Some(p) = s.prometheus.as_ref().filter(|p| p.enabled) {
+        evidence.push("Prometheus HTTP API: no authentication".into());
+        open.push("Prometheus");
+        if p.alertmanager.enabled {
+            evidence.push("Alertmanager HTTP API: no authentication".into());
+            open.push("Alertmanager");
+        }
+    }
+    if s.grafana.as_ref().is_some_and(|g| g.enabled) {
+        evidence.push("Grafana: admin password from the profile".into());
+    }
+    let title = "API endpoints are secured with proper authentication";
+    if open.is_empty() {
+        item(
+            "authenticated_endpoints",
+            title,
+            Verdict::Pass,
+            "every API taskctl runs asks for credentials (the agents' probes excepted, by design)",
+            evidence,
+        )
+    } else {
+        item(
+            "authenticated_endpoints",
+            title,
+            Verdict::Fail,
+            format!(
+                "{} answer(s) without credentials to anyone who reaches them (loopback or in-cluster only)",
+                open.join(" and ")
+            ),
+            evidence,
+        )
+    }
+}
+
+fn health_checks(profile: &Profile) -> Item {
+    let mut evidence = Vec::new();
+    let mut missing = Vec::new();
+    for a in &profile.agents {
+        match (&a.probes.readiness, &a.probes.liveness) {
+            (Some(r), Some(l)) => evidence.push(format!(
+                "agent {}: readiness {} on {}, liveness {} on {}",
+                a.name, r.path, r.port, l.path, l.port
+            )),
+            (r, l) => {
+                if r.is_none() {
+                    missing.push(format!("agent {}: no readiness probe", a.name));
+                }
+                if l.is_none() {
+                    missing.push(format!("agent {}: no liveness probe", a.name));
+                }
+            }
+        }
+    }
+    evidence.push(
+        "every service taskctl runs gets a health check (a Docker HEALTHCHECK, or Kubernetes probes from templates/)"
+            .into(),
+    );
+    let title = "Health check endpoints are configured";
+    if missing.is_empty() {
+        item(
+            "health_checks",
+            title,
+            Verdict::Pass,
+            "every agent has readiness and liveness probes",
+            evidence,
+        )
+    } else {
+        evidence.extend(missing.iter().cloned());
+        item(
+            "health_checks",
+            title,
+            Verdict::Fail,
+            missing.join("; "),
+            evidence,
+        )
+    }
+}
+
+fn monitoring(profile: &Profile) -> Item {
+    let title = "Monitoring and alerting are set up";
+    let Some(p) = profile.services.prometheus.as_ref().filter(|p| p.enabled) else {
+        return item(
+            "monitoring_and_alerting",
+            title,
+            Verdict::Fail,
+            "services.prometheus is not enabled",
+            vec![],
+        );
+    };
+    let mut evidence = vec![format!(
+        "Prometheus: {} alerting rule(s): {}",
+        p.alerting_rules.len(),
+        p.alerting_rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    let receiver = p.alertmanager.enabled && p.alertmanager.webhook_url.is_some();
+    evidence.push(
+        match (&p.alertmanager.enabled, &p.alertmanager.webhook_url) {
+            (true, Some(_)) => "Alertmanager: a webhook receiver".into(),
+            (true, None) => "Alertmanager: no receiver (alerts go nowhere)".into(),
+            (false, _) => "Alertmanager: not enabled".into(),
+        },
+    );
+    if p.alerting_rules.is_empty() || !receiver {
+        let mut why = Vec::new();
+        if p.alerting_rules.is_empty() {
+            why.push("no alerting rule");
+        }
+        if !receiver {
+            why.push("no Alertmanager receiver");
+        }
+        return item(
+            "monitoring_and_alerting",
+            title,
+            Verdict::Fail,
+            why.join(" and "),
+            evidence,
+        );
+    }
+    item(
+        "monitoring_and_alerting",
+        title,
+        Verdict::Pass,
+        "metrics scraped, alerting rules loaded, alerts delivered to a receiver",
+        evidence,
+    )
+}
+
+/// When `entry` was written, if its time reads.
+fn at(entry: &AuditEntry) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(&entry.at).ok()
+}
+
+fn age(now: SystemTime, then: SystemTime) -> String {
+    let secs = now.duration_since(then).unwrap_or_default().as_secs();
+    humantime::format_duration(Duration::from_secs(secs - secs % 60)).to_string()
+}
+
+fn backups(profile: &Profile, audit: &[AuditEntry], now: SystemTime) -> Item {
+    let title = "Backup and restore procedures are tested";
+    let Some(backup) = profile
+        .services
+        .postgres
+        .as_ref()
+        .filter(|p| p.enabled)
+        .and_then(|p| p.backup.as_ref())
+    else {
+        return item(
+            "backup_and_restore",
+            title,
+            Verdict::Fail,
+            "no backup is configured (services.postgres.backup)",
+            vec![],
+        );
+    };
+    let mut evidence = vec![format!(
+        "PostgreSQL: pg_dump at `{}` (UTC), kept {}",
+        backup.schedule, backup.retention
+    )];
+    // A rollback's backup_verification restores the latest dump into a
+    // scratch database before anything changes; its audit entry says so.
+    let verified = audit
+        .iter()
+        .filter(|e| e.action == "rollback" && e.detail.contains("; backups: "))
+        .filter_map(|e| at(e).map(|t| (t, e)))
+        .max_by_key(|(t, _)| *t);
+    match verified {
+        Some((t, e)) if now.duration_since(t).unwrap_or_default() <= DRILL_MAX_AGE => {
+            evidence.push(format!(
+                "last restore verified {} ago ({}): {}",
+                age(now, t),
+                e.at,
+                e.detail.split("; backups: ").nth(1).unwrap_or_default()
+            ));
+            item(
+                "backup_and_restore",
+                title,
+                Verdict::Pass,
+                "backups are made and a restore was verified in the last 30 days",
+                evidence,
+            )
+        }
+        Some((t, e)) => {
+            evidence.push(format!(
+                "last restore verified {} ago ({})",
+                age(now, t),
+                e.at
+            ));
+            item(
+                "backup_and_restore",
+                title,
+                Verdict::Fail,
+                "the last verified restore is older than 30 days; a manual `taskctl rollback` verifies one (backup_verification)",
+                evidence,
+            )
+        }
+        None => item(
+            "backup_and_restore",
+            title,
+            Verdict::Fail,
+            "no restore was ever verified in this environment; a manual `taskctl rollback` verifies one (backup_verification)",
+            evidence,
+        ),
+    }
+}
+
+fn rollback(profile: &Profile, audit: &[AuditEntry], now: SystemTime) -> Item {
+    let title = "Deployment rollback procedures are documented and tested";
+    let rb = &profile.rollback;
+    let mut evidence = vec![format!(
+        "automatic rollback: {} ({} condition(s)); manual: steps {}, prerequisites {}",
+        if rb.automatic.enabled { "on" } else { "off" },
+        rb.automatic.conditions.len(),
+        rb.manual
+            .steps
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        rb.manual.prerequisites.join(", ")
+    )];
+    let last = audit
+        .iter()
+        .filter(|e| {
+            (e.action == "rollback" && e.detail.starts_with("rolled back"))
+                || e.action == "automatic_rollback"
+        })
+        .filter_map(|e| at(e).map(|t| (t, e)))
+        .max_by_key(|(t, _)| *t);
+    match last {
+        Some((t, e)) if now.duration_since(t).unwrap_or_default() <= DRILL_MAX_AGE => {
+            evidence.push(format!(
+                "last rollback {} ago ({}, {}): {}",
+                age(now, t),
+                e.at,
+                e.action,
+                e.detail
+            ));
+            item(
+                "rollback",
+                title,
+                Verdict::Pass,
+                "rollback is configured and one succeeded in the last 30 days",
+                evidence,
+            )
+        }
+        Some((t, e)) => {
+            evidence.push(format!("last rollback {} ago ({})", age(now, t), e.at));
+            item(
+                "rollback",
+                title,
+                Verdict::Fail,
+                "the last rollback is older than 30 days; rehearse one (`taskctl rollback`)",
+                evidence,
+            )
+        }
+        None => item(
+            "rollback",
+            title,
+            Verdict::Fail,
+            "no rollback was ever done in this environment; rehearse one (`taskctl rollback`)",
+            evidence,
+        ),
+    }
+}
+
+fn network(profile: &Profile) -> Item {
+    let title = "Network policies or security groups are properly configured";
+    match profile.target.kind {
+        TargetKind::Docker => item(
+            "network_policies",
+            title,
+            Verdict::Pass,
+            "every port is published on 127.0.0.1 only, and the services share the environment's own bridge network",
+            vec![
+                "ports: 127.0.0.1 only (the docker target publishes nothing else)".into(),
+                "network: one user-defined bridge per environment".into(),
+            ],
+        ),
+        TargetKind::Kubernetes => item(
+            "network_policies",
+            title,
+            Verdict::Pass,
+            "a default-deny NetworkPolicy and explicit allow rules in every namespace taskctl creates (enforced only by a CNI that enforces policies)",
+            vec!["templates/: default-deny plus allow rules per namespace".into()],
+        ),
+        TargetKind::Aws => item(
+            "network_policies",
+            title,
+            Verdict::Fail,
+            "the EKS cluster taskctl makes has security groups but no NetworkPolicy enforcement (the VPC CNI's policy agent is not turned on): the rendered policies are not enforced",
+            vec![
+                "security groups: cluster and node groups (crates/aws)".into(),
+                "NetworkPolicies: rendered, not enforced".into(),
+            ],
+        ),
+    }
+}
