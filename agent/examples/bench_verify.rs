@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use task_executor::admission::{Envelope, Screened, admit, decode, screen};
 use task_executor::config::Config;
-use task_executor::worker::SIGNATURE_BATCH as MAX_BATCH;
 use taskctl_protocol::{
     TaskKind, TaskMessage,
     signing::{Signer, check_all},
@@ -31,6 +30,8 @@ fn main() -> anyhow::Result<()> {
         "BROKER_URL" => Some("amqp://h".into()),
         "TASK_SIGNING_PUBLIC_KEYS" => Some(public.clone()),
         "ALLOW_UNSIGNED_TASKS" => Some("true".into()),
+        // The batch size the agent would use, from this process's env.
+        "TASK_SIGNATURE_BATCH" => std::env::var(name).ok(),
         _ => None,
     })?;
     let now = 1_800_000_000_000u64;
@@ -61,10 +62,10 @@ fn main() -> anyhow::Result<()> {
     let plain = time(false)?;
     let signed = time(true)?;
     // The agent's path under load: screen, the signatures checked in
-    // batches of up to SIGNATURE_BATCH (`Worker::check_signatures`), then admit.
+    // batches of up to TASK_SIGNATURE_BATCH (`Worker::check_signatures`), then admit.
     let batched = {
         let started = Instant::now();
-        for chunk in tasks.chunks(MAX_BATCH) {
+        for chunk in tasks.chunks(config.signature_batch) {
             let mut claims = Vec::with_capacity(chunk.len());
             for (body, envelope) in chunk {
                 match screen(body, envelope, &config.admission) {
@@ -90,10 +91,11 @@ fn main() -> anyhow::Result<()> {
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let cost = |d: Duration| (d.as_secs_f64() - plain.as_secs_f64()) * 1e6 / n as f64;
     println!(
-        "{{\"tasks\":{n},\"unsigned_per_s\":{:.0},\"signed_per_s\":{:.0},\"verify_us\":{:.1},\"batched_per_s\":{:.0},\"batched_verify_us\":{:.1}}}",
+        "{{\"tasks\":{n},\"unsigned_per_s\":{:.0},\"signed_per_s\":{:.0},\"verify_us\":{:.1},\"batch\":{},\"batched_per_s\":{:.0},\"batched_verify_us\":{:.1}}}",
         rate(plain),
         rate(signed),
         cost(signed),
+        config.signature_batch,
         rate(batched),
         cost(batched)
     );

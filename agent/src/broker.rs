@@ -33,7 +33,7 @@ use crate::{
     metrics::Metrics,
     readiness::Latch,
     topology,
-    worker::{SIGNATURE_BATCH, Stops, Worker},
+    worker::{Stops, Worker},
 };
 
 const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
@@ -222,7 +222,7 @@ impl Supervisor {
                         break;
                     }
                 }
-                if ready.len() == SIGNATURE_BATCH {
+                if ready.len() == self.config.signature_batch {
                     break;
                 }
                 match futures_lite::future::poll_once(session.deliveries.next()).await {

@@ -44,12 +44,6 @@ use crate::{
     topology,
 };
 
-/// The most signatures checked as one batch: deliveries that arrive together
-/// (up to this many) are screened and verified together by
-/// [`Worker::check_signatures`]; past this the saving per signature
-/// flattens while the batch's latency keeps growing.
-pub const SIGNATURE_BATCH: usize = 64;
-
 /// What the signature check said of a delivery before it is handled: the
 /// key id that signed it (`None`: unsigned, where that is allowed), or why
 /// it is refused.

@@ -2,19 +2,19 @@
 # Throughput and peak RSS of three workers doing the same job on the same
 # RabbitMQ: N persistent noop tasks, each answered with a persistent result
 # (publisher confirm) before the ack.
-#   (a) task-executor (release build), MAX_CONCURRENT_TASKS=$CONCURRENCY,
+#   agent: task-executor (release build), MAX_CONCURRENT_TASKS=$CONCURRENCY,
 #       unsigned tasks (ALLOW_UNSIGNED_TASKS=true)
-#   (s) the same agent with signed tasks: every task verified (Ed25519),
+#   signed: the same agent with signed tasks: every task verified (Ed25519),
 #       checked for expiry and replay; issue 14 asks for >= 0.9x of (a).
 #       Signed as producers sign: the signature line before the body.
-#   (h) the same with the signature in AMQP headers, the earlier format
+#   signedheaders: the same with the signature in AMQP headers, the earlier format
 #       (agents still accept it)
-#   (b) Celery prefork, -c $CELERY_CONCURRENCY, acks_late, rpc:// results
-#   (c) a raw lapin loop (agent/examples/bench_raw_loop.rs), 100 in flight:
+#   celery: Celery prefork, -c $CELERY_CONCURRENCY, acks_late, rpc:// results
+#   raw: a raw lapin loop (agent/examples/bench_raw_loop.rs), 100 in flight:
 #       the ceiling for any worker that publishes results.
-#   (r) the same raw loop over signed messages: it verifies nothing, so it
+#   rawsigned: the same raw loop over signed messages: it verifies nothing, so it
 #       shows what the signed format alone costs the broker and the client.
-#   (rh) the same over messages signed in headers.
+#   rawheaders: the same over messages signed in headers.
 # Tasks are published before each worker starts; tasks/s is measured from
 # the first result to the last, so start-up time is not counted. Peak RSS is
 # the sum over the worker's process tree, sampled every 20 ms.
@@ -77,6 +77,26 @@ if [[ ${PIN:-0} == 1 ]]; then
 fi
 driver_run() { "${driver_cpu[@]}" "$driver" "$@"; }
 
+# publish_signed FORMAT: N tasks to bench.FORMAT.tasks, signed with a fresh
+# key (the signature in AMQP headers for the *headers formats, the earlier
+# format); prints the public key the worker is given.
+publish_signed() {
+    local format=$1 private public
+    local headers=()
+    [[ $format == *headers ]] && headers=(BENCH_SIGNATURE_HEADERS=1)
+    read -r private public < <("$driver" keygen)
+    env "${headers[@]}" BENCH_SIGNING_KEY="$private" "${driver_cpu[@]}" "$driver" \
+        publish "$URL" "bench.$format.tasks" "bench.$format.results" "$N" >&2
+    echo "$public"
+}
+
+describe() {
+    case $1 in
+    *headers) echo "tasks signed in AMQP headers" ;;
+    *) echo "signed tasks (signature line before the body)" ;;
+    esac
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # run_worker NAME RESULT_QUEUE -- worker command...
@@ -100,7 +120,7 @@ run_worker() {
 
 for run in $(seq 1 "$REPEAT"); do
 if want agent; then
-    echo "(a) task-executor, MAX_CONCURRENT_TASKS=$C, unsigned tasks" >&2
+    echo "(agent) task-executor, MAX_CONCURRENT_TASKS=$C, unsigned tasks" >&2
     driver_run publish "$URL" bench.agent.tasks bench.agent.results "$N"
     run_worker "agent.$run" bench.agent.results -- env -i PATH="$PATH" \
         BROKER_URL="$URL" TASK_QUEUE=bench.agent.tasks GPU_TASK_QUEUE=bench.agent.gpu \
@@ -112,47 +132,33 @@ fi
 
 for format in signed signedheaders; do
 want $format || continue
-if [[ $format == signed ]]; then
-    echo "(s) task-executor, MAX_CONCURRENT_TASKS=$C, signed tasks" >&2
-    headers=()
-else
-    echo "(h) task-executor, MAX_CONCURRENT_TASKS=$C, tasks signed in headers" >&2
-    headers=(BENCH_SIGNATURE_HEADERS=1)
-fi
-read -r private public < <("$driver" keygen)
-env "${headers[@]}" BENCH_SIGNING_KEY="$private" "${driver_cpu[@]}" "$driver" publish "$URL" "bench.$format.tasks" "bench.$format.results" "$N"
+echo "($format) task-executor, MAX_CONCURRENT_TASKS=$C, $(describe $format)" >&2
+public=$(publish_signed $format)
 run_worker "$format.$run" "bench.$format.results" -- env -i PATH="$PATH" \
     BROKER_URL="$URL" TASK_QUEUE="bench.$format.tasks" GPU_TASK_QUEUE="bench.$format.gpu" \
     RESULT_QUEUE="bench.$format.results" DEAD_LETTER_QUEUE="bench.$format.dead" \
     MAX_CONCURRENT_TASKS="$C" LOG_LEVEL=warn BIND_ADDRESS=127.0.0.1 \
     HEALTH_PORT="$(free_port)" METRICS_PORT="$(free_port)" TASK_SIGNING_PUBLIC_KEYS="$public" \
-    "$bin/task-executor"
+    ${SIG_BATCH:+TASK_SIGNATURE_BATCH=$SIG_BATCH} "$bin/task-executor"
 done
 
 if want raw; then
-    echo "(c) raw loop, 100 in flight" >&2
+    echo "(raw) raw loop, 100 in flight" >&2
     driver_run publish "$URL" bench.raw.tasks bench.raw.results "$N"
     run_worker "raw.$run" bench.raw.results -- "$bin/examples/bench_raw_loop" "$URL" bench.raw.tasks
 fi
 
-for format in rawsigned rawheaders; do
-want $format || continue
 # The broker's and the client's share of the signed format: the same raw
 # loop (it checks nothing) over signed messages.
-if [[ $format == rawsigned ]]; then
-    echo "(r) raw loop over signed messages" >&2
-    headers=()
-else
-    echo "(rh) raw loop over messages signed in headers" >&2
-    headers=(BENCH_SIGNATURE_HEADERS=1)
-fi
-read -r private _ < <("$driver" keygen)
-env "${headers[@]}" BENCH_SIGNING_KEY="$private" "${driver_cpu[@]}" "$driver" publish "$URL" "bench.$format.tasks" "bench.$format.results" "$N"
+for format in rawsigned rawheaders; do
+want $format || continue
+echo "($format) raw loop over $(describe $format)" >&2
+publish_signed $format >/dev/null
 run_worker "$format.$run" "bench.$format.results" -- "$bin/examples/bench_raw_loop" "$URL" "bench.$format.tasks"
 done
 
 if want celery; then
-    echo "(b) celery prefork -c $CC" >&2
+    echo "(celery) celery prefork -c $CC" >&2
     cj="$out/celery.$run.json"
     (cd "$here" && exec "$here/.venv/bin/python" celery_bench.py "$N") >"$cj" 2>"$out/celery-producer.log" &
     producer=$!

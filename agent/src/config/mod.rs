@@ -69,6 +69,10 @@ pub struct Config {
     pub limits: CommandLimits,
     pub output_limit: usize,
     pub dedup_capacity: usize,
+    /// `TASK_SIGNATURE_BATCH`: at most this many deliveries that arrived
+    /// together have their signatures checked as one batch before their
+    /// tasks start (see `Worker::check_signatures`).
+    pub signature_batch: usize,
     pub gpu_device_dir: PathBuf,
     pub agent_id: String,
     pub admission: Admission,
@@ -317,6 +321,7 @@ impl Config {
             "of bytes ",
         );
         let dedup_capacity = r.number("DEDUP_CAPACITY", 100_000usize, 1, 10_000_000, "");
+        let signature_batch = r.number("TASK_SIGNATURE_BATCH", 16usize, 1, 1024, "");
         let gpu_device_dir = PathBuf::from(r.string("GPU_DEVICE_DIR", "/dev"));
         let agent_id = r.raw("AGENT_ID").unwrap_or_else(default_agent_id);
 
@@ -342,6 +347,7 @@ impl Config {
                 limits,
                 output_limit,
                 dedup_capacity,
+                signature_batch,
                 gpu_device_dir,
                 agent_id,
                 admission,
@@ -483,6 +489,14 @@ mod tests {
         assert_eq!((c.health_port, c.metrics_port), (8080, 9090));
         assert_eq!(c.task_queue, protocol::TASK_QUEUE);
         assert_eq!(c.log_level, "info");
+        assert_eq!(c.signature_batch, 16);
+        let e = config(&[
+            ("BROKER_URL", "amqp://guest:guest@localhost:5672/%2f"),
+            ("TASK_SIGNATURE_BATCH", "0"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TASK_SIGNATURE_BATCH"), "{e}");
     }
 
     #[test]
