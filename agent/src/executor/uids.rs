@@ -28,10 +28,23 @@ pub struct UidPool {
     pub gid: u32,
 }
 
-/// A uid taken from the pool; give it back with [`UidPool::release`].
+/// A uid taken from the pool; give it back with [`UidPool::release`]. If
+/// it is dropped instead (the task's future was abandoned), one kill pass
+/// runs and the uid still goes back, so the pool never shrinks.
 pub struct Taken<'a> {
     pub uid: u32,
+    pool: &'a UidPool,
+    returned: bool,
     _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.returned {
+            kill_all(self.uid);
+            self.pool.give_back(self.uid);
+        }
+    }
 }
 
 impl UidPool {
@@ -51,22 +64,30 @@ impl UidPool {
         let uid = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
         Some(Taken {
             uid,
+            pool: self,
+            returned: false,
             _permit: permit,
         })
+    }
+
+    fn give_back(&self, uid: u32) {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(uid);
     }
 
     /// Kills every process left running as the task's uid, then makes the
     /// uid free again. Returns how many kill passes found processes (0: the
     /// task left nothing behind).
-    pub async fn release(&self, taken: Taken<'_>) -> u32 {
+    pub async fn release(&self, mut taken: Taken<'_>) -> u32 {
         let uid = taken.uid;
         let passes = tokio::task::spawn_blocking(move || kill_all_until_gone(uid))
             .await
             .unwrap_or(0);
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(uid);
+        self.give_back(uid);
+        // The uid is back before the permit, so a waiting task finds it.
+        taken.returned = true;
         drop(taken);
         passes
     }
@@ -147,5 +168,15 @@ mod tests {
         assert_eq!(c.uid, a_uid);
         pool.release(b).await;
         pool.release(c).await;
+        // Dropped without release (an abandoned task): the uid comes back.
+        let d = pool.take().await.unwrap();
+        let e = pool.take().await.unwrap();
+        drop(d);
+        let f = tokio::time::timeout(Duration::from_millis(500), pool.take())
+            .await
+            .expect("a dropped uid is free again")
+            .unwrap();
+        pool.release(e).await;
+        pool.release(f).await;
     }
 }

@@ -376,9 +376,16 @@ fn monitoring(profile: &Profile) -> Item {
     )
 }
 
-/// When `entry` was written, if its time reads.
-fn at(entry: &AuditEntry) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(&entry.at).ok()
+/// The newest audit entry `wanted` picks, with its time.
+fn latest(
+    audit: &[AuditEntry],
+    wanted: impl Fn(&AuditEntry) -> bool,
+) -> Option<(SystemTime, &AuditEntry)> {
+    audit
+        .iter()
+        .filter(|e| wanted(e))
+        .filter_map(|e| Some((humantime::parse_rfc3339_weak(&e.at).ok()?, e)))
+        .max_by_key(|(t, _)| *t)
 }
 
 fn age(now: SystemTime, then: SystemTime) -> String {
@@ -409,11 +416,9 @@ fn backups(profile: &Profile, audit: &[AuditEntry], now: SystemTime) -> Item {
     )];
     // A rollback's backup_verification restores the latest dump into a
     // scratch database before anything changes; its audit entry says so.
-    let verified = audit
-        .iter()
-        .filter(|e| e.action == "rollback" && e.detail.contains("; backups: "))
-        .filter_map(|e| at(e).map(|t| (t, e)))
-        .max_by_key(|(t, _)| *t);
+    let verified = latest(audit, |e| {
+        e.action == "rollback" && e.detail.contains("; backups: ")
+    });
     match verified {
         Some((t, e)) if now.duration_since(t).unwrap_or_default() <= DRILL_MAX_AGE => {
             evidence.push(format!(
@@ -469,14 +474,10 @@ fn rollback(profile: &Profile, audit: &[AuditEntry], now: SystemTime) -> Item {
             .join(", "),
         rb.manual.prerequisites.join(", ")
     )];
-    let last = audit
-        .iter()
-        .filter(|e| {
-            (e.action == "rollback" && e.detail.starts_with("rolled back"))
-                || e.action == "automatic_rollback"
-        })
-        .filter_map(|e| at(e).map(|t| (t, e)))
-        .max_by_key(|(t, _)| *t);
+    let last = latest(audit, |e| {
+        (e.action == "rollback" && e.detail.starts_with("rolled back"))
+            || e.action == "automatic_rollback"
+    });
     match last {
         Some((t, e)) if now.duration_since(t).unwrap_or_default() <= DRILL_MAX_AGE => {
             evidence.push(format!(

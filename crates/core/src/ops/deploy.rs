@@ -318,37 +318,13 @@ async fn run_operation(
         })
     }
     .await;
-    if let Some(lock) = lock {
-        if let Some(why) = lock.lost() {
-            let stopped = match &result {
-                Ok(o) => interrupted(&o.plan, o.applied.as_ref()),
-                Err(_) => true,
-            };
-            if stopped {
-                return Err(lost_lock(environment, why, result));
-            }
+    match lock {
+        Some(lock) => {
+            lock.finish(environment, result, |o| {
+                super::lock::interrupted(&o.plan, o.applied.as_ref())
+            })
+            .await
         }
-        lock.release().await?;
-    }
-    result
-}
-
-/// Whether a run stopped short (Ctrl-C, or its lease lost).
-pub(super) fn interrupted(plan: &RunReport, applied: Option<&RunReport>) -> bool {
-    plan.outcome == RunOutcome::Interrupted
-        || applied.is_some_and(|a| a.outcome == RunOutcome::Interrupted)
-}
-
-/// The error of a run whose lease was lost and which stopped short: the
-/// loss, unless the run had failed for its own reason first (which is then
-/// what it reports).
-pub(super) fn lost_lock<T>(
-    environment: String,
-    why: String,
-    result: Result<T, OpsError>,
-) -> OpsError {
-    match result {
-        Err(e) if !matches!(e, OpsError::Engine(_)) => e,
-        _ => OpsError::LockLost { environment, why },
+        None => result,
     }
 }

@@ -106,6 +106,37 @@ impl LockGuard {
         self.store.release(&self.lease).await?;
         Ok(())
     }
+
+    /// Ends a run held under this lock: releases it and hands `result` on,
+    /// unless the lease was lost and the run stopped short (an error, or
+    /// `stopped` says so), which is then a [`OpsError::LockLost`], or the
+    /// run's own error when it failed for a reason of its own first.
+    pub async fn finish<T>(
+        self,
+        environment: String,
+        result: Result<T, OpsError>,
+        stopped: impl FnOnce(&T) -> bool,
+    ) -> Result<T, OpsError> {
+        if let Some(why) = self.lost() {
+            self.renewer.abort();
+            return match result {
+                Ok(done) if !stopped(&done) => Ok(done),
+                Err(e) if !matches!(e, OpsError::Engine(_)) => Err(e),
+                _ => Err(OpsError::LockLost { environment, why }),
+            };
+        }
+        self.release().await?;
+        result
+    }
+}
+
+/// Whether a run stopped short (Ctrl-C, or its lease lost).
+pub(super) fn interrupted(
+    plan: &crate::engine::RunReport,
+    applied: Option<&crate::engine::RunReport>,
+) -> bool {
+    use crate::events::RunOutcome::Interrupted;
+    plan.outcome == Interrupted || applied.is_some_and(|a| a.outcome == Interrupted)
 }
 
 /// Renews `lease` every third of `ttl` until it is lost.
@@ -239,16 +270,50 @@ mod tests {
         assert!(store.current_lock().await.unwrap().is_none());
     }
 
-    #[test]
-    fn a_lost_lease_is_the_error_unless_the_run_failed_for_its_own_reason() {
-        let lost = lost_lock_for_test(Ok(()));
-        assert!(matches!(lost, OpsError::LockLost { .. }), "{lost}");
-        assert!(lost.to_string().contains("resume"), "{lost}");
-        let own = lost_lock_for_test(Err(OpsError::Preflight("no".into())));
-        assert!(matches!(own, OpsError::Preflight(_)), "{own}");
+    /// A guard whose lease was broken and noticed.
+    async fn lost_guard(store: &Arc<dyn StateStore>, run: &str) -> LockGuard {
+        let stop = CancellationToken::new();
+        let guard = LockGuard::acquire_for(
+            store.clone(),
+            "env",
+            run,
+            "deploy",
+            Duration::from_millis(300),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        break_lock(store.as_ref(), "env", "test").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stop.cancelled())
+            .await
+            .expect("the loss is noticed");
+        guard
     }
 
-    fn lost_lock_for_test(result: Result<(), OpsError>) -> OpsError {
-        super::super::deploy::lost_lock("env".into(), "gone".into(), result)
+    #[tokio::test]
+    async fn a_lost_lease_is_the_error_unless_the_run_failed_for_its_own_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn StateStore> = Arc::new(LocalStore::new(dir.path(), "env"));
+        let stopped = lost_guard(&store, "r1")
+            .await
+            .finish("env".into(), Ok(()), |_| true)
+            .await
+            .unwrap_err();
+        assert!(matches!(stopped, OpsError::LockLost { .. }), "{stopped}");
+        assert!(stopped.to_string().contains("resume"), "{stopped}");
+        let own = lost_guard(&store, "r2")
+            .await
+            .finish::<()>("env".into(), Err(OpsError::Preflight("no".into())), |_| {
+                true
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(own, OpsError::Preflight(_)), "{own}");
+        // Lost after the run had finished: its result stands.
+        let done = lost_guard(&store, "r3")
+            .await
+            .finish("env".into(), Ok(7), |_| false)
+            .await;
+        assert_eq!(done.unwrap(), 7);
     }
 }

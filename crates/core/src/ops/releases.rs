@@ -669,17 +669,10 @@ pub async fn rollback(
         cancel,
     };
     let result = manual_rollback(&flow, &options, ask_approver, confirm).await;
-    if let Some(why) = lock.lost() {
-        let stopped = match &result {
-            Ok(o) => super::deploy::interrupted(&o.plan, o.applied.as_ref()),
-            Err(_) => true,
-        };
-        if stopped {
-            return Err(super::deploy::lost_lock(environment, why, result));
-        }
-    }
-    lock.release().await?;
-    result
+    lock.finish(environment, result, |o| {
+        super::lock::interrupted(&o.plan, o.applied.as_ref())
+    })
+    .await
 }
 
 async fn manual_rollback(
