@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# install.sh: build taskctl and task-executor in release mode and install them.
+# install.sh: build taskctl and task-executor in release mode and install them,
+# with the shipped plugins as DIR/bin/taskctl-NAME.
 #
 # Usage:
 #   ./install.sh [--prefix DIR] [--no-images]  build, then install into DIR/bin
@@ -104,6 +105,21 @@ do_install() {
         mv -f "$tmp" "$dest"
         entries+=("file $(sha256sum "$dest" | cut -d' ' -f1) $dest")
         log "installed $dest"
+    done
+
+    # The shipped plugins, as taskctl-NAME on PATH, where taskctl finds
+    # them from any directory (plugins/README.md).
+    local plugin name
+    for plugin in "$REPO"/plugins/*; do
+        name=$(basename "$plugin")
+        [[ -f $plugin && -x $plugin ]] || continue
+        dest="$bindir/taskctl-$name"
+        tmp=$(mktemp "$bindir/.taskctl-$name.XXXXXX")
+        cp "$plugin" "$tmp"
+        chmod 755 "$tmp"
+        mv -f "$tmp" "$dest"
+        entries+=("file $(sha256sum "$dest" | cut -d' ' -f1) $dest")
+        log "installed plugin $dest"
     done
 
     {

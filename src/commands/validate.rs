@@ -17,7 +17,8 @@ struct Report<'a> {
     warnings: usize,
     notes: usize,
     diagnostics: &'a Diagnostics,
-    /// With `--online`: what the target said (preflight).
+    /// What the profile's `check` plugins said, and with `--online` the
+    /// target too (preflight).
     #[serde(skip_serializing_if = "Option::is_none")]
     preflight: Option<Vec<Finding>>,
 }
@@ -33,20 +34,26 @@ pub fn exec(ctx: &Context, shell: &mut Shell, args: ValidateArgs) -> anyhow::Res
     let mut valid = errors == 0 && !(args.strict && warnings > 0);
     // `--online`: the target's own checks (credentials, zones, instance
     // types, GPUs, overlapping networks), the ones every deploy runs first.
+    // The profile's `check` plugins run at every validation (they are
+    // the user's own checks); `--online` adds the target's.
     let preflight = match loaded.valid_profile() {
-        Some(profile) if args.online => {
-            let findings = ctx.runtime()?.block_on(async {
-                let provider = crate::providers::for_profile(profile).await?;
-                anyhow::Ok(provider.preflight(profile, &Scope::all()).await?)
-            })?;
-            let failed = findings.iter().any(|f| {
-                f.severity == Severity::Error || (args.strict && f.severity == Severity::Warning)
-            });
-            valid &= !failed;
-            Some(findings)
-        }
+        Some(profile) if args.online => Some(ctx.runtime()?.block_on(async {
+            let provider = crate::providers::for_profile(profile).await?;
+            anyhow::Ok(provider.preflight(profile, &Scope::all()).await?)
+        })?),
+        Some(profile) if !profile.plugins.is_empty() => Some(ctx.runtime()?.block_on(async {
+            let (secrets, _) = crate::secrets::resolver(profile);
+            let search = taskctl_plugin::Search::from_env(Vec::new());
+            let plugins = taskctl_plugin::Plugins::new(profile, &search, secrets);
+            taskctl_plugin::checks(&plugins, profile).await
+        })),
         _ => None,
     };
+    let failed = preflight
+        .iter()
+        .flatten()
+        .any(|f| f.severity == Severity::Error || (args.strict && f.severity == Severity::Warning));
+    valid &= !failed;
     let environment = loaded
         .profile
         .as_ref()

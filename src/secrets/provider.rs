@@ -4,44 +4,12 @@ use super::broker::{BrokerUser, BrokerUserStep};
 use super::cluster::{VaultClusterStep, agent_roles};
 use super::managed_step::ManagedSecretStep;
 use super::*;
+use taskctl_core::engine::After;
 
 /// The step that initializes and unseals a Vault taskctl runs.
 const CLUSTER_STEP: &str = "vault/cluster";
 /// The step that makes the agents' broker user.
 const BROKER_STEP: &str = "secrets/broker-user";
-
-/// A step of the target that waits for the secrets' steps.
-pub(crate) struct After {
-    pub(crate) inner: Arc<dyn Step>,
-    pub(crate) extra: Vec<StepId>,
-}
-
-#[async_trait]
-impl Step for After {
-    fn id(&self) -> &StepId {
-        self.inner.id()
-    }
-    fn kind(&self) -> &str {
-        self.inner.kind()
-    }
-    fn depends_on(&self) -> Vec<StepId> {
-        let mut deps = self.inner.depends_on();
-        deps.extend(self.extra.iter().cloned());
-        deps
-    }
-    fn timeout(&self) -> Duration {
-        self.inner.timeout()
-    }
-    async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
-        self.inner.plan(ctx).await
-    }
-    async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
-        self.inner.apply(ctx, plan).await
-    }
-    async fn destroy(&self, ctx: &StepContext, plan: &StepPlan) -> Result<(), StepError> {
-        self.inner.destroy(ctx, plan).await
-    }
-}
 
 /// A provider with the profile's managed secrets and broker user.
 pub struct WithSecrets {
@@ -324,6 +292,15 @@ impl Provider for WithSecrets {
         target: &Release,
     ) -> Result<Option<String>, OpsError> {
         self.inner.verify_backups(profile, target).await
+    }
+
+    async fn prerequisite(
+        &self,
+        profile: &Profile,
+        name: &str,
+        target: &Release,
+    ) -> Result<String, OpsError> {
+        self.inner.prerequisite(profile, name, target).await
     }
 
     async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {

@@ -716,7 +716,11 @@ fn a_broken_version_fails_the_deploy_and_keeps_the_old_agents() {
     // Replica 1's replacement fails first; 2 and 3, waiting for their
     // turns, are never touched.
     assert!(all.contains("stopped when replica 1 failed"), "{all}");
-    assert_eq!(ids(&env.assert_three_healthy()), ids(&before), "replaced");
+    assert_eq!(
+        ids(&env.assert_three_healthy()),
+        ids(&before),
+        "replaced; the deploy said:\n{all}"
+    );
 }
 
 /// Runs `deploy -o json`, and kills taskctl with SIGKILL as soon as an

@@ -7,6 +7,7 @@ mod aws;
 mod docker;
 mod harness;
 mod kubernetes;
+mod plugins;
 mod probe;
 mod releases;
 mod render;

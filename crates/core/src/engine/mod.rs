@@ -13,5 +13,6 @@ pub use run::{
     EngineError, RetryPolicy, Run, RunReport, SavedPlan, StepReport, apply, destroy, plan,
 };
 pub use step::{
-    Action, Change, ErrorKind, FieldDiff, Outputs, Step, StepContext, StepError, StepId, StepPlan,
+    Action, After, Change, ErrorKind, FieldDiff, Outputs, Step, StepContext, StepError, StepId,
+    StepPlan,
 };

@@ -272,3 +272,37 @@ pub trait Step: Send + Sync {
     /// Removes the resource if it exists. Must be idempotent.
     async fn destroy(&self, ctx: &StepContext, plan: &StepPlan) -> Result<(), StepError>;
 }
+
+/// A step that also waits for `extra` steps: how a layer added around a
+/// target's steps (the secrets, plugins) puts itself before them.
+pub struct After {
+    pub inner: Arc<dyn Step>,
+    pub extra: Vec<StepId>,
+}
+
+#[async_trait]
+impl Step for After {
+    fn id(&self) -> &StepId {
+        self.inner.id()
+    }
+    fn kind(&self) -> &str {
+        self.inner.kind()
+    }
+    fn depends_on(&self) -> Vec<StepId> {
+        let mut deps = self.inner.depends_on();
+        deps.extend(self.extra.iter().cloned());
+        deps
+    }
+    fn timeout(&self) -> Duration {
+        self.inner.timeout()
+    }
+    async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
+        self.inner.plan(ctx).await
+    }
+    async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
+        self.inner.apply(ctx, plan).await
+    }
+    async fn destroy(&self, ctx: &StepContext, plan: &StepPlan) -> Result<(), StepError> {
+        self.inner.destroy(ctx, plan).await
+    }
+}

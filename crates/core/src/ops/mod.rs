@@ -154,6 +154,20 @@ pub trait Provider: Send + Sync {
         Ok(None)
     }
 
+    /// Checks a manual rollback's prerequisite that is not a built-in (a
+    /// plugin's), before anything changes: `Ok(what it saw)` when it holds,
+    /// an error saying why not otherwise.
+    async fn prerequisite(
+        &self,
+        _profile: &Profile,
+        name: &str,
+        _target: &crate::release::Release,
+    ) -> Result<String, OpsError> {
+        Err(OpsError::Prerequisite(format!(
+            "rollback prerequisite `{name}` is a plugin, and this provider runs none; the rollback cannot be allowed, nothing was changed"
+        )))
+    }
+
     /// What runs now, one entry per container (or pod), for `status`;
     /// `None` when the target has no such view.
     async fn workloads(&self, _profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {

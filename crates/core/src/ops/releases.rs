@@ -590,6 +590,8 @@ pub struct RollbackOutcome {
     pub approver: Option<String>,
     /// What `backup_verification` found, when the profile requires it.
     pub backups: Option<String>,
+    /// What each plugin prerequisite saw (`name: observed`).
+    pub prerequisites: Vec<String>,
     pub plan: RunReport,
     /// `None` when the plan found nothing to change or failed.
     pub applied: Option<RunReport>,
@@ -695,6 +697,7 @@ async fn manual_rollback(
         .map(str::to_string);
     let mut approver = given;
     let mut backups = None;
+    let mut plugins = Vec::new();
     for prerequisite in prerequisites {
         match prerequisite.as_str() {
             APPROVAL => {
@@ -728,9 +731,11 @@ async fn manual_rollback(
                 }));
             }
             other => {
-                return Err(OpsError::Prerequisite(format!(
-                    "rollback prerequisite `{other}` is a plugin check, which this build cannot run; the rollback cannot be allowed, nothing was changed"
-                )));
+                let held = flow
+                    .provider
+                    .prerequisite(flow.profile, other, &target)
+                    .await?;
+                plugins.push(format!("{other}: {held}"));
             }
         }
     }
@@ -758,6 +763,7 @@ async fn manual_rollback(
         to: target.revision,
         approver: approver.clone(),
         backups: backups.clone(),
+        prerequisites: plugins.clone(),
         plan: plan.clone(),
         applied: applied.clone(),
         revision: None,
@@ -772,10 +778,13 @@ async fn manual_rollback(
         .as_ref()
         .map(|a| format!(" (approved by {a})"))
         .unwrap_or_default();
-    let backups_note = backups
+    let mut backups_note = backups
         .as_ref()
         .map(|b| format!("; backups: {b}"))
         .unwrap_or_default();
+    for held in &plugins {
+        backups_note.push_str(&format!("; {held}"));
+    }
     let detail = if done.outcome == RunOutcome::Succeeded {
         let release = flow
             .record(

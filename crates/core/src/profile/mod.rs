@@ -148,6 +148,21 @@ pub fn load(options: &LoadOptions<'_>) -> Loaded {
         if !shape.is_empty() {
             profile = None;
         }
+        // A plugin's `path` and its `plugins/` directory are looked up
+        // from the profile file that declares it, as includes are.
+        if let Some(p) = profile.as_mut() {
+            for (i, plugin) in p.plugins.iter_mut().enumerate() {
+                let span = doc.span_of(&crate::path!["plugins", i, "name"]);
+                plugin.declared_in = span
+                    .file
+                    .and_then(|f| sources.file(f))
+                    .and_then(|f| f.path.parent())
+                    .map(|d| match d.as_os_str().is_empty() {
+                        true => std::path::PathBuf::from("."),
+                        false => d.to_path_buf(),
+                    });
+            }
+        }
         problems.extend(shape);
     }
     let mut diagnostics = Diagnostics(

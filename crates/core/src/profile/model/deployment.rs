@@ -1,6 +1,7 @@
-use crate::profile::value::{Checked, Duration};
+use crate::profile::value::{Checked, Duration, SecretRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The deployment procedure: built-in or plugin steps in three phases.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -23,6 +24,7 @@ pub enum Strategy {
     #[default]
     Rolling,
     /// Bring up a full new set beside the old, switch, then remove the old.
+    /// No target builds it yet: refused at validation.
     BlueGreen,
 }
 
@@ -192,24 +194,83 @@ pub struct ManualRollback {
     pub steps: Vec<StepRef>,
 }
 
-/// An external program speaking taskctl's plugin protocol.
+/// An external program speaking taskctl's plugin protocol
+/// (`plugins/README.md`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Plugin {
-    /// Found as `plugins/<name>` or `taskctl-<name>` on PATH unless `path` is set.
+    /// Found as `plugins/<name>` beside the profile file that declares it,
+    /// then as `taskctl-<name>` on `PATH`, unless `path` is set.
     pub name: String,
+    /// The executable, relative to the profile file that declares it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// What it may be used as.
     pub provides: Vec<PluginRole>,
+    /// The parts of the profile it receives, as dotted paths
+    /// (`services.postgresql`, `metadata`); it sees nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<String>,
+    /// The secrets it receives, by the names it knows them by:
+    /// `NAME: vault:PATH#KEY` (or `env:VAR`). Only the references, unless
+    /// `resolve_secrets`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Checked<SecretRef>>,
+    /// Hand it the values of `secrets` too, not only their references.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolve_secrets: bool,
+    /// Arguments of every call (a step's own `args` are merged over them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
+    /// Longest a call may take [30s]; a step's `timeout` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Checked<Duration>>,
+    /// The directory of the profile file that declares it (set by the
+    /// loader; `path` and `plugins/` are looked up from there).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub declared_in: Option<std::path::PathBuf>,
+}
+
+/// How long a plugin call may take when neither the plugin nor the step
+/// says.
+pub const PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Plugin {
+    /// The time a call may take: the step's `timeout`, else the plugin's,
+    /// else [`PLUGIN_TIMEOUT`].
+    pub fn call_timeout(&self, step: Option<&PluginStep>) -> std::time::Duration {
+        step.and_then(|s| s.timeout.as_deref())
+            .and_then(|t| Duration::parse_str(t).ok())
+            .map(|d| d.0)
+            .or_else(|| self.timeout.as_ref().and_then(|t| t.get()).map(|d| d.0))
+            .unwrap_or(PLUGIN_TIMEOUT)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PluginRole {
+    /// Run at validation (`deployment.preparation`), before anything changes.
     Check,
+    /// A deployment step with plan and apply (`deployment.deployment`).
     Step,
+    /// A verification after the rollout (`deployment.verification`).
     Gate,
+    /// What must hold before a manual rollback
+    /// (`rollback.manual.prerequisites`).
+    Prerequisite,
+}
+
+impl PluginRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginRole::Check => "check",
+            PluginRole::Step => "step",
+            PluginRole::Gate => "gate",
+            PluginRole::Prerequisite => "prerequisite",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,8 +35,30 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
         if plugin.provides.is_empty() {
             r.error(
                 path!["plugins", i, "provides"],
-                "a plugin must provide at least one of `check`, `step`, `gate`",
+                "a plugin must provide at least one of `check`, `step`, `gate`, `prerequisite`",
             );
+        }
+        for (j, part) in plugin.profile.iter().enumerate() {
+            let top = part.split('.').next().unwrap_or_default();
+            if part.split('.').any(str::is_empty) || !PROFILE_SECTIONS.contains(&top) {
+                r.error_help(
+                    path!["plugins", i, "profile", j],
+                    format!("`{part}` is not a part of the profile"),
+                    format!(
+                        "a dotted path under one of: {}",
+                        PROFILE_SECTIONS.join(", ")
+                    ),
+                );
+            }
+        }
+        for (name, reference) in &plugin.secrets {
+            r.check(reference, path!["plugins", i, "secrets", name.as_str()]);
+        }
+        if let Some(t) = &plugin.timeout {
+            r.check(t, path!["plugins", i, "timeout"]);
+        }
+        if plugin.path.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            r.error(path!["plugins", i, "path"], "an empty plugin path");
         }
     }
 
@@ -57,6 +79,42 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
         path!["deployment", "deployment"],
         PluginRole::Step,
     );
+    if d.strategy == crate::profile::model::Strategy::BlueGreen {
+        r.error_help(
+            path!["deployment", "strategy"],
+            "`blue_green` is not built on any target: taskctl replaces replicas one at a time, each new one healthy before the old one stops",
+            "use `rolling` (the default)",
+        );
+    }
+    // The layers are built in one order; a list that names them in
+    // another would promise an order taskctl does not follow.
+    const LAYERS: [&str; 3] = [
+        "deploy_infrastructure",
+        "deploy_core_services",
+        "deploy_agents",
+    ];
+    let mut highest: Option<(usize, &str)> = None;
+    for (i, step) in d.deployment.iter().enumerate() {
+        let Some(rank) = LAYERS.iter().position(|l| *l == step.name()) else {
+            continue;
+        };
+        if let Some((top, name)) = highest
+            && rank < top
+        {
+            r.error_help(
+                path!["deployment", "deployment", i],
+                format!(
+                    "`{}` comes after `{name}` here, but taskctl builds the layers in the order {}",
+                    step.name(),
+                    LAYERS.join(", ")
+                ),
+                "list them in that order; plugin steps go between them",
+            );
+        }
+        if highest.is_none_or(|(top, _)| rank > top) {
+            highest = Some((rank, LAYERS[rank]));
+        }
+    }
     steps(
         r,
         p,
@@ -133,8 +191,36 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
         path!["rollback", "automatic", "steps"],
         PluginRole::Step,
     );
+    for (list, at) in [
+        (&rb.automatic.steps, path!["rollback", "automatic", "steps"]),
+        (&rb.manual.steps, path!["rollback", "manual", "steps"]),
+    ] {
+        for (i, step) in list.iter().enumerate() {
+            let plugin = matches!(step, StepRef::Plugin(_))
+                || p.plugins.iter().any(|pl| pl.name == step.name());
+            if plugin {
+                r.warning(
+                    at.child(i),
+                    format!(
+                        "plugin `{}` is not run here: a rollback re-applies the restored release's profile, whose `deployment.deployment` plugin steps run again",
+                        step.name()
+                    ),
+                    Some("move it to `deployment.deployment`, or remove it from this list".into()),
+                );
+            }
+        }
+    }
     for (i, pre) in rb.manual.prerequisites.iter().enumerate() {
-        if !MANUAL_PREREQUISITES.contains(&pre.as_str()) && !declared(p, pre, PluginRole::Check) {
+        if !MANUAL_PREREQUISITES.contains(&pre.as_str())
+            && !declared(p, pre, PluginRole::Prerequisite)
+            && !lacks_role(
+                r,
+                p,
+                pre,
+                PluginRole::Prerequisite,
+                path!["rollback", "manual", "prerequisites", i],
+            )
+        {
             unknown(
                 r,
                 path!["rollback", "manual", "prerequisites", i],
@@ -223,7 +309,10 @@ fn steps(
     for (i, step) in list.iter().enumerate() {
         match step {
             StepRef::Builtin(name) => {
-                if !builtins.contains(&name.as_str()) && !declared(p, name, role) {
+                if !builtins.contains(&name.as_str())
+                    && !declared(p, name, role)
+                    && !lacks_role(r, p, name, role, at.child(i))
+                {
                     unknown(r, at.child(i), "step", name, builtins);
                 }
             }
@@ -257,13 +346,49 @@ fn steps(
     }
 }
 
-fn role_name(role: PluginRole) -> &'static str {
-    match role {
-        PluginRole::Check => "check",
-        PluginRole::Step => "step",
-        PluginRole::Gate => "gate",
-    }
+/// Reports a declared plugin that lacks `role`; true when it did.
+fn lacks_role(r: &mut Report, p: &Profile, name: &str, role: PluginRole, at: Path) -> bool {
+    let Some(plugin) = p.plugins.iter().find(|pl| pl.name == name) else {
+        return false;
+    };
+    r.error_help(
+        at,
+        format!(
+            "plugin `{name}` does not provide `{}`, which this list needs",
+            role.as_str()
+        ),
+        format!(
+            "it provides {}; add `{}` to its `provides` if it implements it",
+            plugin
+                .provides
+                .iter()
+                .map(|r| format!("`{}`", r.as_str()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            role.as_str()
+        ),
+    );
+    true
 }
+
+fn role_name(role: PluginRole) -> &'static str {
+    role.as_str()
+}
+
+/// The top-level sections of a profile a plugin may receive.
+const PROFILE_SECTIONS: &[&str] = &[
+    "metadata",
+    "target",
+    "state",
+    "network",
+    "compute",
+    "storage",
+    "services",
+    "agents",
+    "secrets",
+    "deployment",
+    "rollback",
+];
 
 fn unknown(r: &mut Report, at: Path, what: &str, name: &str, builtins: &[&str]) {
     let mut help = format!(
