@@ -134,6 +134,19 @@ fn warnings_pass_unless_strict() {
     assert!(stderr(&strict).contains("warnings fail under --strict"));
 }
 
+/// A field the target does not act on is a warning at its location; the
+/// shipped profiles have none (`every_shipped_profile_is_valid_under_every_environment`
+/// validates them with `--strict`).
+#[test]
+fn fields_the_target_ignores_are_warnings_with_their_location() {
+    let file = "tests/profiles/warnings/ignored-fields.yaml";
+    let out = taskctl(&["validate", "-p", file]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    insta::assert_snapshot!(stderr(&out));
+    let strict = taskctl(&["validate", "--strict", "-p", file]);
+    assert_eq!(strict.status.code(), Some(1));
+}
+
 #[test]
 fn layered_profiles_merge_in_order() {
     // staging.yaml over production.yaml by hand gives what staging's include gives.

@@ -5,6 +5,7 @@
 //! problems point at the file and line that set the value.
 
 mod compute;
+mod ignored;
 mod names;
 
 /// Whether a text names an image registry (`HOST[:PORT][/PATH]`), for
@@ -104,6 +105,7 @@ pub(crate) fn validate(profile: &Profile, doc: &Node) -> Vec<Problem> {
     compute::check(&mut r, profile);
     workloads::check(&mut r, profile);
     procedures::check(&mut r, profile);
+    ignored::check(&mut r, profile);
     r.problems
 }
 
