@@ -83,9 +83,10 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Who holds the lock, what the last run did, and every container or pod
     Status(StatusArgs),
-    /// Judge seed 001's deployment checklist from the profile and the
-    /// environment's audit log: pass, FAIL or unknown per item, with the
-    /// evidence (exit 1 on any FAIL, for a CI gate before production)
+    /// Judge seed 001's deployment checklist from the profile, the
+    /// environment's audit log and (docker) the running stack: pass, FAIL or
+    /// unknown per item, with the evidence (exit 1 on any FAIL, for a CI
+    /// gate before production)
     Checklist,
     /// The environment's releases: revision, status, when, images, why
     History,

@@ -237,6 +237,27 @@ pub fn checklist(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
     let store = rt.block_on(ctx.store(&profile))?;
     let audit = rt.block_on(store.audit())?;
     let items = checklist::judge(&profile, &audit, std::time::SystemTime::now());
+    // Where the environment runs, what it shows now (a target that cannot
+    // be reached is said, and judged from the profile alone).
+    let live = rt.block_on(async {
+        let provider = crate::providers::for_profile(&profile).await?;
+        anyhow::Ok(provider.checklist_probes(&profile).await?)
+    });
+    let (items, looked) = match live {
+        Ok(Some(probes)) => (
+            checklist::with_live(items, &probes),
+            "the running environment, ",
+        ),
+        Ok(None) => (items, ""),
+        Err(e) => {
+            shell.status(
+                StatusStyle::Warning,
+                "live",
+                &format!("the running environment was not looked at: {e:#}"),
+            );
+            (items, "")
+        }
+    };
     let failed = items.iter().filter(|i| i.verdict == Verdict::Fail).count();
     if ctx.output != OutputFormat::Table {
         shell.data(&items)?;
@@ -252,7 +273,7 @@ pub fn checklist(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
         }
         let count = |v: Verdict| items.iter().filter(|i| i.verdict == v).count();
         text += &format!(
-            "\n{} passed, {failed} failed, {} unknown (judged from the profile and the audit log of {})\n",
+            "\n{} passed, {failed} failed, {} unknown (judged from {looked}the profile and the audit log of {})\n",
             count(Verdict::Pass),
             count(Verdict::Unknown),
             ops::environment_key(&profile)

@@ -306,6 +306,13 @@ impl Provider for WithSecrets {
     async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
         self.inner.workloads(profile).await
     }
+
+    async fn checklist_probes(
+        &self,
+        profile: &Profile,
+    ) -> Result<Option<Vec<taskctl_core::ops::checklist::Probe>>, OpsError> {
+        self.inner.checklist_probes(profile).await
+    }
 }
 
 /// `inner` with the profile's managed secrets and broker user.

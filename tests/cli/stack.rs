@@ -686,7 +686,114 @@ fn the_local_stack_comes_up_hardened_survives_a_broker_kill_rolls_without_downti
         report.published.len()
     );
 
-    // 8. destroy: no container, no network; the volumes are kept until
+    // 8. The deployment checklist, judged from the running stack too: the
+    //    broker's TLS login, PostgreSQL's answer to an SSLRequest, the APIs
+    //    asked without credentials, the alerting rules loaded, the newest
+    //    dump restored. Deleting the dumps, then stopping the broker, fails
+    //    the matching item.
+    let checklist = |stack: &Stack| {
+        let out = stack.run(&["checklist", "-o", "json"]);
+        let items: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        (out.status.code(), items)
+    };
+    let find = |items: &[serde_json::Value], id: &str| -> serde_json::Value {
+        items
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("no {id}: {items:#?}"))
+            .clone()
+    };
+    let evidence = |item: &serde_json::Value| -> String {
+        item["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (code, items) = checklist(&stack);
+    // PostgreSQL without TLS and Prometheus without authentication fail
+    // two items on this stack, by design of local.yaml.
+    assert_eq!(code, Some(1));
+    let backups = find(&items, "backup_and_restore");
+    assert_eq!(backups["verdict"], "pass", "{backups:#}");
+    assert!(
+        evidence(&backups)
+            .contains("now: the newest PostgreSQL dump: restored /var/lib/postgresql/tasks-"),
+        "{backups:#}"
+    );
+    let tls = find(&items, "database_tls");
+    let seen = evidence(&tls);
+    assert!(
+        seen.contains(&format!(
+            "now: RabbitMQ 127.0.0.1:{}: AMQP over TLS with a certificate from the agents' CA",
+            stack.amqp
+        )),
+        "{tls:#}"
+    );
+    assert!(
+        seen.contains(&format!(
+            "now: PostgreSQL 127.0.0.1:{}: refuses TLS",
+            stack.postgres
+        )),
+        "{tls:#}"
+    );
+    let endpoints = evidence(&find(&items, "authenticated_endpoints"));
+    assert!(
+        endpoints.contains("now: Prometheus HTTP API: answered HTTP 200 without credentials"),
+        "{endpoints}"
+    );
+    assert!(
+        endpoints.contains("now: RabbitMQ management API: HTTP 401 without credentials"),
+        "{endpoints}"
+    );
+    assert!(
+        endpoints.contains("now: Vault API: HTTP 403 without credentials"),
+        "{endpoints}"
+    );
+    let monitoring = find(&items, "monitoring_and_alerting");
+    assert_eq!(monitoring["verdict"], "pass", "{monitoring:#}");
+    assert!(
+        evidence(&monitoring).contains("now: Prometheus alerting rules: "),
+        "{monitoring:#}"
+    );
+
+    let backup_container = format!("postgres-backup.{}.development", stack.name);
+    docker(&[
+        "exec",
+        &backup_container,
+        "sh",
+        "-c",
+        "rm -f /var/lib/postgresql/*.dump",
+    ]);
+    let (code, items) = checklist(&stack);
+    assert_eq!(code, Some(1));
+    let backups = find(&items, "backup_and_restore");
+    assert_eq!(backups["verdict"], "fail", "{backups:#}");
+    assert!(
+        backups["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no backup in /var/lib/postgresql"),
+        "{backups:#}"
+    );
+
+    docker(&["stop", &format!("rabbitmq.{}.development", stack.name)]);
+    let (code, items) = checklist(&stack);
+    assert_eq!(code, Some(1));
+    let tls = find(&items, "database_tls");
+    assert_eq!(tls["verdict"], "fail", "{tls:#}");
+    assert!(
+        tls["reason"].as_str().unwrap().contains(&format!(
+            "RabbitMQ 127.0.0.1:{}: no login over TLS",
+            stack.amqp
+        )),
+        "{tls:#}"
+    );
+
+    // 9. destroy: no container, no network; the volumes are kept until
     //    --purge.
     let volumes = stack.volumes();
     assert_eq!(volumes.len(), 6, "{volumes:?}");

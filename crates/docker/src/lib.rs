@@ -98,6 +98,51 @@ impl DockerProvider {
         })
     }
 
+    /// The latest PostgreSQL dump restored into a scratch database beside
+    /// the real one, its tables counted, the scratch database dropped: what
+    /// the rollback's `backup_verification` and the checklist rely on.
+    /// `None` without a managed database with backups.
+    async fn restore_latest_backup(&self, profile: &Profile) -> Result<Option<String>, OpsError> {
+        let has_backups = stack::managed_services(profile)
+            .map_err(OpsError::Provider)?
+            .iter()
+            .any(|s| s.name == "postgres-backup");
+        if !has_backups {
+            return Ok(None);
+        }
+        let container = steps::service_container(profile, "postgres-backup");
+        let script = format!(
+            r#"set -u
+export PGPASSWORD="$(cat "$PGPASSWORD_FILE")"
+f=$(ls -1t {dir}/*.dump 2>/dev/null | head -n 1)
+[ -n "$f" ] || {{ echo "no backup in {dir}"; exit 3; }}
+db="taskctl_verify_$(date -u +%s)"
+createdb "$db" || exit 4
+if pg_restore --exit-on-error -d "$db" "$f" >/dev/null; then
+  n=$(psql -d "$db" -Atc "select count(*) from pg_catalog.pg_tables where schemaname not in ('pg_catalog','information_schema')")
+  rc=0
+else
+  rc=5
+fi
+dropdb "$db"
+[ $rc -eq 0 ] && echo "restored $f into a scratch database ($n table(s)), then dropped it" || echo "$f does not restore"
+exit $rc
+"#,
+            dir = stack::BACKUP_DIR
+        );
+        let (code, output) = engine::exec(&self.docker, &container, &["/bin/sh", "-c", &script])
+            .await
+            .map_err(|e| OpsError::Provider(format!("backup_verification: {}", e.message)))?;
+        let said = output.trim().to_string();
+        if code == 0 {
+            Ok(Some(said))
+        } else {
+            Err(OpsError::Provider(format!(
+                "backup_verification failed in {container} (exit {code}): {said}"
+            )))
+        }
+    }
+
     pub fn docker(&self) -> &Docker {
         &self.docker
     }
@@ -349,44 +394,99 @@ impl Provider for DockerProvider {
         profile: &Profile,
         _target: &taskctl_core::release::Release,
     ) -> Result<Option<String>, OpsError> {
-        let has_backups = stack::managed_services(profile)
-            .map_err(OpsError::Provider)?
-            .iter()
-            .any(|s| s.name == "postgres-backup");
-        if !has_backups {
+        self.restore_latest_backup(profile).await
+    }
+
+    /// The checklist's view of the running stack: the broker login over
+    /// TLS, PostgreSQL's answer to an SSLRequest, the HTTP APIs asked
+    /// without credentials, the alerting rules Prometheus loaded, and
+    /// whether the newest dump restores (into a scratch database, dropped).
+    async fn checklist_probes(
+        &self,
+        profile: &Profile,
+    ) -> Result<Option<Vec<taskctl_core::ops::checklist::Probe>>, OpsError> {
+        use taskctl_gates::live;
+        let env = spec::environment_label(profile);
+        let found = engine::containers_with(&self.docker, &[(label::ENVIRONMENT, &env)])
+            .await
+            .map_err(|e| OpsError::Provider(e.message))?;
+        if found.is_empty() {
             return Ok(None);
         }
-        let container = steps::service_container(profile, "postgres-backup");
-        let script = format!(
-            r#"set -u
-export PGPASSWORD="$(cat "$PGPASSWORD_FILE")"
-f=$(ls -1t {dir}/*.dump 2>/dev/null | head -n 1)
-[ -n "$f" ] || {{ echo "no backup in {dir}"; exit 3; }}
-db="taskctl_verify_$(date -u +%s)"
-createdb "$db" || exit 4
-if pg_restore --exit-on-error -d "$db" "$f" >/dev/null; then
-  n=$(psql -d "$db" -Atc "select count(*) from pg_catalog.pg_tables where schemaname not in ('pg_catalog','information_schema')")
-  rc=0
-else
-  rc=5
-fi
-dropdb "$db"
-[ $rc -eq 0 ] && echo "restored $f into a scratch database ($n table(s)), then dropped it" || echo "$f does not restore"
-exit $rc
-"#,
-            dir = stack::BACKUP_DIR
-        );
-        let (code, output) = engine::exec(&self.docker, &container, &["/bin/sh", "-c", &script])
-            .await
-            .map_err(|e| OpsError::Provider(format!("backup_verification: {}", e.message)))?;
-        let said = output.trim().to_string();
-        if code == 0 {
-            Ok(Some(said))
-        } else {
-            Err(OpsError::Provider(format!(
-                "backup_verification failed in {container} (exit {code}): {said}"
-            )))
+        let budget = std::time::Duration::from_secs(10);
+        let ep = verify::endpoints(&self.docker, profile, &self.options.secrets).await?;
+        let managed = stack::managed_services(profile).unwrap_or_default();
+        let published = |service: &str, port: &str| {
+            managed
+                .iter()
+                .find(|s| s.name == service)
+                .and_then(|s| s.host_port(port))
+        };
+        let mut probes = Vec::new();
+        if let Some(url) = &ep.amqp_url {
+            let broker = taskctl_gates::Broker {
+                url,
+                ca: ep.broker_ca.as_deref(),
+            };
+            probes.push(live::broker(broker, budget).await);
         }
+        if let Some(port) = published("postgres", "postgres") {
+            probes.push(live::postgres_tls(&format!("127.0.0.1:{port}"), budget).await);
+        }
+        if let Some(url) = &ep.prometheus_url {
+            let url = url.trim_end_matches('/');
+            probes.push(
+                live::unauthenticated(
+                    "Prometheus HTTP API",
+                    &format!("{url}/api/v1/status/buildinfo"),
+                    budget,
+                )
+                .await,
+            );
+            probes.push(live::alerting_rules(url, budget).await);
+        }
+        if let Some(port) = published("alertmanager", "alertmanager") {
+            probes.push(
+                live::unauthenticated(
+                    "Alertmanager HTTP API",
+                    &format!("http://127.0.0.1:{port}/api/v2/status"),
+                    budget,
+                )
+                .await,
+            );
+        }
+        if let Some(port) = published("rabbitmq", "rabbitmq_management") {
+            probes.push(
+                live::unauthenticated(
+                    "RabbitMQ management API",
+                    &format!("http://127.0.0.1:{port}/api/overview"),
+                    budget,
+                )
+                .await,
+            );
+        }
+        if let Some(url) = &ep.vault_url {
+            probes.push(
+                live::unauthenticated(
+                    "Vault API",
+                    &format!("{}/v1/sys/mounts", url.trim_end_matches('/')),
+                    budget,
+                )
+                .await,
+            );
+        }
+        let backup = |seen: String, holds| taskctl_core::ops::checklist::Probe {
+            item: "backup_and_restore".into(),
+            what: "the newest PostgreSQL dump".into(),
+            seen,
+            holds: Some(holds),
+        };
+        match self.restore_latest_backup(profile).await {
+            Ok(Some(said)) => probes.push(backup(said, true)),
+            Ok(None) => {}
+            Err(e) => probes.push(backup(e.to_string(), false)),
+        }
+        Ok(Some(probes))
     }
 
     /// Every container of the environment but release records: agents

@@ -43,12 +43,14 @@
 //! Reading order: this file (types and the retry loop), then
 //! `verification.rs` (profile → gates), `conditions.rs` (rollback
 //! watchers), then one module per gate kind: `tcp`, `http`, `metric`,
-//! `functional`.
+//! `functional`; `live`: what the deployment checklist probes in a running
+//! environment.
 
 mod conditions;
 mod functional;
 pub use functional::{Broker, Sent, send as send_task, task_id};
 mod http;
+pub mod live;
 mod metric;
 pub mod redact;
 mod tcp;

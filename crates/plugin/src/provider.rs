@@ -507,4 +507,11 @@ impl Provider for WithPlugins {
     async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
         self.inner.workloads(profile).await
     }
+
+    async fn checklist_probes(
+        &self,
+        profile: &Profile,
+    ) -> Result<Option<Vec<taskctl_core::ops::checklist::Probe>>, OpsError> {
+        self.inner.checklist_probes(profile).await
+    }
 }

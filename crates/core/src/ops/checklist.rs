@@ -1,10 +1,12 @@
 //! Seed `001`'s deployment checklist, judged: each item passes, fails or is
 //! unknown, with the reason and the evidence it was judged on.
 //!
-//! The evidence is the profile (what taskctl deploys) and the environment's
-//! audit log (what was actually done: rollbacks, backup verifications). A
-//! fail is something a user can change; unknown is something taskctl cannot
-//! see (an image scanner or a load test run elsewhere).
+//! The evidence is the profile (what taskctl deploys), the environment's
+//! audit log (what was actually done: rollbacks, backup verifications) and,
+//! where the target can look, the running environment ([`Probe`]s, merged
+//! by [`with_live`]). A fail is something a user can change; unknown is
+//! something taskctl cannot see (an image scanner or a load test run
+//! elsewhere).
 
 use std::time::{Duration, SystemTime};
 
@@ -89,6 +91,53 @@ pub fn judge(profile: &Profile, audit: &[AuditEntry], now: SystemTime) -> Vec<It
             vec![],
         ),
     ]
+}
+
+/// One thing taskctl looked at in the running environment, for the item
+/// `item` (an [`Item::id`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Probe {
+    pub item: String,
+    /// `RabbitMQ 127.0.0.1:5671`, `Prometheus HTTP API`.
+    pub what: String,
+    /// What it answered, for people.
+    pub seen: String,
+    /// Whether it is as the item requires; `None` when it could not be
+    /// judged (the service did not answer).
+    pub holds: Option<bool>,
+}
+
+/// Adds what the running environment showed to the items judged from the
+/// profile and the audit log: each probe is evidence (`now: …`), and one
+/// that does not hold fails its item, whatever the profile promised.
+pub fn with_live(mut items: Vec<Item>, probes: &[Probe]) -> Vec<Item> {
+    for item in &mut items {
+        let mine: Vec<&Probe> = probes.iter().filter(|p| p.item == item.id).collect();
+        for p in &mine {
+            let mark = match p.holds {
+                Some(true) => "",
+                Some(false) => " (does not hold)",
+                None => " (could not be judged)",
+            };
+            item.evidence
+                .push(format!("now: {}: {}{mark}", p.what, p.seen));
+        }
+        let failed: Vec<String> = mine
+            .iter()
+            .filter(|p| p.holds == Some(false))
+            .map(|p| format!("{}: {}", p.what, p.seen))
+            .collect();
+        if failed.is_empty() {
+            continue;
+        }
+        let now = format!("now, {}", failed.join("; "));
+        item.reason = match item.verdict {
+            Verdict::Fail => format!("{}; {now}", item.reason),
+            _ => now,
+        };
+        item.verdict = Verdict::Fail;
+    }
+    items
 }
 
 fn secrets_in_vault(profile: &Profile) -> Item {
@@ -545,5 +594,55 @@ fn network(profile: &Profile) -> Item {
                 "NetworkPolicies: rendered, not enforced".into(),
             ],
         ),
+    }
+}
+
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+
+    fn probe(item: &str, holds: Option<bool>) -> Probe {
+        Probe {
+            item: item.into(),
+            what: "RabbitMQ 127.0.0.1:5671".into(),
+            seen: "no login over TLS: connection refused".into(),
+            holds,
+        }
+    }
+
+    #[test]
+    fn a_probe_that_does_not_hold_fails_its_item_and_every_probe_is_evidence() {
+        let items = vec![
+            item("database_tls", "t", Verdict::Pass, "all TLS", vec![]),
+            item(
+                "monitoring_and_alerting",
+                "m",
+                Verdict::Fail,
+                "no receiver",
+                vec![],
+            ),
+            item("load_testing", "l", Verdict::Unknown, "none", vec![]),
+        ];
+        let judged = with_live(
+            items,
+            &[
+                probe("database_tls", Some(false)),
+                probe("monitoring_and_alerting", Some(false)),
+                probe("load_testing", None),
+            ],
+        );
+        assert_eq!(judged[0].verdict, Verdict::Fail);
+        assert_eq!(
+            judged[0].reason,
+            "now, RabbitMQ 127.0.0.1:5671: no login over TLS: connection refused"
+        );
+        assert_eq!(
+            judged[0].evidence,
+            ["now: RabbitMQ 127.0.0.1:5671: no login over TLS: connection refused (does not hold)"]
+        );
+        assert!(judged[1].reason.starts_with("no receiver; now, "));
+        // Not judged: evidence only, the verdict stays.
+        assert_eq!(judged[2].verdict, Verdict::Unknown);
+        assert!(judged[2].evidence[0].ends_with("(could not be judged)"));
     }
 }

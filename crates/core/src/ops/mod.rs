@@ -168,6 +168,17 @@ pub trait Provider: Send + Sync {
         )))
     }
 
+    /// What the deployment checklist can see of the running environment
+    /// (`checklist::Probe`s: listeners, unauthenticated APIs, loaded alerts,
+    /// whether the newest backup restores); `None` when nothing is deployed
+    /// or the target has no such view.
+    async fn checklist_probes(
+        &self,
+        _profile: &Profile,
+    ) -> Result<Option<Vec<checklist::Probe>>, OpsError> {
+        Ok(None)
+    }
+
     /// What runs now, one entry per container (or pod), for `status`;
     /// `None` when the target has no such view.
     async fn workloads(&self, _profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
