@@ -314,6 +314,57 @@ fn a_check_plugin_that_prints_garbage_stops_the_deploy_before_any_change() {
 }
 
 #[test]
+fn a_hanging_step_plugin_times_out_fails_its_step_with_its_output_and_the_run_stops() {
+    let mut env = Env::new("plughang");
+    let dir = env.dir.path().join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    let script = dir.join("migrate");
+    // Plans a change, then hangs in apply after saying what it waits for.
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+read request
+case "$request" in
+  *'"action":"plan"'*)
+    echo '{"type":"result","protocol":1,"ok":true,"change":{"action":"create","reason":"schema v2 not applied"}}' ;;
+  *)
+    echo '{"type":"progress","protocol":1,"message":"waiting for the schema lock"}'
+    echo 'lock held by pid 4242' >&2
+    sleep 600 ;;
+esac
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // First in the list: it runs before any container is made.
+    env.layer(
+        "plugins.yaml",
+        "plugins:\n  - { name: migrate, provides: [step], timeout: 2s }\ndeployment:\n  deployment: [migrate, deploy_core_services, deploy_agents]\n",
+    );
+    let started = Instant::now();
+    let out = env.run(&["deploy", "--yes"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{shown}");
+    assert!(
+        shown.contains("plugin `migrate` apply: it did not finish within 2s and was killed"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("its last progress: waiting for the schema lock"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("its stderr: lock held by pid 4242"),
+        "{shown}"
+    );
+    assert!(!shown.contains("panicked"), "{shown}");
+    let containers = docker(&["ps", "-aq", "--filter", &format!("label={}", env.label())]);
+    assert!(containers.trim().is_empty(), "{containers}");
+}
+
+#[test]
 fn plugins_list_shows_versions_capabilities_and_what_cannot_be_used() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = repo_root().join("plugins");
