@@ -1,15 +1,13 @@
-//! Tearing an environment down: in reverse dependency order, then a sweep.
+//! The sweep that ends a destroy: the step graph ([`crate::provider`])
+//! removes each resource of the profile, dependents first; its root step
+//! then runs [`sweep`], which needs only the [`Environment`]: it finds
+//! anything still carrying the environment's tags (and the network
+//! interfaces and security groups left inside its VPCs), removes it in
+//! reverse dependency order, and reports what it removed.
 //!
-//! [`destroy()`] removes the resources of a [`StackSpec`] it can find by tags,
-//! node groups first and IAM roles last. [`sweep`] needs only the
-//! [`Environment`]: it finds anything still carrying the environment's tags
-//! (and the network interfaces and security groups left inside its VPCs),
-//! removes it in the same order, and reports what it removed. Run it after a
-//! crashed destroy, or on its own.
-//!
-//! Guarantees: both are idempotent (what is gone is skipped) and both wait
-//! for NAT gateways, node groups and clusters to be really gone before
-//! removing what they depend on. A deletion AWS refuses because a dependency
+//! Guarantees: idempotent (what is gone is skipped); it waits for NAT
+//! gateways, node groups and clusters to be really gone before removing
+//! what they depend on. A deletion AWS refuses because a dependency
 //! is still going away (`DependencyViolation`) is retried with backoff until
 //! the `patience` timeout.
 
@@ -17,7 +15,6 @@ use crate::error::{ErrorKind, Result};
 use crate::iam_role::{self, ROLE_PATH};
 use crate::internet_gateway::{self, InternetGatewayState};
 use crate::route_table;
-use crate::stack::StackSpec;
 use crate::tags::{self, Environment};
 use crate::wait::{Progress, WaitOptions};
 use crate::{
@@ -99,103 +96,6 @@ where
             other => return other,
         }
     }
-}
-
-/// Removes the resources of `spec` that exist, in reverse dependency order.
-pub async fn destroy(
-    aws: &Aws,
-    spec: &StackSpec,
-    options: DestroyOptions,
-    on_progress: &mut (dyn FnMut(&Progress) + Send),
-) -> Result<Vec<Removed>> {
-    let mut removed = Vec::new();
-    let mut note = |kind: &'static str, id: String, resource: &str| {
-        removed.push(Removed {
-            kind,
-            id,
-            resource: Some(resource.to_owned()),
-        });
-    };
-    if cluster::find(aws, &spec.cluster).await?.is_some() {
-        for group in &spec.node_groups {
-            if node_group::find(aws, group).await?.is_some() {
-                node_group::delete(
-                    aws,
-                    &group.cluster_name,
-                    &group.name,
-                    options.node_group_wait,
-                    on_progress,
-                )
-                .await?;
-                note("node-group", group.name.clone(), &group.tags.resource);
-            }
-        }
-        cluster::delete(aws, &spec.cluster.name, options.cluster_wait, on_progress).await?;
-        note(
-            "cluster",
-            spec.cluster.name.clone(),
-            &spec.cluster.tags.resource,
-        );
-    }
-    if let Some(sg) = security_group::find(aws, &spec.security_group).await? {
-        patiently(options.patience, || {
-            security_group::delete(aws, &sg.group_id)
-        })
-        .await?;
-        note(
-            "security-group",
-            sg.group_id,
-            &spec.security_group.tags.resource,
-        );
-    }
-    for rt in spec
-        .private_route_tables
-        .iter()
-        .chain([&spec.public_route_table])
-    {
-        if let Some(state) = route_table::find(aws, rt).await? {
-            route_table::delete(aws, &state).await?;
-            note("route-table", state.route_table_id, &rt.tags.resource);
-        }
-    }
-    for (eip, nat) in &spec.nat_gateways {
-        if let Some(state) = nat_gateway::find(aws, nat).await? {
-            nat_gateway::delete(aws, &state.nat_gateway_id, options.nat_wait, on_progress).await?;
-            note("nat-gateway", state.nat_gateway_id, &nat.tags.resource);
-        }
-        if let Some(state) = elastic_ip::find(aws, eip).await? {
-            patiently(options.patience, || {
-                elastic_ip::delete(aws, &state.allocation_id)
-            })
-            .await?;
-            note("elastic-ip", state.allocation_id, &eip.tags.resource);
-        }
-    }
-    if let Some(state) = internet_gateway::find(aws, &spec.internet_gateway).await? {
-        patiently(options.patience, || internet_gateway::delete(aws, &state)).await?;
-        note(
-            "internet-gateway",
-            state.internet_gateway_id,
-            &spec.internet_gateway.tags.resource,
-        );
-    }
-    for s in &spec.subnets {
-        if let Some(state) = subnet::find(aws, s).await? {
-            patiently(options.patience, || subnet::delete(aws, &state.subnet_id)).await?;
-            note("subnet", state.subnet_id, &s.tags.resource);
-        }
-    }
-    if let Some(state) = vpc::find(aws, &spec.vpc).await? {
-        patiently(options.patience, || vpc::delete(aws, &state.vpc_id)).await?;
-        note("vpc", state.vpc_id, &spec.vpc.tags.resource);
-    }
-    for role in [&spec.node_role, &spec.cluster_role] {
-        if iam_role::find(aws, role).await?.is_some() {
-            iam_role::delete(aws, &role.role_name).await?;
-            note("iam-role", role.role_name.clone(), &role.tags.resource);
-        }
-    }
-    Ok(removed)
 }
 
 fn resource_of(tags: &BTreeMap<String, String>) -> Option<String> {

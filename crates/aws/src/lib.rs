@@ -12,12 +12,13 @@
 //!   [`vpc`], [`subnet`], [`internet_gateway`], [`elastic_ip`],
 //!   [`nat_gateway`], [`route_table`], [`security_group`], [`iam_role`],
 //!   [`cluster`], [`node_group`].
-//! - [`stack`]: every spec of a profile and [`stack::ensure`], which walks
-//!   them in dependency order (apply or plan). Start reading here.
+//! - [`stack`]: every spec of a profile ([`StackSpec`]); [`provider`]: the
+//!   engine's step graph over them, the one path that plans, applies and
+//!   destroys. Start reading here.
 //! - [`state`]: [`S3Store`], the S3 state backend (lock, journal, audit log
 //!   of an environment in a shared bucket).
 //! - [`preflight`](mod@preflight): can this profile be built in this account and region?
-//! - [`destroy`](mod@destroy): teardown in reverse order, and [`destroy::sweep`].
+//! - [`destroy`](mod@destroy): [`destroy::sweep`], what ends a destroy.
 //! - [`wait`]: polling with backoff and progress; [`eks_token`](mod@eks_token): Kubernetes
 //!   bearer tokens; [`error`]: the one mapping of SDK errors.
 //!
@@ -54,13 +55,13 @@ pub mod wait;
 
 pub use call_log::{Call, CallLog};
 pub use client::Aws;
-pub use destroy::{DestroyOptions, Removed, destroy, sweep};
+pub use destroy::{DestroyOptions, Removed, sweep};
 pub use diff::FieldDiff;
 pub use eks_token::eks_token;
 pub use error::{AwsError, ErrorKind};
 pub use preflight::{Finding, preflight};
 pub use provider::AwsProvider;
-pub use stack::{Action, Change, EnsureOptions, Mode, StackSpec, ensure};
+pub use stack::StackSpec;
 pub use state::{S3Location, S3Store};
 pub use tags::{Environment, Tags};
 pub use wait::{Progress, WaitOptions};

@@ -17,9 +17,8 @@
 //! every resource's intent and outcome, runs independent resources in
 //! parallel (both zones' NAT gateways wait together; the IAM roles are made
 //! while the network is), and a re-run after a kill resumes at the resource
-//! that was in flight. The older [`crate::stack::ensure`], which walks the
-//! same resources one after another, stays as the library's one-call
-//! convergence for tests and scripts; the CLI goes through these steps.
+//! that was in flight. This is the only path: the CLI and the crate's tests
+//! go through these steps.
 //!
 //! Replacements (a changed VPC CIDR) are reported, never performed:
 //! destroying a cluster or a VPC is the user's decision. `aws/environment`

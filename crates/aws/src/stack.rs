@@ -10,33 +10,23 @@
 //!      └─ security-group/cluster           └─ cluster ── node-group/<name>
 //! ```
 //!
-//! [`ensure`] walks that order. For every resource it finds by tags, diffs,
-//! and then, in [`Mode::Apply`], creates or updates; in [`Mode::Plan`] it
-//! stops before the first mutating call and only reports, through the same
-//! code path. Replacements are reported, never performed: destroying a
-//! cluster or a VPC is the engine's (and the user's) decision.
-//!
-//! Guarantees: a second `ensure` of an unchanged profile makes no mutating
-//! call (the call log proves it in the tests); an `ensure` interrupted at any
-//! point is completed by the next one, which adopts what the first made.
+//! [`crate::provider`] turns those specs into the engine's step graph, the
+//! one path that plans, applies and destroys them (an older walk of the same
+//! specs, `ensure`, was removed: a fix in one path did not reach the other).
 
-use crate::Aws;
-use crate::cluster::{self, ClusterSpec};
-use crate::diff::{FieldDiff, needs_replacement};
-use crate::elastic_ip::{self, ElasticIpSpec};
+use crate::cluster::ClusterSpec;
+use crate::elastic_ip::ElasticIpSpec;
 use crate::error::{AwsError, ErrorKind, Result};
-use crate::iam_role::{self, RoleSpec};
-use crate::internet_gateway::{self, InternetGatewaySpec};
-use crate::nat_gateway::{self, NatGatewaySpec};
-use crate::node_group::{self, NodeGroupSpec};
-use crate::route_table::{self, RouteTableSpec, RouteTarget};
-use crate::security_group::{self, Rule, SecurityGroupSpec};
-use crate::subnet::{self, SubnetSpec, Tier};
+use crate::iam_role::RoleSpec;
+use crate::internet_gateway::InternetGatewaySpec;
+use crate::nat_gateway::NatGatewaySpec;
+use crate::node_group::NodeGroupSpec;
+use crate::route_table::{RouteTableSpec, RouteTarget};
+use crate::security_group::{Rule, SecurityGroupSpec};
+use crate::subnet::{SubnetSpec, Tier};
 use crate::tags::{Environment, Tags};
-use crate::vpc::{self, VpcSpec};
-use crate::wait::{Progress, WaitOptions};
+use crate::vpc::VpcSpec;
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 use taskctl_core::profile::builtins::SUPPORTED_KUBERNETES;
 use taskctl_core::profile::{NatGateways, Profile};
 
@@ -260,275 +250,6 @@ impl StackSpec {
     }
 }
 
-/// Apply changes, or only report them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Apply,
-    Plan,
-}
-
-/// What [`ensure`] did (or, in plan mode, would do) to a resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Create,
-    Update,
-    /// The resource differs in a way AWS cannot change in place; left as is.
-    Replace,
-    NoOp,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// Logical id, e.g. `subnet/public/us-west-2a`.
-    pub resource: String,
-    pub action: Action,
-    pub diffs: Vec<FieldDiff>,
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Action::Create => "create",
-            Action::Update => "update",
-            Action::Replace => "replace",
-            Action::NoOp => "no-op",
-        })
-    }
-}
-
-/// `update node-group/worker: scaling.desired 5 → 7, scaling.max 10 → 12`.
-impl std::fmt::Display for Change {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.action, self.resource)?;
-        for (i, d) in self.diffs.iter().enumerate() {
-            f.write_str(if i == 0 { ": " } else { ", " })?;
-            write!(f, "{d}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Options of [`ensure`]; the waits are the caller's timeouts.
-#[derive(Debug, Clone, Copy)]
-pub struct EnsureOptions {
-    pub mode: Mode,
-    pub nat_wait: WaitOptions,
-    pub cluster_wait: WaitOptions,
-    pub node_group_wait: WaitOptions,
-}
-
-impl EnsureOptions {
-    /// AWS's usual durations: NAT 10 min, cluster 25 min, node groups 20 min.
-    pub fn new(mode: Mode) -> Self {
-        EnsureOptions {
-            mode,
-            nat_wait: WaitOptions::new(Duration::from_secs(10 * 60)),
-            cluster_wait: WaitOptions::new(Duration::from_secs(25 * 60)),
-            node_group_wait: WaitOptions::new(Duration::from_secs(20 * 60)),
-        }
-    }
-}
-
-struct Run<'a> {
-    aws: &'a Aws,
-    apply: bool,
-    changes: Vec<Change>,
-}
-
-impl Run<'_> {
-    fn record(&mut self, resource: &str, action: Action, diffs: Vec<FieldDiff>) {
-        tracing::info!(provider = "aws", resource, action = ?action, diffs = diffs.len(), "ensure");
-        self.changes.push(Change {
-            resource: resource.to_owned(),
-            action,
-            diffs,
-        });
-    }
-}
-
-fn last_was_update(run: &Run<'_>) -> bool {
-    run.changes
-        .last()
-        .is_some_and(|c| c.action == Action::Update)
-}
-
-/// find → diff → create or update (apply mode only) for one resource;
-/// evaluates to the observed or new state, if any.
-macro_rules! converge {
-    ($run:expr, $module:ident, $spec:expr) => {{
-        let spec = $spec;
-        match $module::find($run.aws, spec).await? {
-            None => {
-                $run.record(&spec.tags.resource, Action::Create, Vec::new());
-                if $run.apply {
-                    Some($module::create($run.aws, spec).await?)
-                } else {
-                    None
-                }
-            }
-            Some(state) => {
-                let diffs = $module::diff(spec, &state);
-                if diffs.is_empty() {
-                    $run.record(&spec.tags.resource, Action::NoOp, diffs);
-                    Some(state)
-                } else if needs_replacement(&diffs) {
-                    $run.record(&spec.tags.resource, Action::Replace, diffs);
-                    Some(state)
-                } else {
-                    $run.record(&spec.tags.resource, Action::Update, diffs);
-                    if $run.apply {
-                        Some($module::update($run.aws, spec, &state).await?)
-                    } else {
-                        Some(state)
-                    }
-                }
-            }
-        }
-    }};
-}
-
-/// Brings every resource of `spec` in line, in dependency order, and
-/// returns what was done per resource. `spec`'s dependency ids (VPC id,
-/// subnet ids …) are filled in as resources are found or created.
-pub async fn ensure(
-    aws: &Aws,
-    spec: &mut StackSpec,
-    options: EnsureOptions,
-    on_progress: &mut (dyn FnMut(&Progress) + Send),
-) -> Result<Vec<Change>> {
-    let mut run = Run {
-        aws,
-        apply: options.mode == Mode::Apply,
-        changes: Vec::new(),
-    };
-
-    let cluster_role = converge!(run, iam_role, &spec.cluster_role);
-    let node_role = converge!(run, iam_role, &spec.node_role);
-
-    let vpc_id = converge!(run, vpc, &spec.vpc)
-        .map(|s| s.vpc_id)
-        .unwrap_or_default();
-    let mut subnet_ids: BTreeMap<(Tier, String), String> = BTreeMap::new();
-    for s in &mut spec.subnets {
-        s.vpc_id.clone_from(&vpc_id);
-        if let Some(state) = converge!(run, subnet, &*s) {
-            subnet_ids.insert((s.tier, s.zone.clone()), state.subnet_id);
-        }
-    }
-    spec.internet_gateway.vpc_id.clone_from(&vpc_id);
-    let igw_id = converge!(run, internet_gateway, &spec.internet_gateway)
-        .map(|s| s.internet_gateway_id)
-        .unwrap_or_default();
-
-    let mut nat_ids: BTreeMap<String, String> = BTreeMap::new();
-    let mut pending_nats = Vec::new();
-    for (eip, nat) in &mut spec.nat_gateways {
-        let eip_state = converge!(run, elastic_ip, &*eip);
-        nat.allocation_id = eip_state.map(|s| s.allocation_id).unwrap_or_default();
-        nat.subnet_id = subnet_ids
-            .get(&(Tier::Public, nat.zone.clone()))
-            .cloned()
-            .unwrap_or_default();
-        if let Some(state) = converge!(run, nat_gateway, &*nat) {
-            if state.state != "available" {
-                pending_nats.push(state.nat_gateway_id.clone());
-            }
-            nat_ids.insert(nat.zone.clone(), state.nat_gateway_id);
-        }
-    }
-    if run.apply {
-        for id in &pending_nats {
-            nat_gateway::wait_available(aws, id, options.nat_wait, on_progress).await?;
-        }
-    }
-
-    spec.public_route_table.vpc_id.clone_from(&vpc_id);
-    spec.public_route_table.default_route = RouteTarget::InternetGateway(igw_id);
-    spec.public_route_table.subnet_ids = subnet_ids
-        .iter()
-        .filter(|((tier, _), _)| *tier == Tier::Public)
-        .map(|(_, id)| id.clone())
-        .collect();
-    converge!(run, route_table, &spec.public_route_table);
-    let shared_nat = nat_ids.values().next().cloned().unwrap_or_default();
-    for rt in &mut spec.private_route_tables {
-        let zone = rt
-            .tags
-            .resource
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        rt.vpc_id.clone_from(&vpc_id);
-        rt.default_route = RouteTarget::NatGateway(
-            nat_ids
-                .get(&zone)
-                .cloned()
-                .unwrap_or_else(|| shared_nat.clone()),
-        );
-        rt.subnet_ids = subnet_ids
-            .get(&(Tier::Private, zone))
-            .cloned()
-            .into_iter()
-            .collect();
-        converge!(run, route_table, &*rt);
-    }
-
-    spec.security_group.vpc_id.clone_from(&vpc_id);
-    let sg_id = converge!(run, security_group, &spec.security_group).map(|s| s.group_id);
-
-    spec.cluster.role_arn = cluster_role.map(|r| r.arn).unwrap_or_default();
-    spec.cluster.subnet_ids = subnet_ids.values().cloned().collect();
-    spec.cluster.security_group_ids = sg_id.into_iter().collect();
-    let cluster_state = converge!(run, cluster, &spec.cluster);
-    // An update leaves the cluster UPDATING, and EKS takes one change at a time.
-    let cluster_updated = last_was_update(&run);
-    let cluster_exists = match cluster_state {
-        Some(state) if run.apply && (state.status != "ACTIVE" || cluster_updated) => {
-            cluster::wait_active(aws, &spec.cluster.name, options.cluster_wait, on_progress)
-                .await?;
-            true
-        }
-        Some(_) => true,
-        None => false,
-    };
-
-    let node_role_arn = node_role.map(|r| r.arn).unwrap_or_default();
-    let private_subnets: BTreeSet<String> = subnet_ids
-        .iter()
-        .filter(|((tier, _), _)| *tier == Tier::Private)
-        .map(|(_, id)| id.clone())
-        .collect();
-    let mut pending_groups = Vec::new();
-    for group in &mut spec.node_groups {
-        group.node_role_arn.clone_from(&node_role_arn);
-        group.subnet_ids.clone_from(&private_subnets);
-        if !cluster_exists {
-            // Plan mode without a cluster: every node group is new.
-            run.record(&group.tags.resource, Action::Create, Vec::new());
-            continue;
-        }
-        if let Some(state) = converge!(run, node_group, &*group)
-            && (state.status != "ACTIVE" || last_was_update(&run))
-        {
-            pending_groups.push(group.name.clone());
-        }
-    }
-    if run.apply {
-        for name in &pending_groups {
-            node_group::wait_active(
-                aws,
-                &spec.cluster.name,
-                name,
-                options.node_group_wait,
-                on_progress,
-            )
-            .await?;
-        }
-    }
-    Ok(run.changes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,27 +353,5 @@ mod tests {
         let err = StackSpec::from_profile(&profile, "r").expect_err("no network");
         assert_eq!(err.kind, ErrorKind::Invalid);
         assert!(err.message.contains("network"), "{err}");
-    }
-
-    #[test]
-    fn change_reads_as_a_plan_line() {
-        let change = Change {
-            resource: "node-group/worker".into(),
-            action: Action::Update,
-            diffs: vec![
-                FieldDiff::update("scaling.desired", 5, 7),
-                FieldDiff::update("scaling.max", 10, 12),
-            ],
-        };
-        assert_eq!(
-            change.to_string(),
-            "update node-group/worker: scaling.desired 5 → 7, scaling.max 10 → 12"
-        );
-        let none = Change {
-            resource: "vpc".into(),
-            action: Action::NoOp,
-            diffs: vec![],
-        };
-        assert_eq!(none.to_string(), "no-op vpc");
     }
 }

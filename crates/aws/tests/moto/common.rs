@@ -3,9 +3,12 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::Once;
 use std::time::Duration;
-use taskctl_aws::{Aws, DestroyOptions, EnsureOptions, Environment, Mode, Progress, WaitOptions};
+use taskctl_aws::{Aws, DestroyOptions, Environment, Progress, StackSpec, WaitOptions};
+use taskctl_core::engine::{self, Action, FieldDiff, Graph, RetryPolicy, Run};
+use taskctl_core::events::{Event, Operation, Recorder, RunOutcome, StepOutcome};
 use taskctl_core::profile::{LoadOptions, Profile, load};
 
 pub const REGION: &str = "us-west-2";
@@ -75,13 +78,111 @@ pub fn fast_wait() -> WaitOptions {
     WaitOptions::fast(Duration::from_secs(30))
 }
 
-pub fn ensure_options(mode: Mode) -> EnsureOptions {
-    EnsureOptions {
-        mode,
-        nat_wait: fast_wait(),
-        cluster_wait: fast_wait(),
-        node_group_wait: fast_wait(),
+/// What a run did to one resource: its id in the step graph without the
+/// `aws/` prefix (`vpc`, `subnet/public/us-west-2a`), and the change.
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub resource: String,
+    pub action: Action,
+    pub diffs: Vec<FieldDiff>,
+}
+
+/// A run of the infrastructure's step graph (the one `taskctl deploy`
+/// runs), journaled in a scratch directory.
+fn run(operation: Operation) -> (Run, tempfile::TempDir, Arc<Recorder>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(taskctl_core::state::LocalStore::new(dir.path(), "test/env"));
+    let sink = Arc::new(Recorder::default());
+    let run = Run {
+        run_id: Run::new_id(),
+        environment: "test/env".into(),
+        operation,
+        parallelism: 10,
+        grace: Duration::from_secs(5),
+        retry: RetryPolicy {
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(500),
+            max_retries: 4,
+        },
+        store,
+        sink: sink.clone(),
+        cancel: tokio_util::sync::CancellationToken::new(),
+        saved_plan: None,
+        resumes: None,
+    };
+    (run, dir, sink)
+}
+
+fn graph(aws: &Aws, profile: &Profile) -> Graph {
+    let spec = StackSpec::from_profile(profile, "").expect("specs");
+    Graph::new(taskctl_aws::provider::steps(&Arc::new(aws.clone()), spec)).expect("graph")
+}
+
+/// Plans `profile`'s infrastructure and, with `apply`, applies the plan,
+/// as `taskctl deploy --only infrastructure` does: one entry per resource,
+/// sorted by id.
+pub async fn converge(aws: &Aws, profile: &Profile, apply: bool) -> Vec<Done> {
+    let graph = graph(aws, profile);
+    let (run, _dir, _) = run(Operation::Deploy);
+    let planned = engine::plan(&graph, &run).await;
+    assert_eq!(planned.outcome, RunOutcome::Succeeded, "plan: {planned:#?}");
+    let mut done: Vec<Done> = planned
+        .steps
+        .iter()
+        .filter(|s| s.id.as_str() != "aws/environment")
+        .filter_map(|s| {
+            s.change.as_ref().map(|c| Done {
+                resource: s.id.as_str().trim_start_matches("aws/").to_string(),
+                action: c.action,
+                diffs: c.diffs.clone(),
+            })
+        })
+        .collect();
+    if apply && planned.has_changes() {
+        let applied = engine::apply(&graph, &run, &planned)
+            .await
+            .expect("journal");
+        assert_eq!(
+            applied.outcome,
+            RunOutcome::Succeeded,
+            "apply: {applied:#?}"
+        );
     }
+    done.sort_by(|a, b| a.resource.cmp(&b.resource));
+    done
+}
+
+/// Destroys `profile`'s infrastructure through the step graph; the
+/// resources removed, in the order their steps finished.
+pub async fn destroy(aws: &Aws, profile: &Profile) -> Vec<String> {
+    let graph = graph(aws, profile);
+    let (run, _dir, sink) = run(Operation::Destroy);
+    let planned = engine::plan(&graph, &run).await;
+    assert_eq!(planned.outcome, RunOutcome::Succeeded, "plan: {planned:#?}");
+    let report = engine::destroy(&graph, &run, &planned)
+        .await
+        .expect("journal");
+    assert_eq!(
+        report.outcome,
+        RunOutcome::Succeeded,
+        "destroy: {report:#?}"
+    );
+    let changed: Vec<String> = report
+        .steps
+        .iter()
+        .filter(|s| s.outcome == StepOutcome::Changed)
+        .map(|s| s.id.to_string())
+        .collect();
+    sink.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StepFinished { step, .. } if changed.contains(&step.to_string()) => {
+                Some(step.to_string().trim_start_matches("aws/").to_string())
+            }
+            _ => None,
+        })
+        .filter(|s| s != "environment")
+        .collect()
 }
 
 pub fn destroy_options() -> DestroyOptions {

@@ -3,13 +3,14 @@
 
 use crate::common::*;
 use aws_sdk_ec2::types::ResourceType;
-use taskctl_aws::{Action, Mode, StackSpec, ensure, sweep};
+use taskctl_aws::{StackSpec, sweep};
+use taskctl_core::engine::Action;
 
 #[tokio::test]
 async fn next_run_adopts_and_finishes_half_made_resources() {
     let aws = aws().await;
     let profile = production_profile();
-    let mut spec = StackSpec::from_profile(&profile, "crashed").expect("specs");
+    let spec = StackSpec::from_profile(&profile, "crashed").expect("specs");
     let env = spec.environment.clone();
 
     // Crash after CreateVpc, before ModifyVpcAttribute (DNS hostnames off).
@@ -60,14 +61,8 @@ async fn next_run_adopts_and_finishes_half_made_resources() {
         .await
         .expect("raw role");
 
-    let changes = ensure(
-        &aws,
-        &mut spec,
-        ensure_options(Mode::Apply),
-        &mut ignore_progress(),
-    )
-    .await
-    .expect("resumed apply");
+    // The next run, through the step graph `taskctl deploy` runs.
+    let changes = converge(&aws, &profile, true).await;
     let action = |resource: &str| {
         changes.iter().find(|c| c.resource == resource).map(|c| {
             (
@@ -110,15 +105,7 @@ async fn next_run_adopts_and_finishes_half_made_resources() {
     assert_eq!(node_role["policies"].as_array().map(Vec::len), Some(3));
 
     aws.call_log().clear();
-    let mut again = StackSpec::from_profile(&profile, "next").expect("specs");
-    ensure(
-        &aws,
-        &mut again,
-        ensure_options(Mode::Apply),
-        &mut ignore_progress(),
-    )
-    .await
-    .expect("again");
+    converge(&aws, &profile, true).await;
     assert_eq!(aws.call_log().mutating_calls(), []);
 
     sweep(&aws, &env, destroy_options(), &mut ignore_progress())

@@ -1,26 +1,22 @@
-//! The production profile end to end: ensure everything in dependency
-//! order, check it with boto3, a second pass and a plan make zero mutating
-//! calls, then destroy and sweep leave nothing tagged.
+//! The production profile end to end through the step graph `taskctl
+//! deploy` runs: everything created, checked with boto3, a second pass and
+//! a plan make zero mutating calls, then destroy and sweep leave nothing
+//! tagged.
 
 use crate::common::*;
-use taskctl_aws::{Action, Mode, StackSpec, destroy, ensure, sweep};
+use taskctl_aws::{StackSpec, sweep};
+use taskctl_core::engine::Action;
 
 #[tokio::test]
 async fn production_stack_is_built_once_and_torn_down_completely() {
     let aws = aws().await;
     let profile = production_profile();
-    let mut spec = StackSpec::from_profile(&profile, "run-1").expect("specs");
-    let env = spec.environment.clone();
+    let env = StackSpec::from_profile(&profile, "run-1")
+        .expect("specs")
+        .environment;
 
-    let changes = ensure(
-        &aws,
-        &mut spec,
-        ensure_options(Mode::Apply),
-        &mut ignore_progress(),
-    )
-    .await
-    .expect("first apply");
-    let created: Vec<&str> = changes
+    let changes = converge(&aws, &profile, true).await;
+    let mut created: Vec<&str> = changes
         .iter()
         .filter(|c| c.action == Action::Create)
         .map(|c| c.resource.as_str())
@@ -30,28 +26,29 @@ async fn production_stack_is_built_once_and_torn_down_completely() {
         changes.len(),
         "everything is new: {changes:#?}"
     );
+    created.sort_unstable();
     assert_eq!(
         created,
         [
+            "cluster",
+            "elastic-ip/nat/us-west-2a",
+            "elastic-ip/nat/us-west-2b",
             "iam-role/cluster",
             "iam-role/node",
-            "vpc",
-            "subnet/public/us-west-2a",
-            "subnet/public/us-west-2b",
-            "subnet/private/us-west-2a",
-            "subnet/private/us-west-2b",
             "internet-gateway",
-            "elastic-ip/nat/us-west-2a",
             "nat-gateway/us-west-2a",
-            "elastic-ip/nat/us-west-2b",
             "nat-gateway/us-west-2b",
-            "route-table/public",
+            "node-group/gpu",
+            "node-group/worker",
             "route-table/private/us-west-2a",
             "route-table/private/us-west-2b",
+            "route-table/public",
             "security-group/cluster",
-            "cluster",
-            "node-group/worker",
-            "node-group/gpu",
+            "subnet/private/us-west-2a",
+            "subnet/private/us-west-2b",
+            "subnet/public/us-west-2a",
+            "subnet/public/us-west-2b",
+            "vpc",
         ]
     );
 
@@ -113,16 +110,8 @@ async fn production_stack_is_built_once_and_torn_down_completely() {
     }
 
     // A second run (new run id) adopts everything and changes nothing.
-    let mut again = StackSpec::from_profile(&profile, "run-2").expect("specs");
     aws.call_log().clear();
-    let changes = ensure(
-        &aws,
-        &mut again,
-        ensure_options(Mode::Apply),
-        &mut ignore_progress(),
-    )
-    .await
-    .expect("second apply");
+    let changes = converge(&aws, &profile, true).await;
     assert!(
         changes.iter().all(|c| c.action == Action::NoOp),
         "{changes:#?}"
@@ -142,16 +131,9 @@ async fn production_stack_is_built_once_and_torn_down_completely() {
             g.scaling.desired = 7;
         }
     }
-    let mut plan = StackSpec::from_profile(&scaled, "run-3").expect("specs");
+    let plan = StackSpec::from_profile(&scaled, "run-3").expect("specs");
     aws.call_log().clear();
-    let changes = ensure(
-        &aws,
-        &mut plan,
-        ensure_options(Mode::Plan),
-        &mut ignore_progress(),
-    )
-    .await
-    .expect("plan");
+    let changes = converge(&aws, &scaled, false).await;
     assert_eq!(aws.call_log().mutating_calls(), [], "plan mutates nothing");
     let updates: Vec<_> = changes
         .iter()
@@ -160,7 +142,11 @@ async fn production_stack_is_built_once_and_torn_down_completely() {
     assert_eq!(updates.len(), 1, "{updates:#?}");
     assert_eq!(updates[0].resource, "node-group/worker");
     assert_eq!(updates[0].action, Action::Update);
-    assert_eq!(updates[0].diffs[0].to_string(), "scaling.desired 5 → 7");
+    let diff = &updates[0].diffs[0];
+    assert_eq!(
+        (diff.field.as_str(), diff.from.as_str(), diff.to.as_str()),
+        ("scaling.desired", "5", "7")
+    );
 
     // Applying it scales the worker group in place; then all is in sync.
     let before = taskctl_aws::node_group::find(&aws, &plan.node_groups[0])
@@ -168,14 +154,7 @@ async fn production_stack_is_built_once_and_torn_down_completely() {
         .expect("find")
         .expect("worker");
     aws.call_log().clear();
-    let changes = ensure(
-        &aws,
-        &mut plan,
-        ensure_options(Mode::Apply),
-        &mut ignore_progress(),
-    )
-    .await
-    .expect("apply scaled");
+    let changes = converge(&aws, &scaled, true).await;
     let ops: Vec<String> = aws
         .call_log()
         .mutating_calls()
@@ -197,13 +176,25 @@ async fn production_stack_is_built_once_and_torn_down_completely() {
     assert_eq!(after.arn, before.arn, "same node group");
     assert_eq!(after.scaling.desired, 7);
 
-    // Teardown: destroy in reverse order, then a sweep finds nothing left.
-    let removed = destroy(&aws, &again, destroy_options(), &mut ignore_progress())
-        .await
-        .expect("destroy");
+    // Teardown through the graph, dependents first, then a sweep finds
+    // nothing left.
+    let removed = destroy(&aws, &scaled).await;
     assert_eq!(removed.len(), 19, "{removed:#?}");
-    assert_eq!(removed.first().map(|r| r.kind), Some("node-group"));
-    assert_eq!(removed.last().map(|r| r.kind), Some("iam-role"));
+    let at = |r: &str| {
+        removed
+            .iter()
+            .position(|x| x == r)
+            .unwrap_or_else(|| panic!("{r}: {removed:?}"))
+    };
+    assert!(at("node-group/worker") < at("cluster"), "{removed:?}");
+    assert!(at("node-group/gpu") < at("cluster"), "{removed:?}");
+    assert!(at("cluster") < at("iam-role/cluster"), "{removed:?}");
+    assert!(at("cluster") < at("security-group/cluster"), "{removed:?}");
+    assert!(
+        at("nat-gateway/us-west-2a") < at("elastic-ip/nat/us-west-2a"),
+        "{removed:?}"
+    );
+    assert!(at("subnet/public/us-west-2a") < at("vpc"), "{removed:?}");
     let swept = sweep(&aws, &env, destroy_options(), &mut ignore_progress())
         .await
         .expect("sweep");
@@ -239,16 +230,10 @@ async fn a_single_nat_gateway_serves_every_private_zone() {
         .expect("compute")
         .node_groups
         .clear();
-    let mut spec = StackSpec::from_profile(&profile, "r").expect("specs");
-    let env = spec.environment.clone();
-    ensure(
-        &aws,
-        &mut spec,
-        ensure_options(Mode::Apply),
-        &mut ignore_progress(),
-    )
-    .await
-    .expect("apply");
+    let env = StackSpec::from_profile(&profile, "r")
+        .expect("specs")
+        .environment;
+    converge(&aws, &profile, true).await;
 
     let listing = list_with_boto3(&env);
     assert_eq!(count(&listing, "nat_gateways"), 1, "{listing:#}");

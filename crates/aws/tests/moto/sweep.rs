@@ -2,7 +2,7 @@
 //! whatever carries its tags goes, in an order AWS accepts.
 
 use crate::common::*;
-use taskctl_aws::{Mode, StackSpec, ensure, sweep};
+use taskctl_aws::{StackSpec, sweep};
 
 #[tokio::test]
 async fn sweep_removes_a_half_built_environment_and_nothing_else() {
@@ -15,16 +15,10 @@ async fn sweep_removes_a_half_built_environment_and_nothing_else() {
         .expect("compute")
         .node_groups
         .clear();
-    let mut spec = StackSpec::from_profile(&profile, "crashed-run").expect("specs");
-    let env = spec.environment.clone();
-    ensure(
-        &aws,
-        &mut spec,
-        ensure_options(Mode::Apply),
-        &mut ignore_progress(),
-    )
-    .await
-    .expect("apply");
+    let env = StackSpec::from_profile(&profile, "crashed-run")
+        .expect("specs")
+        .environment;
+    converge(&aws, &profile, true).await;
 
     // A neighbour environment that must survive the sweep.
     let neighbour_profile = production_profile();
