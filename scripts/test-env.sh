@@ -12,7 +12,8 @@
 # Services: moto (AWS, :5055), openbao (Vault API, :8200), rabbitmq (AMQP :5672,
 # AMQPS :5671, management :15672, prometheus plugin :15692), prometheus (:19090),
 # registry (Debian's docker-registry, plain HTTP on :5005: the Docker engine
-# pushes to a loopback registry without TLS).
+# pushes to a loopback registry without TLS), registry_auth (the same on
+# :5006, asking for a login: user taskctl, TASKCTL_TEST_REGISTRY_PASSWORD).
 #
 # Typical use:  eval "$(scripts/test-env.sh up)"
 # stdout carries only the export lines; every progress message goes to stderr.
@@ -70,7 +71,9 @@ RMQ_MGMT_PORT=15672
 RMQ_PROM_PORT=15692
 # Not 9090: the project's agent serves its own metrics there.
 PROM_PORT=19090
-# Not 5000: a registry some other tool started may hold it.
+# Not 5000: a registry some other tool started may hold it. 5006: a second
+# registry that asks for a login (htpasswd, user `taskctl`).
+REGISTRY_AUTH_PORT=5006
 REGISTRY_PORT=5005
 
 # The node name is pinned to localhost so that neither the node nor the CLI
@@ -86,7 +89,7 @@ RMQ_TLS_DIR=$RMQ_ETC/tls
 RMQ_NODE_PID_FILE="/var/lib/rabbitmq/mnesia/$RMQ_NODE.pid"
 RMQ_NODE_LOG="/var/log/rabbitmq/$RMQ_NODE.log"
 
-SERVICES=(moto openbao rabbitmq prometheus registry)
+SERVICES=(moto openbao rabbitmq prometheus registry registry_auth)
 
 SUDO=()
 if [[ $(id -u) -ne 0 ]]; then
@@ -684,6 +687,56 @@ http:
 
 stop_registry() { stop_pid registry && wait_port_free registry "$REGISTRY_PORT"; }
 
+# The same registry, asking for a login: user `taskctl`, a password made
+# at the first `up` and kept in its directory (mode 0600), bcrypt-hashed in
+# its htpasswd file (glibc's crypt does bcrypt; no apache2-utils needed).
+registry_auth_ready() {
+    [[ "$(http_code "http://$HOST:$REGISTRY_AUTH_PORT/v2/")" == 401 ]]
+}
+
+registry_auth_password() { cat "$(svc_dir registry_auth)/password"; }
+
+start_registry_auth() {
+    local dir
+    dir=$(svc_dir registry_auth)
+    mkdir -p "$dir/data"
+    if [[ ! -s $dir/password ]]; then
+        (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$dir/password")
+    fi
+    "${PYTHON:-python3}" -W ignore -c 'import crypt, sys
+print("taskctl:" + crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))' \
+        "$(registry_auth_password)" >"$dir/htpasswd.new" && mv "$dir/htpasswd.new" "$dir/htpasswd"
+    write_file "$dir/config.yml" "# Written by taskctl scripts/test-env.sh; rewritten on every 'up'.
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+auth:
+  htpasswd:
+    realm: taskctl-test
+    path: $dir/htpasswd
+http:
+  addr: $HOST:$REGISTRY_AUTH_PORT
+" || true
+    if registry_auth_ready; then
+        log "registry_auth already answers on $HOST:$REGISTRY_AUTH_PORT"
+        return 0
+    fi
+    if ! pid_alive "$(pid_file registry_auth)"; then
+        ! port_open "$REGISTRY_AUTH_PORT" || die "127.0.0.1:$REGISTRY_AUTH_PORT is taken by something that is not a registry"
+        log "starting docker-registry (with a login) on $HOST:$REGISTRY_AUTH_PORT"
+        spawn registry_auth docker-registry serve "$dir/config.yml"
+    fi
+    wait_until registry_auth registry_auth_ready
+    log "registry_auth ready"
+}
+
+stop_registry_auth() { stop_pid registry_auth && wait_port_free registry_auth "$REGISTRY_AUTH_PORT"; }
+
 # ---------------------------------------------------------------- commands
 
 # VAULT_ADDR/VAULT_TOKEN and TASKCTL_AMQP_ADMIN are the well-known
@@ -708,6 +761,9 @@ print_env() {
         TASKCTL_TEST_BAO_BIN "$VENV/bin/bao" \
         TASKCTL_TEST_PYTHON "$VENV/bin/python" \
         TASKCTL_TEST_REGISTRY "$HOST:$REGISTRY_PORT" \
+        TASKCTL_TEST_REGISTRY_AUTH "$HOST:$REGISTRY_AUTH_PORT" \
+        TASKCTL_TEST_REGISTRY_USER taskctl \
+        TASKCTL_TEST_REGISTRY_PASSWORD "$(registry_auth_password 2>/dev/null)" \
         VAULT_ADDR "http://$HOST:$BAO_PORT" \
         VAULT_TOKEN root \
         TASKCTL_AMQP_ADMIN guest:guest
@@ -715,7 +771,7 @@ print_env() {
 
 check_service() {
     case $1 in
-    moto | openbao | rabbitmq | prometheus | registry) ;;
+    moto | openbao | rabbitmq | prometheus | registry | registry_auth) ;;
     *) die "unknown service '$1' (one of: ${SERVICES[*]})" ;;
     esac
 }
@@ -746,6 +802,10 @@ status_line() {
         where="http://$HOST:$REGISTRY_PORT"
         registry_ready && ok=0
         ;;
+    registry_auth)
+        where="http://$HOST:$REGISTRY_AUTH_PORT (login taskctl)"
+        registry_auth_ready && ok=0
+        ;;
     esac
     if pid_alive "$(pid_file "$svc")"; then
         pid=" (pid $(<"$(pid_file "$svc")"))"
@@ -766,12 +826,13 @@ cmd_up() {
     # After rabbitmq, so that its first scrape of the rabbitmq plugin works.
     start_prometheus
     start_registry
+    start_registry_auth
     print_env
 }
 
 cmd_down() {
     local svc
-    for svc in registry prometheus rabbitmq openbao moto; do
+    for svc in registry_auth registry prometheus rabbitmq openbao moto; do
         "stop_$svc"
     done
     log "all services stopped"

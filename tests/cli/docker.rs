@@ -612,6 +612,12 @@ fn deploy_push_runs_the_agents_from_the_digest_the_registry_stored() {
         "{tags}"
     );
 
+    // The release names the image by that digest, which any engine can
+    // pull, not by the local tag.
+    let out = quick(&env, &["history", "-o", "json"]);
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(releases[0]["images"][AGENT], image.as_str(), "{releases:#}");
+
     // Pushed and running from it: a second run changes nothing.
     let out = env.run(&["plan", "--push", &registry, "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -623,6 +629,88 @@ fn deploy_push_runs_the_agents_from_the_digest_the_registry_stored() {
         "{}",
         text(&out)
     );
+}
+
+/// A registry that asks for a login (`scripts/test-env.sh`'s
+/// registry_auth): refused without `target.docker.registry_auth`, pushed
+/// with it, and the password never shown or kept.
+#[test]
+fn deploy_push_logs_in_to_a_registry_that_asks_for_a_login() {
+    let registry = required("TASKCTL_TEST_REGISTRY_AUTH");
+    let user = required("TASKCTL_TEST_REGISTRY_USER");
+    let password = required("TASKCTL_TEST_REGISTRY_PASSWORD");
+    let mut env = Env::new("dk-login");
+    let own = format!("{}-agent:local", env.name);
+    env.layer(
+        "image.yaml",
+        &format!("agents:\n  - name: {AGENT}\n    replicas: 1\n    image: {own}\n"),
+    );
+    let out = env.run(&["deploy", "--yes", "--push", &registry]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!("pushing {registry}/"))
+            && shown.contains("no basic auth credentials"),
+        "{shown}"
+    );
+    assert!(env.agents().is_empty(), "{:?}", env.agents());
+
+    env.layer(
+        "login.yaml",
+        "target:\n  docker:\n    registry_auth:\n      username: env:TEST_REGISTRY_USER\n      password: env:TEST_REGISTRY_PASSWORD\n",
+    );
+    let login = |args: &[&str]| {
+        env.command(args)
+            .env("TEST_REGISTRY_USER", &user)
+            .env("TEST_REGISTRY_PASSWORD", &password)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = login(&["deploy", "--yes", "--push", &registry]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let agents = env.agents();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    let image = env.inspect(&agents[0].name, "{{.Config.Image}}");
+    assert!(
+        image.starts_with(&format!("{registry}/")) && image.contains("@sha256:"),
+        "{image}"
+    );
+    // The registry has it, asked with the login (its own HTTP API).
+    let (repo, digest) = image.split_once('@').unwrap();
+    let path = repo.strip_prefix(&format!("{registry}/")).unwrap();
+    let head = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-w", "%{http_code}", "-u"])
+        .arg(format!("{user}:{password}"))
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"])
+        .arg(format!("http://{registry}/v2/{path}/manifests/{digest}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&head.stdout), "200");
+    // A redeploy asks the registry (with the login) and changes nothing.
+    let out = login(&["plan", "--push", &registry, "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The password is in no output, no state file, no container's
+    // configuration, and not in Docker's own config.
+    assert!(!shown.contains(&password));
+    let inspect = docker(&["inspect", &agents[0].name]);
+    assert!(!inspect.contains(&password));
+    let grep = Command::new("grep")
+        .args(["-rlF", &password])
+        .arg(env.dir.path().join(".taskctl"))
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    if let Ok(home) = std::env::var("HOME") {
+        let config =
+            std::fs::read_to_string(format!("{home}/.docker/config.json")).unwrap_or_default();
+        assert!(!config.contains(&registry), "{config}");
+    }
 }
 
 #[test]

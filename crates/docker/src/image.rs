@@ -7,6 +7,7 @@
 //! binary is never rebuilt, and a changed one rolls every replica.
 
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
@@ -345,7 +346,12 @@ pub fn missing_image(image: &str, what: &str) -> StepError {
 }
 
 /// Pulls `image` from `registry` (the profile's `target.docker.registry`).
-pub async fn pull(docker: &Docker, registry: &str, image: &str) -> Result<String, StepError> {
+pub async fn pull(
+    docker: &Docker,
+    registry: &str,
+    image: &str,
+    credentials: Option<DockerCredentials>,
+) -> Result<String, StepError> {
     let reference = if image.starts_with(registry) {
         image.to_string()
     } else {
@@ -357,7 +363,7 @@ pub async fn pull(docker: &Docker, registry: &str, image: &str) -> Result<String
             ..Default::default()
         }),
         None,
-        None,
+        credentials,
     );
     while let Some(item) = stream.next().await {
         item.map_err(|e| step_error(&format!("pulling {reference}"), e))?;
@@ -394,6 +400,7 @@ pub async fn pushed(
     id: &str,
     reference: &str,
     registry: &str,
+    credentials: Option<DockerCredentials>,
 ) -> Result<Option<String>, StepError> {
     let (remote, tag) = in_registry(reference, registry);
     let Some(known) = recorded_digest(docker, id, &remote).await? else {
@@ -403,7 +410,7 @@ pub async fn pushed(
     // The engine remembers a push the registry may since have lost (or
     // the tag may name other content now): ask the registry itself.
     match docker
-        .inspect_registry_image(&format!("{remote}:{tag}"), None)
+        .inspect_registry_image(&format!("{remote}:{tag}"), credentials)
         .await
     {
         Ok(found) if found.descriptor.digest.as_deref() == Some(&known[prefix.len()..]) => {
@@ -455,6 +462,7 @@ pub async fn push(
     id: &str,
     reference: &str,
     registry: &str,
+    credentials: Option<DockerCredentials>,
 ) -> Result<String, StepError> {
     let (remote, tag) = in_registry(reference, registry);
     let target = format!("{remote}:{tag}");
@@ -466,10 +474,17 @@ pub async fn push(
                 .tag(&tag)
                 .build(),
         ),
-        None,
+        credentials,
     );
     while let Some(item) = stream.next().await {
-        item.map_err(|e| step_error(&format!("pushing {target}"), e))?;
+        let info = item.map_err(|e| step_error(&format!("pushing {target}"), e))?;
+        // A refused login arrives as an error message in the stream.
+        if let Some(error) = info.error_detail.and_then(|d| d.message).or(info.error) {
+            return Err(StepError::new(
+                ErrorKind::Denied,
+                format!("pushing {target}: {error}"),
+            ));
+        }
     }
     recorded_digest(docker, id, &remote).await?.ok_or_else(|| {
         StepError::new(

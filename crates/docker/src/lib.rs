@@ -629,9 +629,14 @@ impl Provider for DockerProvider {
                     _ if tag.len() > repo.len() => tag,
                     _ => repo,
                 };
-                facts
-                    .images
-                    .insert(agent.name.clone(), format!("{name}@{id}"));
+                // Containers made from a pushed image run it by the digest
+                // the registry stored (`--push`): the release names that,
+                // which any engine can pull, not the local tag.
+                let pinned = match used.as_deref() {
+                    Some(u) if u.contains("@sha256:") && !u.starts_with("sha256:") => u.to_owned(),
+                    _ => format!("{name}@{id}"),
+                };
+                facts.images.insert(agent.name.clone(), pinned);
                 facts
                     .config_hashes
                     .insert(format!("agent/{}/env", agent.name), hash);

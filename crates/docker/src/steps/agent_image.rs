@@ -140,7 +140,8 @@ impl Step for AgentImage {
         // An image that is not built yet has not been pushed either.
         let pushed = match image::local_id(docker, &local).await? {
             Some(id) if plan.change.action == Action::NoOp => {
-                image::pushed(docker, &id, self.push_name(&local), &registry).await?
+                let credentials = registry_credentials(&self.shared, &registry).await?;
+                image::pushed(docker, &id, self.push_name(&local), &registry, credentials).await?
             }
             _ => None,
         };
@@ -178,11 +179,14 @@ impl Step for AgentImage {
             )
         })?;
         let name = self.push_name(&reference);
-        if let Some(digest) = image::pushed(docker, &id, name, &registry).await? {
+        let credentials = registry_credentials(&self.shared, &registry).await?;
+        if let Some(digest) =
+            image::pushed(docker, &id, name, &registry, credentials.clone()).await?
+        {
             return Ok([("image".to_string(), digest)].into());
         }
         ctx.progress(&format!("pushing {reference} to {registry}"));
-        let digest = image::push(docker, &id, name, &registry).await?;
+        let digest = image::push(docker, &id, name, &registry, credentials).await?;
         Ok([("image".to_string(), digest)].into())
     }
 

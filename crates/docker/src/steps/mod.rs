@@ -55,6 +55,46 @@ pub(super) fn registry(profile: &Profile) -> Option<String> {
         .and_then(|d| d.registry.clone())
 }
 
+/// The login for `registry` from `target.docker.registry_auth`, resolved
+/// now (values registered with the redactor, passed to the engine per
+/// request, never written anywhere); `None` without one.
+pub(super) async fn registry_credentials(
+    shared: &Shared,
+    registry: &str,
+) -> Result<Option<bollard::auth::DockerCredentials>, StepError> {
+    let Some(auth) = shared
+        .profile
+        .target
+        .docker
+        .as_ref()
+        .and_then(|d| d.registry_auth.as_ref())
+    else {
+        return Ok(None);
+    };
+    let mut values = Vec::new();
+    for (field, reference) in [("username", &auth.username), ("password", &auth.password)] {
+        let reference = reference.get().ok_or_else(|| {
+            invalid(format!(
+                "target.docker.registry_auth.{field} is not a secret reference"
+            ))
+        })?;
+        let resolved = shared
+            .secrets
+            .resolve(reference)
+            .await
+            .map_err(|e| invalid(format!("target.docker.registry_auth.{field}: {e}")))?;
+        values.push(resolved.value.expose().to_owned());
+    }
+    let password = values.pop();
+    let username = values.pop();
+    Ok(Some(bollard::auth::DockerCredentials {
+        username,
+        password,
+        serveraddress: Some(registry.to_owned()),
+        ..Default::default()
+    }))
+}
+
 /// The image's id on the engine, pulling it only when a registry is
 /// configured; missing otherwise is a clear error naming the image.
 pub(super) async fn ensure_image(
@@ -67,7 +107,8 @@ pub(super) async fn ensure_image(
     }
     match registry(&shared.profile) {
         Some(registry) => {
-            let reference = image::pull(&shared.docker, &registry, image).await?;
+            let credentials = registry_credentials(shared, &registry).await?;
+            let reference = image::pull(&shared.docker, &registry, image, credentials).await?;
             image::local_id(&shared.docker, &reference)
                 .await?
                 .ok_or_else(|| image::missing_image(image, what))

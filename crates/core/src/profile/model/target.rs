@@ -1,4 +1,4 @@
-use crate::profile::value::{Checked, Quantity};
+use crate::profile::value::{Checked, Quantity, SecretRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,6 +52,14 @@ pub struct KubernetesTarget {
     pub context: Option<String>,
 }
 
+/// A registry login.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username: Checked<SecretRef>,
+    pub password: Checked<SecretRef>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct DockerTarget {
@@ -71,6 +79,12 @@ pub struct DockerTarget {
     /// no-op while the registry still serves that digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<String>,
+    /// The login for `registry` and `push`, when the registry asks for one:
+    /// both secret references (`vault:PATH#username`, `env:NAME`), resolved
+    /// at deploy time and handed to the engine per request, never stored in
+    /// Docker's config or shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
     /// Directory a Prometheus `file_sd_configs` glob reads (`DIR/*.json`):
     /// taskctl writes one target file per agent replica there, so Prometheus
     /// scrapes every agent wherever the rollout put its metrics port.

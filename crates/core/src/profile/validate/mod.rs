@@ -185,10 +185,19 @@ fn check_target(r: &mut Report, p: &Profile) {
             }
         }
         TargetKind::Docker => {
-            if p.network.is_some() || p.compute.is_some() {
-                r.note(path!["target", "kind"], "the `docker` target runs on one engine: `network` and `compute` are not provisioned");
-            }
             if let Some(docker) = &p.target.docker {
+                if let Some(auth) = &docker.registry_auth {
+                    let at = path!["target", "docker", "registry_auth"];
+                    r.check(&auth.username, at.child("username"));
+                    r.check(&auth.password, at.child("password"));
+                    if docker.registry.is_none() && docker.push.is_none() {
+                        r.warning(
+                            at,
+                            "`registry_auth` is ignored: neither `registry` nor `push` names a registry",
+                            Some("name the registry it logs in to in `registry` or `push`".into()),
+                        );
+                    }
+                }
                 for (field, value) in [("registry", &docker.registry), ("push", &docker.push)] {
                     if let Some(value) = value
                         && let Err(e) = names::registry(value)
