@@ -71,7 +71,7 @@ pub fn list(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
                 capabilities: Vec::new(),
                 path: plugin.path.clone().unwrap_or_default(),
                 source: "-".into(),
-                problem: Some(why),
+                problem: Some(why.message),
             },
         };
         broken += usize::from(description.problem.is_some());
@@ -92,7 +92,7 @@ pub fn list(ctx: &Context, shell: &mut Shell) -> anyhow::Result<u8> {
                 capabilities: Vec::new(),
                 path: found.path.display().to_string(),
                 source: found.source.into(),
-                problem: Some(why),
+                problem: Some(why.message),
             },
         };
         rows.push(Row {

@@ -7,6 +7,7 @@
 //! and neither it nor its directory may be writable by others: anybody who
 //! can replace a plugin runs code with the deployer's credentials.
 
+use crate::error::{PluginError, PluginErrorKind};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use taskctl_core::profile::model::Plugin;
@@ -42,7 +43,7 @@ impl Search {
 }
 
 /// The executable of the declared `plugin`, checked safe to run.
-pub fn locate(plugin: &Plugin, search: &Search) -> Result<Found, String> {
+pub fn locate(plugin: &Plugin, search: &Search) -> Result<Found, PluginError> {
     let base = plugin.declared_in.clone();
     if let Some(path) = &plugin.path {
         let p = Path::new(path);
@@ -51,10 +52,13 @@ pub fn locate(plugin: &Plugin, search: &Search) -> Result<Found, String> {
             _ => p.to_path_buf(),
         };
         if !full.exists() {
-            return Err(format!(
-                "plugin `{}`: `{}` does not exist (`path` is relative to the profile file that declares it)",
-                plugin.name,
-                full.display()
+            return Err(PluginError::new(
+                PluginErrorKind::Unavailable,
+                format!(
+                    "plugin `{}`: `{}` does not exist (`path` is relative to the profile file that declares it)",
+                    plugin.name,
+                    full.display()
+                ),
             ));
         }
         check_safe(&full)?;
@@ -91,18 +95,21 @@ pub fn locate(plugin: &Plugin, search: &Search) -> Result<Found, String> {
         }
     }
     looked.push(format!("{exe} on PATH"));
-    Err(format!(
-        "plugin `{}` not found (looked for {}); set its `path`, or install it as `{exe}`",
-        plugin.name,
-        looked.join(", ")
+    Err(PluginError::new(
+        PluginErrorKind::Unavailable,
+        format!(
+            "plugin `{}` not found (looked for {}); set its `path`, or install it as `{exe}`",
+            plugin.name,
+            looked.join(", ")
+        ),
     ))
 }
 
 /// Every plugin executable in the search's `plugins/` directories and every
 /// `taskctl-*` on `PATH`, by name, first found first; with why it may not
 /// run, if so.
-pub fn all(search: &Search) -> Vec<(Found, Option<String>)> {
-    let mut out: Vec<(Found, Option<String>)> = Vec::new();
+pub fn all(search: &Search) -> Vec<(Found, Option<PluginError>)> {
+    let mut out: Vec<(Found, Option<PluginError>)> = Vec::new();
     let mut push = |name: String, path: PathBuf, source: &'static str| {
         if out.iter().any(|(f, _)| f.name == name) {
             return;
@@ -160,42 +167,49 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Refuses what others could have replaced, and what cannot run.
-pub fn check_safe(path: &Path) -> Result<(), String> {
+fn unsafe_(message: String) -> PluginError {
+    PluginError::new(PluginErrorKind::Unsafe, message)
+}
+
+pub fn check_safe(path: &Path) -> Result<(), PluginError> {
     let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("plugin `{shown}`: {e}"))?;
+    let meta = std::fs::metadata(path).map_err(|e| unsafe_(format!("plugin `{shown}`: {e}")))?;
     if !meta.is_file() {
-        return Err(format!("plugin `{shown}` is not a regular file"));
+        return Err(unsafe_(format!("plugin `{shown}` is not a regular file")));
     }
     let mode = meta.permissions().mode();
     if mode & 0o111 == 0 {
-        return Err(format!("plugin `{shown}` is not executable (chmod +x it)"));
+        return Err(unsafe_(format!(
+            "plugin `{shown}` is not executable (chmod +x it)"
+        )));
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me && meta.uid() != 0 {
-        return Err(format!(
+        return Err(unsafe_(format!(
             "plugin `{shown}` belongs to uid {}, neither you (uid {me}) nor root: refusing to run it",
             meta.uid()
-        ));
+        )));
     }
     if mode & 0o002 != 0 {
-        return Err(format!(
+        return Err(unsafe_(format!(
             "plugin `{shown}` is writable by every user (mode {:o}): refusing to run it; chmod o-w it",
             mode & 0o7777
-        ));
+        )));
     }
-    let canonical = std::fs::canonicalize(path).map_err(|e| format!("plugin `{shown}`: {e}"))?;
+    let canonical =
+        std::fs::canonicalize(path).map_err(|e| unsafe_(format!("plugin `{shown}`: {e}")))?;
     if let Some(dir) = canonical.parent() {
         let dmode = std::fs::metadata(dir)
-            .map_err(|e| format!("plugin directory `{}`: {e}", dir.display()))?
+            .map_err(|e| unsafe_(format!("plugin directory `{}`: {e}", dir.display())))?
             .permissions()
             .mode();
         if dmode & 0o002 != 0 {
-            return Err(format!(
+            return Err(unsafe_(format!(
                 "plugin `{shown}` is in `{}`, a directory every user can write to (mode {:o}): refusing to run it",
                 dir.display(),
                 dmode & 0o7777
-            ));
+            )));
         }
     }
     Ok(())
@@ -240,7 +254,7 @@ mod tests {
         let found = locate(&plugin("gate", dir.path(), None), &search).unwrap();
         assert_eq!(found.source, "PATH");
         let err = locate(&plugin("nope", dir.path(), None), &search).unwrap_err();
-        assert!(err.contains("taskctl-nope on PATH"), "{err}");
+        assert!(err.message.contains("taskctl-nope on PATH"), "{err}");
         let listed: Vec<String> = all(&Search {
             dirs: vec![dir.path().to_path_buf()],
             path: vec![bin.path().to_path_buf()],
@@ -260,7 +274,7 @@ mod tests {
             &Search::default(),
         )
         .unwrap_err();
-        assert!(err.contains("writable by every user"), "{err}");
+        assert!(err.message.contains("writable by every user"), "{err}");
         let shared = dir.path().join("shared");
         exe(&shared.join("p"), 0o755);
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -269,13 +283,16 @@ mod tests {
             &Search::default(),
         )
         .unwrap_err();
-        assert!(err.contains("a directory every user can write to"), "{err}");
+        assert!(
+            err.message.contains("a directory every user can write to"),
+            "{err}"
+        );
         exe(&dir.path().join("plain"), 0o644);
         let err = locate(
             &plugin("plain", dir.path(), Some("plain")),
             &Search::default(),
         )
         .unwrap_err();
-        assert!(err.contains("not executable"), "{err}");
+        assert!(err.message.contains("not executable"), "{err}");
     }
 }

@@ -13,13 +13,15 @@
 //! only with `resolve_secrets`), and a state directory of its own.
 
 pub mod discover;
+mod error;
 pub mod protocol;
 mod provider;
 pub mod run;
 
 pub use discover::{Found, Search};
+pub use error::{PluginError, PluginErrorKind};
 pub use provider::{PluginStep, WithPlugins, checks, plugin_steps};
-pub use run::{Answer, PluginError, PluginErrorKind};
+pub use run::Answer;
 
 use protocol::{Action, Environment, PROTOCOL, Request, SecretField};
 use std::collections::BTreeMap;
@@ -33,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 /// The profile's plugins, located once, with what their calls need.
 pub struct Plugins {
     profile: Profile,
-    found: BTreeMap<String, Result<Found, String>>,
+    found: BTreeMap<String, Result<Found, PluginError>>,
     secrets: Arc<Secrets>,
     state_root: PathBuf,
 }
@@ -68,7 +70,7 @@ impl Plugins {
     }
 
     /// Problems finding the declared plugins, by name.
-    pub fn unavailable(&self) -> Vec<(String, String)> {
+    pub fn unavailable(&self) -> Vec<(String, PluginError)> {
         self.found
             .iter()
             .filter_map(|(n, f)| f.as_ref().err().map(|e| (n.clone(), e.clone())))
@@ -84,22 +86,20 @@ impl Plugins {
         step: Option<&StepSpec>,
         context: CallContext<'_>,
     ) -> Result<Answer, PluginError> {
-        let unavailable = |message: String| PluginError {
-            kind: PluginErrorKind::Unavailable,
-            message,
-        };
-        let plugin = self
-            .declaration(profile, name)
-            .ok_or_else(|| unavailable(format!("plugin `{name}` is not declared")))?;
+        let plugin = self.declaration(profile, name).ok_or_else(|| {
+            PluginError::new(
+                PluginErrorKind::Unavailable,
+                format!("plugin `{name}` is not declared"),
+            )
+        })?;
         let found = match self.found.get(name) {
             Some(Ok(f)) => f.clone(),
-            Some(Err(e)) => return Err(unavailable(e.clone())),
-            None => discover::locate(plugin, &Search::from_env(Vec::new())).map_err(unavailable)?,
+            Some(Err(e)) => return Err(e.clone()),
+            None => discover::locate(plugin, &Search::from_env(Vec::new()))?,
         };
         let request = self
             .request(profile, plugin, action, step, &context)
-            .await
-            .map_err(unavailable)?;
+            .await?;
         run::call(
             &found,
             &request,
@@ -118,12 +118,13 @@ impl Plugins {
         action: Action,
         step: Option<&StepSpec>,
         context: &CallContext<'_>,
-    ) -> Result<Request, String> {
+    ) -> Result<Request, PluginError> {
+        let unavailable = |message: String| PluginError::new(PluginErrorKind::Unavailable, message);
         let whole = serde_json::to_value(profile).map_err(|e| {
-            format!(
+            unavailable(format!(
                 "the profile cannot be encoded for plugin `{}`: {e}",
                 plugin.name
-            )
+            ))
         })?;
         let mut parts = serde_json::Map::new();
         for part in &plugin.profile {
@@ -141,7 +142,9 @@ impl Plugins {
                     self.secrets
                         .resolve(r)
                         .await
-                        .map_err(|e| format!("plugin `{}` secret `{alias}`: {e}", plugin.name))?
+                        .map_err(|e| {
+                            unavailable(format!("plugin `{}` secret `{alias}`: {e}", plugin.name))
+                        })?
                         .value
                         .expose()
                         .to_owned(),
@@ -158,11 +161,11 @@ impl Plugins {
         }
         let state_dir = self.state_root.join(&plugin.name);
         create_private_dir(&state_dir).map_err(|e| {
-            format!(
+            unavailable(format!(
                 "plugin `{}`: its state directory {} cannot be made: {e}",
                 plugin.name,
                 state_dir.display()
-            )
+            ))
         })?;
         let state_dir = std::fs::canonicalize(&state_dir).unwrap_or(state_dir);
         Ok(Request {

@@ -117,7 +117,7 @@ pub enum Message {
 }
 
 /// The result message. Which fields an action needs is checked by
-/// [`Reply::require`].
+/// [`Reply::problem`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reply {
@@ -153,10 +153,19 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// `Err` naming the field a successful reply to `action` lacks.
-    pub fn require(&self, action: Action) -> Result<(), String> {
+    /// What is wrong with a successful reply to `action` (a field it
+    /// lacks, a change it cannot mean); `None` when nothing is.
+    pub fn problem(&self, action: Action) -> Option<String> {
         if !self.ok {
-            return Ok(());
+            return None;
+        }
+        if let Some(change) = self.change.as_ref().filter(|_| action == Action::Plan)
+            && !["create", "update", "delete", "no_op"].contains(&change.action.as_str())
+        {
+            return Some(format!(
+                "`change.action` is `{}`; expected one of create, update, delete, no_op",
+                change.action
+            ));
         }
         let missing = match action {
             Action::Describe if self.version.is_none() => Some("version"),
@@ -165,20 +174,6 @@ impl Reply {
             Action::Gate | Action::Prerequisite if self.passed.is_none() => Some("passed"),
             _ => None,
         };
-        if let Some(change) = self.change.as_ref().filter(|_| action == Action::Plan)
-            && !["create", "update", "delete", "no_op"].contains(&change.action.as_str())
-        {
-            return Err(format!(
-                "`change.action` is `{}`; expected one of create, update, delete, no_op",
-                change.action
-            ));
-        }
-        match missing {
-            Some(field) => Err(format!(
-                "a successful `{}` result needs `{field}`",
-                action.as_str()
-            )),
-            None => Ok(()),
-        }
+        missing.map(|field| format!("a successful `{}` result needs `{field}`", action.as_str()))
     }
 }

@@ -138,6 +138,7 @@ fn step_error(e: PluginError) -> StepError {
     let kind = match e.kind {
         PluginErrorKind::Timeout => ErrorKind::Timeout,
         PluginErrorKind::Unavailable | PluginErrorKind::Malformed => ErrorKind::Invalid,
+        PluginErrorKind::Unsafe => ErrorKind::Denied,
         PluginErrorKind::Crashed | PluginErrorKind::Failed => ErrorKind::Other,
     };
     StepError::new(kind, e.message)
@@ -258,7 +259,7 @@ pub async fn checks(plugins: &Plugins, profile: &Profile) -> Vec<Finding> {
         findings.push(Finding {
             severity: Severity::Error,
             check: format!("plugin/{name}"),
-            message: why,
+            message: why.message,
         });
     }
     let cancel = CancellationToken::new();

@@ -10,6 +10,7 @@
 //! and every text that leaves this module passes the redactor.
 
 use crate::discover::Found;
+use crate::error::{PluginError, PluginErrorKind};
 use crate::protocol::{Message, PROTOCOL, Reply, Request};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -22,29 +23,6 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_LINE: usize = 1 << 20;
 /// How much of a plugin's stderr is kept for its error.
 pub const STDERR_KEPT: usize = 16 << 10;
-
-/// Why a call did not produce a successful reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct PluginError {
-    pub kind: PluginErrorKind,
-    /// One paragraph: what happened, then the plugin's own output.
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PluginErrorKind {
-    /// Not found, unsafe, or could not be started.
-    Unavailable,
-    /// Did not finish within its timeout, or the run was cancelled.
-    Timeout,
-    /// Killed by a signal, or exited non-zero.
-    Crashed,
-    /// Printed something that is not the protocol.
-    Malformed,
-    /// Answered `ok: false`.
-    Failed,
-}
 
 /// What a call produced: the reply and the progress messages before it.
 #[derive(Debug, Clone)]
@@ -340,12 +318,12 @@ pub async fn call(
             with_stderr(format!("plugin `{name}` {} failed: {why}", action.as_str())),
         ));
     }
-    reply.require(action).map_err(|why| {
-        fail(
+    if let Some(why) = reply.problem(action) {
+        return Err(fail(
             PluginErrorKind::Malformed,
             format!("plugin `{name}` {}: {why}", action.as_str()),
-        )
-    })?;
+        ));
+    }
     Ok(Answer {
         reply,
         progress: said(),
