@@ -656,37 +656,6 @@ registry_ready() {
     [[ "$(http_code "http://$HOST:$REGISTRY_PORT/v2/")" == 200 ]]
 }
 
-start_registry() {
-    local dir
-    dir=$(svc_dir registry)
-    mkdir -p "$dir/data"
-    write_file "$dir/config.yml" "# Written by taskctl scripts/test-env.sh; rewritten on every 'up'.
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $dir/data
-  delete:
-    enabled: true
-http:
-  addr: $HOST:$REGISTRY_PORT
-" || true
-    if registry_ready; then
-        log "registry already answers on $HOST:$REGISTRY_PORT"
-        return 0
-    fi
-    if ! pid_alive "$(pid_file registry)"; then
-        ! port_open "$REGISTRY_PORT" || die "127.0.0.1:$REGISTRY_PORT is taken by something that is not a registry"
-        log "starting docker-registry on $HOST:$REGISTRY_PORT"
-        spawn registry docker-registry serve "$dir/config.yml"
-    fi
-    wait_until registry registry_ready
-    log "registry ready"
-}
-
-stop_registry() { stop_pid registry && wait_port_free registry "$REGISTRY_PORT"; }
-
 # The same registry, asking for a login: user `taskctl`, a password made
 # at the first `up` and kept in its directory (mode 0600), bcrypt-hashed in
 # its htpasswd file (glibc's crypt does bcrypt; no apache2-utils needed).
@@ -696,16 +665,12 @@ registry_auth_ready() {
 
 registry_auth_password() { cat "$(svc_dir registry_auth)/password"; }
 
-start_registry_auth() {
-    local dir
-    dir=$(svc_dir registry_auth)
+# serve_registry SERVICE PORT [AUTH_YAML]: docker-registry on HOST:PORT with
+# its data under the service's directory.
+serve_registry() {
+    local svc=$1 port=$2 auth=${3:-} dir
+    dir=$(svc_dir "$svc")
     mkdir -p "$dir/data"
-    if [[ ! -s $dir/password ]]; then
-        (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$dir/password")
-    fi
-    "${PYTHON:-python3}" -W ignore -c 'import crypt, sys
-print("taskctl:" + crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))' \
-        "$(registry_auth_password)" >"$dir/htpasswd.new" && mv "$dir/htpasswd.new" "$dir/htpasswd"
     write_file "$dir/config.yml" "# Written by taskctl scripts/test-env.sh; rewritten on every 'up'.
 version: 0.1
 log:
@@ -715,26 +680,42 @@ storage:
     rootdirectory: $dir/data
   delete:
     enabled: true
-auth:
+${auth}http:
+  addr: $HOST:$port
+" || true
+    if "${svc}_ready"; then
+        log "$svc already answers on $HOST:$port"
+        return 0
+    fi
+    if ! pid_alive "$(pid_file "$svc")"; then
+        ! port_open "$port" || die "127.0.0.1:$port is taken by something that is not a registry"
+        log "starting docker-registry ($svc) on $HOST:$port"
+        spawn "$svc" docker-registry serve "$dir/config.yml"
+    fi
+    wait_until "$svc" "${svc}_ready"
+    log "$svc ready"
+}
+
+start_registry() { serve_registry registry "$REGISTRY_PORT"; }
+
+start_registry_auth() {
+    local dir
+    dir=$(svc_dir registry_auth)
+    mkdir -p "$dir"
+    if [[ ! -s $dir/password ]]; then
+        (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$dir/password")
+    fi
+    "${PYTHON:-python3}" -W ignore -c 'import crypt, sys
+print("taskctl:" + crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))' \
+        "$(registry_auth_password)" >"$dir/htpasswd.new" && mv "$dir/htpasswd.new" "$dir/htpasswd"
+    serve_registry registry_auth "$REGISTRY_AUTH_PORT" "auth:
   htpasswd:
     realm: taskctl-test
     path: $dir/htpasswd
-http:
-  addr: $HOST:$REGISTRY_AUTH_PORT
-" || true
-    if registry_auth_ready; then
-        log "registry_auth already answers on $HOST:$REGISTRY_AUTH_PORT"
-        return 0
-    fi
-    if ! pid_alive "$(pid_file registry_auth)"; then
-        ! port_open "$REGISTRY_AUTH_PORT" || die "127.0.0.1:$REGISTRY_AUTH_PORT is taken by something that is not a registry"
-        log "starting docker-registry (with a login) on $HOST:$REGISTRY_AUTH_PORT"
-        spawn registry_auth docker-registry serve "$dir/config.yml"
-    fi
-    wait_until registry_auth registry_auth_ready
-    log "registry_auth ready"
+"
 }
 
+stop_registry() { stop_pid registry && wait_port_free registry "$REGISTRY_PORT"; }
 stop_registry_auth() { stop_pid registry_auth && wait_port_free registry_auth "$REGISTRY_AUTH_PORT"; }
 
 # ---------------------------------------------------------------- commands
@@ -811,9 +792,9 @@ status_line() {
         pid=" (pid $(<"$(pid_file "$svc")"))"
     fi
     if ((ok == 0)); then
-        printf '%-10s up    %s%s\n' "$svc" "$where" "$pid"
+        printf '%-13s up    %s%s\n' "$svc" "$where" "$pid"
     else
-        printf '%-10s DOWN  %s%s  log: %s\n' "$svc" "$where" "$pid" "$(log_file "$svc")"
+        printf '%-13s DOWN  %s%s  log: %s\n' "$svc" "$where" "$pid" "$(log_file "$svc")"
     fi
     return "$ok"
 }
