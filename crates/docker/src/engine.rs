@@ -51,13 +51,14 @@ pub fn is_not_found(e: &BollardError) -> bool {
 /// Connects to `DOCKER_HOST` or the local socket, and agrees on an API
 /// version the engine speaks (bollard defaults to a newer one than, e.g.,
 /// Docker 20.10's 1.41).
-pub async fn connect() -> Result<Docker, String> {
-    let docker = Docker::connect_with_defaults().map_err(|e| {
-        format!("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock): {e}")
-    })?;
-    docker.negotiate_version().await.map_err(|e| {
-        format!("cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock): {e}")
-    })
+pub async fn connect() -> Result<Docker, crate::DockerError> {
+    let unreachable = |e: bollard::errors::Error| {
+        crate::DockerError::Engine(format!(
+            "cannot reach the Docker engine (DOCKER_HOST or /var/run/docker.sock): {e}"
+        ))
+    };
+    let docker = Docker::connect_with_defaults().map_err(unreachable)?;
+    docker.negotiate_version().await.map_err(unreachable)
 }
 
 /// Containers (running or not) carrying every `key=value` label.

@@ -6,6 +6,7 @@
 //! plan knows the image a deploy will run before building it, an unchanged
 //! binary is never rebuilt, and a changed one rolls every replica.
 
+use crate::error::DockerError;
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
@@ -39,16 +40,16 @@ pub enum Source {
 
 /// The static agent binary: `$TASKCTL_AGENT_BINARY`, else `task-executor`
 /// next to the running `taskctl`.
-pub fn find_binary() -> Result<PathBuf, String> {
+pub fn find_binary() -> Result<PathBuf, DockerError> {
     if let Some(path) = std::env::var_os("TASKCTL_AGENT_BINARY") {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(format!(
+            Err(DockerError::Image(format!(
                 "TASKCTL_AGENT_BINARY is {}, which is not a file",
                 path.display()
-            ))
+            )))
         };
     }
     let beside = std::env::current_exe()
@@ -56,11 +57,11 @@ pub fn find_binary() -> Result<PathBuf, String> {
         .and_then(|exe| exe.parent().map(|d| d.join("task-executor")));
     match beside {
         Some(path) if path.is_file() => Ok(path),
-        _ => Err(format!(
+        _ => Err(DockerError::Image(format!(
             "no task-executor binary to build the agent image from: none beside taskctl ({}) and TASKCTL_AGENT_BINARY is not set; run ./install.sh, or build a static one with `{}` and set TASKCTL_AGENT_BINARY",
             beside.map(|p| p.display().to_string()).unwrap_or_default(),
             STATIC_BUILD
-        )),
+        ))),
     }
 }
 
@@ -69,12 +70,14 @@ pub const STATIC_BUILD: &str = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS=
 /// Whether an ELF executable needs a dynamic loader (has a `PT_INTERP`
 /// program header): such a binary cannot run on `scratch`, and the failure
 /// there is an opaque "no such file or directory", so it is caught here.
-pub fn is_dynamic_elf(bytes: &[u8]) -> Result<bool, String> {
+pub fn is_dynamic_elf(bytes: &[u8]) -> Result<bool, DockerError> {
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
-        return Err("not an ELF executable".into());
+        return Err(DockerError::Image("not an ELF executable".into()));
     }
     if bytes[4] != 2 || bytes[5] != 1 {
-        return Err("not a 64-bit little-endian ELF executable".into());
+        return Err(DockerError::Image(
+            "not a 64-bit little-endian ELF executable".into(),
+        ));
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
     let u64_at = |o: usize| {
@@ -86,7 +89,7 @@ pub fn is_dynamic_elf(bytes: &[u8]) -> Result<bool, String> {
     for i in 0..phnum {
         let o = phoff + i * phentsize;
         if o + 4 > bytes.len() {
-            return Err("truncated ELF program headers".into());
+            return Err(DockerError::Image("truncated ELF program headers".into()));
         }
         let p_type = u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         if p_type == 3 {
@@ -97,7 +100,7 @@ pub fn is_dynamic_elf(bytes: &[u8]) -> Result<bool, String> {
 }
 
 /// What the agent's `build`/`image` fields ask for.
-pub fn source(agent: &Agent) -> Result<Source, String> {
+pub fn source(agent: &Agent) -> Result<Source, DockerError> {
     match &agent.build {
         None => Ok(Source::Existing),
         Some(ImageBuild {
@@ -110,10 +113,10 @@ pub fn source(agent: &Agent) -> Result<Source, String> {
         Some(ImageBuild {
             dockerfile: None,
             base_image: Some(base),
-        }) => Err(format!(
+        }) => Err(DockerError::Image(format!(
             "agent `{}`: build.base_image `{base}` needs build.dockerfile too; without both, taskctl packs the static agent on scratch",
             agent.name
-        )),
+        ))),
         Some(_) => Ok(Source::Static {
             binary: find_binary()?,
         }),
@@ -139,7 +142,7 @@ pub fn scratch_dockerfile() -> String {
 }
 
 /// A tar of `(path, mode, bytes)` entries.
-pub fn tar_of(entries: &[(&str, u32, &[u8])]) -> Result<Vec<u8>, String> {
+pub fn tar_of(entries: &[(&str, u32, &[u8])]) -> Result<Vec<u8>, DockerError> {
     let mut builder = tar::Builder::new(Vec::new());
     for (path, mode, bytes) in entries {
         let mut header = tar::Header::new_gnu();
@@ -149,11 +152,13 @@ pub fn tar_of(entries: &[(&str, u32, &[u8])]) -> Result<Vec<u8>, String> {
         header.set_cksum();
         builder
             .append_data(&mut header, path, *bytes)
-            .map_err(|e| format!("cannot pack {path} into the build context: {e}"))?;
+            .map_err(|e| {
+                DockerError::Image(format!("cannot pack {path} into the build context: {e}"))
+            })?;
     }
     builder
         .into_inner()
-        .map_err(|e| format!("cannot finish the build context: {e}"))
+        .map_err(|e| DockerError::Image(format!("cannot finish the build context: {e}")))
 }
 
 /// A build that is ready to run: its context and the tag it produces.
@@ -177,18 +182,21 @@ pub enum Context {
 
 impl Context {
     /// The tar the engine builds from.
-    pub fn tar(&self) -> Result<Vec<u8>, String> {
+    pub fn tar(&self) -> Result<Vec<u8>, DockerError> {
         match self {
             Context::Tar(bytes) => Ok(bytes.clone()),
             Context::Static { binary, digest } => {
                 let bytes = std::fs::read(binary).map_err(|e| {
-                    format!("cannot read the agent binary {}: {e}", binary.display())
+                    DockerError::Image(format!(
+                        "cannot read the agent binary {}: {e}",
+                        binary.display()
+                    ))
                 })?;
                 if crate::spec::sha256_hex(&bytes) != *digest {
-                    return Err(format!(
+                    return Err(DockerError::Image(format!(
                         "the agent binary {} changed during this run; run it again",
                         binary.display()
-                    ));
+                    )));
                 }
                 tar_of(&[
                     ("Dockerfile", 0o644, scratch_dockerfile().as_bytes()),
@@ -203,30 +211,38 @@ impl Context {
 /// it can run on scratch. Remembered for the process by path, size and
 /// modification time: preflight, plan and apply all need it, and each would
 /// otherwise read and hash the whole binary (12 MB) again.
-fn static_digest(binary: &Path) -> Result<String, String> {
+fn static_digest(binary: &Path) -> Result<String, DockerError> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     type Key = (PathBuf, u64, Option<std::time::SystemTime>);
     static DIGESTS: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
-    let meta = std::fs::metadata(binary)
-        .map_err(|e| format!("cannot read the agent binary {}: {e}", binary.display()))?;
+    let meta = std::fs::metadata(binary).map_err(|e| {
+        DockerError::Image(format!(
+            "cannot read the agent binary {}: {e}",
+            binary.display()
+        ))
+    })?;
     let key = (binary.to_path_buf(), meta.len(), meta.modified().ok());
     let digests = DIGESTS.get_or_init(Mutex::default);
     let mut digests = digests.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(digest) = digests.get(&key) {
         return Ok(digest.clone());
     }
-    let bytes = std::fs::read(binary)
-        .map_err(|e| format!("cannot read the agent binary {}: {e}", binary.display()))?;
+    let bytes = std::fs::read(binary).map_err(|e| {
+        DockerError::Image(format!(
+            "cannot read the agent binary {}: {e}",
+            binary.display()
+        ))
+    })?;
     match is_dynamic_elf(&bytes) {
         Ok(false) => {}
         Ok(true) => {
-            return Err(format!(
+            return Err(DockerError::Image(format!(
                 "{} is dynamically linked and cannot run on scratch; build a static agent with `{STATIC_BUILD}` and point TASKCTL_AGENT_BINARY at it (or reinstall with ./install.sh)",
                 binary.display()
-            ));
+            )));
         }
-        Err(e) => return Err(format!("{}: {e}", binary.display())),
+        Err(e) => return Err(DockerError::Image(format!("{}: {e}", binary.display()))),
     }
     let digest = crate::spec::sha256_hex(&bytes);
     digests.insert(key, digest.clone());
@@ -235,7 +251,7 @@ fn static_digest(binary: &Path) -> Result<String, String> {
 
 /// Computes the tag (from the binary's digest, or the Dockerfile's
 /// directory read whole).
-pub fn prepare(agent: &Agent, source: &Source) -> Result<Option<Prepared>, String> {
+pub fn prepare(agent: &Agent, source: &Source) -> Result<Option<Prepared>, DockerError> {
     let repo = repository(&agent.image);
     let version = env!("CARGO_PKG_VERSION");
     match source {
@@ -284,16 +300,20 @@ pub fn prepare(agent: &Agent, source: &Source) -> Result<Option<Prepared>, Strin
     }
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read the build context {}: {e}", dir.display()))?;
+fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), DockerError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        DockerError::Image(format!(
+            "cannot read the build context {}: {e}",
+            dir.display()
+        ))
+    })?;
     for entry in entries {
-        let path = entry.map_err(|e| e.to_string())?.path();
+        let path = entry.map_err(|e| DockerError::Image(e.to_string()))?.path();
         if path.is_dir() {
             collect(root, &path, out)?;
         } else {
-            let bytes =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| DockerError::Image(format!("cannot read {}: {e}", path.display())))?;
             let rel = path.strip_prefix(root).unwrap_or(&path);
             out.push((rel.to_string_lossy().into_owned(), bytes));
         }
@@ -522,10 +542,7 @@ pub async fn build(
             .map(|b| [("BASE_IMAGE".to_string(), b.clone())].into()),
         ..Default::default()
     };
-    let context = prepared
-        .context
-        .tar()
-        .map_err(|e| StepError::new(ErrorKind::Invalid, e))?;
+    let context = prepared.context.tar().map_err(StepError::from)?;
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut last = String::new();
     while let Some(item) = stream.next().await {

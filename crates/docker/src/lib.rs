@@ -50,6 +50,7 @@
 //! Releases live on the engine too ([`release::DockerReleaseStore`]).
 
 pub mod engine;
+pub mod error;
 pub mod image;
 pub mod release;
 pub mod rollout;
@@ -71,6 +72,7 @@ use taskctl_core::ops::{
 use taskctl_core::profile::Profile;
 use taskctl_core::release::ReleaseStore;
 
+pub use crate::error::DockerError;
 use crate::spec::label;
 use crate::steps::{AgentImage, Network, Replica, Service, Shared, Sweep, Volume};
 
@@ -93,7 +95,7 @@ impl DockerProvider {
     /// version.
     pub async fn connect(options: DockerOptions) -> Result<Self, OpsError> {
         Ok(DockerProvider {
-            docker: engine::connect().await.map_err(OpsError::Provider)?,
+            docker: engine::connect().await.map_err(OpsError::from)?,
             options,
         })
     }
@@ -104,7 +106,7 @@ impl DockerProvider {
     /// `None` without a managed database with backups.
     async fn restore_latest_backup(&self, profile: &Profile) -> Result<Option<String>, OpsError> {
         let has_backups = stack::managed_services(profile)
-            .map_err(OpsError::Provider)?
+            .map_err(OpsError::from)?
             .iter()
             .any(|s| s.name == "postgres-backup");
         if !has_backups {
@@ -195,7 +197,7 @@ impl Provider for DockerProvider {
             .as_ref()
             .is_some_and(|v| v.cluster.is_some());
         match steps::managed_services(profile) {
-            Err(e) => error("services", e),
+            Err(e) => error("services", e.to_string()),
             Ok(services) => {
                 for s in services {
                     // A port another program holds fails the start halfway
@@ -239,7 +241,7 @@ impl Provider for DockerProvider {
         for agent in &profile.agents {
             match image::source(agent).and_then(|s| image::prepare(agent, &s).map(|_| ())) {
                 Ok(()) => {}
-                Err(e) => error("agent_image", e),
+                Err(e) => error("agent_image", e.to_string()),
             }
             for (name, source) in agent.env.iter().filter_map(|v| {
                 v.secret
@@ -289,7 +291,7 @@ impl Provider for DockerProvider {
         let shared = self.shared(profile);
         let mut out: Vec<Arc<dyn Step>> = Vec::new();
         let network = StepId::new("network");
-        let services = steps::managed_services(profile).map_err(OpsError::Provider)?;
+        let services = steps::managed_services(profile).map_err(OpsError::from)?;
         let mut service_ids = Vec::new();
         if scope.includes(Layer::Infrastructure) {
             out.push(Arc::new(Network {

@@ -2,6 +2,7 @@
 //! desired spec of every agent replica and how two specs differ. No I/O
 //! here, so everything the plan shows is unit-tested.
 
+use crate::error::DockerError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use taskctl_core::engine::FieldDiff;
@@ -216,7 +217,12 @@ impl SpecSummary {
 impl ReplicaSpec {
     /// The replica's spec from the profile; `image` is the reference the
     /// image step resolved (a content-addressed tag or an image id).
-    pub fn new(profile: &Profile, agent: &Agent, index: u32, image: &str) -> Result<Self, String> {
+    pub fn new(
+        profile: &Profile,
+        agent: &Agent,
+        index: u32,
+        image: &str,
+    ) -> Result<Self, DockerError> {
         let port = |name: &str, default: u16| {
             agent
                 .ports
@@ -229,16 +235,20 @@ impl ReplicaSpec {
         let metrics_base = port("metrics", 9090);
         let top = u32::from(http_base.max(metrics_base)) + 2 * agent.replicas;
         if top > u32::from(u16::MAX) {
-            return Err(format!(
+            return Err(DockerError::Profile(format!(
                 "agent `{}`: {} replicas need ports up to {top}, above 65535; lower its `ports`",
                 agent.name, agent.replicas
-            ));
+            )));
         }
         let quantity =
             |q: &taskctl_core::profile::value::Checked<taskctl_core::profile::value::Quantity>,
              what: &str| {
                 q.get().map(|q| q.0).ok_or_else(|| {
-                    format!("agent `{}`: {what} `{}` is malformed", agent.name, q.raw())
+                    DockerError::Profile(format!(
+                        "agent `{}`: {what} `{}` is malformed",
+                        agent.name,
+                        q.raw()
+                    ))
                 })
             };
         let cpu = quantity(&agent.resources.limits.cpu, "resources.limits.cpu")?;
@@ -258,20 +268,20 @@ impl ReplicaSpec {
                 EnvSource::Literal(value.clone())
             } else if let Some(secret) = &var.secret {
                 EnvSource::Secret(secret.get().cloned().ok_or_else(|| {
-                    format!(
+                    DockerError::Profile(format!(
                         "agent `{}`: env {} has a malformed secret reference",
                         agent.name, var.name
-                    )
+                    ))
                 })?)
             } else if let Some(key) = &var.config_map {
                 let value = config
                     .get(key.name.as_str())
                     .and_then(|data| data.get(&key.key))
                     .ok_or_else(|| {
-                        format!(
+                        DockerError::Profile(format!(
                             "agent `{}`: env {} refers to config map `{}` key `{}`, which the agent's `config_map` does not have",
                             agent.name, var.name, key.name, key.key
-                        )
+                        ))
                     })?;
                 EnvSource::Literal(value.clone())
             } else {
@@ -548,6 +558,6 @@ mod tests {
         p.agents[0].replicas = 40;
         p.agents[0].ports[0].port = 65500;
         let err = ReplicaSpec::new(&p, &p.agents[0], 1, "x").unwrap_err();
-        assert!(err.contains("above 65535"), "{err}");
+        assert!(err.to_string().contains("above 65535"), "{err}");
     }
 }

@@ -13,6 +13,7 @@
 //! image's; `scripts/images.sh` builds images from Debian packages that
 //! keep the same contract, for machines that reach no registry.
 
+use crate::error::DockerError;
 use serde::Serialize;
 use taskctl_core::profile::Profile;
 use taskctl_core::profile::value::SecretRef;
@@ -168,30 +169,34 @@ fn published(profile: &Profile, name: &str, default: Option<u16>) -> Option<u16>
     }
 }
 
-fn limits(profile: &Profile, service: &str, default: (f64, u64, i64)) -> Result<Limits, String> {
+fn limits(
+    profile: &Profile,
+    service: &str,
+    default: (f64, u64, i64),
+) -> Result<Limits, DockerError> {
     let l = docker_settings(profile).and_then(|d| d.limits.get(service));
     let cpu = match l.and_then(|l| l.cpu.as_ref()) {
         Some(c) => c.get().map(|q| q.0).ok_or_else(|| {
-            format!(
+            DockerError::Profile(format!(
                 "target.docker.limits.{service}.cpu `{}` is malformed",
                 c.raw()
-            )
+            ))
         })?,
         None => default.0,
     };
     let memory = match l.and_then(|l| l.memory.as_ref()) {
         Some(m) => m.get().map(|q| q.0 as u64).ok_or_else(|| {
-            format!(
+            DockerError::Profile(format!(
                 "target.docker.limits.{service}.memory `{}` is malformed",
                 m.raw()
-            )
+            ))
         })?,
         None => default.1,
     };
     if memory < 16 << 20 {
-        return Err(format!(
+        return Err(DockerError::Profile(format!(
             "target.docker.limits.{service}.memory: at least 16Mi is needed, {memory} bytes given"
-        ));
+        )));
     }
     let pids = l
         .and_then(|l| l.pids)
@@ -232,7 +237,7 @@ pub fn agents_bridged(profile: &Profile) -> bool {
 }
 
 /// The managed services of the profile, in start order.
-pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
+pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, DockerError> {
     if let Some(d) = docker_settings(profile) {
         for (what, keys) in [
             ("images", d.images.keys().collect::<Vec<_>>()),
@@ -243,7 +248,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
                 let ok = SERVICE_NAMES.contains(&k.as_str())
                     || (what == "publish" && k == "rabbitmq_management");
                 if !ok {
-                    return Err(format!(
+                    return Err(DockerError::Profile(format!(
                         "target.docker.{what}.{k}: not a managed service (expected one of {}{})",
                         SERVICE_NAMES.join(", "),
                         if what == "publish" {
@@ -251,7 +256,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
                         } else {
                             ""
                         }
-                    ));
+                    )));
                 }
             }
         }
@@ -261,7 +266,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
     let secret = |c: &taskctl_core::profile::value::Checked<SecretRef>, what: &str| {
         c.get()
             .cloned()
-            .ok_or_else(|| format!("{what} is not a valid secret reference"))
+            .ok_or_else(|| DockerError::Profile(format!("{what} is not a valid secret reference")))
     };
 
     if let Some(v) = &s.vault
@@ -269,21 +274,21 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
         && v.external.is_none()
     {
         let Some(cluster) = &v.cluster else {
-            return Err("services.vault: a Vault (OpenBao) taskctl runs on docker needs `cluster` (nodes: [\"http://127.0.0.1:8200\"], keys_file: …), which taskctl initializes and unseals".into());
+            return Err(DockerError::Profile("services.vault: a Vault (OpenBao) taskctl runs on docker needs `cluster` (nodes: [\"http://127.0.0.1:8200\"], keys_file: …), which taskctl initializes and unseals".into()));
         };
         if cluster.nodes.len() != 1 {
-            return Err(format!(
+            return Err(DockerError::Profile(format!(
                 "services.vault.cluster.nodes: the docker target runs one Vault node, {} are listed",
                 cluster.nodes.len()
-            ));
+            )));
         }
         let node = url::Url::parse(&cluster.nodes[0])
-            .map_err(|e| format!("services.vault.cluster.nodes[0]: {e}"))?;
+            .map_err(|e| DockerError::Profile(format!("services.vault.cluster.nodes[0]: {e}")))?;
         let loopback = matches!(node.host_str(), Some("127.0.0.1" | "localhost"));
         if !loopback || node.scheme() != "http" {
-            return Err(format!(
+            return Err(DockerError::Profile(format!(
                 "services.vault.cluster.nodes[0] `{node}`: the docker target publishes Vault on 127.0.0.1 over http; expected http://127.0.0.1:PORT"
-            ));
+            )));
         }
         let port = node.port_or_known_default().unwrap_or(8200);
         let hcl = format!(
@@ -336,11 +341,11 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
         && r.external.is_none()
     {
         let admin = r.admin.as_ref().ok_or_else(|| {
-            "services.rabbitmq: a broker taskctl runs needs `admin` (vault:PATH#password of a secrets.entries entry of type rabbitmq), its only administrator; no guest user is created".to_string()
+            DockerError::Profile("services.rabbitmq: a broker taskctl runs needs `admin` (vault:PATH#password of a secrets.entries entry of type rabbitmq), its only administrator; no guest user is created".to_string())
         })?;
         let admin = secret(admin, "services.rabbitmq.admin")?;
         let SecretRef::Vault { path, version, .. } = &admin else {
-            return Err("services.rabbitmq.admin: expected vault:PATH#password (the username is read from PATH#username)".into());
+            return Err(DockerError::Profile("services.rabbitmq.admin: expected vault:PATH#password (the username is read from PATH#username)".into()));
         };
         let admin_user = SecretRef::Vault {
             path: path.clone(),
@@ -360,9 +365,9 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
             }
         }
         if let Some(bad) = plugins.iter().find(|p| !plugin_name_ok(p)) {
-            return Err(format!(
+            return Err(DockerError::Profile(format!(
                 "services.rabbitmq.plugins: `{bad}` is not a plugin name (lower-case letters, digits, _)"
-            ));
+            )));
         }
         let rabbit_limits = limits(profile, "rabbitmq", (1.0, 512 * MI, 512))?;
         let mut env: Vec<(String, EnvSource)> = [
@@ -395,7 +400,7 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
                                 c: &taskctl_core::profile::value::Checked<SecretRef>,
                                 what: &str,
                                 option: &str|
-                 -> Result<(), String> {
+                 -> Result<(), DockerError> {
                     env.push((name.to_string(), EnvSource::Secret(secret(c, what)?)));
                     conf.push_str(&format!(
                         "ssl_options.{option} = {}/{}\n",
@@ -505,10 +510,10 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
         && p.external.is_none()
     {
         if p.version < 12 {
-            return Err(format!(
+            return Err(DockerError::Profile(format!(
                 "services.postgres.version: 12 or newer is supported, {} given",
                 p.version
-            ));
+            )));
         }
         out.push(ServiceDef {
             name: "postgres",
@@ -624,14 +629,15 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
         let alertmanager = p.alertmanager.enabled;
         if alertmanager {
             let url = p.alertmanager.webhook_url.as_ref().ok_or_else(|| {
-                "services.prometheus.alertmanager: a managed Alertmanager needs `webhook_url`, the receiver its alerts go to".to_string()
+                DockerError::Profile("services.prometheus.alertmanager: a managed Alertmanager needs `webhook_url`, the receiver its alerts go to".to_string())
             })?;
-            let parsed = url::Url::parse(url)
-                .map_err(|e| format!("services.prometheus.alertmanager.webhook_url: {e}"))?;
+            let parsed = url::Url::parse(url).map_err(|e| {
+                DockerError::Profile(format!("services.prometheus.alertmanager.webhook_url: {e}"))
+            })?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(format!(
+                return Err(DockerError::Profile(format!(
                     "services.prometheus.alertmanager.webhook_url `{url}`: expected an http(s) URL"
-                ));
+                )));
             }
             out.push(ServiceDef {
                 name: "alertmanager",
@@ -674,9 +680,9 @@ pub fn managed_services(profile: &Profile) -> Result<Vec<ServiceDef>, String> {
         }
         let retention = p.retention.raw().to_string();
         if p.retention.get().is_none() {
-            return Err(format!(
+            return Err(DockerError::Profile(format!(
                 "services.prometheus.retention `{retention}` is not a duration"
-            ));
+            )));
         }
         let mut binds = Vec::new();
         if let Some(dir) = crate::steps::file_sd_dir(profile) {
@@ -766,19 +772,20 @@ struct ScrapeJob {
     file_sd_configs: Vec<FileSd<'static>>,
 }
 
-fn yaml<T: Serialize>(what: &str, value: &T) -> Result<String, String> {
-    serde_norway::to_string(value).map_err(|e| format!("rendering {what}: {e}"))
+fn yaml<T: Serialize>(what: &str, value: &T) -> Result<String, DockerError> {
+    serde_norway::to_string(value)
+        .map_err(|e| DockerError::Profile(format!("rendering {what}: {e}")))
 }
 
 /// `prometheus.yml`: itself, the broker, the agents (`file_sd`, written by
 /// the replica steps), the profile's own jobs, the rules, Alertmanager.
 /// Every value reaches the YAML through serialization, never by pasting.
-pub fn prometheus_config(profile: &Profile, alertmanager: bool) -> Result<String, String> {
+pub fn prometheus_config(profile: &Profile, alertmanager: bool) -> Result<String, DockerError> {
     let p = profile
         .services
         .prometheus
         .as_ref()
-        .ok_or("services.prometheus is missing")?;
+        .ok_or_else(|| DockerError::Profile("services.prometheus is missing".into()))?;
     let mut jobs = vec![
         ScrapeJob {
             job_name: "prometheus".into(),
@@ -824,10 +831,10 @@ pub fn prometheus_config(profile: &Profile, alertmanager: bool) -> Result<String
             if job.job_name == "task-executor" {
                 continue;
             }
-            return Err(format!(
+            return Err(DockerError::Profile(format!(
                 "services.prometheus.scrape_configs: job `{}` is one taskctl defines itself",
                 job.job_name
-            ));
+            )));
         }
         jobs.push(ScrapeJob {
             job_name: job.job_name.clone(),
@@ -857,7 +864,7 @@ pub fn prometheus_config(profile: &Profile, alertmanager: bool) -> Result<String
 }
 
 /// The profile's recording and alerting rules as one rule group each.
-pub fn rules(p: &taskctl_core::profile::model::Prometheus) -> Result<String, String> {
+pub fn rules(p: &taskctl_core::profile::model::Prometheus) -> Result<String, DockerError> {
     let recording: Vec<serde_json::Value> = p
         .recording_rules
         .iter()
@@ -902,7 +909,7 @@ fn postgres_image(profile: &Profile, p: &taskctl_core::profile::model::Postgres)
 
 /// The daily time of a `M H * * *` schedule, the only form the docker
 /// target runs (it has no cron): `(minute, hour)`.
-pub fn daily_schedule(schedule: &str) -> Result<(u32, u32), String> {
+pub fn daily_schedule(schedule: &str) -> Result<(u32, u32), DockerError> {
     let fields: Vec<&str> = schedule.split_whitespace().collect();
     let expected = || {
         format!(
@@ -912,9 +919,9 @@ pub fn daily_schedule(schedule: &str) -> Result<(u32, u32), String> {
     match fields.as_slice() {
         [m, h, "*", "*", "*"] => match (m.parse::<u32>(), h.parse::<u32>()) {
             (Ok(m), Ok(h)) if m < 60 && h < 24 => Ok((m, h)),
-            _ => Err(expected()),
+            _ => Err(DockerError::Profile(expected())),
         },
-        _ => Err(expected()),
+        _ => Err(DockerError::Profile(expected())),
     }
 }
 
@@ -935,14 +942,16 @@ fn postgres_backup(
     p: &taskctl_core::profile::model::Postgres,
     b: &taskctl_core::profile::model::Backup,
     password: &SecretRef,
-) -> Result<ServiceDef, String> {
+) -> Result<ServiceDef, DockerError> {
     let (minute, hour) = daily_schedule(&b.schedule)?;
     let keep_minutes = b
         .retention
         .get()
         .map(|d| (d.0.as_secs() / 60).max(1))
         .ok_or_else(|| {
-            "services.postgres.backup.retention: expected a duration such as `30d`".to_string()
+            DockerError::Profile(
+                "services.postgres.backup.retention: expected a duration such as `30d`".to_string(),
+            )
         })?;
     let script = format!(
         r#"set -u
@@ -995,7 +1004,7 @@ done
 }
 
 /// `alertmanager.yml`: every alert to the profile's webhook.
-pub fn alertmanager_config(webhook: &str) -> Result<String, String> {
+pub fn alertmanager_config(webhook: &str) -> Result<String, DockerError> {
     yaml(
         "alertmanager.yml",
         &serde_json::json!({
@@ -1017,12 +1026,12 @@ pub fn alertmanager_config(webhook: &str) -> Result<String, String> {
 /// RabbitMQ's configuration with the administrator: the values come from
 /// Vault, so anything that could end the line and start another setting
 /// is refused rather than written.
-pub fn rabbit_conf(user: &str, password: &str, rest: &str) -> Result<String, String> {
+pub fn rabbit_conf(user: &str, password: &str, rest: &str) -> Result<String, DockerError> {
     for (what, v) in [("username", user), ("password", password)] {
         if v.is_empty() || v.chars().any(|c| c.is_control() || c == '#') || v.trim() != v {
-            return Err(format!(
+            return Err(DockerError::Profile(format!(
                 "the broker administrator's {what} from Vault has characters a rabbitmq.conf value cannot hold (control characters, `#`, surrounding spaces)"
-            ));
+            )));
         }
     }
     Ok(format!(
@@ -1047,7 +1056,7 @@ mod backup_tests {
             "",
         ] {
             let e = daily_schedule(bad).unwrap_err();
-            assert!(e.contains("M H * * *"), "{bad}: {e}");
+            assert!(e.to_string().contains("M H * * *"), "{bad}: {e}");
         }
     }
 }

@@ -10,8 +10,8 @@ pub struct AgentImage {
 
 impl AgentImage {
     fn prepared(&self) -> Result<Option<image::Prepared>, StepError> {
-        let source = image::source(&self.agent).map_err(invalid)?;
-        image::prepare(&self.agent, &source).map_err(invalid)
+        let source = image::source(&self.agent).map_err(StepError::from)?;
+        image::prepare(&self.agent, &source).map_err(StepError::from)
     }
 
     /// The name an image is pushed under: the reference the local step

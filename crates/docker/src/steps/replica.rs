@@ -59,7 +59,7 @@ impl Replica {
             )
         })?;
         let mut spec = ReplicaSpec::new(&self.shared.profile, &self.agent, self.index, image)
-            .map_err(invalid)?;
+            .map_err(StepError::from)?;
         spec.secret_versions = secret_files::versions(&self.shared.secrets, &spec.env).await?;
         Ok(spec)
     }

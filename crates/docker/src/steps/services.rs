@@ -257,7 +257,7 @@ impl Service {
                 let user = resolve(admin_user).await?;
                 let password = resolve(admin_password).await?;
                 let conf = stack::rabbit_conf(user.value.expose(), password.value.expose(), rest)
-                    .map_err(invalid)?;
+                    .map_err(StepError::from)?;
                 delivery
                     .files
                     .insert(name.clone(), taskctl_core::secrets::Secret::new(conf));
