@@ -51,7 +51,7 @@ target_dir() {
 }
 
 do_install() {
-    local prefix=$1 bindir="$1/bin" sharedir="$1/share/taskctl" manifest target bin src dest tmp
+    local prefix=$1 bindir="$1/bin" sharedir="$1/share/taskctl" manifest target bin src
     manifest="$sharedir/install-manifest"
 
     command -v cargo >/dev/null ||
@@ -92,34 +92,31 @@ do_install() {
     mkdir -p "$bindir" "$sharedir"
 
     local entries=()
+    # put SRC DEST: copy then rename, since replacing a binary that is
+    # running fails with "Text file busy" if written in place and a rename
+    # always works; recorded for --uninstall.
+    put() {
+        local tmp
+        tmp=$(mktemp "$(dirname "$2")/.$(basename "$2").XXXXXX")
+        cp "$1" "$tmp"
+        chmod 755 "$tmp"
+        mv -f "$tmp" "$2"
+        entries+=("file $(sha256sum "$2" | cut -d' ' -f1) $2")
+        log "installed $2"
+    }
     for bin in "${BINARIES[@]}"; do
         src="$target/release/$bin"
         [[ $bin != task-executor ]] || src="$target/$triple/release/$bin"
         [[ -x $src ]] || die "the build did not produce $src."
-        dest="$bindir/$bin"
-        # Copy then rename: replacing a binary that is running fails with
-        # "Text file busy" if written in place; a rename always works.
-        tmp=$(mktemp "$bindir/.$bin.XXXXXX")
-        cp "$src" "$tmp"
-        chmod 755 "$tmp"
-        mv -f "$tmp" "$dest"
-        entries+=("file $(sha256sum "$dest" | cut -d' ' -f1) $dest")
-        log "installed $dest"
+        put "$src" "$bindir/$bin"
     done
 
     # The shipped plugins, as taskctl-NAME on PATH, where taskctl finds
     # them from any directory (plugins/README.md).
-    local plugin name
+    local plugin
     for plugin in "$REPO"/plugins/*; do
-        name=$(basename "$plugin")
         [[ -f $plugin && -x $plugin ]] || continue
-        dest="$bindir/taskctl-$name"
-        tmp=$(mktemp "$bindir/.taskctl-$name.XXXXXX")
-        cp "$plugin" "$tmp"
-        chmod 755 "$tmp"
-        mv -f "$tmp" "$dest"
-        entries+=("file $(sha256sum "$dest" | cut -d' ' -f1) $dest")
-        log "installed plugin $dest"
+        put "$plugin" "$bindir/taskctl-$(basename "$plugin")"
     done
 
     {

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace against the real servers: starts (and on a
-# fresh machine installs) moto, OpenBao, RabbitMQ, Prometheus and a Docker
-# registry on loopback through scripts/test-env.sh, builds the local stack's
-# service images offline (scripts/images.sh), then runs the tests with
-# cargo-nextest.
+# fresh machine installs) moto, OpenBao, RabbitMQ, Prometheus and two Docker
+# registries (one asks for a login) on loopback through scripts/test-env.sh,
+# builds the local stack's service images offline (scripts/images.sh), then
+# runs the tests with cargo-nextest.
 # Extra arguments go to nextest, e.g. `scripts/test.sh -p taskctl-core`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

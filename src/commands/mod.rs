@@ -56,7 +56,7 @@ pub fn with_push(
     if profile.target.kind != TargetKind::Docker {
         anyhow::bail!(
             "--push applies to the docker target; this profile's target is `{}`",
-            format!("{:?}", profile.target.kind).to_lowercase()
+            profile.target.kind.as_str()
         );
     }
     taskctl_core::profile::check_registry(registry).map_err(|e| anyhow::anyhow!("--push {e}"))?;

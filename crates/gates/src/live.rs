@@ -31,8 +31,7 @@ fn probe(
 /// Logs in to the broker as the agents do (`amqps://` trusting only the
 /// agents' CA) and leaves: holds when that works over TLS.
 pub async fn broker(broker: Broker<'_>, budget: Duration) -> Probe {
-    let shown = redact::url(broker.url);
-    let what = format!("RabbitMQ {}", host_of(&shown));
+    let what = format!("RabbitMQ {}", address(broker.url));
     let tls_url = broker.url.starts_with("amqps://");
     let tls = match broker.ca.map(BrokerTls::with_ca_pem).transpose() {
         Ok(tls) => tls,
@@ -102,18 +101,19 @@ pub async fn broker(broker: Broker<'_>, budget: Duration) -> Probe {
     }
 }
 
-fn host_of(shown: &str) -> String {
-    shown
-        .split("://")
-        .nth(1)
-        .unwrap_or(shown)
-        .rsplit('@')
-        .next()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string()
+/// `host:port` of a broker URL, the port by its scheme when not written;
+/// never its credentials.
+fn address(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(u) => {
+            let port = u.port().unwrap_or(match u.scheme() {
+                "amqps" => 5671,
+                _ => 5672,
+            });
+            format!("{}:{port}", u.host_str().unwrap_or_default())
+        }
+        Err(_) => "(an address that does not parse)".into(),
+    }
 }
 
 /// Asks PostgreSQL at `addr` for TLS the way a client starts (an

@@ -175,7 +175,7 @@ impl Plugins {
             environment: Environment {
                 name: profile.metadata.name.clone(),
                 environment: profile.metadata.environment.clone(),
-                target: target_name(profile),
+                target: profile.target.kind.as_str().to_owned(),
             },
             args: merged_args(plugin.args.as_ref(), step.and_then(|s| s.args.as_ref())),
             profile: parts,
@@ -213,13 +213,6 @@ impl<'a> CallContext<'a> {
 
 fn log_progress(message: &str) {
     tracing::info!(target: "taskctl::plugin", "{message}");
-}
-
-fn target_name(profile: &Profile) -> String {
-    serde_json::to_value(profile.target.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// The plugin's `args` with the step's merged over them, key by key.

@@ -30,6 +30,17 @@ pub enum TargetKind {
     Docker,
 }
 
+impl TargetKind {
+    /// The name a profile writes: `aws`, `kubernetes`, `docker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Aws => "aws",
+            TargetKind::Kubernetes => "kubernetes",
+            TargetKind::Docker => "docker",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct AwsTarget {

@@ -8,14 +8,6 @@ use crate::path;
 use crate::profile::model::{Profile, TargetKind};
 use crate::profile::node::Path;
 
-fn target_name(kind: TargetKind) -> &'static str {
-    match kind {
-        TargetKind::Aws => "aws",
-        TargetKind::Kubernetes => "kubernetes",
-        TargetKind::Docker => "docker",
-    }
-}
-
 pub(super) fn check(r: &mut Report, p: &Profile) {
     let target = p.target.kind;
     let ignored = |r: &mut Report, at: Path, what: String, help: &str| {
@@ -143,11 +135,11 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
                 path![section],
                 format!(
                     "`{section}` is ignored on target {}: {what} (read by target{} {})",
-                    target_name(target),
+                    target.as_str(),
                     if honored.len() == 1 { "" } else { "s" },
                     honored
                         .iter()
-                        .map(|k| target_name(*k))
+                        .map(|k| k.as_str())
                         .collect::<Vec<_>>()
                         .join(" and ")
                 ),
