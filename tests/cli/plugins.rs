@@ -3,7 +3,7 @@
 //! a deploy killed during the plugin step and resumed, `plugins list`, and
 //! a plugin that prints garbage stopping a deploy before any change.
 
-use crate::docker::{AGENT, Env, docker, required, text};
+use crate::docker::{AGENT, Env, docker, quick, required, text};
 use crate::harness::{repo_root, taskctl_in};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -362,6 +362,50 @@ esac
     assert!(!shown.contains("panicked"), "{shown}");
     let containers = docker(&["ps", "-aq", "--filter", &format!("label={}", env.label())]);
     assert!(containers.trim().is_empty(), "{containers}");
+}
+
+#[test]
+fn a_gate_plugin_that_does_not_pass_fails_the_release_and_it_is_rolled_back() {
+    let mut env = Env::new("pluggate");
+    let first = quick(&env, &["deploy", "--yes"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let dir = env.dir.path().join("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    let script = dir.join("cert-days");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho '{\"type\":\"result\",\"protocol\":1,\"ok\":true,\"passed\":false,\"observed\":\"api.example.com expires in 2 days (at least 14 required)\"}'\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A new version, verified by the plugin gate too.
+    env.layer(
+        "gate.yaml",
+        &format!(
+            "plugins:\n  - {{ name: cert-days, provides: [gate] }}\ndeployment:\n  verification: [check_service_health, cert-days]\nagents:\n  - name: {AGENT}\n    env:\n      - name: MAX_CONCURRENT_TASKS\n        value: \"40\"\n"
+        ),
+    );
+    let second = quick(&env, &["deploy", "--yes"]);
+    let out = text(&second);
+    assert_eq!(second.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("check plugin/cert-days (plugin): FAILED")
+            && out.contains("api.example.com expires in 2 days"),
+        "the plugin gate is named with what it saw: {out}"
+    );
+    assert!(
+        out.contains("rolled back automatically to release 1"),
+        "{out}"
+    );
+    for agent in env.agents() {
+        let vars = docker(&["inspect", "--format", "{{json .Config.Env}}", &agent.name]);
+        assert!(
+            vars.contains("MAX_CONCURRENT_TASKS=50"),
+            "{}: {vars}",
+            agent.name
+        );
+    }
 }
 
 #[test]
