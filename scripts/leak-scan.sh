@@ -13,7 +13,9 @@
 #     services, release records), when the target is docker,
 #   - every FILE given (for example the saved output of a deploy:
 #     `taskctl deploy … >out.log 2>&1; scripts/leak-scan.sh -p … out.log`).
-# Values shorter than 6 characters and usernames are not looked for.
+# Values shorter than 6 characters and the fields that are public by
+# design (usernames, host names, public keys, certificates: the same list
+# as `PUBLIC_FIELDS` in crates/core/src/secrets.rs) are not looked for.
 # Prints what it scanned and where a value was found (never the value).
 # Exit 0: nothing found; 1: a leak; 2: usage or a failure to read Vault.
 #
@@ -93,6 +95,7 @@ values = {}
 if paths and not addr:
     print("leak-scan: the profile references Vault but no address is known (VAULT_ADDR)", file=sys.stderr)
     sys.exit(2)
+PUBLIC = {"username", "hosts", "public_key", "public_keys", "cert", "ca_cert", "ca_certs"}
 for path in sorted(paths):
     mount, rest = split(path)
     meta = get(f"{addr}/v1/{mount}/metadata/{rest}")
@@ -103,7 +106,7 @@ for path in sorted(paths):
         if not data or not data.get("data") or not data["data"].get("data"):
             continue
         for key, value in data["data"]["data"].items():
-            if key == "username" or not isinstance(value, str) or len(value) < 6:
+            if key in PUBLIC or not isinstance(value, str) or len(value) < 6:
                 continue
             label = f"vault:{path}?version={version}#{key}"
             for form in {value, urllib.parse.quote(value, safe=""), json.dumps(value)[1:-1]}:

@@ -260,6 +260,7 @@ mod tests {
             secret_refs: Vec::new(),
             secret_versions: BTreeMap::new(),
             profile: serde_json::Value::Null,
+            checks: Vec::new(),
         };
         let text = table(&[
             release(1, ReleaseStatus::Superseded, "deploy"),

@@ -21,10 +21,19 @@ pub fn status(ctx: &Context, shell: &mut Shell, args: &StatusArgs) -> anyhow::Re
             // pods; a status that cannot reach them still tells the lock
             // and the last run.
             match &provider {
-                Ok(p) => match p.workloads(&profile).await {
-                    Ok(w) => status.workloads = w,
-                    Err(e) => status.workloads_error = Some(format!("{e:#}")),
-                },
+                Ok(p) => {
+                    match p.workloads(&profile).await {
+                        Ok(w) => status.workloads = w,
+                        Err(e) => status.workloads_error = Some(format!("{e:#}")),
+                    }
+                    // The running release and its checks' last values;
+                    // unreadable releases leave the rest of the status.
+                    if let Some(store) = p.releases(&profile)
+                        && let Ok(Some(current)) = store.current().await
+                    {
+                        status.release = Some(current.into());
+                    }
+                }
                 Err(e) => status.workloads_error = Some(format!("{e:#}")),
             }
             Ok::<_, anyhow::Error>(status)
@@ -107,6 +116,27 @@ fn status_table(status: &ops::EnvironmentStatus, noun: &str) -> String {
             }
         }
         None => text += "last run     none\n",
+    }
+    if let Some(r) = &status.release {
+        text += &format!(
+            "release      {} {} ({}), {}\n",
+            r.revision,
+            r.status,
+            r.description,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.created_at)
+            )
+        );
+        for c in &r.checks {
+            let verdict = if !c.evaluated {
+                "not evaluated"
+            } else if c.passed {
+                "passed"
+            } else {
+                "FAILED"
+            };
+            text += &format!("  {verdict:<13} {} ({}): {}\n", c.name, c.kind, c.observed);
+        }
     }
     if let Some(e) = &status.workloads_error {
         text += &format!("{noun:<12} unknown: {e}\n");

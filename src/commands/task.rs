@@ -56,6 +56,7 @@ pub fn send(ctx: &Context, shell: &mut Shell, args: TaskSendArgs) -> anyhow::Res
     let broker = taskctl_gates::Broker {
         url: &amqp_url,
         ca: endpoints.broker_ca.as_deref(),
+        via: endpoints.broker_via.as_deref(),
     };
     let sent = rt.block_on(taskctl_gates::send_task(
         broker,

@@ -51,9 +51,10 @@ impl Env {
         std::fs::write(
             &overlay,
             format!(
-                "apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}]\nmetadata:\n  name: {name}\n{}",
+                "apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}]\nmetadata:\n  name: {name}\n{}{}",
                 production.display(),
-                secrets.layer()
+                secrets.layer(),
+                crate::harness::NO_PROCESSES_BEHIND_PODS,
             ),
         )
         .unwrap();

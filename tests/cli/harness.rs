@@ -103,6 +103,14 @@ pub fn vault_write(path: &str, data: &str) {
 /// `secret/<prefix>/…` (tests run in parallel, so each has its own), and
 /// the profile layer that points the profile's references there. Remove
 /// them with [`ProductionSecrets::drop`].
+/// A profile layer for Kubernetes tests that register no process behind
+/// the double's pods (the double runs no containers): no verification gate,
+/// and of the automatic-rollback conditions only the one read from the
+/// pods' status. Through port-forwards, the gates and the other two
+/// conditions would rightly find nothing listening and roll back; the tests
+/// that run them register real agents, RabbitMQ and Prometheus instead.
+pub const NO_PROCESSES_BEHIND_PODS: &str = "deployment:\n  verification: []\nrollback:\n  automatic:\n    conditions: [resource_exhaustion]\n";
+
 pub struct ProductionSecrets {
     pub prefix: String,
 }

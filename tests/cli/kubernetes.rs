@@ -3,7 +3,9 @@
 //! random loopback port; no real cluster can run here), reached through a
 //! kubeconfig file in `KUBECONFIG` as a user's would be.
 
-use crate::harness::{ProductionSecrets, repo_root, stderr, stdout, vault};
+use crate::harness::{
+    NO_PROCESSES_BEHIND_PODS, ProductionSecrets, repo_root, stderr, stdout, vault, vault_write,
+};
 use kube_double::{Config, KubeDouble};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -24,8 +26,15 @@ impl Env {
     }
 
     /// `written`: the secrets the profile references are in Vault already;
-    /// else the deploy generates them.
+    /// else the deploy generates them. No process stands behind the pods
+    /// (see [`NO_PROCESSES_BEHIND_PODS`]).
     async fn with_vault(written: bool) -> Env {
+        Env::build(written, NO_PROCESSES_BEHIND_PODS).await
+    }
+
+    /// The production profile for this test's Vault paths, with `layer`
+    /// (profile YAML without a header) over it.
+    async fn build(written: bool, layer: &str) -> Env {
         let double = KubeDouble::start(Config {
             ready_delay: Duration::from_millis(20),
             ..Config::default()
@@ -47,12 +56,21 @@ impl Env {
         } else {
             ProductionSecrets::empty(prefix)
         };
+        // The test's layer in a file of its own, included after the
+        // production profile: it may set the same sections as the secrets.
+        let base = dir.path().join("base.yaml");
+        std::fs::write(
+            &base,
+            format!("apiVersion: taskctl.dev/v1\nkind: Profile\n{layer}"),
+        )
+        .unwrap();
         let profile = dir.path().join("cluster.yaml");
         std::fs::write(
             &profile,
             format!(
-                "apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}]\ntarget:\n  kind: kubernetes\n  kubernetes:\n    context: double\n{}",
+                "apiVersion: taskctl.dev/v1\nkind: Profile\ninclude: [{}, {}]\ntarget:\n  kind: kubernetes\n  kubernetes:\n    context: double\n{}",
                 repo_root().join("profiles/production.yaml").display(),
+                base.display(),
                 secrets.layer()
             ),
         )
@@ -68,6 +86,11 @@ impl Env {
     /// Runs taskctl off the runtime's threads, so the in-process double
     /// keeps serving meanwhile.
     async fn run(&self, args: &[&str], extra: Option<&str>) -> Output {
+        self.run_with(args, extra, &[]).await
+    }
+
+    /// [`Env::run`] with more environment variables (set last, so they win).
+    async fn run_with(&self, args: &[&str], extra: Option<&str>, vars: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("taskctl"));
         cmd.args(args).arg("-p").arg(&self.profile);
         if let Some(extra) = extra {
@@ -87,6 +110,7 @@ impl Env {
             .env("VAULT_TOKEN", vault().1)
             .env_remove("TASKCTL_PROFILE")
             .env_remove("TASKCTL_ENV")
+            .envs(vars.iter().copied())
             .stdin(Stdio::null());
         tokio::task::spawn_blocking(move || cmd.output().expect("taskctl runs"))
             .await
@@ -324,4 +348,480 @@ async fn a_deploy_with_an_empty_vault_generates_every_credential_the_cluster_nee
         stderr(&refused)
     );
     assert_eq!(read("messaging")["data"]["metadata"]["version"], 1);
+}
+
+// ------------------------------------------------------------------------
+// Verification through the API server: real processes behind the pods.
+// ------------------------------------------------------------------------
+
+/// A real agent standing for one pod: it consumes the test's own queue on
+/// the test environment's RabbitMQ over TLS (trusting only its CA), as the
+/// pod would through the in-cluster broker.
+struct PodAgent {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PodAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl PodAgent {
+    /// `extra` adds to (or overrides) the agent's environment; an empty
+    /// value removes the variable.
+    fn start(queue: &str, public_key: &str, extra: &[(&str, &str)]) -> PodAgent {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("no-gpu")).unwrap();
+        let (http, metrics) = (free_addr(), free_addr());
+        let ca = std::fs::read_to_string(crate::docker::required("TASKCTL_TEST_BROKER_CA"))
+            .expect("the test broker's CA");
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let mut cmd = Command::new(crate::docker::agent_binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "BROKER_URL",
+                crate::docker::required("TASKCTL_TEST_AMQPS_URL"),
+            )
+            .env("BROKER_CA", ca)
+            .env("AGENT_ID", format!("pod-{}", http.port()))
+            .env("TASK_QUEUE", queue)
+            .env("GPU_TASK_QUEUE", format!("{queue}.gpu"))
+            .env("RESULT_QUEUE", format!("{queue}.results"))
+            .env("DEAD_LETTER_QUEUE", format!("{queue}.dead"))
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("HEALTH_PORT", http.port().to_string())
+            .env("METRICS_PORT", metrics.port().to_string())
+            .env("GPU_DEVICE_DIR", dir.path().join("no-gpu"))
+            .env("TASK_SIGNING_PUBLIC_KEYS", public_key);
+        for (k, v) in extra {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the agent starts");
+        PodAgent {
+            child,
+            http,
+            metrics,
+            _dir: dir,
+        }
+    }
+}
+
+/// A fresh Ed25519 task-signing pair: (base64 PKCS#8 private key, base64
+/// raw public key), as the `ed25519` managed secret holds them.
+fn signing_pair() -> (String, String) {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let doc =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    (
+        b64.encode(doc.as_ref()),
+        b64.encode(pair.public_key().as_ref()),
+    )
+}
+
+/// The production profile on the double with real processes behind its
+/// pods: two agents per version (registered with [`Verified::version`]),
+/// the test environment's RabbitMQ behind the `rabbitmq` pods (AMQPS, whose
+/// certificate names `localhost`, the broker host the agents are given
+/// here) and its Prometheus behind the `prometheus` pod. Prometheus scrapes
+/// each agent pod under `POD_IP:9090`, the address the in-cluster pod
+/// discovery would give it (a file_sd target per pod, kept current while a
+/// deploy runs).
+struct Verified {
+    env: Env,
+    unique: String,
+    queue: String,
+    signing_key: String,
+    public_key: String,
+    /// (image substring, the agents standing for that version's pods).
+    versions: Vec<(String, Vec<PodAgent>)>,
+    scrape_file: std::path::PathBuf,
+}
+
+impl Drop for Verified {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.scrape_file);
+    }
+}
+
+impl Verified {
+    async fn start() -> Verified {
+        let unique = format!(
+            "k8sg{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let queue = format!("taskctl.tasks.{unique}");
+        let layer = format!(
+            "agents:\n  - name: task-executor\n    replicas: 2\n    config_map:\n      name: agent-config\n      data:\n        broker_url: amqps://guest@localhost:5671/%2f\n    env:\n      - name: TASK_QUEUE\n        value: \"{queue}\"\n"
+        );
+        let env = Env::build(true, &layer).await;
+        let (signing_key, public_key) = signing_pair();
+        let prefix = env.secrets.prefix.clone();
+        // The test broker's own user; the CA the agents (and taskctl)
+        // trust it with.
+        vault_write(
+            &format!("{prefix}/messaging"),
+            r#"{"username":"guest","password":"guest","erlang_cookie":"k8s-erlang-cookie-1"}"#,
+        );
+        vault_write(
+            &format!("{prefix}/signing"),
+            &serde_json::json!({"private_key": signing_key, "public_key": public_key, "public_keys": public_key})
+                .to_string(),
+        );
+        let ca =
+            std::fs::read_to_string(crate::docker::required("TASKCTL_TEST_BROKER_CA")).unwrap();
+        vault_write(
+            &format!("{prefix}/broker-tls"),
+            &serde_json::json!({"cert": "in-cluster-cert", "key": "in-cluster-key", "ca_cert": ca, "ca_certs": ca, "hosts": "localhost"})
+                .to_string(),
+        );
+        let amqps: std::net::SocketAddr = "127.0.0.1:5671".parse().unwrap();
+        let prometheus = crate::docker::required("TASKCTL_TEST_PROMETHEUS_URL");
+        let prometheus: std::net::SocketAddr = prometheus
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("the test Prometheus listens on an IP:port");
+        for (namespace, prefix, port, addr) in [
+            ("messaging", "rabbitmq-", 5671, amqps),
+            ("monitoring", "prometheus-", 9090, prometheus),
+        ] {
+            env.double.serve(kube_double::Backend {
+                namespace: namespace.into(),
+                pod_prefix: prefix.into(),
+                image: None,
+                port,
+                addrs: vec![addr],
+            });
+        }
+        let scrape_file =
+            std::path::Path::new(&crate::docker::required("TASKCTL_TEST_PROMETHEUS_SD_DIR"))
+                .join(format!("{unique}.json"));
+        Verified {
+            env,
+            unique,
+            queue,
+            signing_key,
+            public_key,
+            versions: Vec::new(),
+            scrape_file,
+        }
+    }
+
+    /// Two agents stand for the pods whose image contains `image`; later
+    /// versions win over earlier ones for the pods they match.
+    fn version(&mut self, image: &str, queue: &str, extra: &[(&str, &str)]) {
+        let agents: Vec<PodAgent> = (0..2)
+            .map(|_| PodAgent::start(queue, &self.public_key, extra))
+            .collect();
+        for (port, pick) in [(8080, 0), (9090, 1)] {
+            self.env.double.serve(kube_double::Backend {
+                namespace: "agent-system".into(),
+                pod_prefix: "task-executor-".into(),
+                image: Some(image.into()),
+                port,
+                addrs: agents
+                    .iter()
+                    .map(|a| if pick == 0 { a.http } else { a.metrics })
+                    .collect(),
+            });
+        }
+        self.versions.push((image.to_string(), agents));
+    }
+
+    /// The agent process standing for `pod` (by its image and ordinal).
+    fn agent_of(&self, pod: &serde_json::Value) -> Option<&PodAgent> {
+        let image = pod["spec"]["containers"][0]["image"].as_str()?;
+        let name = pod["metadata"]["name"].as_str()?;
+        let ordinal: usize = name.rsplit('-').next()?.parse().ok()?;
+        let (_, agents) = self
+            .versions
+            .iter()
+            .rev()
+            .find(|(v, _)| image.contains(v.as_str()))?;
+        agents.get(ordinal % agents.len())
+    }
+
+    /// Writes the scrape targets of the current agent pods.
+    fn publish_scrapes(&self) {
+        let targets: Vec<serde_json::Value> = self
+            .env
+            .double
+            .paths()
+            .into_iter()
+            .filter(|p| p.starts_with("/api/v1/namespaces/agent-system/pods/task-executor-"))
+            .filter_map(|p| self.env.double.object(&p))
+            .filter_map(|pod| {
+                let agent = self.agent_of(&pod)?;
+                let ip = pod["status"]["podIP"].as_str()?;
+                Some(serde_json::json!({
+                    "targets": [agent.metrics.to_string()],
+                    "labels": {"instance": format!("{ip}:9090"), "test": self.unique},
+                }))
+            })
+            .collect();
+        let tmp = self.scrape_file.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::Value::Array(targets).to_string()).unwrap();
+        std::fs::rename(&tmp, &self.scrape_file).unwrap();
+    }
+
+    /// Runs taskctl while keeping Prometheus's targets on the current pods.
+    async fn run(&self, args: &[&str], extra: Option<&str>, vars: &[(&str, &str)]) -> Output {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let follow = async {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                self.publish_scrapes();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let run = async {
+            let out = self.env.run_with(args, extra, vars).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            out
+        };
+        let (out, ()) = tokio::join!(run, follow);
+        out
+    }
+}
+
+/// Every check the run reported (`check_finished` events of `-o json`).
+fn checks(out: &Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "check_finished")
+        .collect()
+}
+
+/// The issue's must-show: a deploy of the production profile runs all four
+/// gates through the API server (port-forwards to the pods, nothing else)
+/// and reports each one's value; no check that did not run says passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_deploy_runs_every_gate_through_the_api_server() {
+    let mut v = Verified::start().await;
+    let queue = v.queue.clone();
+    v.version("task-executor:1.0.0", &queue, &[]);
+    let out = v.run(&["deploy", "-y", "-o", "json"], None, &[]).await;
+    let shown = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let checks = checks(&out);
+    let named = |prefix: &str| -> Vec<&serde_json::Value> {
+        checks
+            .iter()
+            .filter(|c| c["name"].as_str().unwrap_or_default().starts_with(prefix))
+            .collect()
+    };
+    // Two agent pods, each on two ports, plus the broker and Prometheus.
+    assert_eq!(named("verify_connectivity/").len(), 6, "{checks:#?}");
+    let health = named("check_service_health/agent-system/task-executor-");
+    assert_eq!(health.len(), 2, "{checks:#?}");
+    let metrics = named("validate_metrics/agent-system/task-executor-");
+    assert_eq!(metrics.len(), 2, "{checks:#?}");
+    let functional = named("test_functionality");
+    assert_eq!(functional.len(), 1, "{checks:#?}");
+    for c in health.iter().chain(&metrics).chain(&functional) {
+        assert_eq!(c["passed"], true, "{c}");
+    }
+    for c in &health {
+        assert!(
+            c["observed"].as_str().unwrap().starts_with("HTTP 200"),
+            "{c}"
+        );
+    }
+    for c in &metrics {
+        let seen = c["observed"].as_str().unwrap();
+        assert!(
+            seen.contains("up{instance=\"10.244.") && seen.contains("= 1"),
+            "{c}"
+        );
+    }
+    assert!(
+        functional[0]["observed"]
+            .as_str()
+            .unwrap()
+            .contains("succeeded"),
+        "{}",
+        functional[0]
+    );
+    // Every check either passed or said it was not evaluated: nothing
+    // unevaluated is recorded as passed.
+    for c in &checks {
+        if c["evaluated"] == false {
+            assert_eq!(c["passed"], false, "{c}");
+        }
+    }
+    // The only way in was the API server: the pods' portforward subresource.
+    let forwards: Vec<_> = v
+        .env
+        .double
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/portforward"))
+        .map(|r| r.path)
+        .collect();
+    for pod in [
+        "/pods/rabbitmq-0/",
+        "/pods/prometheus-0/",
+        "/pods/task-executor-",
+    ] {
+        assert!(
+            forwards.iter().any(|p| p.contains(pod)),
+            "{pod}: {forwards:?}"
+        );
+    }
+    // The release keeps what each gate saw, and `status` shows it.
+    let status = v.env.run(&["status"], None).await;
+    let text = stdout(&status);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(text.contains("release      1 deployed (deploy)"), "{text}");
+    let functional_line = text
+        .lines()
+        .find(|l| l.contains("test_functionality (functional)"))
+        .unwrap_or_else(|| panic!("no functional gate in {text}"));
+    assert!(
+        functional_line.trim_start().starts_with("passed") && functional_line.contains("succeeded"),
+        "{functional_line}"
+    );
+    let json = v.env.run(&["status", "-o", "json"], None).await;
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let recorded = parsed["release"]["checks"].as_array().expect("checks");
+    assert_eq!(recorded.len(), checks.len(), "{parsed}");
+}
+
+/// The issue's must-show: a version whose readiness never answers 200 is
+/// rolled back automatically by `health_check_failure`, evaluated through
+/// the API server (here the profile verifies connectivity only, so the
+/// condition, not a gate, is what catches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_never_gets_ready_is_rolled_back_by_health_check_failure() {
+    let mut v = Verified::start().await;
+    let queue = v.queue.clone();
+    v.version("task-executor:1.0.0", &queue, &[]);
+    let first = v.run(&["deploy", "-y"], None, &[]).await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    // Version 2's agents listen, but their broker never answers: `/ready`
+    // says 503 forever.
+    let closed = format!("amqp://guest:guest@{}/%2f", free_addr());
+    v.version(
+        "task-executor:2.0.0",
+        &queue,
+        &[("BROKER_URL", closed.as_str()), ("BROKER_CA", "")],
+    );
+    let layer = "agents:\n  - name: task-executor\n    image: task-executor:2.0.0\ndeployment:\n  verification: [verify_connectivity]\n";
+    let out = v
+        .run(
+            &["deploy", "-y"],
+            Some(layer),
+            &[("TASKCTL_WATCH_WINDOW", "8s")],
+        )
+        .await;
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("health_check_failure"), "{all}");
+    assert!(all.contains("HTTP 503"), "what it saw: {all}");
+    assert!(
+        all.contains("rolled back automatically to release 1"),
+        "{all}"
+    );
+    assert_eq!(
+        history(&v.env).await,
+        [
+            (1, "superseded".to_string()),
+            (2, "failed".to_string()),
+            (3, "deployed".to_string()),
+        ]
+    );
+    let image = agent(&v.env)["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(image.starts_with("task-executor:1.0.0"), "{image}");
+}
+
+/// The issue's must-show: a version whose tasks fail is rolled back by
+/// `high_error_rate`, read from Prometheus through the API server while
+/// tasks keep coming. Version 2 times every task out after 20 ms; the probe
+/// sends tasks that take 200 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_tasks_fail_is_rolled_back_by_high_error_rate() {
+    let mut v = Verified::start().await;
+    let queue = v.queue.clone();
+    v.version("task-executor:1.0.0", &queue, &[]);
+    let first = v.run(&["deploy", "-y"], None, &[]).await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+
+    let slow_queue = format!("{queue}.v2");
+    v.version(
+        "task-executor:2.0.0",
+        &slow_queue,
+        &[("EXECUTION_TIMEOUT", "20")],
+    );
+    let amqp = crate::docker::required("TASKCTL_TEST_AMQP_URL");
+    let probe = crate::probe::Probe::start(
+        &amqp,
+        &v.signing_key,
+        &slow_queue,
+        "slow task",
+        Duration::from_millis(100),
+        200,
+    );
+    let query = format!(
+        "sum(rate(task_executor_tasks_total{{status=~\"failed|timed_out\",test=\"{u}\"}}[15s])) / clamp_min(sum(rate(task_executor_tasks_total{{test=\"{u}\"}}[15s])), 1e-9)",
+        u = v.unique
+    );
+    let layer = format!(
+        "agents:\n  - name: task-executor\n    image: task-executor:2.0.0\n    env:\n      - name: TASK_QUEUE\n        value: \"{slow_queue}\"\ndeployment:\n  verification: [check_service_health]\nrollback:\n  automatic:\n    conditions:\n      - {{ name: high_error_rate, query: '{query}', threshold: 0.01, for: 2s }}\n"
+    );
+    let out = v
+        .run(
+            &["deploy", "-y"],
+            Some(&layer),
+            &[("TASKCTL_WATCH_WINDOW", "15s")],
+        )
+        .await;
+    let _ = probe.finish();
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("verification of release 2 failed: high_error_rate (condition)")
+            && all.contains("> 0.01 for 2.0s"),
+        "{all}"
+    );
+    assert!(
+        all.contains("rolled back automatically to release 1"),
+        "{all}"
+    );
+    let image = agent(&v.env)["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(image.starts_with("task-executor:1.0.0"), "{image}");
 }

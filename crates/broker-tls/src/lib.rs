@@ -213,6 +213,32 @@ impl BrokerTls {
         url: &str,
         properties: ConnectionProperties,
     ) -> lapin::Result<Connection> {
+        self.connect_via(url, None, properties).await
+    }
+
+    /// [`BrokerTls::connect`], but the TCP connection goes to `via`
+    /// (`host:port`, a port-forward to the broker's pod) while the
+    /// certificate is still checked against the URL's host name, as the
+    /// agents in the cluster check it.
+    pub async fn connect_via(
+        &self,
+        url: &str,
+        via: Option<&str>,
+        properties: ConnectionProperties,
+    ) -> lapin::Result<Connection> {
+        let via = match via {
+            None => None,
+            Some(v) => {
+                let parsed = v
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)));
+                Some(parsed.ok_or_else(|| {
+                    lapin::Error::from(std::io::Error::other(format!(
+                        "`{v}` is not a host:port address"
+                    )))
+                })?)
+            }
+        };
         let uri: AMQPUri = url.parse().map_err(|e: String| {
             // Some parse errors quote the URL, credentials included.
             let reason = if e.contains("://") { "not shown" } else { &e };
@@ -231,6 +257,10 @@ impl BrokerTls {
                 // The TCP part exactly as lapin does it for amqp://.
                 let mut tcp = uri;
                 tcp.scheme = AMQPScheme::AMQP;
+                if let Some((via_host, via_port)) = via.clone() {
+                    tcp.authority.host = via_host;
+                    tcp.authority.port = via_port;
+                }
                 let stream = tcp.connect_async(&runtime).await?;
                 stream.into_rustls(&connector, &host).await.map_err(|e| {
                     std::io::Error::new(

@@ -66,6 +66,10 @@ pub struct Release {
     pub secret_versions: BTreeMap<String, u64>,
     /// The resolved profile the release was deployed from.
     pub profile: serde_json::Value,
+    /// What its verification saw: every gate and condition with its last
+    /// value (`taskctl status` shows them). Empty until it was verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::ops::Check>,
 }
 
 impl Release {
@@ -163,6 +167,7 @@ mod tests {
             secret_refs: Vec::new(),
             secret_versions: BTreeMap::new(),
             profile: serde_json::Value::Null,
+            checks: Vec::new(),
         }
     }
 

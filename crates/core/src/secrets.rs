@@ -96,6 +96,20 @@ impl Default for Secrets {
     }
 }
 
+/// Fields of a Vault secret that are not secret: user names, host names,
+/// public keys and certificates (the managed `tls` and `ed25519` kinds
+/// keep them beside their private halves). Never registered with the
+/// redactor.
+pub const PUBLIC_FIELDS: &[&str] = &[
+    "username",
+    "hosts",
+    "public_key",
+    "public_keys",
+    "cert",
+    "ca_cert",
+    "ca_certs",
+];
+
 impl Secrets {
     /// A resolver reading `env:` references from the process environment
     /// and `vault:` ones from `vault` (none: a clear error per reference).
@@ -187,8 +201,11 @@ impl Secrets {
                 message,
             })?;
         for (key, value) in &read.data {
-            // Usernames are not secret, and masking them garbles output.
-            if key != "username" {
+            // Public by design, and masking them garbles output and, worse,
+            // the profiles kept in release records, which a rollback
+            // renders again: a `tls` secret's `hosts` is also the broker's
+            // host name in the agents' URL.
+            if !PUBLIC_FIELDS.contains(&key.as_str()) {
                 self.redactor.register(value);
             }
         }

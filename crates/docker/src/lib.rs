@@ -429,6 +429,7 @@ impl Provider for DockerProvider {
             let broker = taskctl_gates::Broker {
                 url,
                 ca: ep.broker_ca.as_deref(),
+                via: None,
             };
             probes.push(live::broker(broker, budget).await);
         }

@@ -189,6 +189,7 @@ mod tests {
             secret_refs: vec!["env:X".into()],
             secret_versions: Default::default(),
             profile: serde_json::json!({"big": "x".repeat(10_000)}),
+            checks: Vec::new(),
         };
         let text = encode(&r).unwrap();
         assert!(text.len() < 1_000, "compressed: {}", text.len());

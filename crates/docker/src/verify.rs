@@ -19,26 +19,11 @@ use crate::engine;
 use crate::spec::{self, ReplicaSpec, label};
 use async_trait::async_trait;
 use bollard::Docker;
-use std::time::Duration;
 use taskctl_core::ops::{Check, OpsError};
 use taskctl_core::profile::Profile;
 use taskctl_core::secrets::Secrets;
 use taskctl_gates::{AgentEndpoint, Endpoints, RestartSource};
 use tokio_util::sync::CancellationToken;
-
-/// How long each gate may take to pass unless `TASKCTL_GATE_TIMEOUT` says.
-const GATE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn duration_from_env(var: &str, default: Duration) -> Result<Duration, OpsError> {
-    match std::env::var(var) {
-        Ok(text) => humantime::parse_duration(&text).map_err(|e| {
-            OpsError::Provider(format!(
-                "{var}=`{text}` is not a duration like `10s` or `2m`: {e}"
-            ))
-        }),
-        Err(_) => Ok(default),
-    }
-}
 
 /// The environment's agent containers, with their names.
 async fn agent_containers(
@@ -74,17 +59,17 @@ pub async fn endpoints(
     let external = |e: Option<&taskctl_core::profile::External>| e.map(|e| e.url.clone());
     let services = &profile.services;
     let broker_env = match profile.agents.first() {
-        Some(agent) => agent_broker_url(agent, secrets).await?,
+        Some(agent) => taskctl_gates::agent::broker_url(agent, secrets).await?,
         None => None,
     };
     let task_signing_key = match profile.agents.first() {
-        Some(agent) => agent_signing_key(agent, secrets).await?,
+        Some(agent) => taskctl_gates::agent::signing_key(agent, secrets).await?,
         None => None,
     };
     // The CA bundle the agents trust the broker with (`BROKER_CA`, a value
     // or a secret): taskctl trusts it the same way, and nothing else.
     let broker_ca = match profile.agents.first() {
-        Some(agent) => agent_env(agent, secrets, "BROKER_CA").await?,
+        Some(agent) => taskctl_gates::agent::env(agent, secrets, "BROKER_CA").await?,
         None => None,
     };
     let mut agents = Vec::new();
@@ -172,97 +157,8 @@ pub async fn endpoints(
         agents,
         task_signing_key,
         broker_ca,
+        broker_via: None,
     })
-}
-
-/// The key taskctl signs its own tasks with (the functional gate's): the
-/// private key beside the public key the agents are given. When the agents'
-/// `TASK_SIGNING_PUBLIC_KEYS` is `vault:PATH#KEY` (a managed `ed25519`
-/// secret), that is `vault:PATH#private_key` at the same version; otherwise
-/// `TASKCTL_TASK_SIGNING_KEY` from taskctl's environment (base64 PKCS#8).
-pub async fn agent_signing_key(
-    agent: &taskctl_core::profile::model::Agent,
-    secrets: &Secrets,
-) -> Result<Option<String>, OpsError> {
-    use taskctl_core::profile::value::SecretRef;
-    let reference = agent
-        .env
-        .iter()
-        .find(|v| v.name == "TASK_SIGNING_PUBLIC_KEYS")
-        .and_then(|v| v.secret.as_ref().and_then(|s| s.get().cloned()));
-    if let Some(SecretRef::Vault { path, version, .. }) = reference {
-        let private = SecretRef::Vault {
-            path,
-            key: "private_key".into(),
-            version,
-        };
-        return secrets
-            .resolve(&private)
-            .await
-            .map(|r| Some(r.value.expose().to_string()))
-            .map_err(|e| {
-                OpsError::Provider(format!(
-                    "agent `{}`: the task-signing key {private}: {e}",
-                    agent.name
-                ))
-            });
-    }
-    Ok(std::env::var("TASKCTL_TASK_SIGNING_KEY")
-        .ok()
-        .filter(|k| !k.trim().is_empty()))
-}
-
-/// The value of an agent's env entry `name`: the literal, or the secret
-/// resolved (never shown in errors); `None` when the agent has no such entry.
-async fn agent_env(
-    agent: &taskctl_core::profile::model::Agent,
-    secrets: &Secrets,
-    name: &str,
-) -> Result<Option<String>, OpsError> {
-    let Some(var) = agent.env.iter().find(|v| v.name == name) else {
-        return Ok(None);
-    };
-    match (&var.value, var.secret.as_ref().and_then(|s| s.get())) {
-        (Some(v), _) => Ok(Some(v.clone())),
-        (None, Some(r)) => secrets
-            .resolve(r)
-            .await
-            .map(|r| Some(r.value.expose().to_string()))
-            .map_err(|e| OpsError::Provider(format!("agent `{}` env {name}: {e}", agent.name))),
-        _ => Ok(None),
-    }
-}
-
-/// The broker URL an agent connects with, as the agent composes it:
-/// `BROKER_URL` (a value or a secret), with `BROKER_USERNAME` and
-/// `BROKER_PASSWORD` (values or secrets) put in its user info. The gates
-/// publish with the agents' own credentials and never show them.
-async fn agent_broker_url(
-    agent: &taskctl_core::profile::model::Agent,
-    secrets: &Secrets,
-) -> Result<Option<String>, OpsError> {
-    let resolve = async |name: &str| agent_env(agent, secrets, name).await;
-    let Some(url) = resolve("BROKER_URL").await? else {
-        return Ok(None);
-    };
-    let user = resolve("BROKER_USERNAME").await?;
-    let password = resolve("BROKER_PASSWORD").await?;
-    if user.is_none() && password.is_none() {
-        return Ok(Some(url));
-    }
-    let mut parsed = url::Url::parse(&url).map_err(|e| {
-        OpsError::Provider(format!(
-            "agent `{}` BROKER_URL is not a URL: {e}",
-            agent.name
-        ))
-    })?;
-    if let Some(user) = user {
-        let _ = parsed.set_username(&user);
-    }
-    if let Some(password) = password {
-        let _ = parsed.set_password(Some(&password));
-    }
-    Ok(Some(parsed.to_string()))
 }
 
 /// Restart counts and OOM kills of the environment's agent containers.
@@ -301,28 +197,13 @@ pub async fn verify(
     secrets: &Secrets,
     cancel: &CancellationToken,
 ) -> Result<Vec<Check>, OpsError> {
-    let window = duration_from_env(
+    let window = taskctl_gates::duration_from_env(
         "TASKCTL_WATCH_WINDOW",
         profile.rollback.automatic.watch_window(),
     )?;
-    let timeout = duration_from_env("TASKCTL_GATE_TIMEOUT", GATE_TIMEOUT)?;
+    let timeout =
+        taskctl_gates::duration_from_env("TASKCTL_GATE_TIMEOUT", taskctl_gates::GATE_TIMEOUT)?;
     let endpoints = endpoints(docker, profile, secrets).await?;
-    let (gates, skipped) = taskctl_gates::verification_gates(profile, &endpoints, timeout);
-    for s in &skipped {
-        tracing::info!(gate = %s.name, reason = %s.reason, "verification step skipped");
-    }
-    let reports = taskctl_gates::check_all(&gates, cancel).await;
-    if reports.iter().any(|r| r.cancelled) {
-        return Err(OpsError::Provider(
-            "verification interrupted; nothing was rolled back".into(),
-        ));
-    }
-    let mut checks: Vec<Check> = reports.iter().map(|r| r.to_check()).collect();
-    if !checks.iter().any(|c| c.failed()) && !window.is_zero() {
-        let restarts = Restarts { docker, profile };
-        let conditions =
-            taskctl_gates::watch_conditions(profile, &endpoints, &restarts, window, cancel).await;
-        checks.extend(conditions.iter().map(|c| c.to_check()));
-    }
-    Ok(checks)
+    let restarts = Restarts { docker, profile };
+    taskctl_gates::verify(profile, &endpoints, &restarts, timeout, window, cancel).await
 }

@@ -18,6 +18,7 @@ fn release(revision: u32, status: ReleaseStatus) -> Release {
         secret_refs: vec!["env:TOKEN".into()],
         secret_versions: Default::default(),
         profile: serde_json::json!({"metadata": {"name": "rel-test"}}),
+        checks: Vec::new(),
     }
 }
 

@@ -80,6 +80,20 @@ pub struct Broker<'a> {
     /// PEM CA bundle: with `amqps://`, only these are trusted (the bundle
     /// the agents are given); without it, the public web roots.
     pub ca: Option<&'a str>,
+    /// Where to open the TCP connection instead of the URL's host and port
+    /// (`127.0.0.1:PORT`, a port-forward to the broker's pod); TLS still
+    /// checks the certificate against the URL's host name.
+    pub via: Option<&'a str>,
+}
+
+/// `url` with its host and port replaced by `via`'s (plain AMQP has no
+/// name to check, so the URL can simply point at the forward).
+fn redirected(url: &str, via: &str) -> Option<String> {
+    let (host, port) = via.rsplit_once(':')?;
+    let mut parsed = url::Url::parse(url).ok()?;
+    parsed.set_host(Some(host)).ok()?;
+    parsed.set_port(Some(port.parse().ok()?)).ok()?;
+    Some(parsed.to_string())
 }
 
 /// Publishes one task of `kind` with id `id` to `queue` through the broker
@@ -109,9 +123,15 @@ pub async fn send(
     let shown = redact::url(amqp_url);
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     let connect = async {
-        match &tls {
-            Some(tls) => tls.connect(amqp_url, properties).await,
-            None => Connection::connect(amqp_url, properties).await,
+        match (&tls, broker.via) {
+            (Some(tls), via) => tls.connect_via(amqp_url, via, properties).await,
+            (None, None) => Connection::connect(amqp_url, properties).await,
+            (None, Some(via)) => match redirected(amqp_url, via) {
+                Some(url) => Connection::connect(&url, properties).await,
+                None => Err(lapin::Error::from(std::io::Error::other(format!(
+                    "cannot reach the broker through `{via}`: not a host:port address, or the broker URL is not a URL"
+                )))),
+            },
         }
     };
     let connection = match tokio::time::timeout(budget, connect).await {

@@ -46,6 +46,7 @@
 //! `functional`; `live`: what the deployment checklist probes in a running
 //! environment.
 
+pub mod agent;
 mod conditions;
 mod functional;
 pub use functional::{Broker, Sent, send as send_task, task_id};
@@ -148,6 +149,9 @@ pub enum GateKind {
         signing_key: Option<String>,
         /// With `amqps://`: the PEM CA bundle to trust, and only it.
         broker_ca: Option<String>,
+        /// Where the broker is really reached (a port-forward), when not
+        /// at the URL's host and port.
+        via: Option<String>,
     },
 }
 
@@ -210,12 +214,14 @@ impl fmt::Debug for GateKind {
                 queue,
                 signing_key,
                 broker_ca,
+                via,
             } => f
                 .debug_struct("Functional")
                 .field("amqp_url", &redact::url(amqp_url))
                 .field("queue", queue)
                 .field("signed", &signing_key.is_some())
                 .field("private_ca", &broker_ca.is_some())
+                .field("via", via)
                 .finish(),
         }
     }
@@ -306,6 +312,9 @@ pub struct Endpoints {
     /// The CA bundle (PEM) the agents trust for an `amqps://` broker, when
     /// they are given one: taskctl trusts the broker the same way.
     pub broker_ca: Option<String>,
+    /// Where taskctl reaches the broker when the URL's host is only known
+    /// inside the cluster: `127.0.0.1:PORT`, a port-forward to its pod.
+    pub broker_via: Option<String>,
 }
 
 /// Written by hand: the broker URL carries credentials.
@@ -322,6 +331,7 @@ impl fmt::Debug for Endpoints {
                 &self.task_signing_key.as_ref().map(|_| "<redacted>"),
             )
             .field("broker_ca", &self.broker_ca.is_some())
+            .field("broker_via", &self.broker_via)
             .finish()
     }
 }
@@ -492,10 +502,12 @@ async fn run_attempt(
                 queue,
                 signing_key,
                 broker_ca,
+                via,
             } => {
                 let broker = Broker {
                     url: amqp_url,
                     ca: broker_ca.as_deref(),
+                    via: via.as_deref(),
                 };
                 functional::attempt(broker, queue, signing_key.as_deref(), budget).await
             }
@@ -505,6 +517,56 @@ async fn run_attempt(
         Ok(outcome) => outcome,
         Err(_) => Attempt::Retry(format!("no answer within {}", seconds(budget))),
     }
+}
+
+/// How long each gate may take unless `TASKCTL_GATE_TIMEOUT` says.
+pub const GATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A duration from the environment variable `var` (`15s`, `2m`), else
+/// `default`.
+pub fn duration_from_env(
+    var: &str,
+    default: Duration,
+) -> Result<Duration, taskctl_core::ops::OpsError> {
+    match std::env::var(var) {
+        Ok(text) => humantime::parse_duration(&text).map_err(|e| {
+            taskctl_core::ops::OpsError::Provider(format!(
+                "{var}=`{text}` is not a duration like `10s` or `2m`: {e}"
+            ))
+        }),
+        Err(_) => Ok(default),
+    }
+}
+
+/// A deployed environment verified the same way on every target: the
+/// profile's verification gates against `endpoints` (each retried for up
+/// to `timeout`), then, when none failed, its automatic-rollback
+/// conditions watched for `window` (none when zero), as the core's checks.
+/// An interruption is an error: it is no evidence against the deploy.
+pub async fn verify(
+    profile: &taskctl_core::profile::Profile,
+    endpoints: &Endpoints,
+    restarts: &dyn RestartSource,
+    timeout: Duration,
+    window: Duration,
+    cancel: &CancellationToken,
+) -> Result<Vec<taskctl_core::ops::Check>, taskctl_core::ops::OpsError> {
+    let (gates, skipped) = verification_gates(profile, endpoints, timeout);
+    for s in &skipped {
+        tracing::info!(gate = %s.name, reason = %s.reason, "verification step skipped");
+    }
+    let reports = check_all(&gates, cancel).await;
+    if reports.iter().any(|r| r.cancelled) {
+        return Err(taskctl_core::ops::OpsError::Provider(
+            "verification interrupted; nothing was rolled back".into(),
+        ));
+    }
+    let mut checks: Vec<taskctl_core::ops::Check> = reports.iter().map(|r| r.to_check()).collect();
+    if !checks.iter().any(|c| c.failed()) && !window.is_zero() {
+        let conditions = watch_conditions(profile, endpoints, restarts, window, cancel).await;
+        checks.extend(conditions.iter().map(|c| c.to_check()));
+    }
+    Ok(checks)
 }
 
 /// Runs gates concurrently; reports in input order.

@@ -80,9 +80,12 @@ pub fn verification_gates(
                 ];
                 for (service, url) in services {
                     if let Some(url) = url {
-                        let kind = GateKind::Tcp {
-                            addr: host_port(url),
+                        // The broker's forward, when it is reached through one.
+                        let addr = match (service, &endpoints.broker_via) {
+                            ("rabbitmq", Some(via)) => via.clone(),
+                            _ => host_port(url),
                         };
+                        let kind = GateKind::Tcp { addr };
                         gates.push(gate(format!("{name}/{service}"), kind));
                     }
                 }
@@ -145,6 +148,7 @@ pub fn verification_gates(
                             queue: queue.clone(),
                             signing_key: endpoints.task_signing_key.clone(),
                             broker_ca: endpoints.broker_ca.clone(),
+                            via: endpoints.broker_via.clone(),
                         };
                         gates.push(gate(gate_name, kind));
                     }

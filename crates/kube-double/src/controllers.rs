@@ -29,6 +29,13 @@ pub(crate) fn after_change(shared: &Arc<Shared>, key: &Key) {
     });
 }
 
+/// A pod's address on the pod network: stable for a name, as tests and
+/// the `instance` labels Prometheus would give it need.
+pub(crate) fn pod_ip(namespace: &str, name: &str) -> String {
+    let h = Sha256::digest(format!("{namespace}/{name}").as_bytes());
+    format!("10.244.{}.{}", h[0], 1 + h[1] % 254)
+}
+
 pub(crate) fn short_hash(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))[..10].to_string()
 }
@@ -224,7 +231,11 @@ pub(crate) fn reconcile(shared: &Shared, key: &Key) {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": namespace, "labels": labels},
                 "spec": pod_spec,
-                "status": {"phase": "Running", "containerStatuses": containers},
+                "status": {
+                    "phase": "Running", "containerStatuses": containers,
+                    "podIP": pod_ip(&namespace, &name),
+                    "hostIP": format!("192.168.0.{}", 10 + i % shared.config.nodes.max(1)),
+                },
             });
             let managed = BTreeMap::new();
             stamp(&mut state, &mut pod, &managed, false);

@@ -34,6 +34,10 @@
 //!   watches). Jobs
 //!   complete (or fail with `BackoffLimitExceeded` for a `crashloop` image).
 //!   PersistentVolumeClaims are `Bound` at once;
+//! - the `portforward` subresource of pods over WebSocket
+//!   (`v4.channel.k8s.io`), relaying to the real process a test registered
+//!   for that pod and port with [`KubeDouble::serve`] (see `forward.rs`);
+//!   simulated pods carry a `status.podIP` (10.244.x.y, stable per name);
 //! - a log of every request (method, path, query, content type), so tests
 //!   can count the PATCHes a deploy made.
 //!
@@ -43,7 +47,8 @@
 //! their resources), admission and validation (any object is stored as
 //! sent; schema checking is `taskctl_kube::check`'s job), defaulting, real
 //! scheduling, nodes and kubelets, watches, strategic-merge and JSON
-//! patches, list merge keys in apply, subresources, authentication and
+//! patches, list merge keys in apply, subresources other than pods'
+//! `portforward`, authentication and
 //! RBAC, finalizers and garbage collection beyond the two cases above,
 //! pagination, and field selectors.
 
@@ -65,7 +70,9 @@ use tokio::task::JoinHandle;
 
 mod controllers;
 mod fields;
+mod forward;
 mod routes;
+pub use forward::Backend;
 mod store;
 use controllers::*;
 use fields::*;
@@ -143,6 +150,8 @@ struct State {
     objects: BTreeMap<Key, Stored>,
     resource_version: u64,
     requests: Vec<RequestRecord>,
+    /// Where pods' ports really listen (`portforward`).
+    backends: Vec<Backend>,
 }
 
 struct Shared {
@@ -221,6 +230,7 @@ impl KubeDouble {
                     // A client hanging up mid-request is not the double's problem.
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -252,6 +262,14 @@ impl KubeDouble {
     /// Every request served so far, oldest first.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.lock().requests.clone()
+    }
+
+    /// Makes a port of some pods reachable through `portforward`: the
+    /// double runs no containers, so a test says which real process on
+    /// loopback stands for the pod. Later registrations win over earlier
+    /// ones for the same pod and port (a new version's pods, say).
+    pub fn serve(&self, backend: Backend) {
+        self.shared.lock().backends.push(backend);
     }
 
     pub fn clear_requests(&self) {

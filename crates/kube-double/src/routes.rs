@@ -145,6 +145,22 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }
+    if let Some(pod) = path
+        .strip_suffix("/portforward")
+        .and_then(|p| match parse_path(p) {
+            Some(Target::Object(k)) if k.prefix == "api/v1" && k.plural == "pods" => Some(k),
+            _ => None,
+        })
+    {
+        return match method {
+            Method::GET | Method::POST => forward::portforward(&shared, req, &pod, &query),
+            m => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("{m} is not served on {path}"),
+            ),
+        };
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),

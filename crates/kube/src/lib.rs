@@ -15,6 +15,9 @@
 //!   step per apply level, server-side apply, readiness waits, prune
 //!   ([`provider`]), releases kept as Secrets in the cluster ([`release`]),
 //!   one deploy at a time per environment through a Lease ([`lock`]).
+//! - [`verify`]: the verification gates and automatic-rollback conditions
+//!   after a rollout, reaching the pods through port-forwards
+//!   ([`forward`]) over the API server.
 //! - [`secrets`]: the Secrets the workloads reference, made from Vault (or
 //!   the environment) at deploy time, and the checksum annotation that rolls
 //!   a workload when a secret it uses gets a new version.
@@ -25,6 +28,7 @@
 pub mod cluster;
 pub mod connect;
 pub mod diff;
+pub mod forward;
 pub mod lock;
 pub mod manifest;
 pub mod provider;

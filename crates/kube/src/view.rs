@@ -226,8 +226,15 @@ pub struct PrometheusView {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PortInNamespace {
+    /// The agent (the pods' `app.kubernetes.io/name`).
+    pub name: String,
     pub namespace: String,
     pub port: u16,
+    /// Prometheus' job for the agent's pods: `taskctl-agent-pods/NAME`.
+    pub job: String,
+    /// The relabel `keep` regex for them: `NAME;PORT` (agent names are
+    /// DNS labels, so they hold no regex metacharacter but `-`).
+    pub keep: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -612,8 +619,11 @@ pub fn build_from(
                 .iter()
                 .filter_map(|a| {
                     metrics_port(a).map(|port| PortInNamespace {
+                        name: a.name.clone(),
                         namespace: a.namespace.clone(),
                         port,
+                        job: format!("taskctl-agent-pods/{}", a.name),
+                        keep: format!("{};{port}", a.name),
                     })
                 })
                 .collect(),

@@ -527,6 +527,7 @@ async fn backup_verify_allows_a_rollback_only_over_a_recent_readable_backup() {
         secret_refs: Default::default(),
         secret_versions: Default::default(),
         profile: serde_json::Value::Null,
+        checks: Vec::new(),
     };
     let refused = |e: taskctl_core::ops::OpsError| e.to_string();
     let err = refused(

@@ -224,7 +224,7 @@ pub struct ReleaseFacts {
 }
 
 /// The result of one verification gate or rollback condition.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Check {
     /// `check_service_health/automated-task-executor-1`, `high_error_rate`.
     pub name: String,
@@ -267,6 +267,13 @@ mod humantime_serde_secs {
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::time::Duration, D::Error> {
+        let secs = <f64 as serde::Deserialize>::deserialize(d)?;
+        Ok(std::time::Duration::try_from_secs_f64(secs).unwrap_or_default())
     }
 }
 

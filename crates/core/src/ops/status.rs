@@ -18,6 +18,34 @@ pub struct EnvironmentStatus {
     /// the rest of the status still stands.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workloads_error: Option<String>,
+    /// The release running now and what its verification saw, on targets
+    /// that keep releases (the CLI asks the provider's release store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseView>,
+}
+
+/// The running release, as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct ReleaseView {
+    pub revision: u32,
+    pub status: crate::release::ReleaseStatus,
+    pub description: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Every gate and condition of its verification with its last value.
+    pub checks: Vec<super::Check>,
+}
+
+impl From<crate::release::Release> for ReleaseView {
+    fn from(r: crate::release::Release) -> Self {
+        ReleaseView {
+            revision: r.revision,
+            status: r.status,
+            description: r.description,
+            created_at: r.created_at,
+            checks: r.checks,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -60,5 +88,6 @@ pub async fn status(
         last_run: last_run(&journal).map(Into::into),
         workloads: None,
         workloads_error: None,
+        release: None,
     })
 }

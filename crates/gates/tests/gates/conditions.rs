@@ -43,6 +43,7 @@ fn endpoints(agents: &[&HttpServer]) -> Endpoints {
             .collect(),
         task_signing_key: None,
         broker_ca: None,
+        broker_via: None,
     }
 }
 

@@ -17,6 +17,7 @@ async fn a_task_goes_through_the_agent_and_back() {
         queue: agent.task_queue.clone(),
         signing_key: Some(agent.signing_key.clone()),
         broker_ca: None,
+        via: None,
     };
     // Retried until the agent has declared its queue and consumes it.
     let report = check(
@@ -81,6 +82,7 @@ async fn without_an_agent_the_gate_times_out_and_says_so() {
         queue: queue.clone(),
         signing_key: None,
         broker_ca: None,
+        via: None,
     };
     let report = check(
         &gate("f", kind, Duration::from_secs(2), INTERVAL),
@@ -121,6 +123,7 @@ async fn over_amqps_the_gate_trusts_only_the_given_ca() {
         queue: agent.task_queue.clone(),
         signing_key: Some(agent.signing_key.clone()),
         broker_ca: Some(ca.to_owned()),
+        via: None,
     };
     let trusted = check(
         &gate("f", kind(&ca), Duration::from_secs(60), INTERVAL),
@@ -157,6 +160,7 @@ async fn a_queue_no_agent_declared_is_named_in_the_report() {
         queue: queue.clone(),
         signing_key: None,
         broker_ca: None,
+        via: None,
     };
     let report = check(
         &gate("f", kind, Duration::from_millis(800), INTERVAL),
@@ -181,6 +185,7 @@ async fn broker_credentials_never_appear_in_reports() {
             queue: "taskctl.tasks".into(),
             signing_key: None,
             broker_ca: None,
+            via: None,
         };
         let g = gate("f", kind, Duration::from_millis(600), INTERVAL);
         let report = check(&g, &CancellationToken::new()).await;

@@ -31,6 +31,7 @@ fn hand_made() -> Endpoints {
         ],
         task_signing_key: None,
         broker_ca: None,
+        broker_via: None,
     }
 }
 
@@ -99,6 +100,7 @@ fn the_local_profile_yields_one_gate_per_service_and_agent() {
             queue: "taskctl.tasks".into(),
             signing_key: None,
             broker_ca: None,
+            via: None,
         }
     );
 }
@@ -169,6 +171,7 @@ async fn a_running_agent_passes_every_gate_of_the_local_profile() {
         agents: vec![agent.endpoint()],
         task_signing_key: Some(agent.signing_key.clone()),
         broker_ca: None,
+        broker_via: None,
     };
     let (gates, skipped) = verification_gates(&profile, &endpoints, Duration::from_secs(60));
     assert_eq!(skipped, []);

@@ -354,8 +354,8 @@ impl Provider for KubernetesProvider {
         )))
     }
 
-    /// The automatic-rollback conditions on the agents' pods (see
-    /// [`crate::verify`]).
+    /// The verification gates and the automatic-rollback conditions,
+    /// through port-forwards to the pods (see [`crate::verify`]).
     async fn verify(
         &self,
         profile: &Profile,
@@ -374,7 +374,18 @@ impl Provider for KubernetesProvider {
             .require(None, "verifying the rollout")
             .await
             .map_err(ops_error)?;
-        Ok(crate::verify::verify(&client, profile, workloads, window, cancel).await)
+        // Without a resolver, only literal values reach the gates.
+        let secrets = match &self.shared.options.secrets {
+            Some(s) => s.clone(),
+            None => Arc::new(taskctl_core::secrets::Secrets::new(
+                None,
+                Default::default(),
+            )),
+        };
+        crate::verify::verify(
+            &client, profile, &manifests, workloads, &secrets, window, cancel,
+        )
+        .await
     }
 
     /// Every pod of the environment (by its label): phase, readiness,

@@ -189,6 +189,7 @@ impl Flow<'_> {
             profile: serde_json::to_value(profile).map_err(|e| {
                 OpsError::Release(format!("cannot serialize the profile for the release: {e}"))
             })?,
+            checks: Vec::new(),
         };
         self.releases.put(&release).await?;
         for mut old in kept {
@@ -206,7 +207,11 @@ impl Flow<'_> {
     }
 
     async fn set_status(&self, release: &Release, status: ReleaseStatus) -> Result<(), OpsError> {
-        let mut release = release.clone();
+        // As stored now: its verification may have added checks since.
+        let mut release = match self.releases.get(release.revision).await? {
+            Some(stored) => stored,
+            None => release.clone(),
+        };
         release.status = status;
         self.releases.put(&release).await?;
         self.sink.emit(&Event::ReleaseRecorded {
@@ -246,6 +251,14 @@ impl Flow<'_> {
                 observed: c.observed.clone(),
                 elapsed_s: c.elapsed.as_secs_f64(),
             });
+        }
+        // Kept with the release, for `status`; a record that cannot be
+        // written does not change the verdict.
+        if let Ok(Some(mut release)) = self.releases.get(revision).await {
+            release.checks = checks.clone();
+            if let Err(e) = self.releases.put(&release).await {
+                tracing::warn!(revision, error = %e, "the release's checks were not recorded");
+            }
         }
         let failed = checks.iter().filter(|c| c.failed()).count();
         self.sink.emit(&Event::VerificationFinished {
