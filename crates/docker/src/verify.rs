@@ -158,6 +158,10 @@ pub async fn endpoints(
         task_signing_key,
         broker_ca,
         broker_via: None,
+        // The agents are registered with Prometheus under this label
+        // (`steps::replica`'s file_sd), and an external Prometheus may
+        // scrape other environments' agents too.
+        environment_label: Some(spec::environment_label(profile)),
     })
 }
 

@@ -45,6 +45,14 @@ const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// (as in the agent's README and the shipped recording rule).
 const RAW_ERROR_RATE: &str = "sum(rate(task_executor_tasks_total{status=~\"failed|timed_out\"}[5m])) / clamp_min(sum(rate(task_executor_tasks_total[5m])), 1e-9)";
 
+/// [`RAW_ERROR_RATE`] over one environment's agents only.
+fn raw_error_rate_of(environment: &str) -> String {
+    let env = crate::verification::label_value(environment);
+    format!(
+        "sum(rate(task_executor_tasks_total{{status=~\"failed|timed_out\",taskctl_environment=\"{env}\"}}[5m])) / clamp_min(sum(rate(task_executor_tasks_total{{taskctl_environment=\"{env}\"}}[5m])), 1e-9)"
+    )
+}
+
 /// Restart counts of the deployed workload's instances, as the target
 /// provider sees them.
 #[async_trait]
@@ -171,7 +179,11 @@ pub async fn watch_conditions(
                 "high_error_rate" => match &endpoints.prometheus_url {
                     None => not_evaluated(&name, "the target reported no Prometheus address"),
                     Some(prometheus_url) => {
-                        let queries = error_rate_queries(&spec, recorded);
+                        let queries = error_rate_queries(
+                            &spec,
+                            recorded,
+                            endpoints.environment_label.as_deref(),
+                        );
                         let threshold = spec.threshold.unwrap_or(DEFAULT_ERROR_RATE);
                         let secrets = redact::Secrets::of(prometheus_url);
                         let mut report = watch(&name, window, hold, stop, cancel, |budget| {
@@ -200,12 +212,21 @@ pub async fn watch_conditions(
 /// query; else the recorded `task_error_rate` when the profile records it,
 /// then the raw expression, because the recorded series exists only where
 /// the rule is loaded (not in an external Prometheus taskctl does not
-/// configure) and its absence must not read as "no errors".
-fn error_rate_queries(spec: &ConditionSpec, recorded: bool) -> Vec<String> {
-    match (&spec.query, recorded) {
-        (Some(query), _) => vec![query.clone()],
-        (None, true) => vec!["task_error_rate".to_owned(), RAW_ERROR_RATE.to_owned()],
-        (None, false) => vec![RAW_ERROR_RATE.to_owned()],
+/// configure) and its absence must not read as "no errors". When the
+/// target names the environment's scrape label, only the raw expression
+/// over that environment's agents: a Prometheus shared with other
+/// environments must not roll this one back for their failures (the
+/// recorded rule sums every agent it scrapes).
+fn error_rate_queries(
+    spec: &ConditionSpec,
+    recorded: bool,
+    environment: Option<&str>,
+) -> Vec<String> {
+    match (&spec.query, environment, recorded) {
+        (Some(query), _, _) => vec![query.clone()],
+        (None, Some(env), _) => vec![raw_error_rate_of(env)],
+        (None, None, true) => vec!["task_error_rate".to_owned(), RAW_ERROR_RATE.to_owned()],
+        (None, None, false) => vec![RAW_ERROR_RATE.to_owned()],
     }
 }
 
@@ -399,11 +420,29 @@ mod tests {
 
     #[test]
     fn error_rate_prefers_the_profile_query_then_the_recorded_rule() {
-        assert_eq!(error_rate_queries(&spec(Some("q")), true), ["q"]);
+        assert_eq!(error_rate_queries(&spec(Some("q")), true, None), ["q"]);
         assert_eq!(
-            error_rate_queries(&spec(None), true),
+            error_rate_queries(&spec(None), true, None),
             ["task_error_rate", RAW_ERROR_RATE]
         );
-        assert_eq!(error_rate_queries(&spec(None), false), [RAW_ERROR_RATE]);
+        assert_eq!(
+            error_rate_queries(&spec(None), false, None),
+            [RAW_ERROR_RATE]
+        );
+    }
+
+    #[test]
+    fn a_shared_prometheus_is_asked_about_this_environment_only() {
+        let q = error_rate_queries(&spec(None), true, Some("task-local.development"));
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert_eq!(
+            q[0],
+            "sum(rate(task_executor_tasks_total{status=~\"failed|timed_out\",taskctl_environment=\"task-local.development\"}[5m])) / clamp_min(sum(rate(task_executor_tasks_total{taskctl_environment=\"task-local.development\"}[5m])), 1e-9)"
+        );
+        // The profile's own query is the user's choice, kept as written.
+        assert_eq!(
+            error_rate_queries(&spec(Some("q")), false, Some("x")),
+            ["q"]
+        );
     }
 }

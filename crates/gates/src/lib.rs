@@ -315,6 +315,11 @@ pub struct Endpoints {
     /// Where taskctl reaches the broker when the URL's host is only known
     /// inside the cluster: `127.0.0.1:PORT`, a port-forward to its pod.
     pub broker_via: Option<String>,
+    /// The `taskctl_environment` label this environment's agents are
+    /// scraped under, when their Prometheus may also scrape other
+    /// environments' agents (docker's `file_sd` registrations, an external
+    /// Prometheus): `high_error_rate`'s default query counts only them.
+    pub environment_label: Option<String>,
 }
 
 /// Written by hand: the broker URL carries credentials.
@@ -332,6 +337,7 @@ impl fmt::Debug for Endpoints {
             )
             .field("broker_ca", &self.broker_ca.is_some())
             .field("broker_via", &self.broker_via)
+            .field("environment_label", &self.environment_label)
             .finish()
     }
 }

@@ -194,7 +194,7 @@ fn host_port(raw: &str) -> String {
 }
 
 /// A PromQL label value: backslashes and quotes escaped.
-fn label_value(raw: &str) -> String {
+pub(crate) fn label_value(raw: &str) -> String {
     raw.replace('\\', "\\\\").replace('"', "\\\"")
 }
 

@@ -113,16 +113,22 @@ fn ready(pod: &Pod) -> bool {
 /// addresses work (closed when this is dropped).
 struct Reach {
     endpoints: Endpoints,
-    _forwards: Vec<Forward>,
+    /// Each forward with the checks it serves (by name prefix): a check
+    /// that fails on a closed connection is told what the API server or
+    /// the kubelet said.
+    forwards: Vec<(Forward, Vec<String>)>,
 }
 
 impl Reach {
+    /// A forward to `namespace/pod:port`, whose errors explain the checks
+    /// whose names start with one of `serves`.
     async fn forward(
         &mut self,
         client: &Client,
         namespace: &str,
         pod: &str,
         port: u16,
+        serves: &[&str],
     ) -> Result<String, OpsError> {
         let f = Forward::open(client, namespace, pod, port).await.map_err(|e| {
             OpsError::Provider(format!(
@@ -130,8 +136,25 @@ impl Reach {
             ))
         })?;
         let addr = f.addr().to_string();
-        self._forwards.push(f);
+        self.forwards
+            .push((f, serves.iter().map(|s| s.to_string()).collect()));
         Ok(addr)
+    }
+
+    /// Adds what a forward last reported to each check that did not pass
+    /// and that it serves: "connection closed" says little at 3 a.m.,
+    /// "error forwarding port 8080 to pod …: connection refused" says it.
+    fn explain(&self, checks: &mut [Check]) {
+        for check in checks.iter_mut().filter(|c| !c.passed) {
+            let said = self
+                .forwards
+                .iter()
+                .filter(|(_, serves)| serves.iter().any(|s| check.name.starts_with(s.as_str())))
+                .find_map(|(f, _)| f.last_error());
+            if let Some(said) = said {
+                check.observed = format!("{}; the port-forward says: {said}", check.observed);
+            }
+        }
     }
 }
 
@@ -200,7 +223,7 @@ async fn reach(
 ) -> Result<Reach, OpsError> {
     let mut reach = Reach {
         endpoints: Endpoints::default(),
-        _forwards: Vec::new(),
+        forwards: Vec::new(),
     };
     let needs = Needs::of(profile);
     for m in agent_workloads.iter().filter(|_| needs.agents) {
@@ -221,9 +244,19 @@ async fn reach(
                 continue;
             };
             let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-            let http = reach.forward(client, &namespace, &name, http_port).await?;
+            let pod = format!("{namespace}/{name}");
+            let serves_http = [
+                format!("verify_connectivity/{pod}/http"),
+                format!("check_service_health/{pod}"),
+                "health_check_failure".to_string(),
+            ];
+            let serves_http: Vec<&str> = serves_http.iter().map(String::as_str).collect();
+            let http = reach
+                .forward(client, &namespace, &name, http_port, &serves_http)
+                .await?;
+            let serves_metrics = format!("verify_connectivity/{pod}/metrics");
             let metrics = reach
-                .forward(client, &namespace, &name, metrics_port)
+                .forward(client, &namespace, &name, metrics_port, &[&serves_metrics])
                 .await?;
             let probe = |p: Option<&taskctl_core::profile::Probe>, default: &str| {
                 p.map(|p| p.path.clone())
@@ -255,7 +288,19 @@ async fn reach(
         None => match stateful_pod(client, manifests, "prometheus").await? {
             Some((ns, pod)) => Some(format!(
                 "http://{}",
-                reach.forward(client, &ns, &pod, 9090).await?
+                reach
+                    .forward(
+                        client,
+                        &ns,
+                        &pod,
+                        9090,
+                        &[
+                            "verify_connectivity/prometheus",
+                            "validate_metrics",
+                            "high_error_rate"
+                        ],
+                    )
+                    .await?
             )),
             None => None,
         },
@@ -280,7 +325,9 @@ async fn reach(
             } else {
                 5672
             });
-            reach.endpoints.broker_via = Some(reach.forward(client, &ns, &pod, port).await?);
+            let serves = ["verify_connectivity/rabbitmq", "test_functionality"];
+            reach.endpoints.broker_via =
+                Some(reach.forward(client, &ns, &pod, port, &serves).await?);
         }
         reach.endpoints.amqp_url = url.or_else(|| {
             services
@@ -309,7 +356,7 @@ pub async fn verify(
         taskctl_gates::duration_from_env("TASKCTL_GATE_TIMEOUT", taskctl_gates::GATE_TIMEOUT)?;
     let reach = reach(client, profile, manifests, &workloads, secrets).await?;
     let restarts = PodRestarts { client, workloads };
-    taskctl_gates::verify(
+    let mut checks = taskctl_gates::verify(
         profile,
         &reach.endpoints,
         &restarts,
@@ -317,5 +364,7 @@ pub async fn verify(
         window,
         cancel,
     )
-    .await
+    .await?;
+    reach.explain(&mut checks);
+    Ok(checks)
 }

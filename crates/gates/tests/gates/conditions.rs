@@ -44,6 +44,7 @@ fn endpoints(agents: &[&HttpServer]) -> Endpoints {
         task_signing_key: None,
         broker_ca: None,
         broker_via: None,
+        environment_label: None,
     }
 }
 

@@ -32,6 +32,7 @@ fn hand_made() -> Endpoints {
         task_signing_key: None,
         broker_ca: None,
         broker_via: None,
+        environment_label: None,
     }
 }
 
@@ -172,6 +173,7 @@ async fn a_running_agent_passes_every_gate_of_the_local_profile() {
         task_signing_key: Some(agent.signing_key.clone()),
         broker_ca: None,
         broker_via: None,
+        environment_label: None,
     };
     let (gates, skipped) = verification_gates(&profile, &endpoints, Duration::from_secs(60));
     assert_eq!(skipped, []);

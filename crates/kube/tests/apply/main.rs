@@ -1073,6 +1073,45 @@ async fn agents_restarting_after_a_rollout_trip_resource_exhaustion_and_are_roll
     assert!(image.starts_with("task-executor:1.0.0@sha256:"), "{image}");
 }
 
+/// Nothing listens behind the agents' pods (the double runs no
+/// containers, and this test registers no process): the readiness gate,
+/// reached through a port-forward, fails and says what the forward was
+/// told, not only that a connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_through_a_port_forward_to_nothing_says_what_the_forward_was_told() {
+    // SAFETY: nextest runs each test in a process of its own.
+    unsafe { std::env::set_var("TASKCTL_GATE_TIMEOUT", "2s") };
+    let c = Cluster::start().await;
+    let provider = c.provider(options());
+    let mut profile = production();
+    profile.deployment.verification = vec![taskctl_core::profile::model::StepRef::Builtin(
+        "check_service_health".into(),
+    )];
+    let outcome = c.deploy(&provider, &profile).await;
+    succeeded(&outcome);
+    let report = outcome.release.as_ref().expect("release 1");
+    let failed = report.failed_check().expect("the readiness gate failed");
+    assert!(
+        failed
+            .name
+            .starts_with("check_service_health/agent-system/task-executor-"),
+        "{failed:?}"
+    );
+    assert!(
+        failed.observed.contains(
+            "the port-forward says: error forwarding port 8080 to pod agent-system/task-executor-"
+        ) && failed.observed.contains("no backend registered"),
+        "{failed:?}"
+    );
+    // Through the API server, nothing else.
+    assert!(
+        c.double
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/pods/task-executor-") && r.path.ends_with("/portforward"))
+    );
+}
+
 /// The live object at `path`.
 fn object(c: &Cluster, path: &str) -> Value {
     c.double
