@@ -201,6 +201,7 @@ async fn relay<S>(
         };
         match connected {
             Ok(stream) => {
+                let _ = stream.set_nodelay(true);
                 let (mut read, write) = stream.into_split();
                 writers.push(Some(write));
                 open += 1;

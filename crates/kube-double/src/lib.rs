@@ -221,6 +221,9 @@ impl KubeDouble {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Small frames (port-forward relays) must not wait for
+                // Nagle's algorithm against the client's delayed ACK.
+                let _ = stream.set_nodelay(true);
                 let shared = for_server.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {

@@ -55,6 +55,8 @@ impl Forward {
                 let Ok((mut local, _)) = listener.accept().await else {
                     continue;
                 };
+                // Requests and answers are small: no Nagle delay on them.
+                let _ = local.set_nodelay(true);
                 let (api, pod, errors, shown) =
                     (api.clone(), pod.clone(), errors.clone(), shown.clone());
                 tokio::spawn(async move {
