@@ -53,6 +53,8 @@ impl Forward {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut local, _)) = listener.accept().await else {
+                    // Out of file descriptors, say: do not spin on it.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
                 // Requests and answers are small: no Nagle delay on them.
