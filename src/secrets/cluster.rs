@@ -35,7 +35,7 @@ pub(crate) fn agent_roles(profile: &Profile) -> Vec<taskctl_vault::setup::AgentR
 
 /// The output of a target's step that starts a server in this run
 /// (`true`): a Vault server among them cannot be asked at plan time.
-pub(crate) const STARTS: &str = "starts";
+pub(crate) use taskctl_core::ops::STARTS_OUTPUT as STARTS;
 
 /// The cluster step's output saying Vault can be asked (`true`/`false`).
 pub(crate) const READY: &str = "ready";
@@ -50,9 +50,66 @@ pub(crate) struct VaultClusterStep {
     /// the root token is revoked.
     pub(crate) bootstrap: taskctl_vault::setup::Bootstrap,
     pub(crate) http: reqwest::Client,
+    /// Nodes the target reaches itself (pods through port-forwards): the
+    /// spec's `nodes` are then resolved at plan and apply time.
+    pub(crate) nodes_from: Option<Arc<dyn VaultNodes>>,
+}
+
+/// The spec with the nodes as reached now, and each node's name as the
+/// user knows it (its address, or its pod's name).
+struct Resolved {
+    spec: taskctl_vault::sys::ClusterSpec,
+    names: Vec<(String, String)>,
+}
+
+impl Resolved {
+    /// The node's name for an address.
+    fn name<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.names
+            .iter()
+            .find(|(_, a)| a == addr)
+            .map_or(addr, |(n, _)| n.as_str())
+    }
+
+    /// An error of the cluster's, its forwarded addresses named by pod.
+    fn error(&self, e: taskctl_vault::VaultError) -> StepError {
+        let mut message = e.to_string();
+        for (name, addr) in &self.names {
+            if name != addr {
+                message = message.replace(addr.as_str(), &format!("{name} (port-forward {addr})"));
+            }
+        }
+        StepError::new(ErrorKind::Other, message)
+    }
 }
 
 impl VaultClusterStep {
+    /// The nodes as reached now; `None` when the target's nodes do not
+    /// run yet.
+    async fn resolve(&self) -> Result<Option<Resolved>, StepError> {
+        let Some(source) = &self.nodes_from else {
+            return Ok(Some(Resolved {
+                spec: self.spec.clone(),
+                names: self
+                    .spec
+                    .nodes
+                    .iter()
+                    .map(|n| (n.clone(), n.clone()))
+                    .collect(),
+            }));
+        };
+        let nodes = source
+            .nodes()
+            .await
+            .map_err(|e| StepError::new(ErrorKind::Other, e.to_string()))?;
+        if nodes.is_empty() {
+            return Ok(None);
+        }
+        let mut spec = self.spec.clone();
+        spec.nodes = nodes.iter().map(|(_, a)| a.clone()).collect();
+        Ok(Some(Resolved { spec, names: nodes }))
+    }
+
     /// Initialized, but taskctl's AppRole not set up yet (a run stopped
     /// between the two, or the first run).
     fn needs_bootstrap(&self) -> bool {
@@ -82,10 +139,11 @@ impl Step for VaultClusterStep {
     async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {
         // A Vault server this run starts (the docker target's container)
         // cannot be asked yet: say what happens once it runs.
-        if ctx
+        let starts = ctx
             .dep_outputs()
-            .any(|(_, o)| o.get(STARTS).map(String::as_str) == Some("true"))
-        {
+            .any(|(_, o)| o.get(STARTS).map(String::as_str) == Some("true"));
+        let resolved = if starts { None } else { self.resolve().await? };
+        let Some(resolved) = resolved else {
             let mut outputs: Outputs =
                 [("nodes".to_string(), self.spec.nodes.len().to_string())].into();
             outputs.insert(READY.into(), "false".into());
@@ -104,12 +162,12 @@ impl Step for VaultClusterStep {
                 ))
             };
             return Ok(StepPlan { change, outputs });
-        }
-        let actions = taskctl_vault::sys::plan_cluster(&self.http, &self.spec)
+        };
+        let actions = taskctl_vault::sys::plan_cluster(&self.http, &resolved.spec)
             .await
-            .map_err(cluster_error)?;
+            .map_err(|e| resolved.error(e))?;
         let mut outputs: Outputs =
-            [("nodes".to_string(), self.spec.nodes.len().to_string())].into();
+            [("nodes".to_string(), resolved.spec.nodes.len().to_string())].into();
         let change = if actions.iter().any(|(_, a)| *a == "initialize") {
             let auto = actions
                 .iter()
@@ -129,7 +187,13 @@ impl Step for VaultClusterStep {
             let diffs: Vec<FieldDiff> = actions
                 .iter()
                 .filter(|(_, a)| *a != "none")
-                .map(|(node, _)| FieldDiff::new(format!("node {node}"), "sealed", "unsealed"))
+                .map(|(node, _)| {
+                    FieldDiff::new(
+                        format!("node {}", resolved.name(node)),
+                        "sealed",
+                        "unsealed",
+                    )
+                })
                 .collect();
             let mut diffs = diffs;
             if self.needs_bootstrap() {
@@ -154,9 +218,15 @@ impl Step for VaultClusterStep {
     }
 
     async fn apply(&self, ctx: &StepContext, plan: &StepPlan) -> Result<Outputs, StepError> {
-        let outcome = taskctl_vault::sys::ensure_cluster(&self.http, &self.spec)
+        let resolved = self.resolve().await?.ok_or_else(|| {
+            StepError::new(
+                ErrorKind::Other,
+                "no Vault node runs: the pods of the Vault StatefulSet are gone",
+            )
+        })?;
+        let outcome = taskctl_vault::sys::ensure_cluster(&self.http, &resolved.spec)
             .await
-            .map_err(cluster_error)?;
+            .map_err(|e| resolved.error(e))?;
         for (node, action) in &outcome.actions {
             let what = match action {
                 taskctl_vault::sys::NodeAction::Initialized => "initialized and unsealed",
@@ -164,7 +234,7 @@ impl Step for VaultClusterStep {
                 taskctl_vault::sys::NodeAction::AutoUnsealed => "unsealed itself (auto-unseal)",
                 taskctl_vault::sys::NodeAction::AlreadyUnsealed => continue,
             };
-            ctx.progress(&format!("{node} {what}"));
+            ctx.progress(&format!("{} {what}", resolved.name(node)));
         }
         if outcome.initialized {
             let file = taskctl_vault::sys::KeysFile::read(&self.spec.keys_file).ok();
@@ -187,12 +257,12 @@ impl Step for VaultClusterStep {
                 taskctl_vault::sys::KeysFile::read(&self.spec.keys_file).map_err(cluster_error)?;
             taskctl_vault::setup::bootstrap(
                 &self.http,
-                &self.spec.nodes[0],
+                &resolved.spec.nodes[0],
                 &keys.root_token,
                 &self.bootstrap,
             )
             .await
-            .map_err(cluster_error)?;
+            .map_err(|e| resolved.error(e))?;
             ctx.progress(&format!(
                 "policy `taskctl` and its AppRole set up ({}); the root token is revoked",
                 self.bootstrap.approle_file.display()

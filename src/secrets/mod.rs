@@ -33,7 +33,8 @@ use taskctl_core::engine::{
 };
 use taskctl_core::events::EventSink;
 use taskctl_core::ops::{
-    Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, SecretsOrder, Workload,
+    Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, SecretsOrder, VaultNodes,
+    Workload,
 };
 use taskctl_core::profile::Profile;
 use taskctl_core::profile::model::SecretKind;
@@ -51,11 +52,16 @@ use tokio_util::sync::CancellationToken;
 /// external `services.vault`.
 pub fn vault_address(profile: &Profile) -> Option<String> {
     let vault = profile.services.vault.as_ref();
-    profile
+    let explicit = profile
         .secrets
         .vault_address
         .clone()
-        .filter(|a| !a.is_empty())
+        .filter(|a| !a.is_empty());
+    // The target finds the nodes of a Vault it runs (port-forwards).
+    if in_cluster(profile) {
+        return explicit;
+    }
+    explicit
         .or_else(|| {
             vault
                 .and_then(|v| v.cluster.as_ref())
@@ -69,6 +75,21 @@ pub fn vault_address(profile: &Profile) -> Option<String> {
         })
 }
 
+/// Whether the profile's Vault is the StatefulSet target `kubernetes`
+/// deploys, initialized and unsealed by taskctl: its nodes are the pods,
+/// which only the target can reach (`services.vault.cluster` without
+/// `nodes`).
+pub fn in_cluster(profile: &Profile) -> bool {
+    profile.target.kind == taskctl_core::profile::TargetKind::Kubernetes
+        && profile
+            .services
+            .vault
+            .as_ref()
+            .filter(|v| v.enabled && v.external.is_none())
+            .and_then(|v| v.cluster.as_ref())
+            .is_some_and(|c| c.nodes.is_empty())
+}
+
 /// A Vault client connected on first use (a profile without `vault:`
 /// references and managed secrets never needs one). A failed connection is
 /// remembered: every later use reports the same clear error.
@@ -79,6 +100,12 @@ pub struct LazyVault {
     approle_file: Option<std::path::PathBuf>,
     default_mount: String,
     vault: tokio::sync::OnceCell<Result<Vault, String>>,
+    /// For a Vault in the cluster ([`in_cluster`]): the profile, to reach
+    /// its pods when no provider has handed over [`Self::nodes`].
+    in_cluster: Option<Box<Profile>>,
+    /// How the target reaches the Vault it runs; the active node's
+    /// address is the client's.
+    nodes: tokio::sync::OnceCell<Arc<dyn VaultNodes>>,
 }
 
 impl LazyVault {
@@ -93,24 +120,74 @@ impl LazyVault {
                 .map(|c| c.approle_path()),
             default_mount: profile.secrets.mount.clone(),
             vault: tokio::sync::OnceCell::new(),
+            in_cluster: (in_cluster(profile) && vault_address(profile).is_none())
+                .then(|| Box::new(profile.clone())),
+            nodes: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Hands over the target's way to the Vault it runs (the provider's
+    /// port-forwards, shared with the `vault/cluster` step). Ignored once
+    /// set.
+    pub fn set_nodes(&self, nodes: Arc<dyn VaultNodes>) {
+        let _ = self.nodes.set(nodes);
     }
 
     pub async fn get(&self) -> Result<&Vault, String> {
         let result = self
             .vault
             .get_or_init(|| async {
-                let config = self.config().map_err(|e| e.to_string())?;
+                let addr = match &self.in_cluster {
+                    Some(profile) => Some(self.active_node(profile).await?),
+                    None => self.addr.clone(),
+                };
+                let config = self.config(addr.as_deref()).map_err(|e| e.to_string())?;
                 Vault::connect(config).await.map_err(|e| e.to_string())
             })
             .await;
         result.as_ref().map_err(Clone::clone)
     }
 
+    /// The address of the in-cluster Vault's active node (the one whose
+    /// `sys/health` says 200), else of its first pod.
+    async fn active_node(&self, profile: &Profile) -> Result<String, String> {
+        let nodes = self
+            .nodes
+            .get_or_try_init(|| async {
+                let kube = taskctl_kube::KubernetesProvider::connect(
+                    profile,
+                    taskctl_kube::KubeOptions::default(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                kube.vault_nodes(profile)
+                    .ok_or_else(|| "the kubernetes target does not run this Vault".to_string())
+            })
+            .await?;
+        let list = nodes.nodes().await.map_err(|e| e.to_string())?;
+        let Some((_, first)) = list.first() else {
+            return Err(format!(
+                "Vault runs in the cluster (services.vault.cluster has no nodes), and none of its pods ({}/vault-0 …) runs yet: deploy first",
+                taskctl_kube::view::VAULT
+            ));
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        for (_, addr) in &list {
+            let health = http.get(format!("{addr}/v1/sys/health")).send().await;
+            if health.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+                return Ok(addr.clone());
+            }
+        }
+        Ok(first.clone())
+    }
+
     /// The environment's Vault settings; for a cluster taskctl initialized,
     /// the AppRole file it left (over a `VAULT_TOKEN` in the environment,
     /// which is a token of some other Vault; `VAULT_ROLE_ID` still wins).
-    fn config(&self) -> Result<VaultConfig, taskctl_vault::VaultError> {
+    fn config(&self, addr: Option<&str>) -> Result<VaultConfig, taskctl_vault::VaultError> {
         let env_has = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
         let from_file = self
             .approle_file
@@ -118,11 +195,11 @@ impl LazyVault {
             .filter(|p| p.exists())
             .filter(|_| !env_has("VAULT_ROLE_ID"));
         let Some(path) = from_file else {
-            return VaultConfig::from_env(self.addr.as_deref());
+            return VaultConfig::from_env(addr);
         };
         let file = taskctl_vault::setup::AppRoleFile::read(path)?;
         VaultConfig::from_lookup(
-            self.addr.as_deref(),
+            addr,
             &|k| match k {
                 "VAULT_ROLE_ID" => Some(file.role_id.clone()),
                 "VAULT_SECRET_ID" => Some(file.secret_id.expose().to_string()),

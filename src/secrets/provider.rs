@@ -61,6 +61,16 @@ impl WithSecrets {
             .and_then(|v| v.cluster.as_ref());
         let mut first = Vec::new();
         if let Some(c) = cluster {
+            // A Vault the target runs: its nodes, through the target, for
+            // this step and for the client the secrets' steps use.
+            let nodes_from = c
+                .nodes
+                .is_empty()
+                .then(|| self.inner.vault_nodes(profile))
+                .flatten();
+            if let Some(nodes) = &nodes_from {
+                self.vault.set_nodes(nodes.clone());
+            }
             let id = StepId::new(CLUSTER_STEP);
             first.push(id.clone());
             ids.push(id.clone());
@@ -105,6 +115,7 @@ impl WithSecrets {
                     .timeout(Duration::from_secs(15))
                     .build()
                     .map_err(|e| OpsError::Provider(format!("HTTP client: {e}")))?,
+                nodes_from,
             }));
         }
         for entry in entries(profile) {
@@ -254,6 +265,10 @@ impl Provider for WithSecrets {
             });
         }
         Ok(steps)
+    }
+
+    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::VaultNodes>> {
+        self.inner.vault_nodes(profile)
     }
 
     fn release_layers(&self) -> Vec<Layer> {

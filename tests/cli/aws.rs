@@ -302,8 +302,8 @@ fn plan_deploy_replan_and_destroy() {
             &"kubernetes/namespaces",
             &"kubernetes/rbac",
             &"kubernetes/config",
-            &"kubernetes/secrets",
             &"kubernetes/storage",
+            &"kubernetes/secrets",
             &"kubernetes/workloads",
             &"kubernetes/autoscalers"
         ],

@@ -4,7 +4,8 @@
 //! kubeconfig file in `KUBECONFIG` as a user's would be.
 
 use crate::harness::{
-    NO_PROCESSES_BEHIND_PODS, ProductionSecrets, repo_root, stderr, stdout, vault, vault_write,
+    NO_PROCESSES_BEHIND_PODS, ProductionSecrets, RaftNodes, repo_root, stderr, stdout, vault,
+    vault_write,
 };
 use kube_double::{Config, KubeDouble};
 use std::path::PathBuf;
@@ -35,12 +36,22 @@ impl Env {
     /// The production profile for this test's Vault paths, with `layer`
     /// (profile YAML without a header) over it.
     async fn build(written: bool, layer: &str) -> Env {
-        let double = KubeDouble::start(Config {
-            ready_delay: Duration::from_millis(20),
-            ..Config::default()
-        })
+        Env::build_with(
+            written,
+            layer,
+            Config {
+                ready_delay: Duration::from_millis(20),
+                ..Config::default()
+            },
+        )
         .await
-        .expect("kube-double listens");
+    }
+
+    /// [`Env::build`] on a double configured as `config` says.
+    async fn build_with(written: bool, layer: &str, config: Config) -> Env {
+        let double = KubeDouble::start(config)
+            .await
+            .expect("kube-double listens");
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("kubeconfig"), double.kubeconfig()).unwrap();
         let unique = dir
@@ -348,6 +359,150 @@ async fn a_deploy_with_an_empty_vault_generates_every_credential_the_cluster_nee
         stderr(&refused)
     );
     assert_eq!(read("messaging")["data"]["metadata"]["version"], 1);
+}
+
+/// The production profile's own Vault (the StatefulSet's three raft pods)
+/// initialized, unsealed and set up by the deploy through port-forwards of
+/// the API server, then the only Vault the deploy uses: every credential is
+/// generated in it and reaches the cluster as Secrets. Three real OpenBao
+/// raft nodes stand behind the pods, and the double runs the pods'
+/// readiness probe against them, so a Vault pod is ready only once it is
+/// unsealed (a deploy that waited for it before unsealing would hang, as
+/// it would on a real cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_initializes_and_unseals_the_vault_statefulset_through_the_api_server() {
+    let mut nodes = RaftNodes::start();
+    let layer = format!(
+        "{NO_PROCESSES_BEHIND_PODS}services:\n  vault:\n    cluster:\n      key_shares: 3\n      key_threshold: 2\n      keys_file: vault-keys.json\n"
+    );
+    let env = Env::build_with(
+        false,
+        &layer,
+        Config {
+            ready_delay: Duration::from_millis(20),
+            probe_readiness: true,
+            ..Config::default()
+        },
+    )
+    .await;
+    env.double.serve(kube_double::Backend {
+        namespace: "vault".into(),
+        pod_prefix: "vault-".into(),
+        image: None,
+        port: 8200,
+        addrs: nodes
+            .addrs
+            .iter()
+            .map(|a| a.trim_start_matches("http://").parse().unwrap())
+            .collect(),
+    });
+    // No other Vault: not the test environment's, not a token of it.
+    let own = [("VAULT_ADDR", ""), ("VAULT_TOKEN", "")];
+    let text = |o: &Output| format!("{}\n{}", stdout(o), stderr(o));
+
+    let plan = env.run_with(&["plan"], None, &own).await;
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("started in this run, then initialized: 3 shares, 2 needed"),
+        "{}",
+        text(&plan)
+    );
+
+    let deploy = env.run_with(&["deploy", "--yes"], None, &own).await;
+    let out = text(&deploy);
+    assert_eq!(deploy.status.code(), Some(0), "{out}");
+    assert!(out.contains("vault-0 initialized and unsealed"), "{out}");
+    assert!(out.contains("vault-1 unsealed"), "{out}");
+    assert!(out.contains("vault-2 unsealed"), "{out}");
+    assert!(out.contains("the root token is revoked"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let keys = env.dir.path().join("vault-keys.json");
+    assert_eq!(
+        std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The pods' port-forwards were the only way in.
+    let forwarded: std::collections::BTreeSet<String> = env
+        .double
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path.starts_with("/api/v1/namespaces/vault/pods/") && r.path.ends_with("/portforward")
+        })
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(forwarded.len(), 3, "{forwarded:?}");
+    for addr in &nodes.addrs {
+        let health = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{addr}/v1/sys/health"))
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&health.stdout).to_string();
+        assert!(code == "200" || code == "429", "{addr}: HTTP {code}");
+    }
+    // Unsealed, the pods pass their readiness probe.
+    let ready = || {
+        env.double
+            .object("/apis/apps/v1/namespaces/vault/statefulsets/vault")
+            .and_then(|s| s.pointer("/status/readyReplicas").and_then(|r| r.as_i64()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ready() != Some(3) {
+        assert!(std::time::Instant::now() < deadline, "ready: {:?}", ready());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every managed secret is in this Vault, read through the pods.
+    let status = env
+        .run_with(&["secrets", "status", "-o", "json"], None, &own)
+        .await;
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for row in rows {
+        assert_eq!(row["version"], 1, "{row}");
+    }
+    let secret = env
+        .double
+        .paths()
+        .into_iter()
+        .find(|p| p.contains("/secrets/taskctl-") && p.ends_with("-messaging"))
+        .and_then(|p| env.double.object(&p))
+        .expect("the broker's Secret");
+    let password = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(secret["data"]["password"].as_str().unwrap())
+            .unwrap()
+    };
+    let password = String::from_utf8(password).unwrap();
+    assert!(password.len() >= 32, "a generated password");
+    assert!(!out.contains(&password), "a generated value was printed");
+
+    // A second run changes nothing.
+    let again = env
+        .run_with(&["plan", "--detailed-exitcode"], None, &own)
+        .await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+
+    // A restarted pod's server comes back sealed: unready, named by the
+    // plan, unsealed by the next deploy from the keys file.
+    nodes.kill(2);
+    nodes.launch(2);
+    let plan = env
+        .run_with(&["plan", "--detailed-exitcode"], None, &own)
+        .await;
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("node vault-2: sealed → unsealed"),
+        "{}",
+        text(&plan)
+    );
+    let heal = env.run_with(&["deploy", "--yes"], None, &own).await;
+    assert_eq!(heal.status.code(), Some(0), "{}", text(&heal));
+    assert!(text(&heal).contains("vault-2 unsealed"), "{}", text(&heal));
 }
 
 // ------------------------------------------------------------------------

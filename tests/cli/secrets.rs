@@ -6,7 +6,7 @@
 //! failures are clear errors.
 
 use crate::docker::{AGENT, Env, docker, history, quick, required, text};
-use crate::harness::urlencode;
+use crate::harness::{RaftNodes, urlencode};
 use crate::probe::Probe;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -556,99 +556,6 @@ fn bao_at(addr: &str, method: &str, path: &str, token: &str) {
         .output()
         .unwrap();
     assert!(out.status.success());
-}
-
-/// Three `bao server` raft nodes of the test's own on free loopback ports,
-/// joined to each other (`retry_join`), killed on drop.
-struct RaftNodes {
-    bin: String,
-    dir: tempfile::TempDir,
-    addrs: Vec<String>,
-    children: Vec<Option<std::process::Child>>,
-}
-
-impl RaftNodes {
-    fn start() -> RaftNodes {
-        let bin = required("TASKCTL_TEST_BAO_BIN");
-        let dir = tempfile::tempdir().unwrap();
-        // Six distinct free ports: every listener is held until all are
-        // chosen, then released for the servers.
-        let listeners: Vec<std::net::TcpListener> = (0..6)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let port = |i: usize| listeners[i].local_addr().unwrap().port();
-        let ports: Vec<(u16, u16)> = (0..3).map(|i| (port(2 * i), port(2 * i + 1))).collect();
-        drop(listeners);
-        for (i, (api, cluster)) in ports.iter().enumerate() {
-            let data = dir.path().join(format!("n{i}"));
-            std::fs::create_dir_all(&data).unwrap();
-            let joins: String = ports
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, (p, _))| {
-                    format!(
-                        "  retry_join {{\n    leader_api_addr = \"http://127.0.0.1:{p}\"\n  }}\n"
-                    )
-                })
-                .collect();
-            std::fs::write(
-                dir.path().join(format!("n{i}.hcl")),
-                format!(
-                    "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"n{i}\"\n  performance_multiplier = 1\n{joins}}}\n\
-                     listener \"tcp\" {{\n  address = \"127.0.0.1:{api}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_disable = true\n}}\n\
-                     api_addr = \"http://127.0.0.1:{api}\"\ncluster_addr = \"https://127.0.0.1:{cluster}\"\ndisable_mlock = true\n",
-                    data.display()
-                ),
-            )
-            .unwrap();
-        }
-        let mut nodes = RaftNodes {
-            bin,
-            addrs: ports
-                .iter()
-                .map(|(p, _)| format!("http://127.0.0.1:{p}"))
-                .collect(),
-            dir,
-            children: vec![None, None, None],
-        };
-        for i in 0..3 {
-            nodes.launch(i);
-        }
-        nodes
-    }
-
-    fn launch(&mut self, i: usize) {
-        let child = Command::new(&self.bin)
-            .args(["server", "-config"])
-            .arg(self.dir.path().join(format!("n{i}.hcl")))
-            .env("HOME", self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.children[i] = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(self.addrs[i].trim_start_matches("http://")).is_err() {
-            assert!(Instant::now() < deadline, "raft node {i} did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for RaftNodes {
-    fn drop(&mut self) {
-        for i in 0..3 {
-            self.kill(i);
-        }
-    }
 }
 
 #[test]

@@ -237,6 +237,16 @@ pub(crate) fn reconcile(shared: &Shared, key: &Key) {
                     "hostIP": format!("192.168.0.{}", 10 + i % shared.config.nodes.max(1)),
                 },
             });
+            // A probed container is not ready until its first probe passes.
+            if shared.config.probe_readiness {
+                for (c, _, _) in kubelet::probes(&state.backends, &namespace, &pod) {
+                    if let Some(ready) =
+                        pod.pointer_mut(&format!("/status/containerStatuses/{c}/ready"))
+                    {
+                        *ready = json!(false);
+                    }
+                }
+            }
             let managed = BTreeMap::new();
             stamp(&mut state, &mut pod, &managed, false);
             state.objects.insert(
@@ -247,6 +257,9 @@ pub(crate) fn reconcile(shared: &Shared, key: &Key) {
                     owner: Some(key.clone()),
                 },
             );
+        }
+        if shared.config.probe_readiness {
+            kubelet::recount(&mut state, key);
         }
     }
 }

@@ -47,7 +47,12 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn address_for(&self, namespace: &str, pod: &Value, port: u16) -> Option<SocketAddr> {
+    pub(crate) fn address_for(
+        &self,
+        namespace: &str,
+        pod: &Value,
+        port: u16,
+    ) -> Option<SocketAddr> {
         let name = pod.pointer("/metadata/name").and_then(Value::as_str)?;
         if namespace != self.namespace
             || port != self.port

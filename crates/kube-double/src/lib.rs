@@ -33,7 +33,10 @@
 //!   restarted 5 times, last `OOMKilled` (what `resource_exhaustion`
 //!   watches). Jobs
 //!   complete (or fail with `BackoffLimitExceeded` for a `crashloop` image).
-//!   PersistentVolumeClaims are `Bound` at once;
+//!   PersistentVolumeClaims are `Bound` at once. With
+//!   [`Config::probe_readiness`], a container whose `httpGet` readiness
+//!   probe targets a port a test serves is ready only while that process
+//!   answers it (`kubelet.rs`);
 //! - the `portforward` subresource of pods over WebSocket
 //!   (`v4.channel.k8s.io`), relaying to the real process a test registered
 //!   for that pod and port with [`KubeDouble::serve`] (see `forward.rs`);
@@ -71,6 +74,7 @@ use tokio::task::JoinHandle;
 mod controllers;
 mod fields;
 mod forward;
+mod kubelet;
 mod routes;
 pub use forward::Backend;
 mod store;
@@ -89,6 +93,10 @@ pub struct Config {
     /// Added before every answer, to stand for the round trip to a remote
     /// API server (benchmarks); zero in tests.
     pub latency: Duration,
+    /// Run the pods' `httpGet` readiness probes against the processes
+    /// registered with [`KubeDouble::serve`] (see `kubelet.rs`); off: every
+    /// pod that does not crash is ready.
+    pub probe_readiness: bool,
 }
 
 impl Default for Config {
@@ -97,6 +105,7 @@ impl Default for Config {
             ready_delay: Duration::from_millis(50),
             nodes: 3,
             latency: Duration::ZERO,
+            probe_readiness: false,
         }
     }
 }
@@ -172,11 +181,15 @@ pub struct KubeDouble {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: JoinHandle<()>,
+    kubelet: Option<JoinHandle<()>>,
 }
 
 impl Drop for KubeDouble {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some(k) = &self.kubelet {
+            k.abort();
+        }
     }
 }
 
@@ -216,6 +229,10 @@ impl KubeDouble {
             state: Mutex::new(state),
         });
         let for_server = shared.clone();
+        let kubelet = shared
+            .config
+            .probe_readiness
+            .then(|| tokio::spawn(kubelet::run(shared.clone())));
         let server = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -242,6 +259,7 @@ impl KubeDouble {
             addr,
             shared,
             server,
+            kubelet,
         })
     }
 

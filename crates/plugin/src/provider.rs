@@ -428,6 +428,10 @@ impl Provider for WithPlugins {
         self.inner.secrets_order(step)
     }
 
+    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::VaultNodes>> {
+        self.inner.vault_nodes(profile)
+    }
+
     fn release_layers(&self) -> Vec<Layer> {
         self.inner.release_layers()
     }

@@ -60,6 +60,19 @@ impl Kind {
         }
     }
 
+    /// The keys a rotation keeps: what a running cluster's members use to
+    /// recognize each other (RabbitMQ's Erlang cookie, a MongoDB replica
+    /// set's keyfile). A new one would reach the members one restart at a
+    /// time, and a restarted member could no longer join the others; they
+    /// change only when the whole secret is made anew (deleted first).
+    fn kept_on_rotation(self) -> &'static [&'static str] {
+        match self {
+            Kind::Rabbitmq => &["erlang_cookie"],
+            Kind::Mongodb => &["keyfile"],
+            _ => &[],
+        }
+    }
+
     /// New values for `m`; `username` kept when given; `previous_public`
     /// (an `ed25519` secret's public key or a `tls` secret's CA before this
     /// rotation) stays trusted.
@@ -227,13 +240,14 @@ pub async fn ensure(
     let mut current_data = current_data.unwrap_or_default();
     let username = current_data.remove("username");
     let previous_public = m.kind.kept_public().and_then(|k| current_data.remove(k));
+    let mut values = m.kind.generate(m, username, previous_public)?;
+    for key in m.kind.kept_on_rotation() {
+        if let Some(kept) = current_data.remove(*key) {
+            values.insert((*key).to_string(), kept);
+        }
+    }
     let (version, created) = v
-        .write_meta(
-            &m.mount,
-            &m.path,
-            &m.kind.generate(m, username, previous_public)?,
-            Some(current),
-        )
+        .write_meta(&m.mount, &m.path, &values, Some(current))
         .await?;
     Ok(Outcome {
         version,

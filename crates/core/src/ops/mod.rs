@@ -82,6 +82,21 @@ pub enum SecretsOrder {
     AfterAll,
 }
 
+/// The output a target's step sets to `true` when it starts a server in
+/// this run (a Vault, a broker): such a server cannot be asked at plan
+/// time, so the steps after it say what happens once it runs.
+pub const STARTS_OUTPUT: &str = "starts";
+
+/// The nodes of a Vault the target runs, as taskctl reaches them now (on
+/// Kubernetes: port-forwards to the StatefulSet's pods).
+#[async_trait]
+pub trait VaultNodes: Send + Sync {
+    /// One entry per node, in ordinal order: its name (`vault-0`) and the
+    /// API address taskctl uses for it (`http://127.0.0.1:PORT`). An empty
+    /// list: the nodes do not exist yet.
+    async fn nodes(&self) -> Result<Vec<(String, String)>, OpsError>;
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// `aws`, `docker`, `kubernetes`.
@@ -102,6 +117,13 @@ pub trait Provider: Send + Sync {
     /// broker user): by default after all of them.
     fn secrets_order(&self, _step: &StepId) -> SecretsOrder {
         SecretsOrder::AfterAll
+    }
+
+    /// How to reach the nodes of the Vault this target runs for the profile
+    /// when the profile leaves their addresses to the target
+    /// (`services.vault.cluster` without `nodes`); `None` otherwise.
+    fn vault_nodes(&self, _profile: &Profile) -> Option<Arc<dyn VaultNodes>> {
+        None
     }
 
     /// The layers a release holds, which a rollback restores: all of

@@ -131,8 +131,7 @@ pub struct Service {
     pub deps: Vec<StepId>,
 }
 
-/// The plan output saying the step starts its server in this run.
-pub const STARTS_OUTPUT: &str = "starts";
+pub use taskctl_core::ops::STARTS_OUTPUT;
 
 /// Seconds between health checks of a managed service.
 const HEALTH_INTERVAL_S: i64 = 2;

@@ -1,6 +1,7 @@
 //! One apply level: its objects planned, applied by server-side apply, waited for.
 
 use super::*;
+use taskctl_core::ops::STARTS_OUTPUT as STARTS;
 
 /// What one object of a level needs.
 #[derive(Debug, Clone)]
@@ -9,8 +10,22 @@ pub(super) struct ObjectPlan {
     pub(super) diffs: Vec<FieldDiff>,
 }
 
+/// What a level's apply waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Every workload ready, as `kubectl rollout status` says.
+    Ready,
+    /// Every pod of the level's StatefulSets exists with its containers
+    /// running, ready or not: a Vault server is ready only once taskctl has
+    /// unsealed it, which the next step does. The step's outputs say
+    /// `starts` (the server is started by this run, so it cannot be asked
+    /// at plan time).
+    Running,
+}
+
 pub(super) struct LevelStep {
     pub(super) id: StepId,
+    pub(super) wait: Wait,
     pub(super) depends: Vec<StepId>,
     pub(super) environment: String,
     pub(super) manifests: Vec<Manifest>,
@@ -133,8 +148,9 @@ impl LevelStep {
         }
     }
 
-    /// Polls the level's workloads until all are ready; fails at the first
-    /// that cannot become ready by waiting.
+    /// Polls the level's workloads until all are ready (or, with
+    /// [`Wait::Running`], running); fails at the first that cannot become
+    /// ready by waiting.
     async fn wait_ready(&self, client: &Client, ctx: &StepContext) -> Result<(), StepError> {
         let waited: Vec<&Manifest> = self
             .manifests
@@ -157,7 +173,11 @@ impl LevelStep {
             let mut still = Vec::new();
             let mut first_reason = None;
             for m in pending {
-                match readiness_of(client, m).await? {
+                let readiness = match self.wait {
+                    Wait::Ready => readiness_of(client, m).await?,
+                    Wait::Running => running_of(client, m).await?,
+                };
+                match readiness {
                     Readiness::Ready => {}
                     Readiness::Failed(why) => {
                         return Err(StepError::new(
@@ -175,9 +195,13 @@ impl LevelStep {
                 return Ok(());
             }
             ctx.progress(&format!(
-                "{} of {} ready; {}",
+                "{} of {} {}; {}",
                 waited.len() - still.len(),
                 waited.len(),
+                match self.wait {
+                    Wait::Ready => "ready",
+                    Wait::Running => "running",
+                },
                 first_reason.unwrap_or_default()
             ));
             pending = still;
@@ -190,6 +214,46 @@ impl LevelStep {
             delay = (delay * 2).min(self.shared.options.poll_interval);
         }
     }
+}
+
+/// Whether every pod of a StatefulSet exists with all its containers
+/// running (ready or not); a pod that will not start fails it. Other kinds
+/// are waited for as [`readiness_of`] does.
+pub(super) async fn running_of(client: &Client, m: &Manifest) -> Result<Readiness, StepError> {
+    if m.kind != "StatefulSet" {
+        return readiness_of(client, m).await;
+    }
+    let Some(live) = cluster::get(client, m).await? else {
+        return Ok(Readiness::NotReady("not found yet".into()));
+    };
+    let replicas = live
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let pods = cluster::current_pods(client, m, &live).await?;
+    if let Some(failure) = pods.iter().find_map(readiness::pod_failure) {
+        return Ok(Readiness::Failed(failure.to_string()));
+    }
+    let running = pods
+        .iter()
+        .filter(|p| {
+            let statuses = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref());
+            statuses.is_some_and(|cs| {
+                !cs.is_empty()
+                    && cs
+                        .iter()
+                        .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            })
+        })
+        .count() as i64;
+    Ok(if running >= replicas {
+        Readiness::Ready
+    } else {
+        Readiness::NotReady(format!("{running} of {replicas} pods running"))
+    })
 }
 
 /// Readiness of one workload; for a workload not ready yet, the first of its
@@ -263,10 +327,11 @@ impl Step for LevelStep {
         };
         let change = self.change(&plans);
         *self.planned.lock().unwrap_or_else(|e| e.into_inner()) = Some((manifests, plans));
-        Ok(StepPlan {
-            change,
-            outputs: Outputs::from([("objects".into(), self.manifests.len().to_string())]),
-        })
+        let mut outputs = Outputs::from([("objects".into(), self.manifests.len().to_string())]);
+        if self.wait == Wait::Running {
+            outputs.insert(STARTS.into(), change.action.is_change().to_string());
+        }
+        Ok(StepPlan { change, outputs })
     }
 
     async fn apply(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<Outputs, StepError> {
@@ -324,10 +389,14 @@ impl Step for LevelStep {
             return Err(err);
         }
         self.wait_ready(&client, ctx).await?;
-        Ok(Outputs::from([
+        let mut outputs = Outputs::from([
             ("objects".into(), self.manifests.len().to_string()),
             ("applied".into(), changed.len().to_string()),
-        ]))
+        ]);
+        if self.wait == Wait::Running {
+            outputs.insert(STARTS.into(), "false".into());
+        }
+        Ok(outputs)
     }
 
     async fn destroy(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {

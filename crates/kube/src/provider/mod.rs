@@ -44,7 +44,9 @@ use taskctl_core::Severity;
 use taskctl_core::engine::{
     Action, Change, ErrorKind, FieldDiff, Outputs, Step, StepContext, StepError, StepId, StepPlan,
 };
-use taskctl_core::ops::{Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope};
+use taskctl_core::ops::{
+    Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, SecretsOrder,
+};
 use taskctl_core::profile::Profile;
 use taskctl_core::release::ReleaseStore;
 use tokio::sync::Semaphore;
@@ -55,6 +57,7 @@ mod claims;
 mod level;
 mod observe;
 mod prune;
+mod vault;
 
 use level::*;
 pub use observe::*;
@@ -347,6 +350,31 @@ impl Provider for KubernetesProvider {
         self.steps_after(profile, scope, Vec::new())
     }
 
+    /// The levels up to storage and a Vault taskctl unseals come before
+    /// the secrets' steps (they hold no secret, and Vault must run before
+    /// anything asks it); the Secrets and the workloads after all of them.
+    fn secrets_order(&self, step: &StepId) -> SecretsOrder {
+        let before = [
+            ApplyLevel::Namespaces,
+            ApplyLevel::Rbac,
+            ApplyLevel::Config,
+            ApplyLevel::Storage,
+        ]
+        .iter()
+        .map(|l| format!("kubernetes/{l}"))
+        .chain([vault::VAULT_STEP.to_string()]);
+        if before.into_iter().any(|id| id == step.as_str()) {
+            SecretsOrder::Before
+        } else {
+            SecretsOrder::AfterAll
+        }
+    }
+
+    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::VaultNodes>> {
+        vault::taskctl_unseals(profile)
+            .then(|| Arc::new(vault::PodNodes::new(self.shared.clone(), profile)) as _)
+    }
+
     fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {
         Some(Arc::new(KubeReleaseStore::with_source(
             self.shared.client.clone(),
@@ -469,7 +497,7 @@ impl KubernetesProvider {
         } else {
             Vec::new()
         };
-        // Applied after the config level, before storage and workloads.
+        // Applied after the storage level, before the workloads.
         let mut secrets_step = (!needed.is_empty()
             || (self.shared.options.secrets.is_some() && !wanted.is_empty()))
         .then(|| crate::secrets::SecretsStep {
@@ -485,8 +513,41 @@ impl KubernetesProvider {
             ),
             shared: self.shared.clone(),
         });
+        // A Vault taskctl unseals is applied on its own, before the Secrets
+        // (made from it) and the other workloads.
+        let mut vault_manifests = Vec::new();
+        if vault::taskctl_unseals(profile)
+            && let Some(workloads) = by_level.get_mut(&ApplyLevel::Workloads)
+        {
+            let (ours, rest) = std::mem::take(workloads)
+                .into_iter()
+                .partition(vault::is_vault_workload);
+            *workloads = rest;
+            vault_manifests = ours;
+            if workloads.is_empty() {
+                by_level.remove(&ApplyLevel::Workloads);
+            }
+        }
         let mut steps: Vec<Arc<dyn Step>> = Vec::new();
         let mut previous: Option<StepId> = None;
+        // Applied after the storage level (the StorageClass its claims
+        // name), before the Secrets and the workloads.
+        let mut push_vault = |steps: &mut Vec<Arc<dyn Step>>, previous: &mut Option<StepId>| {
+            if vault_manifests.is_empty() {
+                return;
+            }
+            let id = StepId::new(vault::VAULT_STEP);
+            steps.push(Arc::new(LevelStep {
+                id: id.clone(),
+                wait: Wait::Running,
+                depends: after.iter().cloned().chain(previous.clone()).collect(),
+                environment: environment.clone(),
+                manifests: std::mem::take(&mut vault_manifests),
+                shared: self.shared.clone(),
+                planned: Mutex::new(None),
+            }));
+            *previous = Some(id);
+        };
         let mut push_secrets = |steps: &mut Vec<Arc<dyn Step>>, previous: &mut Option<StepId>| {
             if let Some(mut s) = secrets_step.take() {
                 s.depends = after.iter().cloned().chain(previous.clone()).collect();
@@ -495,7 +556,8 @@ impl KubernetesProvider {
             }
         };
         for (level, manifests) in by_level {
-            if level > ApplyLevel::Config {
+            if level > ApplyLevel::Storage {
+                push_vault(&mut steps, &mut previous);
                 push_secrets(&mut steps, &mut previous);
             }
             let id = StepId::new(format!("kubernetes/{level}"));
@@ -503,6 +565,7 @@ impl KubernetesProvider {
             depends.extend(previous.clone());
             steps.push(Arc::new(LevelStep {
                 id: id.clone(),
+                wait: Wait::Ready,
                 depends,
                 environment: environment.clone(),
                 manifests,
@@ -511,6 +574,7 @@ impl KubernetesProvider {
             }));
             previous = Some(id);
         }
+        push_vault(&mut steps, &mut previous);
         push_secrets(&mut steps, &mut previous);
         // Pruning needs the whole render: with `--only`, what is not
         // rendered may just be out of scope.

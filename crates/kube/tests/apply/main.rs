@@ -347,8 +347,8 @@ async fn fresh_install_applies_every_object_level_by_level_and_waits_for_readine
             "kubernetes/namespaces",
             "kubernetes/rbac",
             "kubernetes/config",
-            "kubernetes/secrets",
             "kubernetes/storage",
+            "kubernetes/secrets",
             "kubernetes/workloads",
             "kubernetes/autoscalers",
             "kubernetes/prune"
@@ -375,10 +375,10 @@ async fn fresh_install_applies_every_object_level_by_level_and_waits_for_readine
         && p.query.contains("fieldManager=taskctl")));
 
     // Levels in order: the level of each PATCH never goes down (the
-    // Secrets go with the config level, before storage and workloads).
+    // Secrets go after the storage level, before the workloads).
     let level_of = |path: &str| {
         if secrets.iter().any(|s| s == path) {
-            return ApplyLevel::Config;
+            return ApplyLevel::Storage;
         }
         manifests
             .iter()

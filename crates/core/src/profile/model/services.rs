@@ -343,6 +343,10 @@ pub struct Vault {
 #[schemars(deny_unknown_fields)]
 pub struct VaultCluster {
     /// API address of every node (`https://…`; `http://` on loopback only).
+    /// Empty on target `kubernetes`: the nodes are the pods of the Vault
+    /// StatefulSet taskctl deploys (`vault-0` … `vault-N`), reached through
+    /// port-forwards of the API server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
     /// Unseal key shares made at initialization.
     #[serde(default = "default_key_shares")]

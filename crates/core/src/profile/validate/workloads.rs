@@ -180,6 +180,28 @@ fn services(r: &mut Report, p: &Profile) {
         let at = path!["services", "vault"];
         external(r, vault.external.as_ref(), &at);
         if let Some(c) = &vault.cluster {
+            let in_cluster = p.target.kind == TargetKind::Kubernetes && vault.external.is_none();
+            if c.nodes.is_empty() && !in_cluster {
+                r.error_help(
+                    at.child("cluster").child("nodes"),
+                    match p.target.kind {
+                        TargetKind::Kubernetes => "no node addresses: the Vault these nodes belong to is `external`".to_string(),
+                        TargetKind::Aws => "no node addresses: initializing the in-cluster Vault is built for target kubernetes only (on aws it is to be auto-unsealed with a KMS key, not built yet)".to_string(),
+                        TargetKind::Docker => "no node addresses: target docker needs each node's API address".to_string(),
+                    },
+                    match p.target.kind {
+                        TargetKind::Aws => "remove `cluster` and take the secrets from a Vault of your own (`external`, or VAULT_ADDR)",
+                        _ => "list each node's API address, e.g. nodes: [\"https://vault-0.example:8200\"]",
+                    },
+                );
+            }
+            if !c.nodes.is_empty() && in_cluster {
+                r.error_help(
+                    at.child("cluster").child("nodes"),
+                    "node addresses for the Vault StatefulSet taskctl deploys: taskctl reaches its pods through the API server itself",
+                    "remove `nodes`, or make this Vault `external`",
+                );
+            }
             let n = c.recovery_pgp_keys.len();
             if n != 0 && n != usize::from(c.key_shares) {
                 r.error_help(

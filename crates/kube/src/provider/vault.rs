@@ -1,0 +1,134 @@
+//! The Vault StatefulSet taskctl initializes and unseals
+//! (`services.vault.cluster` without `nodes`): its objects apply in their
+//! own step (`kubernetes/vault`, waited for until its pods run, since a
+//! sealed server is never ready), and its nodes are its pods, reached
+//! through port-forwards of the API server ([`PodNodes`]).
+
+use super::*;
+use crate::forward::Forward;
+use crate::view::VAULT;
+use taskctl_core::ops::VaultNodes;
+
+/// The step that applies the Vault StatefulSet and its Services.
+pub(super) const VAULT_STEP: &str = "kubernetes/vault";
+
+/// The label value of the Vault objects (`app.kubernetes.io/name`).
+const VAULT_NAME: &str = "vault";
+
+/// The API port of every Vault pod.
+const API_PORT: u16 = 8200;
+
+/// Whether taskctl deploys Vault into the cluster and initializes and
+/// unseals it itself (its nodes are the pods).
+pub(super) fn taskctl_unseals(profile: &Profile) -> bool {
+    profile
+        .services
+        .vault
+        .as_ref()
+        .filter(|v| v.enabled && v.external.is_none())
+        .and_then(|v| v.cluster.as_ref())
+        .is_some_and(|c| c.nodes.is_empty())
+}
+
+/// The StatefulSet's replicas, as the view renders them.
+fn replicas(profile: &Profile) -> u32 {
+    profile
+        .services
+        .vault
+        .as_ref()
+        .map(|v| {
+            if v.ha.enabled {
+                v.ha.replicas.max(1)
+            } else {
+                1
+            }
+        })
+        .unwrap_or(1)
+}
+
+/// A workload-level object of the in-cluster Vault (its StatefulSet and
+/// Services), which `kubernetes/vault` applies.
+pub(super) fn is_vault_workload(m: &Manifest) -> bool {
+    m.level == ApplyLevel::Workloads
+        && m.namespace.as_deref() == Some(VAULT)
+        && m.value
+            .pointer("/metadata/labels/app.kubernetes.io~1name")
+            .and_then(Value::as_str)
+            == Some(VAULT_NAME)
+}
+
+/// The pods `vault-0` … `vault-N` of the StatefulSet, each through a
+/// port-forward opened on first use and kept for the run.
+pub(super) struct PodNodes {
+    pub(super) shared: Arc<Shared>,
+    pub(super) replicas: u32,
+    forwards: tokio::sync::Mutex<BTreeMap<String, Forward>>,
+}
+
+impl PodNodes {
+    pub(super) fn new(shared: Arc<Shared>, profile: &Profile) -> PodNodes {
+        PodNodes {
+            shared,
+            replicas: replicas(profile),
+            forwards: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl VaultNodes for PodNodes {
+    /// Every pod once all run; none while none does (a cluster or a
+    /// StatefulSet this run creates); an error naming the pods missing
+    /// when only some run.
+    async fn nodes(&self) -> Result<Vec<(String, String)>, OpsError> {
+        let Some(client) = self.shared.client.get(None).await.map_err(ops_error)? else {
+            return Ok(Vec::new());
+        };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), VAULT);
+        let mut running = Vec::new();
+        let mut missing = Vec::new();
+        for i in 0..self.replicas {
+            let name = format!("vault-{i}");
+            let pod = pods.get_opt(&name).await.map_err(|e| {
+                OpsError::Provider(format!("reading pod {VAULT}/{name}: {}", error_chain(&e)))
+            })?;
+            let phase = pod
+                .as_ref()
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.phase.clone());
+            match phase.as_deref() {
+                Some("Running") => running.push(name),
+                Some(other) => missing.push(format!("{name} ({other})")),
+                None => missing.push(format!("{name} (absent)")),
+            }
+        }
+        if running.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !missing.is_empty() {
+            return Err(OpsError::Provider(format!(
+                "the Vault StatefulSet in namespace {VAULT} runs {} of {} pods: {} not running; see `kubectl -n {VAULT} describe pod`",
+                running.len(),
+                self.replicas,
+                missing.join(", ")
+            )));
+        }
+        let mut forwards = self.forwards.lock().await;
+        let mut nodes = Vec::new();
+        for name in running {
+            if !forwards.contains_key(&name) {
+                let f = Forward::open(&client, VAULT, &name, API_PORT)
+                    .await
+                    .map_err(|e| {
+                        OpsError::Provider(format!(
+                            "cannot listen on loopback for a port-forward to pod {VAULT}/{name}:{API_PORT}: {e}"
+                        ))
+                    })?;
+                forwards.insert(name.clone(), f);
+            }
+            let addr = forwards[&name].addr();
+            nodes.push((name, format!("http://{addr}")));
+        }
+        Ok(nodes)
+    }
+}
