@@ -90,9 +90,14 @@ async fn target_provider(
                     rotate: options.rotate,
                     destroying: options.destroying,
                     // The in-cluster broker and databases take their password
-                    // at first boot only; until taskctl changes it in them, a
-                    // rotation would lock the agents out.
-                    may_rotate: false,
+                    // at first boot only: on kubernetes taskctl changes the
+                    // broker's through its management API; the databases'
+                    // (and everything on aws) would be locked out.
+                    rotation: if profile.target.kind == TargetKind::Aws {
+                        crate::secrets::Rotation::Never
+                    } else {
+                        crate::secrets::Rotation::InCluster
+                    },
                 }),
                 secrets,
             ))

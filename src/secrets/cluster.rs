@@ -52,7 +52,7 @@ pub(crate) struct VaultClusterStep {
     pub(crate) http: reqwest::Client,
     /// Nodes the target reaches itself (pods through port-forwards): the
     /// spec's `nodes` are then resolved at plan and apply time.
-    pub(crate) nodes_from: Option<Arc<dyn VaultNodes>>,
+    pub(crate) nodes_from: Option<Arc<dyn PodPorts>>,
 }
 
 /// The spec with the nodes as reached now, and each node's name as the

@@ -88,6 +88,10 @@ impl Step for ManagedSecretStep {
         };
         if change.action.is_change() {
             self.secrets.mark_pending(&self.entry.path);
+        } else {
+            // Marked when Vault could not be asked yet (a sealed node): the
+            // version in Vault stays, and what reads it may read it now.
+            self.secrets.settle(&self.entry.path).await;
         }
         Ok(StepPlan {
             change,

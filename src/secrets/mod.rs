@@ -18,10 +18,11 @@
 
 mod broker;
 mod cluster;
+mod cluster_broker;
 mod managed_step;
 mod provider;
 
-pub use provider::{WithSecrets, wrap};
+pub use provider::{Rotation, WithSecrets, wrap};
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ use taskctl_core::engine::{
 };
 use taskctl_core::events::EventSink;
 use taskctl_core::ops::{
-    Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, SecretsOrder, VaultNodes,
+    Check, Finding, Layer, OpsError, PodPorts, Provider, ReleaseFacts, Scope, SecretsOrder,
     Workload,
 };
 use taskctl_core::profile::Profile;
@@ -105,7 +106,7 @@ pub struct LazyVault {
     in_cluster: Option<Box<Profile>>,
     /// How the target reaches the Vault it runs; the active node's
     /// address is the client's.
-    nodes: tokio::sync::OnceCell<Arc<dyn VaultNodes>>,
+    nodes: tokio::sync::OnceCell<Arc<dyn PodPorts>>,
 }
 
 impl LazyVault {
@@ -129,7 +130,7 @@ impl LazyVault {
     /// Hands over the target's way to the Vault it runs (the provider's
     /// port-forwards, shared with the `vault/cluster` step). Ignored once
     /// set.
-    pub fn set_nodes(&self, nodes: Arc<dyn VaultNodes>) {
+    pub fn set_nodes(&self, nodes: Arc<dyn PodPorts>) {
         let _ = self.nodes.set(nodes);
     }
 

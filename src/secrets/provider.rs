@@ -2,6 +2,7 @@
 
 use super::broker::{BrokerUser, BrokerUserStep};
 use super::cluster::{VaultClusterStep, agent_roles};
+use super::cluster_broker::ClusterBrokerStep;
 use super::managed_step::ManagedSecretStep;
 use super::*;
 use taskctl_core::engine::After;
@@ -21,23 +22,111 @@ pub struct WithSecrets {
     /// Destroy: no secret step (secrets are kept, and a destroy must not
     /// need Vault).
     pub destroying: bool,
-    /// Whether this target can move its consumers to a rotated secret
-    /// (docker: the broker user step and rolling replicas); elsewhere,
-    /// missing secrets are created but none is rotated.
-    pub may_rotate: bool,
+    /// Which rotated secrets this target can move its consumers onto.
+    pub rotation: Rotation,
+}
+
+/// Which managed secrets a target can rotate: the ones whose every
+/// consumer follows a new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// Every one (docker: the broker user step, services restarted on new
+    /// files, agents rolled one replica at a time).
+    All,
+    /// Target kubernetes: those the agents and the in-cluster RabbitMQ
+    /// use (its own user's password is changed through its management
+    /// API, its certificate rolls its pods, its Erlang cookie is kept);
+    /// not those of MongoDB, PostgreSQL or Grafana, which take their
+    /// password at first boot only.
+    InCluster,
+    /// None (target aws): missing secrets are created, none is rotated.
+    Never,
+}
+
+impl Rotation {
+    /// Why `entry` cannot be rotated on this target, if it cannot.
+    fn refusal(self, target: &str, profile: &Profile, entry: &Entry) -> Option<String> {
+        match self {
+            Rotation::All => None,
+            Rotation::Never => Some(format!(
+                "rotation is not built for target {target}: the in-cluster broker and databases keep the password they first started with, so a rotated credential would lock the agents out"
+            )),
+            Rotation::InCluster => {
+                let services: Vec<String> = consumers(profile, &entry.path)
+                    .into_iter()
+                    .filter_map(|c| c.strip_prefix("service ").map(str::to_string))
+                    .filter(|s| s != "rabbitmq")
+                    .collect();
+                (!services.is_empty()).then(|| {
+                    format!(
+                        "on target {target} the in-cluster {} take{} it at first boot only, and taskctl does not change it in them: a rotated value would lock them out",
+                        services.join(" and "),
+                        if services.len() == 1 { "s" } else { "" }
+                    )
+                })
+            }
+        }
+    }
 }
 
 impl WithSecrets {
+    fn refusal(&self, profile: &Profile, entry: &Entry) -> Option<String> {
+        self.rotation.refusal(self.inner.name(), profile, entry)
+    }
+
+    /// The in-cluster RabbitMQ's own user, when the target runs the broker
+    /// and can reach its management API (target kubernetes), and the
+    /// profile gives its password as a Vault reference.
+    fn cluster_broker(
+        &self,
+        profile: &Profile,
+        secret_steps: &[StepId],
+    ) -> Result<Option<ClusterBrokerStep>, OpsError> {
+        if self.rotation != Rotation::InCluster {
+            return Ok(None);
+        }
+        let Some(password) = profile
+            .services
+            .rabbitmq
+            .as_ref()
+            .filter(|r| r.enabled && r.external.is_none())
+            .and_then(|r| r.credentials.as_ref())
+            .and_then(|c| c.get())
+            .filter(|r| matches!(r, SecretRef::Vault { .. }))
+        else {
+            return Ok(None);
+        };
+        let Some(management) = self.inner.broker_management(profile) else {
+            return Ok(None);
+        };
+        Ok(Some(ClusterBrokerStep {
+            id: StepId::new(BROKER_STEP),
+            deps: secret_steps.to_vec(),
+            username: taskctl_kube::view::broker_default_user(profile),
+            password: password.clone(),
+            management,
+            secrets: self.secrets.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .map_err(|e| OpsError::Provider(format!("HTTP client: {e}")))?,
+        }))
+    }
+
     fn secret_steps(&self, profile: &Profile) -> Result<Vec<Arc<dyn Step>>, OpsError> {
         let mut steps: Vec<Arc<dyn Step>> = Vec::new();
         if self.destroying {
             return Ok(steps);
         }
-        if !self.rotate.is_empty() && !self.may_rotate {
-            return Err(OpsError::Provider(format!(
-                "`secrets rotate` is not built for target {}: the in-cluster broker and databases keep the password they first started with, so rotated credentials would lock the agents out",
-                self.inner.name()
-            )));
+        for entry in entries(profile) {
+            if self.rotate.contains(&entry.name)
+                && let Some(why) = self.refusal(profile, &entry)
+            {
+                return Err(OpsError::Provider(format!(
+                    "`secrets rotate {}`: {why}",
+                    entry.name
+                )));
+            }
         }
         for name in &self.rotate {
             if !profile.secrets.entries.contains_key(name) {
@@ -125,7 +214,7 @@ impl WithSecrets {
                 deps: first.clone(),
                 id,
                 force: self.rotate.contains(&entry.name),
-                pinned: pinned(profile, &entry.path) || !self.may_rotate,
+                pinned: pinned(profile, &entry.path) || self.refusal(profile, &entry).is_some(),
                 entry,
                 vault: self.vault.clone(),
                 secrets: self.secrets.clone(),
@@ -143,6 +232,8 @@ impl WithSecrets {
                     .build()
                     .map_err(|e| OpsError::Provider(format!("HTTP client: {e}")))?,
             }));
+        } else if let Some(step) = self.cluster_broker(profile, &ids)? {
+            steps.push(Arc::new(step));
         }
         Ok(steps)
     }
@@ -187,7 +278,7 @@ impl Provider for WithSecrets {
             for entry in entries(profile) {
                 match managed::status(vault, &entry.managed, now).await {
                     Ok(s) => {
-                        let rotate = self.may_rotate
+                        let rotate = self.refusal(profile, &entry).is_none()
                             && !pinned(profile, &entry.path)
                             && (s.due || self.rotate.contains(&entry.name));
                         if s.version.is_none() || rotate {
@@ -267,8 +358,12 @@ impl Provider for WithSecrets {
         Ok(steps)
     }
 
-    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::VaultNodes>> {
+    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::PodPorts>> {
         self.inner.vault_nodes(profile)
+    }
+
+    fn broker_management(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::PodPorts>> {
+        self.inner.broker_management(profile)
     }
 
     fn release_layers(&self) -> Vec<Layer> {
@@ -344,6 +439,6 @@ pub fn wrap(
         secrets,
         rotate,
         destroying,
-        may_rotate: true,
+        rotation: Rotation::All,
     })
 }

@@ -349,16 +349,152 @@ async fn a_deploy_with_an_empty_vault_generates_every_credential_the_cluster_nee
         !stdout(&deploy).contains(password) && !stderr(&deploy).contains(password),
         "a generated value was printed"
     );
+    // MongoDB takes its password at first boot only: no rotation of it.
     let refused = env
-        .run(&["secrets", "rotate", "messaging", "--yes"], None)
+        .run(&["secrets", "rotate", "database", "--yes"], None)
         .await;
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     assert!(
-        stderr(&refused).contains("not built for target kubernetes"),
+        stderr(&refused).contains("the in-cluster mongodb takes it at first boot only"),
         "{}",
         stderr(&refused)
     );
-    assert_eq!(read("messaging")["data"]["metadata"]["version"], 1);
+    assert_eq!(read("database")["data"]["metadata"]["version"], 1);
+}
+
+/// The in-cluster RabbitMQ's own user (the agents') changes password with
+/// a rotation: through its management API, reached by a port-forward to a
+/// broker pod, before the Secret and the agents move to the new version;
+/// the Erlang cookie stays; a rollback gives the broker the old password
+/// back. The test environment's real RabbitMQ stands behind the pods, its
+/// user made with the first version's password as the pod's first boot
+/// would make it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_broker_credential_changes_the_in_cluster_brokers_password_and_rollback_restores_it()
+ {
+    let env = Env::with_vault(false).await;
+    let management = crate::docker::required("TASKCTL_TEST_RABBITMQ_MGMT_URL");
+    env.double.serve(kube_double::Backend {
+        namespace: "messaging".into(),
+        pod_prefix: "rabbitmq-".into(),
+        image: None,
+        port: 15672,
+        addrs: vec![management.trim_start_matches("http://").parse().unwrap()],
+    });
+    let text = |o: &Output| format!("{}\n{}", stdout(o), stderr(o));
+    let deploy = env.run(&["deploy", "--yes"], None).await;
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+
+    let (addr, token) = vault();
+    let read = |version: u64| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!("X-Vault-Token: {token}"))
+            .arg(format!(
+                "{addr}/v1/secret/data/{}/messaging?version={version}",
+                env.secrets.prefix
+            ))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["data"]["data"].clone()
+    };
+    let first = read(1);
+    let user = env
+        .double
+        .object("/apis/apps/v1/namespaces/messaging/statefulsets/rabbitmq")
+        .unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "RABBITMQ_DEFAULT_USER")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The broker's first boot: its own user, an administrator, with the
+    // Secret's password.
+    struct BrokerUser<'a>(&'a str, &'a str);
+    impl Drop for BrokerUser<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("curl")
+                .args(["-s", "-u", "guest:guest", "-X", "DELETE"])
+                .arg(format!("{}/api/users/{}", self.0, self.1))
+                .output();
+        }
+    }
+    let _user = BrokerUser(&management, &user);
+    let made = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "guest:guest",
+            "-X",
+            "PUT",
+        ])
+        .args(["-H", "content-type: application/json", "-d"])
+        .arg(
+            serde_json::json!({"password": first["password"], "tags": "administrator"}).to_string(),
+        )
+        .arg(format!("{management}/api/users/{user}"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&made.stdout).starts_with('2'),
+        "{made:?}"
+    );
+    let login = |password: &serde_json::Value| -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-u"])
+            .arg(format!("{user}:{}", password.as_str().unwrap()))
+            .arg(format!("{management}/api/whoami"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(login(&first["password"]), "200");
+    let plan = env.run(&["plan", "--detailed-exitcode"], None).await;
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    let checksum = || {
+        env.double
+            .object("/apis/apps/v1/namespaces/agent-system/deployments/task-executor")
+            .unwrap()["spec"]["template"]["metadata"]["annotations"]["taskctl.dev/secret-checksum"]
+            .clone()
+    };
+    let before = checksum();
+    let rotate = env
+        .run(&["secrets", "rotate", "messaging", "--yes"], None)
+        .await;
+    let out = text(&rotate);
+    assert_eq!(rotate.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(&format!("broker user {user} set to vault:secret/{}/messaging#password (version 2) on pod rabbitmq-0", env.secrets.prefix)),
+        "{out}"
+    );
+    let second = read(2);
+    assert_ne!(second["password"], first["password"]);
+    assert_eq!(
+        second["erlang_cookie"], first["erlang_cookie"],
+        "a rotation keeps the cluster's Erlang cookie"
+    );
+    assert_eq!(login(&second["password"]), "200");
+    assert_eq!(login(&first["password"]), "401");
+    assert_ne!(checksum(), before, "the agents roll onto the new version");
+    assert!(!out.contains(second["password"].as_str().unwrap()));
+
+    // A rollback to release 1 gives the broker its first password back.
+    let back = env
+        .run(&["rollback", "--to", "1", "--approve", "dana", "-y"], None)
+        .await;
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    assert_eq!(login(&first["password"]), "200");
+    assert_eq!(login(&second["password"]), "401");
+    assert_eq!(checksum(), before);
 }
 
 /// The production profile's own Vault (the StatefulSet's three raft pods)

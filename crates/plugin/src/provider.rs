@@ -428,8 +428,12 @@ impl Provider for WithPlugins {
         self.inner.secrets_order(step)
     }
 
-    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::VaultNodes>> {
+    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::PodPorts>> {
         self.inner.vault_nodes(profile)
+    }
+
+    fn broker_management(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::PodPorts>> {
+        self.inner.broker_management(profile)
     }
 
     fn release_layers(&self) -> Vec<Layer> {

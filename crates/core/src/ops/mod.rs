@@ -87,13 +87,14 @@ pub enum SecretsOrder {
 /// time, so the steps after it say what happens once it runs.
 pub const STARTS_OUTPUT: &str = "starts";
 
-/// The nodes of a Vault the target runs, as taskctl reaches them now (on
-/// Kubernetes: port-forwards to the StatefulSet's pods).
+/// One port of the pods of a server the target runs (a Vault's nodes, a
+/// broker's management API), as taskctl reaches them now (on Kubernetes:
+/// port-forwards through the API server).
 #[async_trait]
-pub trait VaultNodes: Send + Sync {
-    /// One entry per node, in ordinal order: its name (`vault-0`) and the
-    /// API address taskctl uses for it (`http://127.0.0.1:PORT`). An empty
-    /// list: the nodes do not exist yet.
+pub trait PodPorts: Send + Sync {
+    /// One entry per pod, in ordinal order: its name (`vault-0`) and the
+    /// address taskctl uses for it (`http://127.0.0.1:PORT`). An empty
+    /// list: none runs yet.
     async fn nodes(&self) -> Result<Vec<(String, String)>, OpsError>;
 }
 
@@ -122,7 +123,14 @@ pub trait Provider: Send + Sync {
     /// How to reach the nodes of the Vault this target runs for the profile
     /// when the profile leaves their addresses to the target
     /// (`services.vault.cluster` without `nodes`); `None` otherwise.
-    fn vault_nodes(&self, _profile: &Profile) -> Option<Arc<dyn VaultNodes>> {
+    fn vault_nodes(&self, _profile: &Profile) -> Option<Arc<dyn PodPorts>> {
+        None
+    }
+
+    /// How to reach the management API of the broker this target runs for
+    /// the profile (RabbitMQ in the cluster), to change its users'
+    /// passwords; `None` when the target runs none or cannot reach it.
+    fn broker_management(&self, _profile: &Profile) -> Option<Arc<dyn PodPorts>> {
         None
     }
 

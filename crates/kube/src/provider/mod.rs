@@ -370,9 +370,24 @@ impl Provider for KubernetesProvider {
         }
     }
 
-    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::VaultNodes>> {
+    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::PodPorts>> {
         vault::taskctl_unseals(profile)
-            .then(|| Arc::new(vault::PodNodes::new(self.shared.clone(), profile)) as _)
+            .then(|| Arc::new(vault::PodNodes::vault(self.shared.clone(), profile)) as _)
+    }
+
+    /// The in-cluster RabbitMQ's management API (port 15672 of its pods).
+    fn broker_management(&self, profile: &Profile) -> Option<Arc<dyn taskctl_core::ops::PodPorts>> {
+        let mq = profile
+            .services
+            .rabbitmq
+            .as_ref()
+            .filter(|r| r.enabled && r.external.is_none())?;
+        let replicas = if mq.clustering.enabled {
+            mq.clustering.replicas.max(1)
+        } else {
+            1
+        };
+        Some(Arc::new(vault::PodNodes::broker(self.shared.clone(), replicas)) as _)
     }
 
     fn releases(&self, profile: &Profile) -> Option<Arc<dyn ReleaseStore>> {

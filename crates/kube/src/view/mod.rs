@@ -103,7 +103,7 @@ pub fn build_from(
                 volume: volume(r.persistence.as_ref()),
                 enabled_plugins: format!("[{}].", r.plugins.join(",")),
                 plugins: r.plugins.clone(),
-                default_user: broker_user(&profile.agents).unwrap_or_else(|| "taskctl".into()),
+                default_user: broker_default_user(profile),
                 secret_sources: sources(&[
                     credentials.as_ref(),
                     erlang_cookie.as_ref(),
@@ -684,6 +684,13 @@ fn sources(keys: &[Option<&SecretKey>]) -> String {
     v.sort();
     v.dedup();
     v.join(",")
+}
+
+/// The in-cluster RabbitMQ's own user (`RABBITMQ_DEFAULT_USER`, made at
+/// its first boot with the profile's `credentials`, an administrator): the
+/// user of the first agent `broker_url` that names one, else `taskctl`.
+pub fn broker_default_user(profile: &Profile) -> String {
+    broker_user(&profile.agents).unwrap_or_else(|| "taskctl".into())
 }
 
 /// The user of the first agent `broker_url` that names one.
