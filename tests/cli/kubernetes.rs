@@ -472,6 +472,9 @@ async fn rotating_the_broker_credential_changes_the_in_cluster_brokers_password_
         .await;
     let out = text(&rotate);
     assert_eq!(rotate.status.code(), Some(0), "{out}");
+    for line in out.lines().filter(|l| l.contains(": done in")) {
+        eprintln!("rotation {line}");
+    }
     assert!(
         out.contains(&format!("broker user {user} set to vault:secret/{}/messaging#password (version 2) on pod rabbitmq-0", env.secrets.prefix)),
         "{out}"
@@ -547,6 +550,10 @@ async fn a_deploy_initializes_and_unseals_the_vault_statefulset_through_the_api_
     let deploy = env.run_with(&["deploy", "--yes"], None, &own).await;
     let out = text(&deploy);
     assert_eq!(deploy.status.code(), Some(0), "{out}");
+    // Step times, for `--no-capture` runs (a figure, not an assertion).
+    for line in out.lines().filter(|l| l.contains(": done in")) {
+        eprintln!("first deploy {line}");
+    }
     assert!(out.contains("vault-0 initialized and unsealed"), "{out}");
     assert!(out.contains("vault-1 unsealed"), "{out}");
     assert!(out.contains("vault-2 unsealed"), "{out}");
@@ -638,6 +645,9 @@ async fn a_deploy_initializes_and_unseals_the_vault_statefulset_through_the_api_
     );
     let heal = env.run_with(&["deploy", "--yes"], None, &own).await;
     assert_eq!(heal.status.code(), Some(0), "{}", text(&heal));
+    for line in text(&heal).lines().filter(|l| l.contains(": done in")) {
+        eprintln!("healing deploy {line}");
+    }
     assert!(text(&heal).contains("vault-2 unsealed"), "{}", text(&heal));
 }
 
