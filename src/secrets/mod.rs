@@ -82,13 +82,7 @@ pub fn vault_address(profile: &Profile) -> Option<String> {
 /// `nodes`).
 pub fn in_cluster(profile: &Profile) -> bool {
     profile.target.kind == taskctl_core::profile::TargetKind::Kubernetes
-        && profile
-            .services
-            .vault
-            .as_ref()
-            .filter(|v| v.enabled && v.external.is_none())
-            .and_then(|v| v.cluster.as_ref())
-            .is_some_and(|c| c.nodes.is_empty())
+        && taskctl_kube::provider::taskctl_unseals(profile)
 }
 
 /// A Vault client connected on first use (a profile without `vault:`

@@ -60,6 +60,7 @@ mod prune;
 mod vault;
 
 use level::*;
+pub use vault::taskctl_unseals;
 pub use observe::*;
 use prune::*;
 

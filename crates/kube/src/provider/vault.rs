@@ -21,7 +21,7 @@ const API_PORT: u16 = 8200;
 
 /// Whether taskctl deploys Vault into the cluster and initializes and
 /// unseals it itself (its nodes are the pods).
-pub(super) fn taskctl_unseals(profile: &Profile) -> bool {
+pub fn taskctl_unseals(profile: &Profile) -> bool {
     profile
         .services
         .vault
