@@ -38,7 +38,7 @@ pub mod label {
 /// suffix of every container name (container names are global to an
 /// engine, so two environments of one profile must not collide).
 pub fn environment_label(profile: &Profile) -> String {
-    format!("{}.{}", profile.metadata.name, profile.metadata.environment)
+    profile.environment_label()
 }
 
 /// The environment's bridge network (`target.docker.network`).

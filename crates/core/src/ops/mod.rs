@@ -310,7 +310,7 @@ mod humantime_serde_secs {
 /// What identifies an environment's state: the profile's name and the
 /// environment in force.
 pub fn environment_key(profile: &Profile) -> String {
-    format!("{}/{}", profile.metadata.name, profile.metadata.environment)
+    profile.environment_key()
 }
 
 #[derive(Debug, thiserror::Error)]

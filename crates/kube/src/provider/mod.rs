@@ -60,9 +60,9 @@ mod prune;
 mod vault;
 
 use level::*;
-pub use vault::taskctl_unseals;
 pub use observe::*;
 use prune::*;
+pub use vault::taskctl_unseals;
 
 /// How many more reads than writes are in flight at once.
 pub const READS_PER_WRITE: usize = 4;
@@ -290,7 +290,7 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// `<name>.<env>`, the value of [`ENVIRONMENT_LABEL`].
 pub fn environment_label(profile: &Profile) -> String {
-    format!("{}.{}", profile.metadata.name, profile.metadata.environment)
+    profile.environment_label()
 }
 
 /// The layer a rendered object belongs to: the agents' templates are the
@@ -523,10 +523,7 @@ impl KubernetesProvider {
             wanted,
             needed,
             labels: identity_labels(profile),
-            environment_annotation: format!(
-                "{}/{}",
-                profile.metadata.name, profile.metadata.environment
-            ),
+            environment_annotation: profile.environment_key(),
             shared: self.shared.clone(),
         });
         // A Vault taskctl unseals is applied on its own, before the Secrets

@@ -54,8 +54,8 @@ pub fn build_from(
     let release = Release {
         name: profile.metadata.name.clone(),
         environment: env_name.clone(),
-        environment_label: format!("{}.{}", profile.metadata.name, env_name),
-        environment_annotation: format!("{}/{}", profile.metadata.name, env_name),
+        environment_label: profile.environment_label(),
+        environment_annotation: profile.environment_key(),
         log_level: env
             .map(|e| e.log_level.as_str())
             .unwrap_or("INFO")

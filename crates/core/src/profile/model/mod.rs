@@ -95,6 +95,18 @@ pub struct Metadata {
 }
 
 impl Profile {
+    /// `<name>.<environment>`: the value of the environment label on what
+    /// taskctl makes (containers, Kubernetes objects), usable in names.
+    pub fn environment_label(&self) -> String {
+        format!("{}.{}", self.metadata.name, self.metadata.environment)
+    }
+
+    /// `<name>/<environment>`: what identifies the environment's state,
+    /// journal and releases.
+    pub fn environment_key(&self) -> String {
+        format!("{}/{}", self.metadata.name, self.metadata.environment)
+    }
+
     /// The settings of the environment in force.
     pub fn environment(&self) -> Option<&Environment> {
         self.environments.get(&self.metadata.environment)
