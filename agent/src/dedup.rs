@@ -1,5 +1,5 @@
 //! Bounded memory of the tasks this agent completed, to recognise a
-//! redelivery of a task whose result was already published.
+//! redelivery of a task whose result was published (or is being published).
 //!
 //! Guarantee: while an id is in the cache, a redelivered copy is acknowledged
 //! without running again. Caveats: the memory is per process (another agent or
@@ -22,10 +22,17 @@ impl Completed {
         }
     }
 
-    /// Remembers that `task_id` completed with `status` and its result was
-    /// confirmed by the broker.
+    /// Remembers that `task_id` completed with `status`; called before its
+    /// result is published, so a copy delivered while the broker confirms
+    /// the result is not run again ([`Self::forget`] if the publish fails).
     pub fn insert(&self, task_id: &str, status: TaskStatus) {
         self.lock().put(task_id.to_owned(), status);
+    }
+
+    /// Forgets `task_id`: its result could not be published, so the task
+    /// goes back to the queue and must run when it comes again.
+    pub fn forget(&self, task_id: &str) {
+        self.lock().pop(task_id);
     }
 
     /// The status a completed task ended with, if this agent remembers it.
@@ -54,5 +61,7 @@ mod tests {
         c.insert("c", TaskStatus::Succeeded);
         assert_eq!(c.get("a"), None);
         assert_eq!(c.get("b"), Some(TaskStatus::Failed));
+        c.forget("b");
+        assert_eq!(c.get("b"), None);
     }
 }

@@ -279,6 +279,11 @@ impl Worker {
             idempotency_key: task.idempotency_key.clone(),
             finished_at_ms: now_ms(),
         };
+        // Remembered before the result is published: a copy of the task
+        // delivered while the broker confirms the result (a producer's
+        // duplicate, say) must not run a second time. Forgotten again if
+        // the result cannot be published and the task goes back.
+        self.completed.insert(&task.id, result.status);
         match self
             .finish(
                 delivery,
@@ -291,7 +296,6 @@ impl Worker {
             .await
         {
             Ok(()) => {
-                self.completed.insert(&task.id, result.status);
                 self.metrics.record_result(kind, result.status);
                 if result.status == TaskStatus::Succeeded {
                     debug!(task_id = %task.id, kind, attempt = task.attempt, run_ms = result.run_ms,
@@ -304,6 +308,7 @@ impl Worker {
                 ack(delivery).await;
             }
             Err(error) => {
+                self.completed.forget(&task.id);
                 warn!(task_id = %task.id, error = chain(&error), "failed to publish the result; leaving the task to be redelivered");
                 requeue_after_failure(delivery).await;
             }
