@@ -313,15 +313,25 @@ pub fn consumers(profile: &Profile, path: &str) -> Vec<String> {
             }
         }
     }
-    let services = serde_json::to_value(&profile.services).unwrap_or_default();
-    if let serde_json::Value::Object(services) = services {
-        for (name, value) in services {
-            if mentions(&value, path) {
-                out.push(format!("service {name}"));
-            }
-        }
-    }
+    out.extend(
+        services_using(profile, path)
+            .into_iter()
+            .map(|name| format!("service {name}")),
+    );
     out
+}
+
+/// The platform services (`rabbitmq`, `mongodb`, …) whose settings read a
+/// `vault:` reference to `path`.
+pub fn services_using(profile: &Profile, path: &str) -> Vec<String> {
+    match serde_json::to_value(&profile.services) {
+        Ok(serde_json::Value::Object(services)) => services
+            .into_iter()
+            .filter(|(_, value)| mentions(value, path))
+            .map(|(name, _)| name)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn mentions(v: &serde_json::Value, path: &str) -> bool {

@@ -52,9 +52,8 @@ impl Rotation {
                 "rotation is not built for target {target}: the in-cluster broker and databases keep the password they first started with, so a rotated credential would lock the agents out"
             )),
             Rotation::InCluster => {
-                let services: Vec<String> = consumers(profile, &entry.path)
+                let services: Vec<String> = services_using(profile, &entry.path)
                     .into_iter()
-                    .filter_map(|c| c.strip_prefix("service ").map(str::to_string))
                     .filter(|s| s != "rabbitmq")
                     .collect();
                 (!services.is_empty()).then(|| {
