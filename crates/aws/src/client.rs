@@ -29,12 +29,13 @@ pub(crate) async fn sdk_config(region: Option<&str>) -> SdkConfig {
     loader.load().await
 }
 
-/// The EC2, EKS, IAM and STS clients of one region.
+/// The EC2, EKS, IAM, KMS and STS clients of one region.
 #[derive(Debug, Clone)]
 pub struct Aws {
     pub(crate) ec2: aws_sdk_ec2::Client,
     pub(crate) eks: aws_sdk_eks::Client,
     pub(crate) iam: aws_sdk_iam::Client,
+    pub(crate) kms: aws_sdk_kms::Client,
     pub(crate) sts: aws_sdk_sts::Client,
     pub(crate) config: SdkConfig,
     region: String,
@@ -72,6 +73,11 @@ impl Aws {
                 .interceptor(calls.clone())
                 .build(),
         );
+        let kms = aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(&config)
+                .interceptor(calls.clone())
+                .build(),
+        );
         let sts = aws_sdk_sts::Client::from_conf(
             aws_sdk_sts::config::Builder::from(&config)
                 .interceptor(calls.clone())
@@ -85,6 +91,7 @@ impl Aws {
             ec2,
             eks,
             iam,
+            kms,
             sts,
             config,
             region,
@@ -111,6 +118,10 @@ impl Aws {
 
     pub fn iam(&self) -> &aws_sdk_iam::Client {
         &self.iam
+    }
+
+    pub fn kms(&self) -> &aws_sdk_kms::Client {
+        &self.kms
     }
 
     pub fn sts(&self) -> &aws_sdk_sts::Client {

@@ -56,6 +56,9 @@ pub struct ClusterState {
     pub endpoint: Option<String>,
     /// The API server's CA bundle, base64 (public: clients verify with it).
     pub certificate_authority: Option<String>,
+    /// The service-account token issuer (`https://oidc.eks.…/id/…`), for
+    /// the IAM OIDC provider that IRSA roles trust.
+    pub oidc_issuer: Option<String>,
     pub role_arn: String,
     pub subnet_ids: BTreeSet<String>,
     pub security_group_ids: BTreeSet<String>,
@@ -81,6 +84,12 @@ fn state_of(c: &Cluster) -> ClusterState {
             .certificate_authority()
             .and_then(|a| a.data())
             .filter(|d| !d.is_empty())
+            .map(str::to_owned),
+        oidc_issuer: c
+            .identity()
+            .and_then(|i| i.oidc())
+            .and_then(|o| o.issuer())
+            .filter(|i| !i.is_empty())
             .map(str::to_owned),
         role_arn: c.role_arn().unwrap_or_default().to_owned(),
         subnet_ids: vpc
@@ -342,6 +351,7 @@ mod tests {
             version: "1.34".into(),
             endpoint: None,
             certificate_authority: None,
+            oidc_issuer: None,
             role_arn: s.role_arn,
             subnet_ids: s.subnet_ids,
             security_group_ids: s.security_group_ids,

@@ -225,7 +225,8 @@ pub fn classify(operation: &str, code: Option<&str>, status: Option<u16>) -> Err
         | "InvalidNetworkInterface.InUse"
         | "ResourceLimitExceeded"
         | "InvalidGroup.InUse"
-        | "IncorrectInstanceState" => ErrorKind::Conflict,
+        | "IncorrectInstanceState"
+        | "KMSInvalidStateException" => ErrorKind::Conflict,
         "InternalError"
         | "InternalFailure"
         | "ServiceUnavailable"
@@ -235,7 +236,9 @@ pub fn classify(operation: &str, code: Option<&str>, status: Option<u16>) -> Err
         | "InternalServerError"
         | "RequestTimeout"
         | "RequestTimeoutException"
-        | "ServiceFailure" => ErrorKind::Transient,
+        | "ServiceFailure"
+        | "KMSInternalException"
+        | "DependencyTimeoutException" => ErrorKind::Transient,
         c if c.ends_with(".NotFound")
             || c.ends_with("NotFound")
             || c.ends_with("NotFoundException") =>

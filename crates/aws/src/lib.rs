@@ -3,7 +3,7 @@
 //!
 //! Map of the crate:
 //!
-//! - [`Aws`] ([`client`]): the EC2, EKS, IAM and STS clients, built from the
+//! - [`Aws`] ([`client`]): the EC2, EKS, IAM, KMS and STS clients, built from the
 //!   SDK's standard environment; every client records its calls in a
 //!   [`CallLog`] ([`call_log`]).
 //! - [`tags`]: the tags every resource carries and is found by.
@@ -11,7 +11,8 @@
 //!   `…State`, and `find`, `create`, `update`, `delete` and a pure `diff`:
 //!   [`vpc`], [`subnet`], [`internet_gateway`], [`elastic_ip`],
 //!   [`nat_gateway`], [`route_table`], [`security_group`], [`iam_role`],
-//!   [`cluster`], [`node_group`].
+//!   [`cluster`], [`node_group`]; for an in-cluster Vault, its auto-unseal
+//!   key [`kms_key`] and the cluster's [`oidc_provider`] its role trusts.
 //! - [`stack`]: every spec of a profile ([`StackSpec`]); [`provider`]: the
 //!   engine's step graph over them, the one path that plans, applies and
 //!   destroys. Start reading here.
@@ -40,8 +41,10 @@ pub mod elastic_ip;
 pub mod error;
 pub mod iam_role;
 pub mod internet_gateway;
+pub mod kms_key;
 pub mod nat_gateway;
 pub mod node_group;
+pub mod oidc_provider;
 pub mod preflight;
 pub mod provider;
 pub mod route_table;

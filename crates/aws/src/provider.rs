@@ -9,6 +9,10 @@
 //!                          ├─ subnet/private/<zone>  │             │  │
 //!                          ├─ internet-gateway       ├─ route-table/…  │
 //!                          └─ security-group/cluster ┴──────── cluster ─ node-group/<name>
+//!
+//! with an in-cluster Vault (its auto-unseal, `seal "awskms"`):
+//! aws/environment ── kms-key/vault-unseal ─────────┐
+//!            cluster ── oidc-provider/cluster ─────┴─ iam-role/vault
 //! ```
 //!
 //! Each step observes its resource by tags, diffs it against the profile and
@@ -33,10 +37,12 @@ use crate::destroy::{DestroyOptions, sweep};
 use crate::diff::{FieldDiff as AwsDiff, needs_replacement};
 use crate::elastic_ip::{self, ElasticIpSpec, ElasticIpState};
 use crate::error::{AwsError, ErrorKind as AwsKind, Result as AwsResult};
-use crate::iam_role::{self, RoleSpec, RoleState};
+use crate::iam_role::{self, RoleSpec, RoleState, Trust};
 use crate::internet_gateway::{self, InternetGatewaySpec, InternetGatewayState};
+use crate::kms_key::{self, KmsKeySpec, KmsKeyState, Retention};
 use crate::nat_gateway::{self, NatGatewaySpec, NatGatewayState};
 use crate::node_group::{self, NodeGroupSpec, NodeGroupState};
+use crate::oidc_provider::{self, OidcProviderSpec, OidcProviderState};
 use crate::route_table::{self, RouteTableSpec, RouteTableState, RouteTarget};
 use crate::security_group::{self, SecurityGroupSpec, SecurityGroupState};
 use crate::stack::StackSpec;
@@ -58,6 +64,9 @@ use taskctl_core::profile::Profile;
 
 pub struct AwsProvider {
     aws: Arc<Aws>,
+    /// `destroy --delete-data`: destroy schedules the deletion of the
+    /// Vault unseal key too (kept otherwise, see [`crate::kms_key`]).
+    delete_data: bool,
 }
 
 impl AwsProvider {
@@ -66,7 +75,15 @@ impl AwsProvider {
     pub async fn from_env(region: &str) -> Result<Self, AwsError> {
         Ok(AwsProvider {
             aws: Arc::new(Aws::from_env(region).await?),
+            delete_data: false,
         })
+    }
+
+    /// With `yes`, destroy also schedules the deletion of what only data
+    /// needs (the Vault unseal key).
+    pub fn delete_data(mut self, yes: bool) -> Self {
+        self.delete_data = yes;
+        self
     }
 
     /// The clients the steps use.
@@ -108,8 +125,13 @@ impl Provider for AwsProvider {
         }
         // The run tag is set per run (see `Resource::spec`); the empty one
         // given here never reaches AWS.
-        let spec =
+        let mut spec =
             StackSpec::from_profile(profile, "").map_err(|e| OpsError::Provider(e.to_string()))?;
+        if self.delete_data
+            && let Some(seal) = &mut spec.vault_seal
+        {
+            seal.key.retention = Retention::ScheduleDeletion;
+        }
         Ok(steps(&self.aws, spec))
     }
 }
@@ -360,6 +382,59 @@ pub fn steps(aws: &Arc<Aws>, spec: StackSpec) -> Vec<Arc<dyn Step>> {
             attempts: AtomicU32::new(0),
         }));
     }
+    if let Some(seal) = &spec.vault_seal {
+        let key = id(&seal.key.tags.resource);
+        let oidc = id(&seal.oidc_provider.tags.resource);
+        add(Arc::new(Resource::<Key> {
+            id: key.clone(),
+            aws: aws.clone(),
+            spec: seal.key.clone(),
+            deps: vec![root.clone()],
+            wire: Box::new(|_, _| Ok(())),
+            timeout: short,
+            attempts: AtomicU32::new(0),
+        }));
+        {
+            let cluster = cluster.clone();
+            add(Arc::new(Resource::<Oidc> {
+                id: oidc.clone(),
+                aws: aws.clone(),
+                spec: seal.oidc_provider.clone(),
+                deps: vec![cluster.clone()],
+                wire: Box::new(move |spec, ctx| {
+                    spec.url = need(ctx, &cluster, "oidc_issuer")?;
+                    Ok(())
+                }),
+                timeout: short,
+                attempts: AtomicU32::new(0),
+            }));
+        }
+        let cluster = cluster.clone();
+        add(Arc::new(Resource::<Role> {
+            id: id(&seal.role.tags.resource),
+            aws: aws.clone(),
+            spec: seal.role.clone(),
+            deps: vec![oidc.clone(), key.clone(), cluster.clone()],
+            wire: Box::new(move |spec, ctx| {
+                if let Trust::ServiceAccount {
+                    provider_arn,
+                    issuer,
+                    ..
+                } = &mut spec.trust
+                {
+                    *provider_arn = need(ctx, &oidc, "arn")?;
+                    *issuer = need(ctx, &cluster, "oidc_issuer")?;
+                }
+                spec.inline.insert(
+                    iam_role::VAULT_UNSEAL_POLICY.into(),
+                    iam_role::vault_unseal_policy(&need(ctx, &key, "arn")?),
+                );
+                Ok(())
+            }),
+            timeout: short,
+            attempts: AtomicU32::new(0),
+        }));
+    }
     out
 }
 
@@ -471,6 +546,8 @@ struct Routes;
 struct Sg;
 struct Cluster;
 struct NodeGroup;
+struct Key;
+struct Oidc;
 
 /// A kind whose find, create, diff and update are its module's functions;
 /// the rest of the impl (outputs, delete, and settle where AWS is slow) is
@@ -582,6 +659,27 @@ kind!(
     |aws, s| patiently(|| security_group::delete(aws, &s.group_id)).await
 );
 
+kind!(
+    Oidc,
+    "iam-oidc-provider",
+    oidc_provider,
+    OidcProviderSpec,
+    OidcProviderState,
+    |s| outputs([("arn", &s.arn), ("url", &s.url)]),
+    |aws, s| oidc_provider::delete(aws, &s.arn).await
+);
+
+kind_impl!(Key, "kms-key", kms_key, KmsKeySpec, KmsKeyState;
+    fn outputs(s: &KmsKeyState) -> Outputs {
+        outputs([("key_id", &s.key_id), ("arn", &s.arn)])
+    }
+    async fn delete(aws: &Aws, state: &KmsKeyState, ctx: &StepContext) -> AwsResult<()> {
+        let done = kms_key::delete(aws, state).await?;
+        ctx.progress(&done);
+        Ok(())
+    }
+);
+
 kind_impl!(Nat, "nat-gateway", nat_gateway, NatGatewaySpec, NatGatewayState;
     fn outputs(s: &NatGatewayState) -> Outputs {
         outputs([("nat_gateway_id", &s.nat_gateway_id)])
@@ -608,6 +706,9 @@ kind_impl!(Nat, "nat-gateway", nat_gateway, NatGatewaySpec, NatGatewayState;
 kind_impl!(Cluster, "eks-cluster", cluster, ClusterSpec, ClusterState;
     fn outputs(s: &ClusterState) -> Outputs {
         let mut out = outputs([("name", &s.name), ("arn", &s.arn)]);
+        if let Some(issuer) = &s.oidc_issuer {
+            out.insert("oidc_issuer".into(), issuer.clone());
+        }
         if let Some(endpoint) = &s.endpoint {
             out.insert("endpoint".into(), endpoint.clone());
         }

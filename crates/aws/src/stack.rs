@@ -8,6 +8,9 @@
 //! vpc ─┬─ subnet/{public,private}/<zone> ─┬─ elastic-ip/nat/<zone> ── nat-gateway/<zone>
 //!      ├─ internet-gateway                 ├─ route-table/public, route-table/private/<zone>
 //!      └─ security-group/cluster           └─ cluster ── node-group/<name>
+//! with an in-cluster Vault:
+//! kms-key/vault-unseal ──────────────┐
+//! cluster ── oidc-provider/cluster ──┴─ iam-role/vault
 //! ```
 //!
 //! [`crate::provider`] turns those specs into the engine's step graph, the
@@ -19,8 +22,10 @@ use crate::elastic_ip::ElasticIpSpec;
 use crate::error::{AwsError, ErrorKind, Result};
 use crate::iam_role::RoleSpec;
 use crate::internet_gateway::InternetGatewaySpec;
+use crate::kms_key::{KmsKeySpec, Retention};
 use crate::nat_gateway::NatGatewaySpec;
 use crate::node_group::NodeGroupSpec;
+use crate::oidc_provider::OidcProviderSpec;
 use crate::route_table::{RouteTableSpec, RouteTarget};
 use crate::security_group::{Rule, SecurityGroupSpec};
 use crate::subnet::{SubnetSpec, Tier};
@@ -28,7 +33,7 @@ use crate::tags::{Environment, Tags};
 use crate::vpc::VpcSpec;
 use std::collections::{BTreeMap, BTreeSet};
 use taskctl_core::profile::builtins::SUPPORTED_KUBERNETES;
-use taskctl_core::profile::{NatGateways, Profile};
+use taskctl_core::profile::{IN_CLUSTER_VAULT_ACCOUNT, NatGateways, Profile};
 
 /// Every resource of one environment.
 #[derive(Debug, Clone)]
@@ -47,6 +52,19 @@ pub struct StackSpec {
     pub security_group: SecurityGroupSpec,
     pub cluster: ClusterSpec,
     pub node_groups: Vec<NodeGroupSpec>,
+    /// With an in-cluster Vault ([`Profile::vault_in_cluster`]): its
+    /// auto-unseal key, and the role its pods assume to use it.
+    pub vault_seal: Option<VaultSealSpec>,
+}
+
+/// What the in-cluster Vault's `seal "awskms"` needs: a KMS key, the
+/// cluster's IAM OIDC provider, and a role the Vault service account may
+/// assume (IRSA) that may use that key only.
+#[derive(Debug, Clone)]
+pub struct VaultSealSpec {
+    pub key: KmsKeySpec,
+    pub oidc_provider: OidcProviderSpec,
+    pub role: RoleSpec,
 }
 
 fn invalid(message: impl Into<String>) -> AwsError {
@@ -245,6 +263,16 @@ impl StackSpec {
             security_group,
             cluster,
             node_groups,
+            vault_seal: profile.vault_in_cluster().then(|| {
+                let (namespace, account) = IN_CLUSTER_VAULT_ACCOUNT;
+                VaultSealSpec {
+                    // Destroy keeps it unless told otherwise (the provider's
+                    // `delete_data`).
+                    key: KmsKeySpec::vault_unseal(tags("kms-key/vault-unseal"), Retention::Keep),
+                    oidc_provider: OidcProviderSpec::for_cluster(tags("oidc-provider/cluster")),
+                    role: RoleSpec::vault(tags("iam-role/vault"), namespace, account),
+                }
+            }),
             environment: env,
         })
     }

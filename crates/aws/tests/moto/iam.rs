@@ -26,10 +26,7 @@ async fn roles_are_made_once_with_trust_and_policies() {
         .await
         .expect("find")
         .expect("found");
-    assert_eq!(
-        found.trusted_services,
-        ["eks.amazonaws.com".to_string()].into()
-    );
+    assert_eq!(found.principals, ["eks.amazonaws.com".to_string()].into());
     assert_eq!(found.policies, [EKS_CLUSTER_POLICY.to_string()].into());
     assert_eq!(found.tags["taskctl:environment"], env.tag_value());
     assert_eq!(iam_role::diff(&cluster, &found), []);
@@ -38,7 +35,7 @@ async fn roles_are_made_once_with_trust_and_policies() {
         .expect("find")
         .expect("found");
     assert_eq!(
-        found_node.trusted_services,
+        found_node.principals,
         ["ec2.amazonaws.com".to_string()].into()
     );
     assert_eq!(found_node.policies, node.policies);

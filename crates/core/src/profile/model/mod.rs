@@ -94,6 +94,19 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The namespace and service account of the in-cluster Vault's pods
+/// ([`Profile::vault_in_cluster`]): what the render names, and what the
+/// `aws` target's IAM role for the Vault pods trusts.
+pub const IN_CLUSTER_VAULT_ACCOUNT: (&str, &str) = ("vault", "vault");
+
+/// The alias of the KMS key the `aws` target makes for the in-cluster
+/// Vault's auto-unseal (`seal "awskms"`), by the environment's name and
+/// environment: what the key is found by and what Vault's configuration
+/// names.
+pub fn vault_unseal_key_alias(name: &str, environment: &str) -> String {
+    format!("alias/taskctl/{name}-{environment}/vault-unseal")
+}
+
 impl Profile {
     /// `<name>.<environment>`: the value of the environment label on what
     /// taskctl makes (containers, Kubernetes objects), usable in names.
@@ -105,6 +118,21 @@ impl Profile {
     /// journal and releases.
     pub fn environment_key(&self) -> String {
         format!("{}/{}", self.metadata.name, self.metadata.environment)
+    }
+
+    /// Whether Vault runs in the cluster as the StatefulSet taskctl
+    /// deploys, initializes and unseals itself (`services.vault.cluster`
+    /// without `nodes`): its nodes are the pods `vault-0` … on target
+    /// `kubernetes` and `aws`; on `aws` it auto-unseals through the KMS key
+    /// the infrastructure makes for it.
+    pub fn vault_in_cluster(&self) -> bool {
+        self.services
+            .vault
+            .as_ref()
+            .filter(|v| v.enabled && v.external.is_none())
+            .and_then(|v| v.cluster.as_ref())
+            .is_some_and(|c| c.nodes.is_empty())
+            && self.target.kind != TargetKind::Docker
     }
 
     /// The settings of the environment in force.
