@@ -19,7 +19,10 @@ use taskctl_aws::provider::CLUSTER_STEP;
 use taskctl_aws::{Aws, AwsProvider};
 use taskctl_core::engine::{ErrorKind, Step, StepContext, StepError, StepId};
 use taskctl_core::events::EventSink;
-use taskctl_core::ops::{Check, Finding, Layer, OpsError, Provider, ReleaseFacts, Scope, Workload};
+use taskctl_core::ops::{
+    Check, Finding, Layer, OpsError, PodPorts, Provider, ReleaseFacts, Scope, SecretsOrder,
+    Workload,
+};
 use taskctl_core::profile::Profile;
 use taskctl_core::release::{Release, ReleaseStore};
 use taskctl_kube::cluster::{ExecKubeconfig, client_from_built};
@@ -35,13 +38,31 @@ pub struct EksStack {
 }
 
 impl EksStack {
-    pub async fn connect(profile: &Profile, options: KubeOptions) -> anyhow::Result<EksStack> {
+    pub async fn connect(profile: &Profile, mut options: KubeOptions) -> anyhow::Result<EksStack> {
         let target = profile
             .target
             .aws
             .as_ref()
             .context("the profile's target has no `aws.region`")?;
-        let infrastructure = AwsProvider::from_env(&target.region).await?;
+        let infrastructure = AwsProvider::from_env(&target.region)
+            .await?
+            .delete_data(options.delete_data);
+        if profile.vault_in_cluster() {
+            // The Vault pods assume the role that may use their unseal key
+            // (IRSA): their service account names it, account id included.
+            let environment = taskctl_aws::stack::environment_of(profile);
+            let arn = taskctl_aws::iam_role::vault_role_arn(infrastructure.aws(), &environment)
+                .await
+                .context("cannot find the AWS account the in-cluster Vault's IAM role is in")?;
+            let (namespace, account) = taskctl_core::profile::IN_CLUSTER_VAULT_ACCOUNT;
+            options.annotations.push(taskctl_kube::ExtraAnnotation {
+                kind: "ServiceAccount".into(),
+                namespace: namespace.into(),
+                name: account.into(),
+                key: IRSA_ROLE_ANNOTATION.into(),
+                value: arn,
+            });
+        }
         let connector = EksConnector {
             aws: infrastructure.aws().clone(),
             cluster: cluster_name(profile),
@@ -53,6 +74,10 @@ impl EksStack {
         })
     }
 }
+
+/// The annotation by which EKS gives a service account's pods the
+/// credentials of an IAM role.
+pub const IRSA_ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
 
 /// Makes the client of the profile's EKS cluster.
 struct EksConnector {
@@ -234,5 +259,24 @@ impl Provider for EksStack {
 
     async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
         self.cluster.workloads(profile).await
+    }
+
+    /// The AWS resources come before anything asks Vault (an in-cluster
+    /// Vault runs on them); the cluster's steps stand where the kubernetes
+    /// target puts them.
+    fn secrets_order(&self, step: &StepId) -> SecretsOrder {
+        if step.as_str().starts_with("aws/") {
+            SecretsOrder::Before
+        } else {
+            self.cluster.secrets_order(step)
+        }
+    }
+
+    fn vault_nodes(&self, profile: &Profile) -> Option<Arc<dyn PodPorts>> {
+        self.cluster.vault_nodes(profile)
+    }
+
+    fn broker_management(&self, profile: &Profile) -> Option<Arc<dyn PodPorts>> {
+        self.cluster.broker_management(profile)
     }
 }

@@ -90,14 +90,11 @@ async fn target_provider(
                     rotate: options.rotate,
                     destroying: options.destroying,
                     // The in-cluster broker and databases take their password
-                    // at first boot only: on kubernetes taskctl changes the
-                    // broker's through its management API; the databases'
-                    // (and everything on aws) would be locked out.
-                    rotation: if profile.target.kind == TargetKind::Aws {
-                        crate::secrets::Rotation::Never
-                    } else {
-                        crate::secrets::Rotation::InCluster
-                    },
+                    // at first boot only: taskctl changes the broker's
+                    // through its management API (the EKS stack reaches it
+                    // as the kubernetes target does); the databases' would
+                    // be locked out.
+                    rotation: crate::secrets::Rotation::InCluster,
                 }),
                 secrets,
             ))
@@ -120,7 +117,9 @@ fn kube_options(
         // `destroy --purge` (`--delete-data`): on Kubernetes, the claims,
         // volumes and namespaces too; never on deploy or rollback.
         delete_data: options.destroying && options.purge,
-        secrets: Some(secrets),
+        // A destroy makes no Secret and must not need Vault (an in-cluster
+        // Vault may be gone already, with the cluster).
+        secrets: (!options.destroying).then_some(secrets),
         ..Default::default()
     }
 }

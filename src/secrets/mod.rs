@@ -76,13 +76,12 @@ pub fn vault_address(profile: &Profile) -> Option<String> {
         })
 }
 
-/// Whether the profile's Vault is the StatefulSet target `kubernetes`
-/// deploys, initialized and unsealed by taskctl: its nodes are the pods,
-/// which only the target can reach (`services.vault.cluster` without
+/// Whether the profile's Vault is the StatefulSet target `kubernetes` or
+/// `aws` deploys, initialized and unsealed by taskctl: its nodes are the
+/// pods, which only the target can reach (`services.vault.cluster` without
 /// `nodes`).
 pub fn in_cluster(profile: &Profile) -> bool {
-    profile.target.kind == taskctl_core::profile::TargetKind::Kubernetes
-        && taskctl_kube::provider::taskctl_unseals(profile)
+    profile.vault_in_cluster()
 }
 
 /// A Vault client connected on first use (a profile without `vault:`
@@ -149,14 +148,24 @@ impl LazyVault {
         let nodes = self
             .nodes
             .get_or_try_init(|| async {
-                let kube = taskctl_kube::KubernetesProvider::connect(
-                    profile,
-                    taskctl_kube::KubeOptions::default(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                kube.vault_nodes(profile)
-                    .ok_or_else(|| "the kubernetes target does not run this Vault".to_string())
+                let options = taskctl_kube::KubeOptions::default();
+                let target: Box<dyn Provider> =
+                    if profile.target.kind == taskctl_core::profile::TargetKind::Aws {
+                        Box::new(
+                            crate::eks::EksStack::connect(profile, options)
+                                .await
+                                .map_err(|e| format!("{e:#}"))?,
+                        )
+                    } else {
+                        Box::new(
+                            taskctl_kube::KubernetesProvider::connect(profile, options)
+                                .await
+                                .map_err(|e| e.to_string())?,
+                        )
+                    };
+                target
+                    .vault_nodes(profile)
+                    .ok_or_else(|| format!("the {} target does not run this Vault", target.name()))
             })
             .await?;
         let list = nodes.nodes().await.map_err(|e| e.to_string())?;

@@ -33,14 +33,12 @@ pub enum Rotation {
     /// Every one (docker: the broker user step, services restarted on new
     /// files, agents rolled one replica at a time).
     All,
-    /// Target kubernetes: those the agents and the in-cluster RabbitMQ
+    /// Targets kubernetes and aws: those the agents and the in-cluster RabbitMQ
     /// use (its own user's password is changed through its management
     /// API, its certificate rolls its pods, its Erlang cookie is kept);
     /// not those of MongoDB, PostgreSQL or Grafana, which take their
     /// password at first boot only.
     InCluster,
-    /// None (target aws): missing secrets are created, none is rotated.
-    Never,
 }
 
 impl Rotation {
@@ -48,9 +46,6 @@ impl Rotation {
     fn refusal(self, target: &str, profile: &Profile, entry: &Entry) -> Option<String> {
         match self {
             Rotation::All => None,
-            Rotation::Never => Some(format!(
-                "rotation is not built for target {target}: the in-cluster broker and databases keep the password they first started with, so a rotated credential would lock the agents out"
-            )),
             Rotation::InCluster => {
                 let services: Vec<String> = services_using(profile, &entry.path)
                     .into_iter()
@@ -75,7 +70,8 @@ impl WithSecrets {
 
     /// The in-cluster RabbitMQ's own user, when the target runs the broker
     /// and can reach its management API (target kubernetes), and the
-    /// profile gives its password as a Vault reference.
+    /// profile gives its password as a Vault reference (targets kubernetes
+    /// and aws).
     fn cluster_broker(
         &self,
         profile: &Profile,
@@ -112,9 +108,19 @@ impl WithSecrets {
         }))
     }
 
-    fn secret_steps(&self, profile: &Profile) -> Result<Vec<Arc<dyn Step>>, OpsError> {
+    fn secret_steps(
+        &self,
+        profile: &Profile,
+        scope: &Scope,
+    ) -> Result<Vec<Arc<dyn Step>>, OpsError> {
         let mut steps: Vec<Arc<dyn Step>> = Vec::new();
         if self.destroying {
+            return Ok(steps);
+        }
+        // A Vault in the cluster is part of the services: a run without
+        // them (`--only infrastructure` on aws) cannot reach it, and the
+        // infrastructure takes no secret.
+        if in_cluster(profile) && !scope.includes(Layer::Services) {
             return Ok(steps);
         }
         for entry in entries(profile) {
@@ -231,7 +237,9 @@ impl WithSecrets {
                     .build()
                     .map_err(|e| OpsError::Provider(format!("HTTP client: {e}")))?,
             }));
-        } else if let Some(step) = self.cluster_broker(profile, &ids)? {
+        } else if scope.includes(Layer::Services)
+            && let Some(step) = self.cluster_broker(profile, &ids)?
+        {
             steps.push(Arc::new(step));
         }
         Ok(steps)
@@ -304,7 +312,7 @@ impl Provider for WithSecrets {
     /// after it, the services that take them next, then the broker user
     /// (on the broker those services may include), then everything else.
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
-        let secret_steps = self.secret_steps(profile)?;
+        let secret_steps = self.secret_steps(profile, scope)?;
         let inner = self.inner.steps(profile, scope)?;
         if secret_steps.is_empty() {
             return Ok(inner);

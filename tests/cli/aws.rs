@@ -39,6 +39,12 @@ impl Env {
     /// for tests of the infrastructure alone (`--only infrastructure`):
     /// moto's clusters have no API server.
     fn new(prefix: &str) -> Env {
+        Env::new_with(prefix, true)
+    }
+
+    /// [`Env::new`]; with `written` false, no value is written for the
+    /// profile's references (a Vault taskctl runs makes its own).
+    fn new_with(prefix: &str, written: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -46,7 +52,11 @@ impl Env {
             .subsec_nanos();
         let name = format!("{prefix}-{:x}{:x}", std::process::id(), nanos);
         let production = repo_root().join("profiles/production.yaml");
-        let secrets = ProductionSecrets::write(format!("taskctl/test/{name}"));
+        let secrets = if written {
+            ProductionSecrets::write(format!("taskctl/test/{name}"))
+        } else {
+            ProductionSecrets::empty(format!("taskctl/test/{name}"))
+        };
         let overlay = dir.path().join("env.yaml");
         std::fs::write(
             &overlay,
@@ -72,12 +82,15 @@ impl Env {
     /// through `target.aws.api_server` (as a tunnel to a private endpoint
     /// would be), so the in-cluster layers deploy too.
     fn with_cluster(prefix: &str) -> Env {
-        let mut env = Env::new(prefix);
+        Env::with_cluster_from(Env::new(prefix), kube_double::Config::default())
+    }
+
+    fn with_cluster_from(mut env: Env, config: kube_double::Config) -> Env {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let double = runtime
             .block_on(KubeDouble::start(kube_double::Config {
                 ready_delay: Duration::from_millis(20),
-                ..kube_double::Config::default()
+                ..config
             }))
             .expect("kube-double listens");
         env.layer(
@@ -838,4 +851,237 @@ fn check_kubeconfig(env: &Env, listing: &Value) {
     assert!(out.status.success(), "{}", stderr(&out));
     let again = std::fs::read_to_string(env.dir.path().join("again.yaml")).unwrap();
     assert_eq!(again, text);
+}
+
+/// What boto3 says of the in-cluster Vault's auto-unseal: the key by its
+/// alias (state, rotation), the role (trust policy, inline policy) and the
+/// cluster's OIDC providers.
+fn vault_seal_listing(alias: &str, role: &str) -> Value {
+    let python = std::env::var("TASKCTL_TEST_ENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/taskctl-test-env")
+        })
+        .join("venv/bin/python");
+    let script = r#"
+import json, sys, urllib.parse, boto3
+endpoint, alias, role = sys.argv[1:4]
+kw = dict(endpoint_url=endpoint, region_name="us-west-2",
+          aws_access_key_id="testing", aws_secret_access_key="testing")
+kms, iam = boto3.client("kms", **kw), boto3.client("iam", **kw)
+out = {}
+try:
+    meta = kms.describe_key(KeyId=alias)["KeyMetadata"]
+    out["key"] = {"arn": meta["Arn"], "state": meta["KeyState"]}
+    if meta["KeyState"] != "PendingDeletion":
+        out["key"]["rotation"] = kms.get_key_rotation_status(KeyId=meta["KeyId"])["KeyRotationEnabled"]
+except kms.exceptions.NotFoundException:
+    out["key"] = None
+try:
+    r = iam.get_role(RoleName=role)["Role"]
+    doc = r["AssumeRolePolicyDocument"]
+    if isinstance(doc, str):
+        doc = json.loads(urllib.parse.unquote(doc))
+    names = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    inline = {}
+    for n in names:
+        d = iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"]
+        inline[n] = json.loads(urllib.parse.unquote(d)) if isinstance(d, str) else d
+    out["role"] = {"arn": r["Arn"], "trust": doc, "inline": inline}
+except iam.exceptions.NoSuchEntityException:
+    out["role"] = None
+out["oidc"] = [p["Arn"] for p in iam.list_open_id_connect_providers()["OpenIDConnectProviderList"]]
+print(json.dumps(out))
+"#;
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(moto())
+        .arg(alias)
+        .arg(role)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The in-cluster Vault on target `aws`: the infrastructure makes its
+/// auto-unseal key (KMS, rotation on), the cluster's IAM OIDC provider and
+/// a role only the Vault service account may assume, allowed to use that
+/// key only; the Vault configuration names the key (`seal "awskms"`) and
+/// the service account the role (IRSA); taskctl initializes the pods
+/// through the API server (the raft nodes behind them are Shamir-sealed
+/// OpenBao: no awskms seal runs here); destroy keeps the key unless told
+/// `--delete-data`, and then only schedules its deletion. Checked with
+/// boto3 and the double's objects.
+#[test]
+fn an_in_cluster_vault_on_aws_gets_its_unseal_key_and_role_and_is_initialized_through_the_api_server()
+ {
+    let nodes = crate::harness::RaftNodes::start();
+    let mut env = Env::with_cluster_from(
+        Env::new_with("vlt", false),
+        kube_double::Config {
+            probe_readiness: true,
+            ..kube_double::Config::default()
+        },
+    );
+    env.layer(
+        "vault.yaml",
+        "apiVersion: taskctl.dev/v1\nkind: Profile\nservices:\n  vault:\n    cluster:\n      key_shares: 3\n      key_threshold: 2\n      keys_file: vault-keys.json\n",
+    );
+    env.cluster().serve(kube_double::Backend {
+        namespace: "vault".into(),
+        pod_prefix: "vault-".into(),
+        image: None,
+        port: 8200,
+        addrs: nodes
+            .addrs
+            .iter()
+            .map(|a| a.trim_start_matches("http://").parse().unwrap())
+            .collect(),
+    });
+    // No other Vault: not the test environment's, not a token of it.
+    let run = |args: &[&str]| {
+        env.command(args)
+            .env("VAULT_ADDR", "")
+            .env("VAULT_TOKEN", "")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let text = |o: &Output| format!("{}\n{}", stdout(o), stderr(o));
+    let alias = format!("alias/taskctl/{}-production/vault-unseal", env.name);
+    let role = format!("{}-production-vault", env.name);
+
+    let plan = run(&["plan", "-o", "json"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let planned: Vec<String> = events(&plan)
+        .into_iter()
+        .filter(|e| e["event"] == "step_planned" && e["action"] == "create")
+        .map(|e| e["step"].as_str().unwrap().to_string())
+        .collect();
+    for id in [
+        "aws/kms-key/vault-unseal",
+        "aws/oidc-provider/cluster",
+        "aws/iam-role/vault",
+        "kubernetes/vault",
+    ] {
+        assert!(planned.iter().any(|s| s == id), "{id} in {planned:?}");
+    }
+
+    let started = Instant::now();
+    let deploy = run(&["deploy", "--yes"]);
+    let out = text(&deploy);
+    assert_eq!(deploy.status.code(), Some(0), "{out}");
+    eprintln!("deploy with in-cluster Vault: {:?}", started.elapsed());
+    for line in out.lines().filter(|l| l.contains(": done in")) {
+        eprintln!("  {line}");
+    }
+    assert!(out.contains("vault-0 initialized and unsealed"), "{out}");
+    assert!(out.contains("vault-2 unsealed"), "{out}");
+    assert!(out.contains("the root token is revoked"), "{out}");
+
+    // AWS, as boto3 sees it.
+    let seen = vault_seal_listing(&alias, &role);
+    let key = &seen["key"];
+    assert_eq!(key["state"], "Enabled", "{seen:#}");
+    assert_eq!(key["rotation"], true, "{seen:#}");
+    let key_arn = key["arn"].as_str().unwrap();
+    let role_seen = &seen["role"];
+    let statement = &role_seen["inline"]["vault-unseal"]["Statement"][0];
+    assert_eq!(statement["Resource"], key_arn, "{seen:#}");
+    assert_eq!(
+        statement["Action"],
+        serde_json::json!(["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"])
+    );
+    let trust = &role_seen["trust"]["Statement"][0];
+    assert_eq!(trust["Action"], "sts:AssumeRoleWithWebIdentity", "{seen:#}");
+    let provider = trust["Principal"]["Federated"].as_str().unwrap();
+    assert!(
+        seen["oidc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == provider),
+        "the role trusts the cluster's OIDC provider: {seen:#}"
+    );
+    let conditions = trust["Condition"]["StringEquals"].as_object().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|(k, v)| k.ends_with(":sub") && v == "system:serviceaccount:vault:vault"),
+        "{seen:#}"
+    );
+    assert!(
+        conditions
+            .iter()
+            .any(|(k, v)| k.ends_with(":aud") && v == "sts.amazonaws.com"),
+        "{seen:#}"
+    );
+
+    // The cluster, as the double holds it.
+    let cluster = env.cluster();
+    let config = cluster
+        .object("/api/v1/namespaces/vault/configmaps/vault-config")
+        .expect("Vault's configuration");
+    let hcl = config["data"]["vault.hcl"].as_str().unwrap();
+    assert!(hcl.contains("seal \"awskms\""), "{hcl}");
+    assert!(hcl.contains(&format!("kms_key_id = \"{alias}\"")), "{hcl}");
+    assert!(hcl.contains("region     = \"us-west-2\""), "{hcl}");
+    let account = cluster
+        .object("/api/v1/namespaces/vault/serviceaccounts/vault")
+        .expect("Vault's service account");
+    assert_eq!(
+        account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"], role_seen["arn"],
+        "the service account names the role: {account:#}"
+    );
+    // The pods were reached through the API server only.
+    let forwarded: std::collections::BTreeSet<String> = cluster
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path.starts_with("/api/v1/namespaces/vault/pods/") && r.path.ends_with("/portforward")
+        })
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(forwarded.len(), 3, "{forwarded:?}");
+
+    // Every managed secret is in this Vault, read through the pods.
+    let status = run(&["secrets", "status", "-o", "json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    let rows: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(!rows.as_array().unwrap().is_empty(), "{rows}");
+
+    // A second run changes nothing, in AWS or the cluster.
+    let again = run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+
+    // Destroy keeps the key (the data cannot be unsealed without it) and
+    // removes the role and the OIDC provider.
+    let destroy = run(&["destroy", "--yes"]);
+    let out = text(&destroy);
+    assert_eq!(destroy.status.code(), Some(0), "{out}");
+    assert!(out.contains("kept KMS key"), "{out}");
+    let seen = vault_seal_listing(&alias, &role);
+    assert_eq!(seen["key"]["state"], "Enabled", "{seen:#}");
+    assert_eq!(seen["role"], Value::Null, "{seen:#}");
+    assert!(
+        !seen["oidc"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == provider),
+        "{seen:#}"
+    );
+    // Named, the data goes: the key's deletion is scheduled (30 days).
+    let purge = run(&["destroy", "--yes", "--delete-data"]);
+    let out = text(&purge);
+    assert_eq!(purge.status.code(), Some(0), "{out}");
+    assert!(out.contains("scheduled for deletion"), "{out}");
+    let seen = vault_seal_listing(&alias, &role);
+    assert_eq!(seen["key"]["state"], "PendingDeletion", "{seen:#}");
 }

@@ -46,6 +46,6 @@ pub use connect::{ClientSource, Connect};
 /// The `kube` crate this one is built on, so users name the same version.
 pub use kube;
 pub use manifest::{ApplyLevel, Manifest, to_yaml_stream};
-pub use provider::{KubeOptions, KubernetesProvider};
+pub use provider::{ExtraAnnotation, KubeOptions, KubernetesProvider};
 pub use render::{RenderError, Renderer, Templates, render, render_from};
 pub use schema::{SchemaError, check};

@@ -116,6 +116,21 @@ pub struct KubeOptions {
     /// nothing is made and a referenced Secret missing from the cluster
     /// fails the plan (see [`crate::secrets`]).
     pub secrets: Option<Arc<taskctl_core::secrets::Secrets>>,
+    /// Annotations the target adds to rendered objects: the `aws` target's
+    /// IAM role on the in-cluster Vault's service account
+    /// (`eks.amazonaws.com/role-arn`), whose ARN holds an account id no
+    /// profile names. Not in `render manifests`, which reads no account.
+    pub annotations: Vec<ExtraAnnotation>,
+}
+
+/// One annotation on one rendered object ([`KubeOptions::annotations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraAnnotation {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+    pub value: String,
 }
 
 impl Default for KubeOptions {
@@ -132,6 +147,7 @@ impl Default for KubeOptions {
             holder: None,
             watch_window: None,
             secrets: None,
+            annotations: Vec::new(),
         }
     }
 }
@@ -264,10 +280,24 @@ impl KubernetesProvider {
 
     /// The manifests of `profile`, rendered and schema-checked.
     pub fn manifests(&self, profile: &Profile) -> Result<Vec<Manifest>, OpsError> {
-        let manifests = crate::render_from(profile, &self.shared.options.templates)
+        let mut manifests = crate::render_from(profile, &self.shared.options.templates)
             .map_err(|e| OpsError::Provider(error_chain(&e)))?;
-        for m in &manifests {
+        for m in &mut manifests {
             crate::check(m).map_err(|e| OpsError::Provider(error_chain(&e)))?;
+            for a in &self.shared.options.annotations {
+                if m.kind == a.kind
+                    && m.name == a.name
+                    && m.namespace.as_deref() == Some(a.namespace.as_str())
+                    && let Some(meta) = m.value.get_mut("metadata").and_then(Value::as_object_mut)
+                {
+                    let annotations = meta
+                        .entry("annotations")
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    if let Some(map) = annotations.as_object_mut() {
+                        map.insert(a.key.clone(), Value::String(a.value.clone()));
+                    }
+                }
+            }
         }
         Ok(manifests)
     }

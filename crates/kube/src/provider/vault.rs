@@ -20,15 +20,9 @@ const VAULT_NAME: &str = "vault";
 const API_PORT: u16 = 8200;
 
 /// Whether taskctl deploys Vault into the cluster and initializes and
-/// unseals it itself (its nodes are the pods).
+/// unseals it itself (its nodes are the pods): [`Profile::vault_in_cluster`].
 pub fn taskctl_unseals(profile: &Profile) -> bool {
-    profile
-        .services
-        .vault
-        .as_ref()
-        .filter(|v| v.enabled && v.external.is_none())
-        .and_then(|v| v.cluster.as_ref())
-        .is_some_and(|c| c.nodes.is_empty())
+    profile.vault_in_cluster()
 }
 
 /// The StatefulSet's replicas, as the view renders them.

@@ -25,7 +25,8 @@ use std::path::Path;
 use taskctl_core::profile::builtins::is_gpu_instance;
 use taskctl_core::profile::value::{Checked, SecretRef};
 use taskctl_core::profile::{
-    Agent, External, NodeRole, Persistence, Profile, ScaledResource, ServiceType,
+    Agent, External, NodeRole, Persistence, Profile, ScaledResource, ServiceType, TargetKind,
+    vault_unseal_key_alias,
 };
 
 mod model;
@@ -308,6 +309,20 @@ pub fn build_from(
                     size: "10Gi".into(),
                     storage_class: storage_class_name.clone(),
                 },
+                seal: profile
+                    .target
+                    .aws
+                    .as_ref()
+                    .filter(|_| {
+                        profile.target.kind == TargetKind::Aws && profile.vault_in_cluster()
+                    })
+                    .map(|aws| AwsKmsSealView {
+                        region: aws.region.clone(),
+                        key: vault_unseal_key_alias(
+                            &profile.metadata.name,
+                            &profile.metadata.environment,
+                        ),
+                    }),
             }
         });
 

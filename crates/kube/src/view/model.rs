@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 pub const MESSAGING: &str = "messaging";
 pub const DATABASE: &str = "database";
 pub const MONITORING: &str = "monitoring";
-pub const VAULT: &str = "vault";
+pub const VAULT: &str = taskctl_core::profile::IN_CLUSTER_VAULT_ACCOUNT.0;
 pub const LOGGING: &str = "logging";
 
 /// Pinned images used when the profile names none.
@@ -276,6 +276,17 @@ pub struct VaultView {
     pub peers: Vec<String>,
     /// Raft's data volume (the profile has no size for it: 10Gi).
     pub volume: VolumeView,
+    /// On target `aws`: auto-unseal through the KMS key the infrastructure
+    /// makes (its pods assume the IAM role that may use it, through their
+    /// service account's `eks.amazonaws.com/role-arn`).
+    pub seal: Option<AwsKmsSealView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AwsKmsSealView {
+    pub region: String,
+    /// `alias/…`: the key by its alias, which survives a key replacement.
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

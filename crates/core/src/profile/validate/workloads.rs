@@ -180,19 +180,19 @@ fn services(r: &mut Report, p: &Profile) {
         let at = path!["services", "vault"];
         external(r, vault.external.as_ref(), &at);
         if let Some(c) = &vault.cluster {
-            let in_cluster = p.target.kind == TargetKind::Kubernetes && vault.external.is_none();
+            // The StatefulSet of targets kubernetes and aws, whose pods
+            // taskctl finds itself (`Profile::vault_in_cluster`).
+            let in_cluster = p.target.kind != TargetKind::Docker && vault.external.is_none();
             if c.nodes.is_empty() && !in_cluster {
                 r.error_help(
                     at.child("cluster").child("nodes"),
                     match p.target.kind {
-                        TargetKind::Kubernetes => "no node addresses: the Vault these nodes belong to is `external`".to_string(),
-                        TargetKind::Aws => "no node addresses: initializing the in-cluster Vault is built for target kubernetes only (on aws it is to be auto-unsealed with a KMS key, not built yet)".to_string(),
-                        TargetKind::Docker => "no node addresses: target docker needs each node's API address".to_string(),
+                        TargetKind::Docker => {
+                            "no node addresses: target docker needs each node's API address"
+                        }
+                        _ => "no node addresses: the Vault these nodes belong to is `external`",
                     },
-                    match p.target.kind {
-                        TargetKind::Aws => "remove `cluster` and take the secrets from a Vault of your own (`external`, or VAULT_ADDR)",
-                        _ => "list each node's API address, e.g. nodes: [\"https://vault-0.example:8200\"]",
-                    },
+                    "list each node's API address, e.g. nodes: [\"https://vault-0.example:8200\"]",
                 );
             }
             if !c.nodes.is_empty() && in_cluster {
