@@ -460,13 +460,21 @@ async fn rotating_the_broker_credential_changes_the_in_cluster_brokers_password_
     let plan = env.run(&["plan", "--detailed-exitcode"], None).await;
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
 
-    let checksum = || {
-        env.double
-            .object("/apis/apps/v1/namespaces/agent-system/deployments/task-executor")
-            .unwrap()["spec"]["template"]["metadata"]["annotations"]["taskctl.dev/secret-checksum"]
+    let checksum_of = |path: &str| {
+        env.double.object(path).unwrap()["spec"]["template"]["metadata"]["annotations"]
+            ["taskctl.dev/secret-checksum"]
             .clone()
     };
+    let checksum =
+        || checksum_of("/apis/apps/v1/namespaces/agent-system/deployments/task-executor");
+    let broker_checksum =
+        || checksum_of("/apis/apps/v1/namespaces/messaging/statefulsets/rabbitmq");
     let before = checksum();
+    let broker_before = broker_checksum();
+    assert!(
+        broker_before.is_string(),
+        "the broker rolls on its TLS certificate"
+    );
     let rotate = env
         .run(&["secrets", "rotate", "messaging", "--yes"], None)
         .await;
@@ -488,6 +496,11 @@ async fn rotating_the_broker_credential_changes_the_in_cluster_brokers_password_
     assert_eq!(login(&second["password"]), "200");
     assert_eq!(login(&first["password"]), "401");
     assert_ne!(checksum(), before, "the agents roll onto the new version");
+    assert_eq!(
+        broker_checksum(),
+        broker_before,
+        "the broker's password changed live: its pods do not restart"
+    );
     assert!(!out.contains(second["password"].as_str().unwrap()));
 
     // A rollback to release 1 gives the broker its first password back.

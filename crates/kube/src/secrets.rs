@@ -47,6 +47,14 @@ use taskctl_core::secrets::{Secret, SecretError, Secrets};
 pub const SECRET_SOURCES: &str = "taskctl.dev/secret-sources";
 /// The pod-template annotation that changes when a secret it uses does.
 pub const SECRET_CHECKSUM: &str = "taskctl.dev/secret-checksum";
+/// The pod-template annotation listing the `secret/key` pairs among
+/// [`SECRET_SOURCES`] whose new version must not restart the workload: the
+/// in-cluster RabbitMQ's own password (`RABBITMQ_DEFAULT_PASS`, read at its
+/// first boot only; taskctl changes it live through the management API) and
+/// its Erlang cookie (kept by a rotation, and one that changed under a
+/// rolling restart would split the cluster). They do not enter
+/// [`SECRET_CHECKSUM`].
+pub const SECRET_NO_RESTART: &str = "taskctl.dev/secret-no-restart";
 
 /// Where the pod template of a workload kind is.
 pub fn pod_template(kind: &str) -> Option<&'static str> {
@@ -134,6 +142,24 @@ pub fn uses(m: &Manifest) -> Result<Vec<Use>, String> {
         });
     }
     Ok(out)
+}
+
+/// The `secret/key` pairs a workload's pod template names in
+/// [`SECRET_NO_RESTART`].
+fn no_restart(m: &Manifest) -> BTreeSet<String> {
+    pod_template(&m.kind)
+        .and_then(|p| m.value.pointer(p))
+        .and_then(|t| t.pointer("/metadata/annotations"))
+        .and_then(|a| a.get(SECRET_NO_RESTART))
+        .and_then(Value::as_str)
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A Secret the workloads need taskctl to make.
@@ -338,7 +364,12 @@ pub async fn with_checksums(
         if !rolls(&m.kind) {
             continue;
         }
-        let uses = uses(m).map_err(|e| StepError::new(ErrorKind::Invalid, e))?;
+        let no_restart = no_restart(m);
+        let uses: Vec<Use> = uses(m)
+            .map_err(|e| StepError::new(ErrorKind::Invalid, e))?
+            .into_iter()
+            .filter(|u| !no_restart.contains(&format!("{}/{}", u.secret, u.key)))
+            .collect();
         if uses.is_empty() {
             continue;
         }

@@ -112,6 +112,11 @@ pub fn build_from(
                     tls.as_ref().map(|t| &t.key),
                     tls.as_ref().and_then(|t| t.ca.as_ref()),
                 ]),
+                no_restart: sources(&[credentials.as_ref(), erlang_cookie.as_ref()])
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('=').map(|(target, _)| target))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 credentials,
                 erlang_cookie,
                 amqp_port: if tls.is_some() { 5671 } else { 5672 },

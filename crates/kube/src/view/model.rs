@@ -147,6 +147,9 @@ pub struct RabbitMqView {
     /// Namespaces whose pods may connect to AMQP.
     pub client_namespaces: Vec<String>,
     pub secret_sources: String,
+    /// `secret/key` pairs whose new version must not restart the broker
+    /// (its own password, its Erlang cookie: `taskctl.dev/secret-no-restart`).
+    pub no_restart: String,
     /// AMQP over TLS with these Secret keys (PEM), mounted as files.
     pub tls: Option<TlsView>,
     /// 5671 with TLS (the only AMQP listener then), 5672 without.
