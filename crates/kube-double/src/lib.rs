@@ -3,7 +3,8 @@
 //! built and tested on, so the Kubernetes provider's apply, wait, prune,
 //! release and lock flows run against this instead.
 //!
-//! What it serves (JSON over HTTP/1.1 on loopback, no TLS, no auth):
+//! What it serves (JSON over HTTP/1.1 on loopback, no auth; plain HTTP, or
+//! HTTPS with a certificate the test made, `Config::tls`):
 //! - the resource paths of core (`/api/v1/...`) and named groups
 //!   (`/apis/<group>/<version>/...`), namespaced and cluster-scoped, for any
 //!   plural: GET of an object, LIST with an equality `labelSelector`
@@ -97,6 +98,16 @@ pub struct Config {
     /// registered with [`KubeDouble::serve`] (see `kubelet.rs`); off: every
     /// pod that does not crash is ready.
     pub probe_readiness: bool,
+    /// Serve HTTPS with this identity instead of plain HTTP, so a client's
+    /// CA and server-name checks run (a tunnel to an EKS endpoint).
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A certificate chain and its key, PEM, for [`Config::tls`].
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl Default for Config {
@@ -106,8 +117,44 @@ impl Default for Config {
             nodes: 3,
             latency: Duration::ZERO,
             probe_readiness: false,
+            tls: None,
         }
     }
+}
+
+fn tls_acceptor(tls: &TlsIdentity) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: &dyn std::fmt::Display| std::io::Error::other(format!("TLS identity: {e}"));
+    let certs = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| bad(&e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(&e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad(&e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves one connection (plain or TLS).
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, req).await) }
+    });
+    // A client hanging up mid-request is not the double's problem.
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }
 
 /// One request the double served.
@@ -201,6 +248,7 @@ impl KubeDouble {
 
     /// Starts on `addr`.
     pub async fn bind(addr: SocketAddr, config: Config) -> std::io::Result<KubeDouble> {
+        let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let mut state = State::default();
@@ -242,16 +290,18 @@ impl KubeDouble {
                 // Nagle's algorithm against the client's delayed ACK.
                 let _ = stream.set_nodelay(true);
                 let shared = for_server.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(shared, req).await) }
-                    });
-                    // A client hanging up mid-request is not the double's problem.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    match acceptor {
+                        // A client that refuses the certificate hangs up
+                        // in the handshake: nothing to serve.
+                        Some(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                serve_connection(tls, shared).await;
+                            }
+                        }
+                        None => serve_connection(stream, shared).await,
+                    }
                 });
             }
         });
@@ -267,9 +317,14 @@ impl KubeDouble {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with [`Config::tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A kubeconfig with one context, `double`, pointing at this server.

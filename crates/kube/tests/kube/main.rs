@@ -8,3 +8,4 @@ mod readiness;
 mod render;
 mod schema;
 mod strict;
+mod tls;
