@@ -3,8 +3,9 @@
 //! built and tested on, so the Kubernetes provider's apply, wait, prune,
 //! release and lock flows run against this instead.
 //!
-//! What it serves (JSON over HTTP/1.1 on loopback, no auth; plain HTTP, or
-//! HTTPS with a certificate the test made, `Config::tls`):
+//! What it serves (JSON over HTTP/1.1 on loopback; plain HTTP, or HTTPS with
+//! a certificate the test made, `Config::tls`; no authorization, but bearer
+//! tokens can expire, `Config::token_ttl`):
 //! - the resource paths of core (`/api/v1/...`) and named groups
 //!   (`/apis/<group>/<version>/...`), namespaced and cluster-scoped, for any
 //!   plural: GET of an object, LIST with an equality `labelSelector`
@@ -101,6 +102,10 @@ pub struct Config {
     /// Serve HTTPS with this identity instead of plain HTTP, so a client's
     /// CA and server-name checks run (a tunnel to an EKS endpoint).
     pub tls: Option<TlsIdentity>,
+    /// Refuse (401 `Unauthorized`, as the real server does) a bearer token
+    /// first seen longer ago than this: EKS tokens stop working after 15
+    /// minutes, so a client must renew them (`None`: tokens never expire).
+    pub token_ttl: Option<Duration>,
 }
 
 /// A certificate chain and its key, PEM, for [`Config::tls`].
@@ -118,6 +123,7 @@ impl Default for Config {
             latency: Duration::ZERO,
             probe_readiness: false,
             tls: None,
+            token_ttl: None,
         }
     }
 }
@@ -208,6 +214,8 @@ struct State {
     requests: Vec<RequestRecord>,
     /// Where pods' ports really listen (`portforward`).
     backends: Vec<Backend>,
+    /// When each bearer token was first seen ([`Config::token_ttl`]).
+    tokens: BTreeMap<String, std::time::Instant>,
 }
 
 struct Shared {

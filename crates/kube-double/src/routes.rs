@@ -135,13 +135,34 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Reply
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    shared.lock().requests.push(RequestRecord {
-        method: method.to_string(),
-        path: path.clone(),
-        query: query.clone(),
-        content_type: content_type.clone(),
-        authorization,
-    });
+    let expired = {
+        let mut state = shared.lock();
+        let expired = match (shared.config.token_ttl, &authorization) {
+            (Some(ttl), Some(auth)) => {
+                let first = *state
+                    .tokens
+                    .entry(auth.clone())
+                    .or_insert_with(std::time::Instant::now);
+                first.elapsed() > ttl
+            }
+            _ => false,
+        };
+        state.requests.push(RequestRecord {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            content_type: content_type.clone(),
+            authorization,
+        });
+        expired
+    };
+    if expired {
+        return status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized: the bearer token has expired".to_string(),
+        );
+    }
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
     }

@@ -124,3 +124,72 @@ async fn a_tunnel_checks_the_clusters_ca_and_name() {
         .expect_err("the tunnel's address is not the certificate's name");
     assert!(!err.is_empty());
 }
+
+/// An exec plugin that gives a new token each run, valid for `secs` (as
+/// `taskctl eks-token` gives one valid for 15 minutes), or forever.
+fn plugin(secs: Option<u64>) -> Vec<String> {
+    let expiry = match secs {
+        Some(s) => format!(
+            r#","expirationTimestamp":"'"$(date -u -d '+{s} seconds' +%Y-%m-%dT%H:%M:%SZ)"'""#
+        ),
+        None => String::new(),
+    };
+    vec![
+        "-c".into(),
+        format!(
+            r#"printf '%s' '{{"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential","status":{{"token":"k8s-aws-v1.'"$(date +%s%N)"'"{expiry}}}}}'"#
+        ),
+    ]
+}
+
+/// A token that expires during a long run is renewed: the double refuses
+/// any token older than 3 s (as EKS refuses one older than 15 minutes) and
+/// the plugin's tokens say they expire 61 s after they are made, so the
+/// client (which renews within 60 s of the expiry) must run the plugin
+/// again about every second. Over 5 s of requests, none is refused and
+/// several tokens reach the server; the same requests with a token that
+/// says nothing of its expiry are refused once it is 3 s old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_is_renewed_during_a_long_run() {
+    let (ca, identity) = make_identity(CLUSTER_HOST);
+    let double = KubeDouble::start(Config {
+        tls: Some(identity),
+        token_ttl: Some(std::time::Duration::from_secs(3)),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let run = |secs: Option<u64>| {
+        let mut config = kubeconfig(&double, &ca, Some(CLUSTER_HOST));
+        config.args = plugin(secs);
+        config
+    };
+
+    let client = client_from_built(run(Some(61)).build()).await.unwrap();
+    let api: Api<Namespace> = Api::all(client);
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        api.list(&Default::default())
+            .await
+            .expect("a renewed token is accepted");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let tokens: std::collections::BTreeSet<String> = double
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.authorization)
+        .collect();
+    assert!(tokens.len() >= 3, "the token was renewed: {tokens:?}");
+
+    // Without an expiry the client keeps its token, and the server refuses
+    // it once it is too old: the double's expiry is real.
+    let client = client_from_built(run(None).build()).await.unwrap();
+    let api: Api<Namespace> = Api::all(client);
+    api.list(&Default::default()).await.expect("a fresh token");
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let err = api
+        .list(&Default::default())
+        .await
+        .expect_err("a token older than the server allows is refused");
+    assert!(err.to_string().contains("Unauthorized"), "{err}");
+}
