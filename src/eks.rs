@@ -105,7 +105,8 @@ impl EksConnector {
         match describe_access(&self.aws, &self.cluster).await {
             Ok(access) => Ok(Some(access)),
             Err(e) if e.kind == taskctl_aws::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StepError::new(ErrorKind::Other, e.to_string())),
+            // Throttling and transient errors keep their kind: retried.
+            Err(e) => Err(taskctl_aws::provider::step_error(e)),
         }
     }
 }

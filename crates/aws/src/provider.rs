@@ -448,7 +448,9 @@ fn need(ctx: &StepContext, dep: &StepId, key: &str) -> Result<String, Missing> {
         .ok_or_else(|| Missing(format!("{dep} does not exist yet")))
 }
 
-fn step_error(e: AwsError) -> StepError {
+/// An AWS error as the engine's: its kind kept, so throttling and
+/// transient failures are retried, with the request id.
+pub fn step_error(e: AwsError) -> StepError {
     let kind = match e.kind {
         AwsKind::NotFound => ErrorKind::NotFound,
         AwsKind::AlreadyExists => ErrorKind::AlreadyExists,
