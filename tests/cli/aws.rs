@@ -933,17 +933,7 @@ fn an_in_cluster_vault_on_aws_gets_its_unseal_key_and_role_and_is_initialized_th
         "vault.yaml",
         "apiVersion: taskctl.dev/v1\nkind: Profile\nservices:\n  vault:\n    cluster:\n      key_shares: 3\n      key_threshold: 2\n      keys_file: vault-keys.json\n",
     );
-    env.cluster().serve(kube_double::Backend {
-        namespace: "vault".into(),
-        pod_prefix: "vault-".into(),
-        image: None,
-        port: 8200,
-        addrs: nodes
-            .addrs
-            .iter()
-            .map(|a| a.trim_start_matches("http://").parse().unwrap())
-            .collect(),
-    });
+    env.cluster().serve(nodes.behind_vault_pods());
     // No other Vault: not the test environment's, not a token of it.
     let run = |args: &[&str]| {
         env.command(args)

@@ -210,6 +210,22 @@ pub struct RaftNodes {
 }
 
 impl RaftNodes {
+    /// The nodes as the processes behind the Vault StatefulSet's pods
+    /// (`vault/vault-N`, port 8200) of a kube-double.
+    pub fn behind_vault_pods(&self) -> kube_double::Backend {
+        kube_double::Backend {
+            namespace: "vault".into(),
+            pod_prefix: "vault-".into(),
+            image: None,
+            port: 8200,
+            addrs: self
+                .addrs
+                .iter()
+                .map(|a| a.trim_start_matches("http://").parse().unwrap())
+                .collect(),
+        }
+    }
+
     pub fn start() -> RaftNodes {
         let bin = crate::docker::required("TASKCTL_TEST_BAO_BIN");
         let dir = tempfile::tempdir().unwrap();

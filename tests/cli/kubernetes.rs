@@ -537,17 +537,7 @@ async fn a_deploy_initializes_and_unseals_the_vault_statefulset_through_the_api_
         },
     )
     .await;
-    env.double.serve(kube_double::Backend {
-        namespace: "vault".into(),
-        pod_prefix: "vault-".into(),
-        image: None,
-        port: 8200,
-        addrs: nodes
-            .addrs
-            .iter()
-            .map(|a| a.trim_start_matches("http://").parse().unwrap())
-            .collect(),
-    });
+    env.double.serve(nodes.behind_vault_pods());
     // No other Vault: not the test environment's, not a token of it.
     let own = [("VAULT_ADDR", ""), ("VAULT_TOKEN", "")];
     let text = |o: &Output| format!("{}\n{}", stdout(o), stderr(o));

@@ -392,18 +392,7 @@ pub async fn create(aws: &Aws, spec: &RoleSpec) -> Result<RoleState> {
         return update(aws, spec, &state).await;
     }
     tracing::info!(provider = "aws", role = %spec.role_name, "creating iam role");
-    let tags: Vec<aws_sdk_iam::types::Tag> = spec
-        .tags
-        .to_map()
-        .into_iter()
-        .filter_map(|(k, v)| {
-            aws_sdk_iam::types::Tag::builder()
-                .key(k)
-                .value(v)
-                .build()
-                .ok()
-        })
-        .collect();
+    let tags = crate::tags::to_iam(&spec.tags.to_map());
     let out = aws
         .iam
         .create_role()
@@ -491,16 +480,7 @@ pub async fn update(aws: &Aws, spec: &RoleSpec, state: &RoleState) -> Result<Rol
     state.policies = spec.policies.clone();
     let missing = crate::tags::missing(&spec.tags.desired_for_diff(), &state.tags);
     if !missing.is_empty() {
-        let tags: Vec<aws_sdk_iam::types::Tag> = missing
-            .iter()
-            .filter_map(|(k, v)| {
-                aws_sdk_iam::types::Tag::builder()
-                    .key(k)
-                    .value(v)
-                    .build()
-                    .ok()
-            })
-            .collect();
+        let tags = crate::tags::to_iam(&missing);
         aws.iam
             .tag_role()
             .role_name(&spec.role_name)

@@ -51,18 +51,6 @@ pub struct OidcProviderState {
     pub tags: BTreeMap<String, String>,
 }
 
-fn iam_tags(tags: &BTreeMap<String, String>) -> Vec<aws_sdk_iam::types::Tag> {
-    tags.iter()
-        .filter_map(|(k, v)| {
-            aws_sdk_iam::types::Tag::builder()
-                .key(k)
-                .value(v)
-                .build()
-                .ok()
-        })
-        .collect()
-}
-
 pub async fn find(aws: &Aws, spec: &OidcProviderSpec) -> Result<Option<OidcProviderState>> {
     if spec.url.is_empty() {
         return Ok(None);
@@ -150,7 +138,7 @@ pub async fn create(aws: &Aws, spec: &OidcProviderSpec) -> Result<OidcProviderSt
         .create_open_id_connect_provider()
         .url(&spec.url)
         .set_client_id_list(Some(spec.client_ids.iter().cloned().collect()))
-        .set_tags(Some(iam_tags(&spec.tags.to_map())))
+        .set_tags(Some(crate::tags::to_iam(&spec.tags.to_map())))
         .send()
         .await
         .map_err(|e| AwsError::from_sdk("CreateOpenIDConnectProvider", e))?;
@@ -196,7 +184,7 @@ pub async fn update(
         aws.iam
             .tag_open_id_connect_provider()
             .open_id_connect_provider_arn(&state.arn)
-            .set_tags(Some(iam_tags(&missing)))
+            .set_tags(Some(crate::tags::to_iam(&missing)))
             .send()
             .await
             .map_err(|e| AwsError::from_sdk("TagOpenIDConnectProvider", e))?;

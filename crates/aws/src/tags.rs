@@ -190,6 +190,19 @@ pub(crate) fn from_ec2(tags: &[Tag]) -> BTreeMap<String, String> {
 }
 
 /// Tags of `desired` that `observed` lacks or holds with another value.
+/// A tag map as IAM takes it (roles, OIDC providers).
+pub(crate) fn to_iam(tags: &BTreeMap<String, String>) -> Vec<aws_sdk_iam::types::Tag> {
+    tags.iter()
+        .filter_map(|(k, v)| {
+            aws_sdk_iam::types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .ok()
+        })
+        .collect()
+}
+
 pub(crate) fn missing(
     desired: &BTreeMap<String, String>,
     observed: &BTreeMap<String, String>,
