@@ -178,75 +178,75 @@ pub fn build_from(
         .prometheus
         .as_ref()
         .filter(|p| p.enabled && p.external.is_none())
-        .map(|p| PrometheusView {
-            namespace: MONITORING.into(),
-            image: p.image.clone().unwrap_or_else(|| PROMETHEUS_IMAGE.into()),
-            retention: p.retention.raw().to_string(),
-            volume: volume(p.storage.as_ref()),
-            scrape_configs: p
-                .scrape_configs
-                .iter()
-                .map(|c| ScrapeView {
-                    job_name: c.job_name.clone(),
-                    scrape_interval: c.scrape_interval.as_ref().map(|d| d.raw().to_string()),
-                    metrics_path: c.metrics_path.clone(),
-                    targets: c
-                        .static_configs
-                        .iter()
-                        .flat_map(|sc| sc.targets.iter().cloned())
-                        .collect(),
-                })
-                .collect(),
-            recording_rules: p
-                .recording_rules
-                .iter()
-                .map(|r| RecordingView {
-                    record: r.record.clone(),
-                    expr: r.expr.clone(),
-                })
-                .collect(),
-            alerting_rules: p
-                .alerting_rules
-                .iter()
-                .map(|a| AlertView {
-                    name: a.name.clone(),
-                    expr: a.expr.clone(),
-                    for_: a.for_.as_ref().map(|d| d.raw().to_string()),
-                    labels: a.labels.clone(),
-                    annotations: a.annotations.clone(),
-                })
-                .collect(),
-            alertmanager: p.alertmanager.enabled.then(|| AlertmanagerView {
-                image: ALERTMANAGER_IMAGE.into(),
-                replicas: p.alertmanager.replicas.unwrap_or(1),
-            }),
-            dns_searches: agent_namespaces
-                .iter()
-                .map(|n| format!("{n}.svc.cluster.local"))
-                .collect(),
-            agent_targets: profile
-                .agents
-                .iter()
-                .filter_map(|a| {
-                    metrics_port(a).map(|port| PortInNamespace {
+        .map(|p| {
+            let (scrape_configs, claimed_by) = scrape_views(p, &profile.agents);
+            PrometheusView {
+                namespace: MONITORING.into(),
+                image: p.image.clone().unwrap_or_else(|| PROMETHEUS_IMAGE.into()),
+                retention: p.retention.raw().to_string(),
+                volume: volume(p.storage.as_ref()),
+                scrape_configs: scrape_configs
+                    .iter()
+                    .filter(|c| !c.targets.is_empty())
+                    .cloned()
+                    .collect(),
+                recording_rules: p
+                    .recording_rules
+                    .iter()
+                    .map(|r| RecordingView {
+                        record: r.record.clone(),
+                        expr: r.expr.clone(),
+                    })
+                    .collect(),
+                alerting_rules: p
+                    .alerting_rules
+                    .iter()
+                    .map(|a| AlertView {
                         name: a.name.clone(),
-                        namespace: a.namespace.clone(),
-                        port,
-                        job: format!("taskctl-agent-pods/{}", a.name),
-                        keep: format!("{};{port}", a.name),
+                        expr: a.expr.clone(),
+                        for_: a.for_.as_ref().map(|d| d.raw().to_string()),
+                        labels: a.labels.clone(),
+                        annotations: a.annotations.clone(),
                     })
-                })
-                .collect(),
-            rabbitmq_targets: rabbitmq
-                .iter()
-                .flat_map(|r| {
-                    (0..r.replicas).map(|i| {
-                        format!(
-                            "rabbitmq-{i}.rabbitmq-headless.{MESSAGING}.svc.cluster.local:15692"
-                        )
+                    .collect(),
+                alertmanager: p.alertmanager.enabled.then(|| AlertmanagerView {
+                    image: ALERTMANAGER_IMAGE.into(),
+                    replicas: p.alertmanager.replicas.unwrap_or(1),
+                }),
+                dns_searches: agent_namespaces
+                    .iter()
+                    .map(|n| format!("{n}.svc.cluster.local"))
+                    .collect(),
+                agent_targets: profile
+                    .agents
+                    .iter()
+                    .filter_map(|a| {
+                        let port = metrics_port(a)?;
+                        let claimed = claimed_by.iter().find(|(name, _)| *name == a.name);
+                        Some(PortInNamespace {
+                            name: a.name.clone(),
+                            namespace: a.namespace.clone(),
+                            port,
+                            job: claimed
+                                .map(|(_, c)| c.job_name.clone())
+                                .unwrap_or_else(|| format!("taskctl-agent-pods/{}", a.name)),
+                            scrape_interval: claimed.and_then(|(_, c)| c.scrape_interval.clone()),
+                            metrics_path: claimed.and_then(|(_, c)| c.metrics_path.clone()),
+                            keep: format!("{};{port}", a.name),
+                        })
                     })
-                })
-                .collect(),
+                    .collect(),
+                rabbitmq_targets: rabbitmq
+                    .iter()
+                    .flat_map(|r| {
+                        (0..r.replicas).map(|i| {
+                            format!(
+                                "rabbitmq-{i}.rabbitmq-headless.{MESSAGING}.svc.cluster.local:15692"
+                            )
+                        })
+                    })
+                    .collect(),
+            }
         });
 
     let grafana = match s.grafana.as_ref().filter(|g| g.enabled) {
@@ -621,6 +621,79 @@ fn probe(p: &taskctl_core::profile::Probe) -> ProbeView {
         timeout_seconds: p.timeout_seconds,
         failure_threshold: p.failure_threshold,
     }
+}
+
+/// The profile's scrape configs, less the targets that name an agent's
+/// metrics Service (`task-executor:9090`, `NAME.NAMESPACE.svc…:PORT`): a
+/// Service reaches one pod per scrape, so its counters would jump from pod
+/// to pod (rate() reads each jump as a reset) and add to the per-pod job's.
+/// Those agents' pods are scraped once, by the per-pod job, under the
+/// profile's job name, interval and path; a job left with no target is
+/// dropped. Also returns which agent each such job claimed.
+fn scrape_views(
+    p: &taskctl_core::profile::Prometheus,
+    agents: &[Agent],
+) -> (Vec<ScrapeView>, Vec<(String, ScrapeView)>) {
+    let service_of = |target: &str| -> Option<String> {
+        let (host, port) = target.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        agents
+            .iter()
+            .find(|a| {
+                metrics_port(a) == Some(port)
+                    && [
+                        a.name.clone(),
+                        format!("{}.{}", a.name, a.namespace),
+                        format!("{}.{}.svc", a.name, a.namespace),
+                        format!("{}.{}.svc.cluster.local", a.name, a.namespace),
+                    ]
+                    .iter()
+                    .any(|h| h == host)
+            })
+            .map(|a| a.name.clone())
+    };
+    let mut views = Vec::new();
+    let mut claimed: Vec<(String, ScrapeView)> = Vec::new();
+    for c in &p.scrape_configs {
+        let mut view = ScrapeView {
+            job_name: c.job_name.clone(),
+            scrape_interval: c.scrape_interval.as_ref().map(|d| d.raw().to_string()),
+            metrics_path: c.metrics_path.clone(),
+            targets: Vec::new(),
+        };
+        for target in c.static_configs.iter().flat_map(|sc| sc.targets.iter()) {
+            match service_of(target) {
+                Some(agent) if !claimed.iter().any(|(a, _)| *a == agent) => {
+                    claimed.push((agent, view.clone()));
+                }
+                Some(_) => {}
+                None => view.targets.push(target.clone()),
+            }
+        }
+        views.push(view);
+    }
+    // Job names are unique: a job that keeps static targets or names more
+    // than one agent's Service gives each agent's pods `JOB/AGENT`.
+    let shared: Vec<String> = claimed
+        .iter()
+        .filter(|(_, c)| {
+            claimed
+                .iter()
+                .filter(|(_, o)| o.job_name == c.job_name)
+                .count()
+                > 1
+                || views
+                    .iter()
+                    .any(|v| v.job_name == c.job_name && !v.targets.is_empty())
+        })
+        .map(|(a, _)| a.clone())
+        .collect();
+    for (agent, view) in &mut claimed {
+        if shared.contains(agent) {
+            view.job_name = format!("{}/{agent}", view.job_name);
+        }
+    }
+    (views, claimed)
 }
 
 fn metrics_port(a: &Agent) -> Option<u16> {

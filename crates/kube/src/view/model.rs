@@ -211,8 +211,12 @@ pub struct PortInNamespace {
     pub name: String,
     pub namespace: String,
     pub port: u16,
-    /// Prometheus' job for the agent's pods: `taskctl-agent-pods/NAME`.
+    /// Prometheus' job for the agent's pods: the profile's job that named
+    /// the agent's Service, else `taskctl-agent-pods/NAME`.
     pub job: String,
+    /// That profile job's interval and path, if it set them.
+    pub scrape_interval: Option<String>,
+    pub metrics_path: Option<String>,
     /// The relabel `keep` regex for them: `NAME;PORT` (agent names are
     /// DNS labels, so they hold no regex metacharacter but `-`).
     pub keep: String,

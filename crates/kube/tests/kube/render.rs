@@ -317,8 +317,22 @@ fn production_renders_every_object_of_the_issue() {
     );
     let pconf = find(&ms, "ConfigMap", ns("monitoring"), "prometheus-config");
     let yml = text(pconf, "/data/prometheus.yml");
-    assert!(yml.contains("\"task-executor:9090\""), "{yml}");
-    assert!(yml.contains("scrape_interval: 15s"), "{yml}");
+    // The profile's `task-executor:9090` names the agent's Service, which
+    // reaches one pod per scrape: the agent's pods are scraped one by one
+    // under the profile's job and interval instead, and only there.
+    assert!(!yml.contains("task-executor:9090"), "{yml}");
+    let config: serde_json::Value = serde_norway::from_str(&yml).unwrap();
+    let jobs = config["scrape_configs"].as_array().unwrap();
+    let agent_jobs: Vec<&serde_json::Value> = jobs
+        .iter()
+        .filter(|j| j["job_name"] == "task-executor")
+        .collect();
+    assert_eq!(agent_jobs.len(), 1, "{yml}");
+    assert_eq!(agent_jobs[0]["scrape_interval"], "15s", "{yml}");
+    assert!(agent_jobs[0]["kubernetes_sd_configs"].is_array(), "{yml}");
+    let names: Vec<&str> = jobs.iter().filter_map(|j| j["job_name"].as_str()).collect();
+    let unique: std::collections::BTreeSet<&&str> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "job names are unique: {names:?}");
     let rules = text(pconf, "/data/rules.yml");
     assert!(rules.contains("alert: \"high_error_rate\""), "{rules}");
     assert!(
