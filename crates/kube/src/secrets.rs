@@ -144,6 +144,17 @@ pub fn uses(m: &Manifest) -> Result<Vec<Use>, String> {
     Ok(out)
 }
 
+/// The [`uses`] of a workload whose new version restarts it: all but those
+/// its pod template names in [`SECRET_NO_RESTART`]. What the checksum is
+/// made of; a workload with none carries no checksum.
+pub fn restarting_uses(m: &Manifest) -> Result<Vec<Use>, String> {
+    let no_restart = no_restart(m);
+    Ok(uses(m)?
+        .into_iter()
+        .filter(|u| !no_restart.contains(&format!("{}/{}", u.secret, u.key)))
+        .collect())
+}
+
 /// The `secret/key` pairs a workload's pod template names in
 /// [`SECRET_NO_RESTART`].
 fn no_restart(m: &Manifest) -> BTreeSet<String> {
@@ -364,12 +375,7 @@ pub async fn with_checksums(
         if !rolls(&m.kind) {
             continue;
         }
-        let no_restart = no_restart(m);
-        let uses: Vec<Use> = uses(m)
-            .map_err(|e| StepError::new(ErrorKind::Invalid, e))?
-            .into_iter()
-            .filter(|u| !no_restart.contains(&format!("{}/{}", u.secret, u.key)))
-            .collect();
+        let uses = restarting_uses(m).map_err(|e| StepError::new(ErrorKind::Invalid, e))?;
         if uses.is_empty() {
             continue;
         }

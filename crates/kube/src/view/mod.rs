@@ -126,6 +126,33 @@ pub fn build_from(
             }
         });
 
+    let postgres = s
+        .postgres
+        .as_ref()
+        .filter(|p| p.enabled && p.external.is_none())
+        .map(|p| {
+            let password = secret_key(&p.password, mount);
+            let sources = sources(&[password.as_ref()]);
+            PostgresView {
+                namespace: DATABASE.into(),
+                image: p
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| format!("{POSTGRES_IMAGE_REPOSITORY}:{}", p.version)),
+                database: p.database.clone(),
+                user: p.user.clone(),
+                volume: volume(p.persistence.as_ref()),
+                no_restart: sources
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('=').map(|(target, _)| target))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                secret_sources: sources,
+                password,
+                client_namespaces: agent_namespaces.clone(),
+            }
+        });
+
     let mongodb = s
         .mongodb
         .as_ref()
@@ -378,6 +405,14 @@ pub fn build_from(
             }
         });
 
+    // The in-cluster databases' ports, which the agents may reach.
+    let database_ports: Vec<u16> = [
+        mongodb.as_ref().map(|_| 27017),
+        postgres.as_ref().map(|_| 5432),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut agents = Vec::new();
     for a in &profile.agents {
         agents.push(agent(
@@ -386,7 +421,7 @@ pub fn build_from(
             &release.log_level,
             profile,
             rabbitmq.as_ref(),
-            mongodb.is_some(),
+            &database_ports,
             fluentd.as_ref(),
         ));
     }
@@ -405,6 +440,9 @@ pub fn build_from(
     }
     if mongodb.is_some() {
         add_ns(DATABASE, "mongodb");
+    }
+    if postgres.is_some() {
+        add_ns(DATABASE, "postgres");
     }
     if prometheus.is_some() || grafana.is_some() {
         add_ns(MONITORING, "monitoring");
@@ -476,6 +514,7 @@ pub fn build_from(
         quota: quota(profile, &agent_namespaces)?,
         rabbitmq,
         mongodb,
+        postgres,
         prometheus,
         grafana,
         vault,
@@ -491,7 +530,7 @@ fn agent(
     log_level: &str,
     profile: &Profile,
     rabbitmq: Option<&RabbitMqView>,
-    mongodb: bool,
+    database_ports: &[u16],
     fluentd: Option<&FluentdView>,
 ) -> AgentView {
     let mut env: Vec<EnvView> = a
@@ -537,10 +576,10 @@ fn agent(
             port: 5672,
         });
     }
-    if mongodb {
+    for port in database_ports {
         egress.push(EgressView {
             namespace: Some(DATABASE.into()),
-            port: 27017,
+            port: *port,
         });
     }
     if let Some(port) = fluentd.and_then(|f| f.forward_port) {

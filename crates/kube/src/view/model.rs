@@ -14,6 +14,8 @@ pub const LOGGING: &str = "logging";
 /// Pinned images used when the profile names none.
 pub(super) const RABBITMQ_IMAGE: &str = "rabbitmq:3.13.7-management";
 pub(super) const MONGODB_IMAGE: &str = "mongo:7.0.14";
+/// The official image's major version follows the profile's `version`.
+pub(super) const POSTGRES_IMAGE_REPOSITORY: &str = "postgres";
 pub(super) const PROMETHEUS_IMAGE: &str = "prom/prometheus:v2.54.1";
 pub(super) const ALERTMANAGER_IMAGE: &str = "prom/alertmanager:v0.27.0";
 pub(super) const GRAFANA_IMAGE: &str = "grafana/grafana:11.2.2";
@@ -35,6 +37,7 @@ pub struct View {
     pub quota: Option<QuotaView>,
     pub rabbitmq: Option<RabbitMqView>,
     pub mongodb: Option<MongoDbView>,
+    pub postgres: Option<PostgresView>,
     pub prometheus: Option<PrometheusView>,
     pub grafana: Option<GrafanaView>,
     pub vault: Option<VaultView>,
@@ -175,6 +178,23 @@ pub struct MongoDbView {
     pub root_password: Option<SecretKey>,
     pub client_namespaces: Vec<String>,
     pub secret_sources: String,
+}
+
+/// Seed `001`'s database: one PostgreSQL server with its own volume, its
+/// user's password from a Secret taskctl makes from Vault.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresView {
+    pub namespace: String,
+    pub image: String,
+    pub database: String,
+    pub user: String,
+    pub password: Option<SecretKey>,
+    pub volume: Option<VolumeView>,
+    pub client_namespaces: Vec<String>,
+    pub secret_sources: String,
+    /// The password is read at first boot only (`initdb`): a new version
+    /// does not restart the server (`taskctl.dev/secret-no-restart`).
+    pub no_restart: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1124,7 +1124,11 @@ fn checksums(c: &Cluster, manifests: &[Manifest]) -> BTreeMap<String, String> {
     manifests
         .iter()
         .filter(|m| taskctl_kube::secrets::rolls(&m.kind))
-        .filter(|m| !taskctl_kube::secrets::uses(m).unwrap().is_empty())
+        .filter(|m| {
+            !taskctl_kube::secrets::restarting_uses(m)
+                .unwrap()
+                .is_empty()
+        })
         .map(|m| {
             let live = object(c, &path_of(m));
             let pointer = format!(

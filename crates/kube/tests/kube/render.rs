@@ -306,6 +306,60 @@ fn production_renders_every_object_of_the_issue() {
     find(&ms, "Service", ns("database"), "mongodb-headless");
     find(&ms, "PodDisruptionBudget", ns("database"), "mongodb");
 
+    // PostgreSQL, seed 001's database: its volume, its password from the
+    // Secret made from Vault, which does not restart it when it changes.
+    let pg = find(&ms, "StatefulSet", ns("database"), "postgres");
+    assert_eq!(
+        text(pg, "/spec/template/spec/containers/0/image"),
+        "postgres:14"
+    );
+    let env = at(pg, "/spec/template/spec/containers/0/env");
+    let var = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {env}"))
+    };
+    let password = var("POSTGRES_PASSWORD");
+    assert_eq!(
+        password["valueFrom"]["secretKeyRef"]["name"],
+        "taskctl-postgres"
+    );
+    assert_eq!(password["valueFrom"]["secretKeyRef"]["key"], "password");
+    assert_eq!(var("POSTGRES_DB")["value"], "tasks");
+    assert_eq!(var("POSTGRES_USER")["value"], "task_router");
+    assert_eq!(
+        text(
+            pg,
+            "/spec/volumeClaimTemplates/0/spec/resources/requests/storage"
+        ),
+        "20Gi"
+    );
+    assert_eq!(
+        text(
+            pg,
+            "/spec/template/metadata/annotations/taskctl.dev~1secret-no-restart"
+        ),
+        "taskctl-postgres/password"
+    );
+    assert_eq!(
+        at(
+            pg,
+            "/spec/template/spec/containers/0/securityContext/readOnlyRootFilesystem"
+        ),
+        serde_json::json!(true)
+    );
+    find(&ms, "Service", ns("database"), "postgres");
+    find(&ms, "Service", ns("database"), "postgres-headless");
+    let policy = find(&ms, "NetworkPolicy", ns("database"), "postgres");
+    assert!(
+        at(policy, "/spec/ingress")
+            .to_string()
+            .contains("agent-system")
+    );
+
     // Prometheus and Alertmanager.
     let prom = find(&ms, "StatefulSet", ns("monitoring"), "prometheus");
     let args = at(prom, "/spec/template/spec/containers/0/args").to_string();
