@@ -179,11 +179,16 @@ impl LocalStore {
             location: path.display().to_string(),
             message: e.to_string(),
         })?;
+        // Unique per process (pid) and per call within it (a counter: two
+        // threads of one process may stage in the same nanosecond, which
+        // `create_new` would refuse).
+        static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or_default();
-        let tmp = self.file(&format!("lock.json.{}.{nanos}.tmp", std::process::id()));
+        let tmp = self.file(&format!("lock.json.{}.{nanos}.{n}.tmp", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
