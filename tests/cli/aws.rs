@@ -1030,14 +1030,7 @@ fn an_in_cluster_vault_on_aws_gets_its_unseal_key_and_role_and_is_initialized_th
         "the service account names the role: {account:#}"
     );
     // The pods were reached through the API server only.
-    let forwarded: std::collections::BTreeSet<String> = cluster
-        .requests()
-        .iter()
-        .filter(|r| {
-            r.path.starts_with("/api/v1/namespaces/vault/pods/") && r.path.ends_with("/portforward")
-        })
-        .map(|r| r.path.clone())
-        .collect();
+    let forwarded = crate::harness::forwarded_vault_pods(cluster);
     assert_eq!(forwarded.len(), 3, "{forwarded:?}");
 
     // Every managed secret is in this Vault, read through the pods.

@@ -209,6 +209,20 @@ pub struct RaftNodes {
     children: Vec<Option<std::process::Child>>,
 }
 
+/// The Vault pods a double was asked to port-forward to.
+pub fn forwarded_vault_pods(
+    double: &kube_double::KubeDouble,
+) -> std::collections::BTreeSet<String> {
+    double
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path.starts_with("/api/v1/namespaces/vault/pods/") && r.path.ends_with("/portforward")
+        })
+        .map(|r| r.path.clone())
+        .collect()
+}
+
 impl RaftNodes {
     /// The nodes as the processes behind the Vault StatefulSet's pods
     /// (`vault/vault-N`, port 8200) of a kube-double.

@@ -568,15 +568,7 @@ async fn a_deploy_initializes_and_unseals_the_vault_statefulset_through_the_api_
         0o600
     );
     // The pods' port-forwards were the only way in.
-    let forwarded: std::collections::BTreeSet<String> = env
-        .double
-        .requests()
-        .iter()
-        .filter(|r| {
-            r.path.starts_with("/api/v1/namespaces/vault/pods/") && r.path.ends_with("/portforward")
-        })
-        .map(|r| r.path.clone())
-        .collect();
+    let forwarded = crate::harness::forwarded_vault_pods(&env.double);
     assert_eq!(forwarded.len(), 3, "{forwarded:?}");
     for addr in &nodes.addrs {
         let health = Command::new("curl")

@@ -112,11 +112,7 @@ pub fn build_from(
                     tls.as_ref().map(|t| &t.key),
                     tls.as_ref().and_then(|t| t.ca.as_ref()),
                 ]),
-                no_restart: sources(&[credentials.as_ref(), erlang_cookie.as_ref()])
-                    .split(',')
-                    .filter_map(|pair| pair.split_once('=').map(|(target, _)| target))
-                    .collect::<Vec<_>>()
-                    .join(","),
+                no_restart: targets(&[credentials.as_ref(), erlang_cookie.as_ref()]),
                 credentials,
                 erlang_cookie,
                 amqp_port: if tls.is_some() { 5671 } else { 5672 },
@@ -132,7 +128,6 @@ pub fn build_from(
         .filter(|p| p.enabled && p.external.is_none())
         .map(|p| {
             let password = secret_key(&p.password, mount);
-            let sources = sources(&[password.as_ref()]);
             PostgresView {
                 namespace: DATABASE.into(),
                 image: p
@@ -142,12 +137,8 @@ pub fn build_from(
                 database: p.database.clone(),
                 user: p.user.clone(),
                 volume: volume(p.persistence.as_ref()),
-                no_restart: sources
-                    .split(',')
-                    .filter_map(|pair| pair.split_once('=').map(|(target, _)| target))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                secret_sources: sources,
+                no_restart: targets(&[password.as_ref()]),
+                secret_sources: sources(&[password.as_ref()]),
                 password,
                 client_namespaces: agent_namespaces.clone(),
             }
@@ -807,6 +798,19 @@ fn secret_data_key(s: &str) -> String {
 }
 
 /// `secret/key=vault:…` pairs for the `taskctl.dev/secret-sources` annotation.
+/// `secret/key` pairs (sorted, deduplicated) for the
+/// `taskctl.dev/secret-no-restart` annotation.
+fn targets(keys: &[Option<&SecretKey>]) -> String {
+    let mut v: Vec<String> = keys
+        .iter()
+        .flatten()
+        .map(|k| format!("{}/{}", k.secret, k.key))
+        .collect();
+    v.sort();
+    v.dedup();
+    v.join(",")
+}
+
 fn sources(keys: &[Option<&SecretKey>]) -> String {
     let mut v: Vec<String> = keys
         .iter()
