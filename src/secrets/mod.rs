@@ -312,13 +312,13 @@ pub fn entries(profile: &Profile) -> Vec<Entry> {
 /// its path, by where it appears (`agents[automated-task-executor].env.BROKER_PASSWORD`).
 pub fn consumers(profile: &Profile, path: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for agent in &profile.agents {
+    for (kind, agent) in profile.workloads() {
         for var in &agent.env {
             if let Some(SecretRef::Vault { path: p, .. }) =
                 var.secret.as_ref().and_then(|s| s.get())
                 && p == path
             {
-                out.push(format!("agent {} ({})", agent.name, var.name));
+                out.push(format!("{} {} ({})", kind.role(), agent.name, var.name));
             }
         }
     }

@@ -152,7 +152,7 @@ agents:
 
     /// The current data of the managed secret `entry` at this test's
     /// Vault path.
-    fn managed_secret(&self, entry: &str) -> serde_json::Value {
+    pub(crate) fn managed_secret(&self, entry: &str) -> serde_json::Value {
         let (addr, token) = (
             required("TASKCTL_TEST_VAULT_ADDR"),
             required("TASKCTL_TEST_VAULT_TOKEN"),

@@ -4,6 +4,7 @@
 //! `INSTA_UPDATE=always` to rewrite them).
 
 mod aws;
+mod components;
 mod docker;
 mod harness;
 mod install;

@@ -78,14 +78,18 @@ impl Release {
         serde_json::from_value(self.profile.clone())
     }
 
-    /// The profile with every agent's image pinned to the digest this
+    /// The profile with every agent's and component's image pinned to the digest this
     /// release ran and no image build: deploying it restores the release
     /// exactly, whatever the registry or the source tree holds now.
     pub fn pinned_profile(&self) -> Result<Profile, serde_json::Error> {
         let mut value = self.profile.clone();
         crate::secrets::pin_versions(&mut value, &self.secret_versions);
         let mut profile: Profile = serde_json::from_value(value)?;
-        for agent in &mut profile.agents {
+        for agent in profile
+            .agents
+            .iter_mut()
+            .chain(profile.components.iter_mut())
+        {
             if let Some(image) = self.images.get(&agent.name) {
                 agent.image = image.clone();
                 agent.build = None;

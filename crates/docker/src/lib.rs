@@ -238,10 +238,20 @@ impl Provider for DockerProvider {
                 }
             }
         }
-        for agent in &profile.agents {
+        for (kind, agent) in profile.workloads() {
             match image::source(agent).and_then(|s| image::prepare(agent, &s).map(|_| ())) {
                 Ok(()) => {}
                 Err(e) => error("agent_image", e.to_string()),
+            }
+            // A component's health check runs the static probe taskctl
+            // copies in (see `steps::Replica`).
+            if kind == taskctl_core::profile::model::WorkloadKind::Component
+                && let Err(e) = image::find_binary()
+            {
+                error(
+                    "component_probe",
+                    format!("component `{}` needs the static probe: {e}", agent.name),
+                );
             }
             for (name, source) in agent.env.iter().filter_map(|v| {
                 v.secret
@@ -253,7 +263,10 @@ impl Provider for DockerProvider {
                     continue;
                 }
                 if let Err(e) = self.options.secrets.resolve(&source).await {
-                    error("secrets", format!("agent `{}` env {name}: {e}", agent.name));
+                    error(
+                        "secrets",
+                        format!("{} `{}` env {name}: {e}", kind.role(), agent.name),
+                    );
                 }
             }
         }
@@ -334,24 +347,53 @@ impl Provider for DockerProvider {
         }
         if scope.includes(Layer::Agents) {
             let mut replicas = Vec::new();
-            for agent in &profile.agents {
+            // Each workload's replica steps, for `depends_on`.
+            let replica_ids = |name: &str| -> Vec<StepId> {
+                profile
+                    .workloads()
+                    .filter(|(_, w)| w.name == name)
+                    .flat_map(|(kind, w)| {
+                        (1..=w.replicas)
+                            .map(move |i| StepId::new(format!("{}/{}/{i}", kind.list(), w.name)))
+                    })
+                    .collect()
+            };
+            for (kind, agent) in profile.workloads() {
                 let image_step = StepId::new(format!("images/{}", agent.name));
                 out.push(Arc::new(AgentImage {
                     id: image_step.clone(),
                     shared: shared.clone(),
                     agent: agent.clone(),
                 }));
+                // What it names in `depends_on` is running and healthy
+                // first: other workloads' replicas, services taskctl runs.
+                let mut after = Vec::new();
+                for dep in &agent.depends_on {
+                    let service = StepId::new(format!("services/{dep}"));
+                    if service_ids.contains(&service) {
+                        after.push(service);
+                    } else {
+                        after.extend(replica_ids(dep));
+                    }
+                }
                 // Replacing running replicas takes turns (never fewer than
                 // N−1 serving); starting new ones does not wait.
                 let rollout = Arc::new(rollout::Rollout::new(&agent.name));
                 for index in 1..=agent.replicas {
-                    let id = StepId::new(format!("agents/{}/{index}", agent.name));
+                    let id = StepId::new(format!("{}/{}/{index}", kind.list(), agent.name));
                     let mut deps = vec![image_step.clone()];
+                    // Containers on the environment's network: made after
+                    // it, and on destroy removed before it.
+                    if scope.includes(Layer::Infrastructure) {
+                        deps.push(network.clone());
+                    }
                     deps.extend(service_ids.iter().cloned());
+                    deps.extend(after.iter().cloned());
                     replicas.push(id.clone());
                     out.push(Arc::new(Replica {
                         id,
                         shared: shared.clone(),
+                        kind,
                         agent: agent.clone(),
                         index,
                         image_step: image_step.clone(),
@@ -493,7 +535,7 @@ impl Provider for DockerProvider {
     }
 
     /// Every container of the environment but release records: agents
-    /// first, then services, by name.
+    /// first, then components, then services, by name.
     async fn workloads(&self, profile: &Profile) -> Result<Option<Vec<Workload>>, OpsError> {
         let env = spec::environment_label(profile);
         let provider = |e: taskctl_core::engine::StepError| OpsError::Provider(e.message);
@@ -581,7 +623,13 @@ impl Provider for DockerProvider {
                 node: String::new(),
             });
         }
-        out.sort_by(|a, b| (a.role != "agent", &a.name).cmp(&(b.role != "agent", &b.name)));
+        // Agents, then components, then the services and the rest.
+        let rank = |role: &str| match role {
+            "agent" => 0,
+            "component" => 1,
+            _ => 2,
+        };
+        out.sort_by(|a, b| (rank(&a.role), &a.name).cmp(&(rank(&b.role), &b.name)));
         Ok(Some(out))
     }
 
@@ -595,12 +643,12 @@ impl Provider for DockerProvider {
             secret_versions: self.options.secrets.versions_used(),
             ..Default::default()
         };
-        for agent in &profile.agents {
+        for (kind, agent) in profile.workloads() {
             let found = engine::containers_with(
                 &self.docker,
                 &[
                     (label::ENVIRONMENT, &env),
-                    (label::ROLE, "agent"),
+                    (label::ROLE, kind.role()),
                     (label::AGENT, &agent.name),
                 ],
             )
@@ -616,7 +664,8 @@ impl Provider for DockerProvider {
             }
             if ids.len() > 1 {
                 return Err(OpsError::Provider(format!(
-                    "agent `{}` runs {} different images: a rollout is unfinished; deploy again",
+                    "{} `{}` runs {} different images: a rollout is unfinished; deploy again",
+                    kind.role(),
                     agent.name,
                     ids.len()
                 )));
@@ -642,7 +691,7 @@ impl Provider for DockerProvider {
                 facts.images.insert(agent.name.clone(), pinned);
                 facts
                     .config_hashes
-                    .insert(format!("agent/{}/env", agent.name), hash);
+                    .insert(format!("{}/{}/env", kind.role(), agent.name), hash);
             }
         }
         Ok(facts)

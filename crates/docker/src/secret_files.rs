@@ -206,6 +206,19 @@ pub async fn upload_config(
     put(docker, name, dir, tar, "configuration files").await
 }
 
+/// Uploads an executable `probe` (root's, runnable by everyone, writable by
+/// none) into `dir` of the created container `name`; `dir` must be a
+/// volume ([`config_mount`]).
+pub async fn upload_probe(
+    docker: &Docker,
+    name: &str,
+    dir: &str,
+    bytes: &[u8],
+) -> Result<(), StepError> {
+    let tar = tar_of(std::iter::once(("probe", bytes)), 0, 0o555, 0o555);
+    put(docker, name, dir, tar, "probe").await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

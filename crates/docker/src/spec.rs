@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use taskctl_core::engine::FieldDiff;
 use taskctl_core::profile::Profile;
-use taskctl_core::profile::model::{Agent, RestartPolicy};
+use taskctl_core::profile::model::{Agent, RestartPolicy, WorkloadKind};
 use taskctl_core::profile::value::SecretRef;
 
 /// Label keys; the `taskctl.dev/` prefix is the one `crates/kube` uses.
@@ -107,6 +107,9 @@ pub enum EnvSource {
 /// The agent's `ImageBuild`-independent desired state for one replica.
 #[derive(Debug, Clone)]
 pub struct ReplicaSpec {
+    /// An agent (ports per slot, taskctl's variables) or a component (run
+    /// as its image and the profile say).
+    pub kind: WorkloadKind,
     pub agent: String,
     pub index: u32,
     pub image: String,
@@ -124,6 +127,15 @@ pub struct ReplicaSpec {
     /// ([`crate::secret_files::versions`]); part of the summary, so a
     /// rotated secret rolls the replica.
     pub secret_versions: BTreeMap<String, u64>,
+    /// Components: the ports they listen on (the same in every replica:
+    /// each container has its own address on the environment's network).
+    pub listens: Vec<(String, u16)>,
+    /// Components: the port of the readiness probe.
+    pub probe_port: Option<u16>,
+    /// Components: the command, in place of the image's.
+    pub command: Vec<String>,
+    /// Components: `UID:GID`.
+    pub user: Option<(u32, u32)>,
 }
 
 /// The readiness probe as a Docker health check.
@@ -223,6 +235,20 @@ impl ReplicaSpec {
         index: u32,
         image: &str,
     ) -> Result<Self, DockerError> {
+        Self::of(profile, WorkloadKind::Agent, agent, index, image)
+    }
+
+    /// [`Self::new`] for an agent or a component.
+    pub fn of(
+        profile: &Profile,
+        kind: WorkloadKind,
+        agent: &Agent,
+        index: u32,
+        image: &str,
+    ) -> Result<Self, DockerError> {
+        if kind == WorkloadKind::Component {
+            return Self::component(agent, index, image);
+        }
         let port = |name: &str, default: u16| {
             agent
                 .ports
@@ -240,63 +266,17 @@ impl ReplicaSpec {
                 agent.name, agent.replicas
             )));
         }
-        let quantity =
-            |q: &taskctl_core::profile::value::Checked<taskctl_core::profile::value::Quantity>,
-             what: &str| {
-                q.get().map(|q| q.0).ok_or_else(|| {
-                    DockerError::Profile(format!(
-                        "agent `{}`: {what} `{}` is malformed",
-                        agent.name,
-                        q.raw()
-                    ))
-                })
-            };
-        let cpu = quantity(&agent.resources.limits.cpu, "resources.limits.cpu")?;
-        let memory = quantity(&agent.resources.limits.memory, "resources.limits.memory")?;
-        let memory_request = quantity(
-            &agent.resources.requests.memory,
-            "resources.requests.memory",
-        )?;
-        let config: BTreeMap<&str, &BTreeMap<String, String>> = agent
-            .config_map
-            .iter()
-            .map(|c| (c.name.as_str(), &c.data))
-            .collect();
-        let mut env = Vec::new();
-        for var in &agent.env {
-            let source = if let Some(value) = &var.value {
-                EnvSource::Literal(value.clone())
-            } else if let Some(secret) = &var.secret {
-                EnvSource::Secret(secret.get().cloned().ok_or_else(|| {
-                    DockerError::Profile(format!(
-                        "agent `{}`: env {} has a malformed secret reference",
-                        agent.name, var.name
-                    ))
-                })?)
-            } else if let Some(key) = &var.config_map {
-                let value = config
-                    .get(key.name.as_str())
-                    .and_then(|data| data.get(&key.key))
-                    .ok_or_else(|| {
-                        DockerError::Profile(format!(
-                            "agent `{}`: env {} refers to config map `{}` key `{}`, which the agent's `config_map` does not have",
-                            agent.name, var.name, key.name, key.key
-                        ))
-                    })?;
-                EnvSource::Literal(value.clone())
-            } else {
-                EnvSource::Literal(String::new())
-            };
-            env.push((var.name.clone(), source));
-        }
-        let has = |env: &Vec<(String, EnvSource)>, name: &str| env.iter().any(|(n, _)| n == name);
-        if !has(&env, "LOG_LEVEL")
+        // The profile's variables, then what taskctl sets unless they do.
+        let mut env = profile_env(agent)?;
+        let given: Vec<String> = env.iter().map(|(n, _)| n.clone()).collect();
+        let has = |name: &str| given.iter().any(|n| n == name);
+        if !has("LOG_LEVEL")
             && let Some(level) = profile.environment().map(|e| &e.log_level)
             && let Ok(serde_json::Value::String(level)) = serde_json::to_value(level)
         {
             env.push(("LOG_LEVEL".into(), EnvSource::Literal(level)));
         }
-        if !has(&env, "BIND_ADDRESS") {
+        if !has("BIND_ADDRESS") {
             // Host network: listen on loopback only, like the test servers.
             // On the environment's network: on its address, which only the
             // network and the ports published on 127.0.0.1 reach.
@@ -321,19 +301,69 @@ impl ReplicaSpec {
             retries: probe.map(|p| p.failure_threshold.max(1)).unwrap_or(3),
             start_period_s: probe.map(|p| p.initial_delay_seconds).unwrap_or(0),
         };
+        let (nano_cpus, memory, memory_reservation) = limits(agent)?;
         Ok(ReplicaSpec {
+            kind: WorkloadKind::Agent,
             agent: agent.name.clone(),
             index,
             image: image.to_string(),
             env,
             http_base,
             metrics_base,
-            nano_cpus: (cpu * 1e9) as i64,
-            memory: memory as i64,
-            memory_reservation: memory_request as i64,
+            nano_cpus,
+            memory,
+            memory_reservation,
             restart: agent.restart,
             health,
             secret_versions: BTreeMap::new(),
+            listens: Vec::new(),
+            probe_port: None,
+            command: Vec::new(),
+            user: None,
+        })
+    }
+
+    /// A component's replica: its environment as the profile gives it, its
+    /// own ports, its readiness probe (required at validation), its user.
+    fn component(c: &Agent, index: u32, image: &str) -> Result<Self, DockerError> {
+        let probe = c.probes.readiness.as_ref().ok_or_else(|| {
+            DockerError::Profile(format!(
+                "component `{}` has no readiness probe: the rollout replaces a replica only once its replacement is ready",
+                c.name
+            ))
+        })?;
+        let user = c.numeric_user().ok_or_else(|| {
+            DockerError::Profile(format!(
+                "component `{}`: user `{}` is not a numeric UID[:GID] other than root",
+                c.name,
+                c.user.as_deref().unwrap_or_default()
+            ))
+        })?;
+        let (nano_cpus, memory, memory_reservation) = limits(c)?;
+        Ok(ReplicaSpec {
+            kind: WorkloadKind::Component,
+            agent: c.name.clone(),
+            index,
+            image: image.to_string(),
+            env: profile_env(c)?,
+            http_base: probe.port,
+            metrics_base: probe.port,
+            nano_cpus,
+            memory,
+            memory_reservation,
+            restart: c.restart,
+            health: HealthSpec {
+                path: probe.path.clone(),
+                interval_s: probe.period_seconds.max(1),
+                timeout_s: probe.timeout_seconds.max(1),
+                retries: probe.failure_threshold.max(1),
+                start_period_s: probe.initial_delay_seconds,
+            },
+            secret_versions: BTreeMap::new(),
+            listens: c.ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
+            probe_port: Some(probe.port),
+            command: c.command.clone(),
+            user: Some(user),
         })
     }
 
@@ -355,7 +385,17 @@ impl ReplicaSpec {
         SpecSummary {
             image: self.image.clone(),
             env,
-            ports: format!("http {}, metrics {}", self.http_base, self.metrics_base),
+            ports: match self.kind {
+                WorkloadKind::Agent => {
+                    format!("http {}, metrics {}", self.http_base, self.metrics_base)
+                }
+                WorkloadKind::Component => self
+                    .listens
+                    .iter()
+                    .map(|(name, port)| format!("{name} {port}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
             cpu: format!("{}", self.nano_cpus as f64 / 1e9),
             memory: format!("{}", self.memory),
             restart: restart_name(self.restart).to_string(),
@@ -368,7 +408,19 @@ impl ReplicaSpec {
                 self.health.start_period_s
             ),
             files: BTreeMap::new(),
-            runtime: String::new(),
+            // A component's user and command (the command as a short hash,
+            // like any literal: it may carry what should not be shown).
+            runtime: match (self.user, self.command.is_empty()) {
+                (None, _) => String::new(),
+                (Some((uid, gid)), true) => format!("user {uid}:{gid}"),
+                (Some((uid, gid)), false) => format!(
+                    "user {uid}:{gid}, command {}",
+                    shown(
+                        &EnvSource::Literal(serde_json::to_string(&self.command).expect("strings")),
+                        None
+                    )
+                ),
+            },
         }
     }
 
@@ -376,6 +428,9 @@ impl ReplicaSpec {
     /// ports and the agent id. Secrets stay references here;
     /// [`crate::secret_files::resolve`] turns them into files.
     pub fn env_for(&self, slot: u8, agent_id: &str) -> Vec<(String, EnvSource)> {
+        if self.kind == WorkloadKind::Component {
+            return self.env.clone();
+        }
         let (http, metrics) = self.ports(slot);
         let mut out = self.env.clone();
         for (name, value) in [
@@ -387,6 +442,66 @@ impl ReplicaSpec {
         }
         out
     }
+}
+
+/// CPU (nano-CPUs), memory and its reservation (bytes) from the limits.
+fn limits(agent: &Agent) -> Result<(i64, i64, i64), DockerError> {
+    let quantity =
+        |q: &taskctl_core::profile::value::Checked<taskctl_core::profile::value::Quantity>,
+         what: &str| {
+            q.get().map(|q| q.0).ok_or_else(|| {
+                DockerError::Profile(format!(
+                    "`{}`: {what} `{}` is malformed",
+                    agent.name,
+                    q.raw()
+                ))
+            })
+        };
+    let cpu = quantity(&agent.resources.limits.cpu, "resources.limits.cpu")?;
+    let memory = quantity(&agent.resources.limits.memory, "resources.limits.memory")?;
+    let request = quantity(
+        &agent.resources.requests.memory,
+        "resources.requests.memory",
+    )?;
+    Ok(((cpu * 1e9) as i64, memory as i64, request as i64))
+}
+
+/// The workload's environment as the profile gives it: literals (config
+/// map keys resolved) and secret references.
+fn profile_env(agent: &Agent) -> Result<Vec<(String, EnvSource)>, DockerError> {
+    let config: BTreeMap<&str, &BTreeMap<String, String>> = agent
+        .config_map
+        .iter()
+        .map(|c| (c.name.as_str(), &c.data))
+        .collect();
+    let mut env = Vec::new();
+    for var in &agent.env {
+        let source = if let Some(value) = &var.value {
+            EnvSource::Literal(value.clone())
+        } else if let Some(secret) = &var.secret {
+            EnvSource::Secret(secret.get().cloned().ok_or_else(|| {
+                DockerError::Profile(format!(
+                    "`{}`: env {} has a malformed secret reference",
+                    agent.name, var.name
+                ))
+            })?)
+        } else if let Some(key) = &var.config_map {
+            let value = config
+                .get(key.name.as_str())
+                .and_then(|data| data.get(&key.key))
+                .ok_or_else(|| {
+                    DockerError::Profile(format!(
+                        "`{}`: env {} refers to config map `{}` key `{}`, which its `config_map` does not have",
+                        agent.name, var.name, key.name, key.key
+                    ))
+                })?;
+            EnvSource::Literal(value.clone())
+        } else {
+            EnvSource::Literal(String::new())
+        };
+        env.push((var.name.clone(), source));
+    }
+    Ok(env)
 }
 
 pub fn restart_name(policy: RestartPolicy) -> &'static str {

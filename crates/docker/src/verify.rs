@@ -22,7 +22,7 @@ use bollard::Docker;
 use taskctl_core::ops::{Check, OpsError};
 use taskctl_core::profile::Profile;
 use taskctl_core::secrets::Secrets;
-use taskctl_gates::{AgentEndpoint, Endpoints, RestartSource};
+use taskctl_gates::{AgentEndpoint, ComponentEndpoint, Endpoints, RestartSource};
 use tokio_util::sync::CancellationToken;
 
 /// The environment's agent containers, with their names.
@@ -30,13 +30,20 @@ async fn agent_containers(
     docker: &Docker,
     profile: &Profile,
 ) -> Result<Vec<(String, std::collections::HashMap<String, String>)>, OpsError> {
+    containers(docker, profile, "agent").await
+}
+
+/// The environment's serving containers of `role` (`agent`, `component`),
+/// with their labels, by name.
+async fn containers(
+    docker: &Docker,
+    profile: &Profile,
+    role: &str,
+) -> Result<Vec<(String, std::collections::HashMap<String, String>)>, OpsError> {
     let env = spec::environment_label(profile);
-    let found = engine::containers_with(
-        docker,
-        &[(label::ENVIRONMENT, &env), (label::ROLE, "agent")],
-    )
-    .await
-    .map_err(|e| OpsError::Provider(e.message))?;
+    let found = engine::containers_with(docker, &[(label::ENVIRONMENT, &env), (label::ROLE, role)])
+        .await
+        .map_err(|e| OpsError::Provider(e.message))?;
     let mut out: Vec<_> = found
         .into_iter()
         .filter_map(|c| {
@@ -110,6 +117,7 @@ pub async fn endpoints(
             liveness_path: probe(&def.probes.liveness, "/health"),
         });
     }
+    let components = component_endpoints(docker, profile).await?;
     // Managed services: where they are published on loopback.
     let managed = crate::stack::managed_services(profile).unwrap_or_default();
     let published = |service: &str, port: &str, scheme: &str| {
@@ -155,6 +163,7 @@ pub async fn endpoints(
         vault_url: external(services.vault.as_ref().and_then(|v| v.external.as_ref()))
             .or_else(|| published("vault", "vault", "http")),
         agents,
+        components,
         task_signing_key,
         broker_ca,
         broker_via: None,
@@ -165,7 +174,52 @@ pub async fn endpoints(
     })
 }
 
-/// Restart counts and OOM kills of the environment's agent containers.
+/// Each component replica at its address on the environment's network,
+/// which this host reaches (components publish no port): the gates ask
+/// what the other containers ask.
+async fn component_endpoints(
+    docker: &Docker,
+    profile: &Profile,
+) -> Result<Vec<ComponentEndpoint>, OpsError> {
+    let network = spec::network_name(profile);
+    let mut out = Vec::new();
+    for (name, labels) in containers(docker, profile, "component").await? {
+        let Some(def) = labels
+            .get(label::AGENT)
+            .and_then(|c| profile.components.iter().find(|d| &d.name == c))
+        else {
+            continue;
+        };
+        let ip = engine::inspect(docker, &name)
+            .await
+            .map_err(|e| OpsError::Provider(e.message))?
+            .and_then(|c| c.network_settings)
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty());
+        let Some(ip) = ip else {
+            continue;
+        };
+        let Some(probe) = def.probes.readiness.as_ref() else {
+            continue;
+        };
+        out.push(ComponentEndpoint {
+            name,
+            ports: def
+                .ports
+                .iter()
+                .map(|p| (p.name.clone(), format!("{ip}:{}", p.port)))
+                .collect(),
+            readiness: format!("{ip}:{}", probe.port),
+            readiness_path: probe.path.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Restart counts and OOM kills of the environment's agent and component
+/// containers.
 struct Restarts<'a> {
     docker: &'a Docker,
     profile: &'a Profile,
@@ -175,10 +229,15 @@ struct Restarts<'a> {
 impl RestartSource for Restarts<'_> {
     async fn restarts(&self) -> Result<Vec<(String, u32, bool)>, String> {
         let mut out = Vec::new();
-        for (name, _) in agent_containers(self.docker, self.profile)
+        let mut serving = agent_containers(self.docker, self.profile)
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(|e| e.to_string())?;
+        serving.extend(
+            containers(self.docker, self.profile, "component")
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        for (name, _) in serving {
             let Some(c) = engine::inspect(self.docker, &name)
                 .await
                 .map_err(|e| e.message)?

@@ -167,7 +167,9 @@ pub async fn watch_conditions(
                 );
             }
             match name.as_str() {
-                "health_check_failure" if endpoints.agents.is_empty() => {
+                "health_check_failure"
+                    if endpoints.agents.is_empty() && endpoints.components.is_empty() =>
+                {
                     not_evaluated(&name, "the target reported no agent to watch")
                 }
                 "health_check_failure" => {
@@ -320,21 +322,35 @@ fn stopped(cancel: &CancellationToken, last: &str) -> String {
 }
 
 async fn health(client: &reqwest::Client, endpoints: &Endpoints, budget: Duration) -> Poll {
-    let polls = endpoints.agents.iter().map(|agent| async move {
-        let url = format!("http://{}{}", agent.http, agent.readiness_path);
+    let agents = endpoints
+        .agents
+        .iter()
+        .map(|a| (&a.name, format!("http://{}{}", a.http, a.readiness_path)));
+    let components = endpoints.components.iter().map(|c| {
+        (
+            &c.name,
+            format!("http://{}{}", c.readiness, c.readiness_path),
+        )
+    });
+    let polls = agents.chain(components).map(|(name, url)| async move {
         let secrets = redact::Secrets::of(&url);
         match http::attempt(client, &url, 200, None, budget).await {
             Attempt::Pass(_) => None,
             Attempt::Retry(seen) | Attempt::Fatal(seen) => {
-                Some(format!("{}: {}", agent.name, secrets.scrub(&seen)))
+                Some(format!("{name}: {}", secrets.scrub(&seen)))
             }
         }
     });
     let failing: Vec<String> = join_all(polls).await.into_iter().flatten().collect();
     match failing.is_empty() {
-        true => Poll::Good(format!(
+        true if endpoints.components.is_empty() => Poll::Good(format!(
             "all {} agents answered HTTP 200 on readiness",
             endpoints.agents.len()
+        )),
+        true => Poll::Good(format!(
+            "all {} agents and {} component replicas answered HTTP 200 on readiness",
+            endpoints.agents.len(),
+            endpoints.components.len()
         )),
         false => Poll::Bad(failing.join("; ")),
     }

@@ -306,6 +306,8 @@ pub struct Endpoints {
     pub prometheus_url: Option<String>,
     pub vault_url: Option<String>,
     pub agents: Vec<AgentEndpoint>,
+    /// The profile's components (docker target): their ports and readiness.
+    pub components: Vec<ComponentEndpoint>,
     /// The private key tasks are signed with (base64 PKCS#8 Ed25519), when
     /// the agents require signed tasks; never shown.
     pub task_signing_key: Option<String>,
@@ -331,6 +333,7 @@ impl fmt::Debug for Endpoints {
             .field("prometheus_url", &shown(&self.prometheus_url))
             .field("vault_url", &shown(&self.vault_url))
             .field("agents", &self.agents)
+            .field("components", &self.components)
             .field(
                 "task_signing_key",
                 &self.task_signing_key.as_ref().map(|_| "<redacted>"),
@@ -359,6 +362,19 @@ pub struct AgentEndpoint {
     pub readiness_path: String,
     /// `/health`.
     pub liveness_path: String,
+}
+
+/// One running replica of a component, as taskctl reaches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComponentEndpoint {
+    /// Container name.
+    pub name: String,
+    /// Each port it listens on: its name and `host:port`.
+    pub ports: Vec<(String, String)>,
+    /// `host:port` of its readiness probe.
+    pub readiness: String,
+    /// The probe's path, e.g. `/ready`.
+    pub readiness_path: String,
 }
 
 /// What one attempt of a gate concluded.

@@ -95,6 +95,12 @@ pub fn verification_gates(
                         gates.push(gate(format!("{name}/{}/{port}", agent.name), kind));
                     }
                 }
+                for component in &endpoints.components {
+                    for (port, addr) in &component.ports {
+                        let kind = GateKind::Tcp { addr: addr.clone() };
+                        gates.push(gate(format!("{name}/{}/{port}", component.name), kind));
+                    }
+                }
                 if gates.len() == before {
                     skip(
                         name,
@@ -110,6 +116,14 @@ pub fn verification_gates(
                         body_contains: None,
                     };
                     gates.push(gate(format!("{name}/{}", agent.name), kind));
+                }
+                for component in &endpoints.components {
+                    let kind = GateKind::Http {
+                        url: format!("http://{}{}", component.readiness, component.readiness_path),
+                        expect_status: 200,
+                        body_contains: None,
+                    };
+                    gates.push(gate(format!("{name}/{}", component.name), kind));
                 }
                 if gates.len() == before {
                     skip(name, "the target reported no agent to check");

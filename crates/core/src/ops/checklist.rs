@@ -347,6 +347,15 @@ fn health_checks(profile: &Profile) -> Item {
             }
         }
     }
+    for c in &profile.components {
+        match &c.probes.readiness {
+            Some(r) => evidence.push(format!(
+                "component {}: readiness {} on {}",
+                c.name, r.path, r.port
+            )),
+            None => missing.push(format!("component {}: no readiness probe", c.name)),
+        }
+    }
     evidence.push(
         "every service taskctl runs gets a health check (a Docker HEALTHCHECK, or Kubernetes probes from templates/)"
             .into(),

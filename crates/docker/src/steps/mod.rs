@@ -19,7 +19,7 @@ use taskctl_core::engine::{
     Action, Change, ErrorKind, FieldDiff, Outputs, Step, StepContext, StepError, StepId, StepPlan,
 };
 use taskctl_core::profile::Profile;
-use taskctl_core::profile::model::Agent;
+use taskctl_core::profile::model::{Agent, WorkloadKind};
 
 use crate::engine::{self, force_remove, inspect, is_not_found, step_error};
 use crate::image;

@@ -1,4 +1,5 @@
-//! Agent replicas: created side by side, replaced one at a time behind health checks.
+//! Agent and component replicas: created side by side, replaced one at a
+//! time behind health checks.
 
 use super::*;
 
@@ -8,6 +9,8 @@ use super::*;
 pub struct Replica {
     pub id: StepId,
     pub shared: Arc<Shared>,
+    /// An agent, or a component (see [`Self::component_body`]).
+    pub kind: WorkloadKind,
     pub agent: Agent,
     pub index: u32,
     pub image_step: StepId,
@@ -45,6 +48,11 @@ pub(super) fn restart_policy_of(
 /// agent's default `SHUTDOWN_GRACE_PERIOD` (30 s) and a margin.
 pub(super) const STOP_SECONDS: i32 = 35;
 
+/// The same for a component: compose's default. Components run with an
+/// init process (`init: true`), so SIGTERM reaches a program that is PID 1
+/// in its image and ignores it there.
+pub(super) const COMPONENT_STOP_SECONDS: i32 = 10;
+
 /// Most processes (threads included) an agent container may run: its
 /// runtime's workers and the tasks' own, with room to spare.
 const AGENT_PIDS: i64 = 512;
@@ -58,8 +66,14 @@ impl Replica {
                 format!("the image of agent `{}` is not known", self.agent.name),
             )
         })?;
-        let mut spec = ReplicaSpec::new(&self.shared.profile, &self.agent, self.index, image)
-            .map_err(StepError::from)?;
+        let mut spec = ReplicaSpec::of(
+            &self.shared.profile,
+            self.kind,
+            &self.agent,
+            self.index,
+            image,
+        )
+        .map_err(StepError::from)?;
         spec.secret_versions = secret_files::versions(&self.shared.secrets, &spec.env).await?;
         Ok(spec)
     }
@@ -68,8 +82,20 @@ impl Replica {
         replica_name(&self.shared.profile, &self.agent.name, self.index)
     }
 
+    /// How long a stopping container gets before SIGKILL.
+    fn stop_seconds(&self) -> i32 {
+        match self.kind {
+            WorkloadKind::Agent => STOP_SECONDS,
+            WorkloadKind::Component => COMPONENT_STOP_SECONDS,
+        }
+    }
+
+    /// Agents only: components are not scraped.
     fn file_sd_dir(&self) -> Option<PathBuf> {
-        file_sd_dir(&self.shared.profile)
+        match self.kind {
+            WorkloadKind::Agent => file_sd_dir(&self.shared.profile),
+            WorkloadKind::Component => None,
+        }
     }
 
     /// On the environment's network, the name the container in `slot` is
@@ -94,7 +120,7 @@ impl Replica {
 
     fn outputs(&self, metrics: Option<u16>) -> Outputs {
         let mut o: Outputs = [("container".to_string(), self.primary())].into();
-        if let Some(port) = metrics {
+        if let Some(port) = metrics.filter(|_| self.kind == WorkloadKind::Agent) {
             o.insert("metrics".into(), format!("127.0.0.1:{port}"));
         }
         o
@@ -111,7 +137,6 @@ impl Replica {
         name: &str,
         slot: u8,
     ) -> Result<(), StepError> {
-        let docker = &self.shared.docker;
         let (http, metrics) = spec.ports(slot);
         let bridged = crate::stack::agents_bridged(&self.shared.profile);
         let network = spec::network_name(&self.shared.profile);
@@ -119,7 +144,7 @@ impl Replica {
         let delivery =
             secret_files::resolve(&self.shared.secrets, &spec.env_for(slot, &agent_id)).await?;
         let summary = spec.summary();
-        let mut labels = base_labels(&self.shared.profile, "agent");
+        let mut labels = base_labels(&self.shared.profile, self.kind.role());
         labels.insert(label::AGENT.into(), self.agent.name.clone());
         labels.insert(label::REPLICA.into(), self.index.to_string());
         labels.insert(label::SLOT.into(), slot.to_string());
@@ -129,8 +154,32 @@ impl Replica {
             serde_json::to_string(&summary).expect("plain data"),
         );
         labels.insert(label::RELEASE.into(), ctx.run_id.clone());
+        let body = match self.kind {
+            WorkloadKind::Agent => self.agent_body(
+                spec, slot, &delivery, labels, http, metrics, bridged, &network,
+            ),
+            WorkloadKind::Component => self.component_body(spec, &delivery, labels, &network),
+        };
+        self.create_and_start(ctx, spec, name, slot, body, &delivery)
+            .await
+    }
+
+    /// An agent's container: taskctl's variables, ports per slot, the
+    /// agent's own probe as the health check.
+    #[allow(clippy::too_many_arguments)]
+    fn agent_body(
+        &self,
+        spec: &ReplicaSpec,
+        slot: u8,
+        delivery: &secret_files::Delivery,
+        labels: BTreeMap<String, String>,
+        http: u16,
+        metrics: u16,
+        bridged: bool,
+        network: &str,
+    ) -> ContainerCreateBody {
         let secs = |s: u32| i64::from(s) * 1_000_000_000;
-        let body = ContainerCreateBody {
+        ContainerCreateBody {
             image: Some(spec.image.clone()),
             env: Some(delivery.env.clone()),
             labels: Some(hash_map(labels)),
@@ -156,7 +205,7 @@ impl Replica {
             networking_config: bridged.then(|| NetworkingConfig {
                 endpoints_config: Some(
                     [(
-                        network.clone(),
+                        network.to_string(),
                         EndpointSettings {
                             aliases: Some(vec![self.slot_alias(slot)]),
                             ..Default::default()
@@ -170,7 +219,7 @@ impl Replica {
                 // services too; on the host's when they are on its loopback
                 // (a bridged container cannot reach that).
                 network_mode: Some(if bridged {
-                    network.clone()
+                    network.to_string()
                 } else {
                     "host".into()
                 }),
@@ -202,11 +251,100 @@ impl Replica {
                 memory_reservation: (spec.memory_reservation > 0
                     && spec.memory_reservation <= spec.memory)
                     .then_some(spec.memory_reservation),
-                mounts: secret_files::mount(&delivery).map(|m| vec![m]),
+                mounts: secret_files::mount(delivery).map(|m| vec![m]),
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    /// A component's container, hardened like every other: the profile's
+    /// user (never root) and command, on the environment's network under
+    /// its name (every replica: the network's DNS spreads callers over
+    /// them) and `<name>-<i>`, no port published, its readiness probe run
+    /// inside by the static probe taskctl copies into `/run/taskctl`.
+    fn component_body(
+        &self,
+        spec: &ReplicaSpec,
+        delivery: &secret_files::Delivery,
+        labels: BTreeMap<String, String>,
+        network: &str,
+    ) -> ContainerCreateBody {
+        let secs = |s: u32| i64::from(s) * 1_000_000_000;
+        let (uid, gid) = spec.user.unwrap_or((65534, 65534));
+        let probe_port = spec.probe_port.unwrap_or(spec.http_base);
+        let mut mounts: Vec<Mount> = secret_files::mount(delivery).into_iter().collect();
+        mounts.push(secret_files::config_mount(PROBE_DIR));
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(delivery.env.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            user: Some(format!("{uid}:{gid}")),
+            labels: Some(hash_map(labels)),
+            healthcheck: Some(HealthConfig {
+                test: Some(vec![
+                    "CMD".into(),
+                    format!("{PROBE_DIR}/probe"),
+                    "probe".into(),
+                    format!("http://127.0.0.1:{probe_port}{}", spec.health.path),
+                ]),
+                interval: Some(secs(spec.health.interval_s)),
+                timeout: Some(secs(spec.health.timeout_s)),
+                retries: Some(i64::from(spec.health.retries)),
+                start_period: Some(secs(spec.health.start_period_s)),
+                start_interval: None,
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(
+                    [(
+                        network.to_string(),
+                        EndpointSettings {
+                            aliases: Some(vec![
+                                self.agent.name.clone(),
+                                format!("{}-{}", self.agent.name, self.index),
+                            ]),
+                            ..Default::default()
+                        },
+                    )]
+                    .into(),
+                ),
+            }),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.to_string()),
+                init: Some(true),
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                pids_limit: Some(AGENT_PIDS),
+                tmpfs: Some([("/tmp".to_string(), "rw,noexec,nosuid,size=64m".to_string())].into()),
+                restart_policy: Some(DockerRestart {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                nano_cpus: (spec.nano_cpus > 0).then_some(spec.nano_cpus),
+                memory: (spec.memory > 0).then_some(spec.memory),
+                memory_reservation: (spec.memory_reservation > 0
+                    && spec.memory_reservation <= spec.memory)
+                    .then_some(spec.memory_reservation),
+                mounts: Some(mounts),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Creates `name` from `body`, gives it its files (secrets; a
+    /// component's probe), and starts it.
+    async fn create_and_start(
+        &self,
+        ctx: &StepContext,
+        spec: &ReplicaSpec,
+        name: &str,
+        slot: u8,
+        body: ContainerCreateBody,
+        delivery: &secret_files::Delivery,
+    ) -> Result<(), StepError> {
+        let docker = &self.shared.docker;
         docker
             .create_container(
                 Some(CreateContainerOptions {
@@ -217,7 +355,15 @@ impl Replica {
             )
             .await
             .map_err(|e| step_error(&format!("creating {name}"), e))?;
-        if let Err(e) = secret_files::upload(docker, name, &delivery, image::AGENT_UID).await {
+        let uid = match spec.user {
+            Some((uid, _)) => u64::from(uid),
+            None => image::AGENT_UID,
+        };
+        let uploaded = match secret_files::upload(docker, name, delivery, uid).await {
+            Ok(()) if self.kind == WorkloadKind::Component => upload_probe(docker, name).await,
+            other => other,
+        };
+        if let Err(e) = uploaded {
             let _ = force_remove(docker, name).await;
             return Err(e);
         }
@@ -228,10 +374,13 @@ impl Replica {
             )
             .await
             .map_err(|e| step_error(&format!("starting {name}"), e))?;
-        ctx.progress(&format!(
-            "started {name} on ports {http}/{}",
-            spec.ports(slot).1
-        ));
+        match self.kind {
+            WorkloadKind::Agent => {
+                let (http, metrics) = spec.ports(slot);
+                ctx.progress(&format!("started {name} on ports {http}/{metrics}"))
+            }
+            WorkloadKind::Component => ctx.progress(&format!("started {name}")),
+        }
         Ok(())
     }
 
@@ -391,7 +540,7 @@ impl Replica {
         self.set_restart(&next, &spec).await?;
         if current.is_some() {
             ctx.progress(&format!("stopping the old {primary}"));
-            engine::remove(docker, &primary, STOP_SECONDS).await?;
+            engine::remove(docker, &primary, self.stop_seconds()).await?;
             ctx.progress(&format!("removed the old {primary}"));
         }
         docker
@@ -419,6 +568,33 @@ impl Replica {
     }
 }
 
+/// Where a component's container finds the probe its health check runs.
+pub const PROBE_DIR: &str = "/run/taskctl";
+
+/// Copies the static probe (the task-executor binary, whose `probe`
+/// command GETs a URL and exits 0 on a 2xx) into the created component
+/// container `name`: its image may have no HTTP client at all.
+async fn upload_probe(docker: &Docker, name: &str) -> Result<(), StepError> {
+    let binary = image::find_binary().map_err(StepError::from)?;
+    let bytes = std::fs::read(&binary).map_err(|e| {
+        StepError::new(
+            ErrorKind::Other,
+            format!("reading the probe {}: {e}", binary.display()),
+        )
+    })?;
+    if image::is_dynamic_elf(&bytes).map_err(StepError::from)? {
+        return Err(StepError::new(
+            ErrorKind::Invalid,
+            format!(
+                "{} is linked dynamically, so it cannot run as the probe inside a component's image; build a static one with `{}`",
+                binary.display(),
+                image::STATIC_BUILD
+            ),
+        ));
+    }
+    secret_files::upload_probe(docker, name, PROBE_DIR, &bytes).await
+}
+
 /// The slot and spec hash of an existing replica container.
 pub(super) fn slot_and_hash(labels: &HashMap<String, String>) -> (u8, Option<&String>) {
     let slot = labels
@@ -435,7 +611,10 @@ impl Step for Replica {
         &self.id
     }
     fn kind(&self) -> &str {
-        "docker-agent"
+        match self.kind {
+            WorkloadKind::Agent => "docker-agent",
+            WorkloadKind::Component => "docker-component",
+        }
     }
     fn depends_on(&self) -> Vec<StepId> {
         self.deps.clone()
@@ -455,7 +634,7 @@ impl Step for Replica {
             .unwrap_or(60);
         // Replica i may wait for the i−1 replacements before it (each
         // bounded by its own step's share of this) before its own.
-        Duration::from_secs(probe + 2 * STOP_SECONDS as u64 + 60) * self.index.max(1)
+        Duration::from_secs(probe + 2 * self.stop_seconds() as u64 + 60) * self.index.max(1)
     }
 
     async fn plan(&self, ctx: &StepContext) -> Result<StepPlan, StepError> {

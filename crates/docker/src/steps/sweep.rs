@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// Runs after every replica: removes agent containers the profile no
-/// longer has (scaled down, renamed agents). On destroy it runs first and
+/// Runs after every replica: removes agent and component containers the
+/// profile no longer has (scaled down, renamed agents). On destroy it runs first and
 /// removes everything labelled with the environment, in scope.
 pub struct Sweep {
     pub id: StepId,
@@ -18,7 +18,7 @@ impl Sweep {
     fn wanted(&self) -> Vec<String> {
         let p = &self.shared.profile;
         let mut names = Vec::new();
-        for a in &p.agents {
+        for (_, a) in p.workloads() {
             for i in 1..=a.replicas {
                 let n = replica_name(p, &a.name, i);
                 names.push(next_name(&n));
@@ -30,11 +30,16 @@ impl Sweep {
 
     async fn orphans(&self) -> Result<Vec<String>, StepError> {
         let env = spec::environment_label(&self.shared.profile);
-        let agents = engine::containers_with(
-            &self.shared.docker,
-            &[(label::ENVIRONMENT, &env), (label::ROLE, "agent")],
-        )
-        .await?;
+        let mut agents = Vec::new();
+        for role in ["agent", "component"] {
+            agents.extend(
+                engine::containers_with(
+                    &self.shared.docker,
+                    &[(label::ENVIRONMENT, &env), (label::ROLE, role)],
+                )
+                .await?,
+            );
+        }
         let wanted = self.wanted();
         Ok(agents
             .into_iter()
@@ -103,11 +108,21 @@ impl Step for Sweep {
     async fn destroy(&self, ctx: &StepContext, _plan: &StepPlan) -> Result<(), StepError> {
         let docker = &self.shared.docker;
         let env = spec::environment_label(&self.shared.profile);
-        let mut filter = vec![(label::ENVIRONMENT, env.as_str())];
-        if !self.everything {
-            filter.push((label::ROLE, "agent"));
+        let mut found = Vec::new();
+        if self.everything {
+            found = engine::containers_with(docker, &[(label::ENVIRONMENT, env.as_str())]).await?;
+        } else {
+            for role in ["agent", "component"] {
+                found.extend(
+                    engine::containers_with(
+                        docker,
+                        &[(label::ENVIRONMENT, env.as_str()), (label::ROLE, role)],
+                    )
+                    .await?,
+                );
+            }
         }
-        for c in engine::containers_with(docker, &filter).await? {
+        for c in found {
             for name in c.names.unwrap_or_default() {
                 let name = name.trim_start_matches('/');
                 ctx.progress(&format!("removing {name}"));

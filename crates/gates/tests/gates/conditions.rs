@@ -41,6 +41,7 @@ fn endpoints(agents: &[&HttpServer]) -> Endpoints {
             .enumerate()
             .map(|(i, s)| agent_endpoint(&format!("agent-{i}"), &s.addr, "127.0.0.1:1"))
             .collect(),
+        components: Vec::new(),
         task_signing_key: None,
         broker_ca: None,
         broker_via: None,

@@ -3,7 +3,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A workload of the Task Execution Layer, such as the task-executor agent.
+/// A workload of the Task Execution Layer: a task-executor agent (under
+/// `agents`) or one of the user's own services (under `components`, such as
+/// seed 001's task router), deployed with the same rolling update, gates
+/// and rollback.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Agent {
@@ -36,6 +39,36 @@ pub struct Agent {
     pub restart: RestartPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<AgentScaling>,
+    /// What starts, running and healthy, before this workload: names of
+    /// `components`, `agents` or `services` (`postgres`, `rabbitmq`,
+    /// `vault`, ...), as compose's `depends_on` with `service_healthy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Components only: the container's command, in place of the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Components only: `UID[:GID]` the container runs as, numeric and never
+    /// 0 (secret files are given to this user). Default `65534:65534`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// The user a component runs as when it names none: `nobody`.
+pub const COMPONENT_USER: &str = "65534:65534";
+
+impl Agent {
+    /// `(uid, gid)` of [`Agent::user`] (or [`COMPONENT_USER`]); `None` when
+    /// it is not `UID[:GID]` with numbers, or names root.
+    pub fn numeric_user(&self) -> Option<(u32, u32)> {
+        let raw = self.user.as_deref().unwrap_or(COMPONENT_USER);
+        let (uid, gid) = match raw.split_once(':') {
+            Some((u, g)) => (u, g),
+            None => (raw, raw),
+        };
+        let uid: u32 = uid.parse().ok()?;
+        let gid: u32 = gid.parse().ok()?;
+        (uid != 0 && gid != 0).then_some((uid, gid))
+    }
 }
 
 fn default_namespace() -> String {

@@ -60,6 +60,13 @@ pub struct Profile {
     /// The task-executor agents and the other workloads of the layer.
     #[serde(default)]
     pub agents: Vec<Agent>,
+    /// The user's own services (seed 001's task router, manual task
+    /// handler, integration executor): each an image with environment,
+    /// ports, replicas, probes and `depends_on`, deployed beside the agents
+    /// with the same rolling update, gates and rollback. Secrets reach them
+    /// as files (`NAME_FILE`). Target `docker` only, for now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<Agent>,
     /// Per-environment settings (development, staging, production); the one
     /// named by `--env`, or else by `metadata.environment`, applies.
     #[serde(default)]
@@ -107,6 +114,35 @@ pub fn vault_unseal_key_alias(name: &str, environment: &str) -> String {
     format!("alias/taskctl/{name}-{environment}/vault-unseal")
 }
 
+/// Which list of the profile a workload comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    /// `agents`: the task-executor, which taskctl configures (ports, agent
+    /// id, bind address) and whose tasks the gates test.
+    Agent,
+    /// `components`: a user's service, run as its image says.
+    Component,
+}
+
+impl WorkloadKind {
+    /// The role label on what runs it, and its step ids' first segment
+    /// in the singular: `agent`, `component`.
+    pub fn role(self) -> &'static str {
+        match self {
+            WorkloadKind::Agent => "agent",
+            WorkloadKind::Component => "component",
+        }
+    }
+
+    /// The profile list, and the first segment of its step ids.
+    pub fn list(self) -> &'static str {
+        match self {
+            WorkloadKind::Agent => "agents",
+            WorkloadKind::Component => "components",
+        }
+    }
+}
+
 impl Profile {
     /// `<name>.<environment>`: the value of the environment label on what
     /// taskctl makes (containers, Kubernetes objects), usable in names.
@@ -133,6 +169,12 @@ impl Profile {
             .and_then(|v| v.cluster.as_ref())
             .is_some_and(|c| c.nodes.is_empty())
             && self.target.kind != TargetKind::Docker
+    }
+
+    /// Every workload: the agents, then the components.
+    pub fn workloads(&self) -> impl Iterator<Item = (WorkloadKind, &Agent)> {
+        let agents = self.agents.iter().map(|a| (WorkloadKind::Agent, a));
+        agents.chain(self.components.iter().map(|c| (WorkloadKind::Component, c)))
     }
 
     /// The settings of the environment in force.

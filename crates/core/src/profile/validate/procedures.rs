@@ -385,6 +385,7 @@ const PROFILE_SECTIONS: &[&str] = &[
     "storage",
     "services",
     "agents",
+    "components",
     "secrets",
     "deployment",
     "rollback",

@@ -26,6 +26,19 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
         }
         check_agent(r, p, agent, path!["agents", i]);
     }
+    for (i, component) in p.components.iter().enumerate() {
+        if !names.insert(component.name.as_str()) {
+            r.error(
+                path!["components", i, "name"],
+                format!(
+                    "`{}` is already the name of an agent or component",
+                    component.name
+                ),
+            );
+        }
+        check_agent(r, p, component, path!["components", i]);
+    }
+    components(r, p);
     if let Some(env) = p.environment() {
         let at = path![
             "environments",
@@ -35,6 +48,205 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
         r.check(&env.resource_limits.cpu, at.child("cpu"));
         r.check(&env.resource_limits.memory, at.child("memory"));
     }
+}
+
+/// The services a workload's `depends_on` may name: those the profile
+/// enables.
+fn enabled_services(p: &Profile) -> BTreeSet<&'static str> {
+    let s = &p.services;
+    let mut out = BTreeSet::new();
+    let on = |yes: bool, name: &'static str, out: &mut BTreeSet<&'static str>| {
+        if yes {
+            out.insert(name);
+        }
+    };
+    on(
+        s.rabbitmq.as_ref().is_some_and(|x| x.enabled),
+        "rabbitmq",
+        &mut out,
+    );
+    on(
+        s.mongodb.as_ref().is_some_and(|x| x.enabled),
+        "mongodb",
+        &mut out,
+    );
+    on(
+        s.postgres.as_ref().is_some_and(|x| x.enabled),
+        "postgres",
+        &mut out,
+    );
+    on(
+        s.vault.as_ref().is_some_and(|x| x.enabled),
+        "vault",
+        &mut out,
+    );
+    on(
+        s.grafana.as_ref().is_some_and(|x| x.enabled),
+        "grafana",
+        &mut out,
+    );
+    let prometheus = s.prometheus.as_ref().filter(|x| x.enabled);
+    on(prometheus.is_some(), "prometheus", &mut out);
+    on(
+        prometheus.is_some_and(|x| x.alertmanager.enabled),
+        "alertmanager",
+        &mut out,
+    );
+    out
+}
+
+/// What only components have, what they may not have, their target, and
+/// every workload's `depends_on`: names that exist, and no cycle.
+fn components(r: &mut Report, p: &Profile) {
+    for (i, agent) in p.agents.iter().enumerate() {
+        let at = path!["agents", i];
+        if !agent.command.is_empty() {
+            r.error_help(
+                at.child("command"),
+                "an agent runs the task-executor; `command` is for components",
+                "remove it, or move this workload under `components`",
+            );
+        }
+        if agent.user.is_some() {
+            r.error_help(
+                at.child("user"),
+                "an agent runs as the task-executor image's user; `user` is for components",
+                "remove it, or move this workload under `components`",
+            );
+        }
+    }
+    for (i, c) in p.components.iter().enumerate() {
+        let at = path!["components", i];
+        if i == 0 && p.target.kind != TargetKind::Docker {
+            r.error_help(
+                path!["components"],
+                format!(
+                    "components are deployed on target docker only; target {} does not render them yet",
+                    serde_json::to_value(p.target.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
+                "deploy them with a docker profile, or as your own manifests beside taskctl's",
+            );
+        }
+        if c.build.as_ref().is_some_and(|b| b.dockerfile.is_none()) {
+            r.error_help(
+                at.child("build"),
+                "a component is built from its own Dockerfile; `build` without `dockerfile` packs the task-executor agent",
+                "set build.dockerfile, or remove `build` to run an existing image",
+            );
+        }
+        if c.probes.readiness.is_none() {
+            r.error_help(
+                at.child("probes"),
+                format!("component `{}` has no readiness probe", c.name),
+                "add probes.readiness (an HTTP GET path and port): a rolling update replaces a replica only once its replacement is ready, and the gates ask it",
+            );
+        }
+        if c.user.is_some() && c.numeric_user().is_none() {
+            r.error_help(
+                at.child("user"),
+                format!(
+                    "`{}` is not a numeric UID[:GID] other than root",
+                    c.user.as_deref().unwrap_or_default()
+                ),
+                "write e.g. `10001:10001`; containers never run as root",
+            );
+        }
+        for what in ["gpus", "scaling", "service", "config_map"] {
+            let set = match what {
+                "gpus" => c.gpus.is_some(),
+                "scaling" => c.scaling.is_some(),
+                "service" => c.service.is_some(),
+                _ => false,
+            };
+            if set {
+                r.error_help(
+                    at.child(what),
+                    format!("`{what}` is not supported on a component"),
+                    "remove it",
+                );
+            }
+        }
+    }
+    // depends_on: every name exists, and following them never comes back.
+    let services = enabled_services(p);
+    let workloads: std::collections::BTreeMap<&str, &Agent> =
+        p.workloads().map(|(_, w)| (w.name.as_str(), w)).collect();
+    let listed = p
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (path!["agents", i, "depends_on"], w))
+        .chain(
+            p.components
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (path!["components", i, "depends_on"], w)),
+        );
+    for (at, w) in listed {
+        for (j, dep) in w.depends_on.iter().enumerate() {
+            if dep == &w.name {
+                r.error(at.child(j), format!("`{dep}` depends on itself"));
+            } else if !workloads.contains_key(dep.as_str()) && !services.contains(dep.as_str()) {
+                let mut known: Vec<&str> = workloads.keys().copied().collect();
+                known.extend(services.iter().copied());
+                known.retain(|k| *k != w.name);
+                r.error_help(
+                    at.child(j),
+                    format!("`{dep}` is no agent, component or enabled service of this profile"),
+                    format!("name one of: {}", known.join(", ")),
+                );
+            }
+        }
+        // Reported once, at the circle's first name.
+        if let Some(cycle) = cycle_from(&workloads, &w.name)
+            && cycle.iter().min() == Some(&w.name.as_str())
+        {
+            r.error_help(
+                at,
+                format!("`depends_on` goes round in a circle: {}", cycle.join(" → ")),
+                "break the circle: something must start first",
+            );
+        }
+    }
+}
+
+/// The circle of `depends_on` that starts and ends at `start`, if any.
+fn cycle_from<'a>(
+    workloads: &std::collections::BTreeMap<&'a str, &'a Agent>,
+    start: &'a str,
+) -> Option<Vec<&'a str>> {
+    fn walk<'a>(
+        workloads: &std::collections::BTreeMap<&'a str, &'a Agent>,
+        start: &'a str,
+        at: &'a str,
+        path: &mut Vec<&'a str>,
+        seen: &mut BTreeSet<&'a str>,
+    ) -> bool {
+        let Some(w) = workloads.get(at) else {
+            return false;
+        };
+        for dep in &w.depends_on {
+            let dep = dep.as_str();
+            if dep == start && dep != w.name {
+                path.push(dep);
+                return true;
+            }
+            if seen.insert(dep) {
+                path.push(dep);
+                if walk(workloads, start, dep, path, seen) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = vec![start];
+    let mut seen = BTreeSet::from([start]);
+    walk(workloads, start, start, &mut path, &mut seen).then_some(path)
 }
 
 fn services(r: &mut Report, p: &Profile) {
