@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use taskctl_aws::access::{ClusterAccess, cluster_name, describe_access};
-use taskctl_aws::provider::CLUSTER_STEP;
+use taskctl_aws::provider::{AgentImage, CLUSTER_STEP, image_steps};
 use taskctl_aws::{Aws, AwsProvider};
 use taskctl_core::engine::{ErrorKind, Step, StepContext, StepError, StepId};
 use taskctl_core::events::EventSink;
@@ -35,7 +35,23 @@ use tokio_util::sync::CancellationToken;
 pub struct EksStack {
     infrastructure: AwsProvider,
     cluster: KubernetesProvider,
+    /// The agent images taskctl pushes to ECR (agents with `build: {}`),
+    /// or why they cannot be made (preflight says it).
+    images: Result<Vec<Pushed>, String>,
+    /// `destroy --delete-data`: the ECR repositories go too.
+    delete_data: bool,
 }
+
+/// An agent image for ECR and the reference the cluster pulls it by.
+struct Pushed {
+    image: AgentImage,
+    /// `<account>.dkr.ecr.<region>.amazonaws.com/<repository>@sha256:…`.
+    reference: String,
+}
+
+/// Images each agent's ECR repository keeps (its lifecycle policy expires
+/// older ones): enough to roll back through every kept release.
+const KEEP_IMAGES: u32 = 10;
 
 impl EksStack {
     pub async fn connect(profile: &Profile, mut options: KubeOptions) -> anyhow::Result<EksStack> {
@@ -63,16 +79,113 @@ impl EksStack {
                 value: arn,
             });
         }
+        let images = agent_images(infrastructure.aws(), profile).await;
         let connector = EksConnector {
             aws: infrastructure.aws().clone(),
             cluster: cluster_name(profile),
             api_server: target.api_server.clone(),
         };
+        let delete_data = options.delete_data;
         Ok(EksStack {
             infrastructure,
             cluster: KubernetesProvider::deferred(Arc::new(connector), options),
+            images,
+            delete_data,
         })
     }
+
+    /// The profile the cluster's steps deploy: each pushed agent runs its
+    /// image from ECR, by digest.
+    fn pulled_from_ecr(&self, profile: &Profile) -> Profile {
+        let mut profile = profile.clone();
+        for pushed in self.images.iter().flatten() {
+            if let Some(agent) = profile
+                .agents
+                .iter_mut()
+                .find(|a| a.name == pushed.image.agent)
+            {
+                agent.image = pushed.reference.clone();
+                agent.build = None;
+            }
+        }
+        profile
+    }
+}
+
+/// The ECR images of the agents with `build: {}` (the static agent binary,
+/// packed by taskctl; a Dockerfile build needs a Docker engine, which the
+/// `aws` target does not use): each made here from the binary, so its
+/// digest, and the reference the cluster pulls, are known before anything
+/// is pushed.
+async fn agent_images(aws: &Aws, profile: &Profile) -> Result<Vec<Pushed>, String> {
+    let wanted: Vec<&taskctl_core::profile::model::Agent> = profile
+        .agents
+        .iter()
+        .filter(|a| {
+            a.build
+                .as_ref()
+                .is_some_and(|b| b.dockerfile.is_none() && b.base_image.is_none())
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let binary = taskctl_docker::image::find_binary().map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&binary)
+        .map_err(|e| format!("cannot read the agent binary {}: {e}", binary.display()))?;
+    if taskctl_docker::image::is_dynamic_elf(&bytes).map_err(|e| e.to_string())? {
+        return Err(format!(
+            "{} is linked dynamically, so it cannot be the only file of the agent image; build a static one with `{}`",
+            binary.display(),
+            taskctl_docker::image::STATIC_BUILD
+        ));
+    }
+    let image = Arc::new(
+        taskctl_aws::ecr::OciImage::static_binary(
+            "task-executor",
+            &bytes,
+            &format!("{0}:{0}", taskctl_docker::image::AGENT_USER),
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let environment = taskctl_aws::stack::environment_of(profile);
+    let mut out = Vec::new();
+    for agent in wanted {
+        let repository = taskctl_aws::ecr::repository::RepositorySpec::agent(
+            taskctl_aws::Tags::new(&environment, "ecr-repository", ""),
+            &agent.name,
+            KEEP_IMAGES,
+            taskctl_aws::ecr::Retention::Keep,
+        );
+        let uri = taskctl_aws::ecr::repository::uri(aws, &repository.name)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot name the ECR repository of agent `{}`: {e}",
+                    agent.name
+                )
+            })?;
+        // `task-executor:1.0.0` → tag `1.0.0-<digest>`: the profile's
+        // version, and the content's, in a tag that never moves.
+        let version = agent
+            .image
+            .split('@')
+            .next()
+            .and_then(|n| n.rsplit_once(':'))
+            .map(|(_, t)| t)
+            .filter(|t| !t.contains('/'))
+            .unwrap_or("latest");
+        out.push(Pushed {
+            reference: format!("{uri}@{}", image.digest),
+            image: AgentImage {
+                agent: agent.name.clone(),
+                tag: image.tag(version),
+                image: image.clone(),
+                keep_images: KEEP_IMAGES,
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// The annotation by which EKS gives a service account's pods the
@@ -202,7 +315,17 @@ impl Provider for EksStack {
     }
 
     async fn preflight(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Finding>, OpsError> {
+        let profile = &self.pulled_from_ecr(profile);
         let mut findings = Vec::new();
+        if let Err(why) = &self.images
+            && scope.includes(Layer::Agents)
+        {
+            findings.push(Finding {
+                severity: taskctl_core::Severity::Error,
+                check: "agent_image".into(),
+                message: format!("the agent image for ECR cannot be made: {why}"),
+            });
+        }
         if scope.includes(Layer::Infrastructure) {
             findings.extend(self.infrastructure.preflight(profile, scope).await?);
         }
@@ -217,6 +340,30 @@ impl Provider for EksStack {
     /// included) and for the cluster step, whose outputs make its client.
     fn steps(&self, profile: &Profile, scope: &Scope) -> Result<Vec<Arc<dyn Step>>, OpsError> {
         let mut steps = self.infrastructure.steps(profile, scope)?;
+        // The agents' images are in ECR before anything runs them.
+        if scope.includes(Layer::Agents) || scope.includes(Layer::Infrastructure) {
+            let images: Vec<AgentImage> = self
+                .images
+                .iter()
+                .flatten()
+                .map(|p| p.image.clone())
+                .collect();
+            // Beside the other resources, under the environment's root
+            // when the infrastructure is in this run.
+            let root: Vec<StepId> = steps
+                .iter()
+                .map(|s| s.id().clone())
+                .filter(|id| id.as_str() == taskctl_aws::provider::ROOT)
+                .collect();
+            steps.extend(image_steps(
+                self.infrastructure.aws(),
+                &taskctl_aws::stack::environment_of(profile),
+                &images,
+                self.delete_data,
+                &root,
+            ));
+        }
+        let profile = &self.pulled_from_ecr(profile);
         let awaited: BTreeSet<StepId> = steps.iter().flat_map(|s| s.depends_on()).collect();
         let after = steps
             .iter()

@@ -301,10 +301,11 @@ fn plan_deploy_replan_and_destroy() {
         .map(|e| e["step"].as_str().unwrap())
         .collect();
     // One step per resource: 2 roles, VPC, 4 subnets, IGW, 2 EIPs, 2 NATs,
-    // 3 route tables, SG, cluster, 2 node groups; then one per apply level
-    // in the cluster, which does not exist yet.
+    // 3 route tables, SG, cluster, 2 node groups, the agent's ECR
+    // repository and image; then one per apply level in the cluster, which
+    // does not exist yet.
     let aws: Vec<&&str> = creates.iter().filter(|s| s.starts_with("aws/")).collect();
-    assert_eq!(aws.len(), 19, "every resource is listed: {planned:#?}");
+    assert_eq!(aws.len(), 21, "every resource is listed: {planned:#?}");
     let levels: Vec<&&str> = creates
         .iter()
         .filter(|s| s.starts_with("kubernetes/"))
@@ -359,7 +360,7 @@ fn plan_deploy_replan_and_destroy() {
         .find(|e| e["event"] == "run_finished")
         .unwrap();
     assert_eq!(finished["outcome"], "succeeded");
-    assert_eq!(finished["changed"], 26);
+    assert_eq!(finished["changed"], 28);
 
     let l = env.listing();
     assert_one_of_each(&l);
@@ -532,7 +533,8 @@ fn releases_live_in_the_cluster_and_a_rollback_leaves_the_infrastructure_alone()
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     env.layer(
         "upgrade.yaml",
-        "apiVersion: taskctl.dev/v1\nkind: Profile\nagents:\n  - name: task-executor\n    image: task-executor:1.0.1\n",
+        // An image of the user's own (no build: run as named).
+        "apiVersion: taskctl.dev/v1\nkind: Profile\nagents:\n  - name: task-executor\n    image: task-executor:1.0.1\n    build: null\n",
     );
     let plan = env.run(&["plan", "-o", "json"]);
     let changes: Vec<Value> = events(&plan)
@@ -582,12 +584,14 @@ fn releases_live_in_the_cluster_and_a_rollback_leaves_the_infrastructure_alone()
             .all(|s| s.starts_with("kubernetes/") || s.starts_with("secrets/")),
         "only the cluster's contents are restored: {steps:?}"
     );
-    // Restored as release 1 ran it: pinned by the digest its pods reported.
+    // Restored as release 1 ran it: the image taskctl pushed to ECR, by
+    // the digest its pods reported.
     let restored = image(&env);
     assert!(
-        restored
-            .as_str()
-            .is_some_and(|i| i.starts_with("task-executor:1.0.0@sha256:")),
+        restored.as_str().is_some_and(|i| i.starts_with(&format!(
+            "123456789012.dkr.ecr.us-west-2.amazonaws.com/taskctl/{}-production/task-executor@sha256:",
+            env.name
+        ))),
         "{restored}"
     );
     let history = env.run(&["history", "-o", "json"]);
@@ -1081,4 +1085,158 @@ fn an_in_cluster_vault_on_aws_gets_its_unseal_key_and_role_and_is_initialized_th
     assert!(out.contains("scheduled for deletion"), "{out}");
     let seen = vault_seal_listing(&alias, &role);
     assert_eq!(seen["key"]["state"], "PendingDeletion", "{seen:#}");
+}
+
+/// The agent's ECR repository and image, as boto3 reads them back.
+fn ecr_listing(repository: &str, tag: &str) -> Value {
+    let python = std::env::var("TASKCTL_TEST_ENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/taskctl-test-env")
+        })
+        .join("venv/bin/python");
+    let script = r#"
+import json, sys, boto3
+endpoint, repository, tag = sys.argv[1:4]
+ecr = boto3.client("ecr", endpoint_url=endpoint, region_name="us-west-2",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+repo = ecr.describe_repositories(repositoryNames=[repository])["repositories"][0]
+tags = ecr.list_tags_for_resource(resourceArn=repo["repositoryArn"])["tags"]
+policy = json.loads(ecr.get_lifecycle_policy(repositoryName=repository)["lifecyclePolicyText"])
+images = ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}])["images"]
+out = {"uri": repo["repositoryUri"], "mutability": repo["imageTagMutability"],
+       "scan_on_push": repo["imageScanningConfiguration"]["scanOnPush"],
+       "tags": {t["Key"]: t["Value"] for t in tags}, "policy": policy, "images": []}
+for i in images:
+    manifest = json.loads(i["imageManifest"])
+    digests = [manifest["config"]["digest"]] + [l["digest"] for l in manifest["layers"]]
+    layers = ecr.batch_check_layer_availability(repositoryName=repository, layerDigests=digests)
+    out["images"].append({"digest": i["imageId"]["imageDigest"], "manifest": manifest,
+        "blobs": {l["layerDigest"]: [l["layerAvailability"], l["layerSize"]] for l in layers["layers"]},
+        "missing": layers["failures"]})
+print(json.dumps(out))
+"#;
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(moto())
+        .arg(repository)
+        .arg(tag)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Issue 16's image: an agent with `build: {}` on target aws is packed by
+/// taskctl into an OCI image, pushed through ECR's layer API into a
+/// repository taskctl makes (scan on push, immutable tags, a lifecycle
+/// policy), and the cluster's Deployment runs it by that digest; a second
+/// deploy pushes nothing.
+#[test]
+fn the_agent_image_is_pushed_to_ecr_and_the_cluster_runs_it_by_digest() {
+    let mut env = Env::with_cluster("ecr");
+    env.layer(
+        "ecr.yaml",
+        "apiVersion: taskctl.dev/v1\nkind: Profile\nagents:\n  - name: task-executor\n    build: {}\n",
+    );
+    let plan = env.run(&["plan", "-o", "json"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", stderr(&plan));
+    let planned: Vec<Value> = events(&plan)
+        .into_iter()
+        .filter(|e| e["event"] == "step_planned" && e["action"] == "create")
+        .collect();
+    for step in [
+        "aws/ecr-repository/task-executor",
+        "aws/ecr-image/task-executor",
+    ] {
+        assert!(
+            planned.iter().any(|e| e["step"] == step),
+            "{step} not planned: {planned:#?}"
+        );
+    }
+
+    let deploy = env
+        .command(&["deploy", "--yes"])
+        .env("RUST_LOG", "taskctl_aws::call_log=trace")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
+    let (_, writes) = aws_calls(&stderr(&deploy));
+    for op in [
+        "CreateRepository",
+        "PutLifecyclePolicy",
+        "InitiateLayerUpload",
+        "UploadLayerPart",
+        "CompleteLayerUpload",
+        "PutImage",
+    ] {
+        assert!(writes.iter().any(|w| w == op), "no {op} in {writes:?}");
+    }
+
+    // What the cluster runs, and what ECR holds under the image's tag.
+    let image = env
+        .cluster()
+        .object("/apis/apps/v1/namespaces/agent-system/deployments/task-executor")
+        .unwrap()
+        .pointer("/spec/template/spec/containers/0/image")
+        .and_then(Value::as_str)
+        .unwrap()
+        .to_owned();
+    let repository = format!("taskctl/{}-production/task-executor", env.name);
+    let (uri, digest) = image.split_once('@').expect("pulled by digest");
+    let tag = format!("1.0.0-{}", &digest.trim_start_matches("sha256:")[..12]);
+    let ecr = ecr_listing(&repository, &tag);
+    assert_eq!(ecr["uri"], uri, "{ecr:#}");
+    assert!(
+        uri.ends_with(&format!(".dkr.ecr.us-west-2.amazonaws.com/{repository}")),
+        "{uri}"
+    );
+    assert_eq!(ecr["mutability"], "IMMUTABLE");
+    assert_eq!(ecr["scan_on_push"], true);
+    assert_eq!(ecr["tags"]["taskctl:environment"], env.tag().as_str());
+    let rule = &ecr["policy"]["rules"][0];
+    assert_eq!(rule["selection"]["countType"], "imageCountMoreThan");
+    assert_eq!(rule["selection"]["countNumber"], 10);
+    assert_eq!(rule["action"]["type"], "expire");
+    let images = ecr["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{ecr:#}");
+    assert_eq!(images[0]["digest"], digest);
+    assert_eq!(images[0]["missing"], serde_json::json!([]));
+    // Every blob the manifest names is there, at its size: the layer is
+    // the static agent binary's tar.
+    let manifest = &images[0]["manifest"];
+    let layer = &manifest["layers"][0];
+    let binary = std::fs::metadata(crate::docker::agent_binary())
+        .unwrap()
+        .len();
+    assert!(
+        layer["size"].as_u64().unwrap() > binary,
+        "the layer holds the binary: {manifest:#}"
+    );
+    for blob in [&manifest["config"], layer] {
+        let d = blob["digest"].as_str().unwrap();
+        assert_eq!(
+            images[0]["blobs"][d],
+            serde_json::json!(["AVAILABLE", blob["size"]]),
+            "{ecr:#}"
+        );
+    }
+
+    // Nothing to push the second time: no ECR write at all.
+    let again = env
+        .command(&["deploy", "--yes"])
+        .env("RUST_LOG", "taskctl_aws::call_log=trace")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let (reads, writes) = aws_calls(&stderr(&again));
+    assert!(writes.is_empty(), "{writes:?}");
+    assert!(reads.iter().any(|r| r == "BatchGetImage"), "{reads:?}");
 }

@@ -24,12 +24,14 @@ pub struct Call {
 }
 
 impl Call {
-    /// Read-only calls: `Describe*`, `List*`, `Get*`. Everything else changes
-    /// something (or might).
+    /// Read-only calls: `Describe*`, `List*`, `Get*`, and ECR's two batch
+    /// reads (`BatchGetImage`, `BatchCheckLayerAvailability`). Everything
+    /// else changes something (or might).
     pub fn is_mutating(&self) -> bool {
-        !["Describe", "List", "Get"]
+        !(["Describe", "List", "Get"]
             .iter()
             .any(|prefix| self.operation.starts_with(prefix))
+            || ["BatchGetImage", "BatchCheckLayerAvailability"].contains(&self.operation.as_str()))
     }
 }
 

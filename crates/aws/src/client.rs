@@ -33,6 +33,7 @@ pub(crate) async fn sdk_config(region: Option<&str>) -> SdkConfig {
 #[derive(Debug, Clone)]
 pub struct Aws {
     pub(crate) ec2: aws_sdk_ec2::Client,
+    pub(crate) ecr: aws_sdk_ecr::Client,
     pub(crate) eks: aws_sdk_eks::Client,
     pub(crate) iam: aws_sdk_iam::Client,
     pub(crate) kms: aws_sdk_kms::Client,
@@ -63,6 +64,11 @@ impl Aws {
                 .interceptor(calls.clone())
                 .build(),
         );
+        let ecr = aws_sdk_ecr::Client::from_conf(
+            aws_sdk_ecr::config::Builder::from(&config)
+                .interceptor(calls.clone())
+                .build(),
+        );
         let eks = aws_sdk_eks::Client::from_conf(
             aws_sdk_eks::config::Builder::from(&config)
                 .interceptor(calls.clone())
@@ -89,6 +95,7 @@ impl Aws {
             .unwrap_or_default();
         Aws {
             ec2,
+            ecr,
             eks,
             iam,
             kms,

@@ -3,7 +3,7 @@
 //!
 //! Map of the crate:
 //!
-//! - [`Aws`] ([`client`]): the EC2, EKS, IAM, KMS and STS clients, built from the
+//! - [`Aws`] ([`client`]): the EC2, ECR, EKS, IAM, KMS and STS clients, built from the
 //!   SDK's standard environment; every client records its calls in a
 //!   [`CallLog`] ([`call_log`]).
 //! - [`tags`]: the tags every resource carries and is found by.
@@ -12,7 +12,8 @@
 //!   [`vpc`], [`subnet`], [`internet_gateway`], [`elastic_ip`],
 //!   [`nat_gateway`], [`route_table`], [`security_group`], [`iam_role`],
 //!   [`cluster`], [`node_group`]; for an in-cluster Vault, its auto-unseal
-//!   key [`kms_key`] and the cluster's [`oidc_provider`] its role trusts.
+//!   key [`kms_key`] and the cluster's [`oidc_provider`] its role trusts;
+//!   the agent image's repository and the image itself in [`ecr`].
 //! - [`stack`]: every spec of a profile ([`StackSpec`]); [`provider`]: the
 //!   engine's step graph over them, the one path that plans, applies and
 //!   destroys. Start reading here.
@@ -36,6 +37,7 @@ pub mod cluster;
 pub mod destroy;
 pub mod diff;
 mod ec2_tags;
+pub mod ecr;
 pub mod eks_token;
 pub mod elastic_ip;
 pub mod error;

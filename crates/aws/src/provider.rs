@@ -35,6 +35,8 @@ use crate::Aws;
 use crate::cluster::{self, ClusterSpec, ClusterState};
 use crate::destroy::{DestroyOptions, sweep};
 use crate::diff::{FieldDiff as AwsDiff, needs_replacement};
+use crate::ecr::image::{self as ecr_image, ImageSpec, ImageState};
+use crate::ecr::repository::{self as ecr_repository, RepositorySpec, RepositoryState};
 use crate::elastic_ip::{self, ElasticIpSpec, ElasticIpState};
 use crate::error::{AwsError, ErrorKind as AwsKind, Result as AwsResult};
 use crate::iam_role::{self, RoleSpec, RoleState, Trust};
@@ -141,7 +143,8 @@ fn id(resource: &str) -> StepId {
     StepId::new(format!("aws/{resource}"))
 }
 
-const ROOT: &str = "aws/environment";
+/// The step every resource of the infrastructure hangs from.
+pub const ROOT: &str = "aws/environment";
 
 /// The step graph of a stack.
 pub fn steps(aws: &Arc<Aws>, spec: StackSpec) -> Vec<Arc<dyn Step>> {
@@ -550,6 +553,8 @@ struct Cluster;
 struct NodeGroup;
 struct Key;
 struct Oidc;
+struct EcrRepo;
+struct EcrImage;
 
 /// A kind whose find, create, diff and update are its module's functions;
 /// the rest of the impl (outputs, delete, and settle where AWS is slow) is
@@ -670,6 +675,96 @@ kind!(
     |s| outputs([("arn", &s.arn), ("url", &s.url)]),
     |aws, s| oidc_provider::delete(aws, &s.arn).await
 );
+
+kind_impl!(EcrRepo, "ecr-repository", ecr_repository, RepositorySpec, RepositoryState;
+    fn outputs(s: &RepositoryState) -> Outputs {
+        outputs([("name", &s.name), ("uri", &s.uri), ("arn", &s.arn)])
+    }
+    async fn delete(aws: &Aws, state: &RepositoryState, ctx: &StepContext) -> AwsResult<()> {
+        let done = ecr_repository::delete(aws, state).await?;
+        ctx.progress(&done);
+        Ok(())
+    }
+);
+
+kind_impl!(EcrImage, "ecr-image", ecr_image, ImageSpec, ImageState;
+    fn outputs(s: &ImageState) -> Outputs {
+        outputs([("digest", &s.digest), ("tag", &s.tag)])
+    }
+    /// Images go with their repository (or its lifecycle policy).
+    async fn delete(_aws: &Aws, _state: &ImageState, _ctx: &StepContext) -> AwsResult<()> {
+        Ok(())
+    }
+);
+
+/// An agent image to push into the agent's ECR repository.
+#[derive(Debug, Clone)]
+pub struct AgentImage {
+    pub agent: String,
+    pub image: Arc<crate::ecr::OciImage>,
+    /// The tag it is pushed under ([`crate::ecr::OciImage::tag`]).
+    pub tag: String,
+    /// Images the repository keeps.
+    pub keep_images: u32,
+}
+
+/// The steps that put each agent's image in ECR: `aws/ecr-repository/<agent>`
+/// and `aws/ecr-image/<agent>`. Apart from the infrastructure's graph, so
+/// a deploy of the in-cluster layers alone still pushes what it deploys;
+/// with `delete_data`, destroy deletes the repositories.
+pub fn image_steps(
+    aws: &Arc<Aws>,
+    environment: &Environment,
+    images: &[AgentImage],
+    delete_data: bool,
+    after: &[StepId],
+) -> Vec<Arc<dyn Step>> {
+    let mut out: Vec<Arc<dyn Step>> = Vec::new();
+    let short = Duration::from_secs(5 * 60);
+    for i in images {
+        let repo_resource = format!("ecr-repository/{}", i.agent);
+        let repo = id(&repo_resource);
+        let retention = if delete_data {
+            crate::ecr::Retention::Delete
+        } else {
+            crate::ecr::Retention::Keep
+        };
+        out.push(Arc::new(Resource::<EcrRepo> {
+            id: repo.clone(),
+            aws: aws.clone(),
+            spec: RepositorySpec::agent(
+                crate::tags::Tags::new(environment, repo_resource.as_str(), ""),
+                &i.agent,
+                i.keep_images,
+                retention,
+            ),
+            deps: after.to_vec(),
+            wire: Box::new(|_, _| Ok(())),
+            timeout: short,
+            attempts: AtomicU32::new(0),
+        }));
+        let image_resource = format!("ecr-image/{}", i.agent);
+        out.push(Arc::new(Resource::<EcrImage> {
+            id: id(&image_resource),
+            aws: aws.clone(),
+            spec: ImageSpec {
+                repository: String::new(),
+                tag: i.tag.clone(),
+                image: i.image.clone(),
+                tags: crate::tags::Tags::new(environment, image_resource.as_str(), ""),
+            },
+            deps: vec![repo.clone()],
+            wire: Box::new(move |spec, ctx| {
+                spec.repository = need(ctx, &repo, "name")?;
+                Ok(())
+            }),
+            // A 12 MB binary in 10 MB parts: minutes at worst.
+            timeout: Duration::from_secs(15 * 60),
+            attempts: AtomicU32::new(0),
+        }));
+    }
+    out
+}
 
 kind_impl!(Key, "kms-key", kms_key, KmsKeySpec, KmsKeyState;
     fn outputs(s: &KmsKeyState) -> Outputs {

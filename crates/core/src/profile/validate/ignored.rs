@@ -80,6 +80,26 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
                 "remove it, and size `resources` from the agents' measured use",
             );
         }
+        // An image build: docker builds any; aws packs the static agent
+        // (`build: {}`) itself and pushes it to ECR; kubernetes builds none.
+        if let Some(build) = &agent.build {
+            let dockerfile = build.dockerfile.is_some() || build.base_image.is_some();
+            match target {
+                TargetKind::Kubernetes => ignored(
+                    r,
+                    at.child("build"),
+                    "`build` is ignored on target kubernetes: taskctl builds no image for it; the cluster pulls `image`".into(),
+                    "push the image to a registry the cluster reaches and name it in `image`; or use target aws, which pushes `build: {}` to ECR",
+                ),
+                TargetKind::Aws if dockerfile => ignored(
+                    r,
+                    at.child("build"),
+                    "a Dockerfile `build` is ignored on target aws: it needs a Docker engine; only `build: {}` (the static agent, packed by taskctl) is pushed to ECR".into(),
+                    "use `build: {}`, or push your image yourself and name it in `image`",
+                ),
+                _ => {}
+            }
+        }
         if target != TargetKind::Docker {
             continue;
         }
