@@ -667,11 +667,30 @@ impl Drop for PodAgent {
     }
 }
 
+/// A free loopback port for a process of this test to listen on, from
+/// 61000–65535: above the kernel's ephemeral range (32768–60999 by
+/// default), so no outgoing connection of a parallel test is given it
+/// between this check and the agent's bind (a port asked of the kernel with
+/// `:0` is an ephemeral one, and was seen taken in that gap). Each call in a
+/// process moves on, so two calls never give the same port.
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static BASE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+    });
+    for _ in 0..4536 {
+        let offset = base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 4536;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", 61000 + offset as u16)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port in 61000-65535");
 }
 
 impl PodAgent {
