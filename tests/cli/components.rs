@@ -84,32 +84,28 @@ fn replica(env: &Env, name: &str, i: u32) -> String {
     format!("{name}-{i}.{}.development", env.name)
 }
 
-/// What the router answers on `/ready`, asked by the handler by the
-/// router's name on the environment's network.
-fn router_version(env: &Env) -> String {
+/// What `url` answers, asked from inside the handler's container (by a
+/// name on the environment's network).
+fn fetch_from_handler(env: &Env, url: &str) -> String {
     docker(&[
         "exec",
         &replica(env, "handler", 1),
         BUSYBOX,
         "wget",
         "-qO-",
-        "http://router:8080/ready",
+        url,
     ])
 }
 
-/// The same, asked of each router replica at its own address.
+/// What the router answers on `/ready`, asked by its name.
+fn router_version(env: &Env) -> String {
+    fetch_from_handler(env, "http://router:8080/ready")
+}
+
+/// The same, asked of each router replica by its own name.
 fn replica_versions(env: &Env) -> Vec<String> {
     (1..=2)
-        .map(|i| {
-            docker(&[
-                "exec",
-                &replica(env, "handler", 1),
-                BUSYBOX,
-                "wget",
-                "-qO-",
-                &format!("http://router-{i}:8080/ready"),
-            ])
-        })
+        .map(|i| fetch_from_handler(env, &format!("http://router-{i}:8080/ready")))
         .collect()
 }
 

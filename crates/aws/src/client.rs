@@ -110,6 +110,24 @@ impl Aws {
         &self.region
     }
 
+    /// The account these credentials act in and its partition (`aws`,
+    /// `aws-cn`, …), from one `GetCallerIdentity`.
+    pub async fn caller_account(&self) -> Result<(String, String)> {
+        let me = self
+            .sts
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("GetCallerIdentity", e))?;
+        let partition = me
+            .arn()
+            .and_then(|a| a.split(':').nth(1))
+            .filter(|p| !p.is_empty())
+            .unwrap_or("aws")
+            .to_owned();
+        Ok((me.account().unwrap_or_default().to_owned(), partition))
+    }
+
     /// The log of every call made through these clients.
     pub fn call_log(&self) -> &CallLog {
         &self.calls

@@ -231,14 +231,8 @@ pub mod repository {
     /// `<account>.dkr.ecr.<region>.amazonaws.com/<name>`, from one
     /// `GetCallerIdentity`, so a plan can name it before it exists.
     pub async fn uri(aws: &Aws, name: &str) -> Result<String> {
-        let me = aws
-            .sts
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("GetCallerIdentity", e))?;
-        let account = me.account().unwrap_or_default();
-        let domain = if aws.region().starts_with("cn-") {
+        let (account, partition) = aws.caller_account().await?;
+        let domain = if partition == "aws-cn" {
             "amazonaws.com.cn"
         } else {
             "amazonaws.com"

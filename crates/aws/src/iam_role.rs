@@ -159,18 +159,7 @@ fn vault_role_name(environment: &crate::tags::Environment) -> String {
 /// the caller's account: what its service account's
 /// `eks.amazonaws.com/role-arn` names. One `GetCallerIdentity`.
 pub async fn vault_role_arn(aws: &Aws, environment: &crate::tags::Environment) -> Result<String> {
-    let me = aws
-        .sts
-        .get_caller_identity()
-        .send()
-        .await
-        .map_err(|e| AwsError::from_sdk("GetCallerIdentity", e))?;
-    let account = me.account().unwrap_or_default();
-    let partition = me
-        .arn()
-        .and_then(|a| a.split(':').nth(1))
-        .filter(|p| !p.is_empty())
-        .unwrap_or("aws");
+    let (account, partition) = aws.caller_account().await?;
     Ok(format!(
         "arn:{partition}:iam::{account}:role{ROLE_PATH}{}",
         vault_role_name(environment)

@@ -178,24 +178,11 @@ impl Replica {
         bridged: bool,
         network: &str,
     ) -> ContainerCreateBody {
-        let secs = |s: u32| i64::from(s) * 1_000_000_000;
         ContainerCreateBody {
             image: Some(spec.image.clone()),
             env: Some(delivery.env.clone()),
             labels: Some(hash_map(labels)),
-            healthcheck: Some(HealthConfig {
-                test: Some(vec![
-                    "CMD".into(),
-                    "/task-executor".into(),
-                    "probe".into(),
-                    format!("http://127.0.0.1:{http}{}", spec.health.path),
-                ]),
-                interval: Some(secs(spec.health.interval_s)),
-                timeout: Some(secs(spec.health.timeout_s)),
-                retries: Some(i64::from(spec.health.retries)),
-                start_period: Some(secs(spec.health.start_period_s)),
-                start_interval: None,
-            }),
+            healthcheck: Some(health_check(spec, "/task-executor", http)),
             exposed_ports: bridged.then(|| {
                 [http, metrics]
                     .iter()
@@ -237,22 +224,8 @@ impl Replica {
                         })
                         .collect()
                 }),
-                readonly_rootfs: Some(true),
-                cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges:true".into()]),
-                pids_limit: Some(AGENT_PIDS),
-                tmpfs: Some([("/tmp".to_string(), "rw,noexec,nosuid,size=64m".to_string())].into()),
-                restart_policy: Some(DockerRestart {
-                    name: Some(RestartPolicyNameEnum::NO),
-                    maximum_retry_count: None,
-                }),
-                nano_cpus: (spec.nano_cpus > 0).then_some(spec.nano_cpus),
-                memory: (spec.memory > 0).then_some(spec.memory),
-                memory_reservation: (spec.memory_reservation > 0
-                    && spec.memory_reservation <= spec.memory)
-                    .then_some(spec.memory_reservation),
                 mounts: secret_files::mount(delivery).map(|m| vec![m]),
-                ..Default::default()
+                ..hardened(spec)
             }),
             ..Default::default()
         }
@@ -270,7 +243,6 @@ impl Replica {
         labels: BTreeMap<String, String>,
         network: &str,
     ) -> ContainerCreateBody {
-        let secs = |s: u32| i64::from(s) * 1_000_000_000;
         let (uid, gid) = spec.user.unwrap_or((65534, 65534));
         let probe_port = spec.probe_port.unwrap_or(spec.http_base);
         let mut mounts: Vec<Mount> = secret_files::mount(delivery).into_iter().collect();
@@ -281,19 +253,11 @@ impl Replica {
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             user: Some(format!("{uid}:{gid}")),
             labels: Some(hash_map(labels)),
-            healthcheck: Some(HealthConfig {
-                test: Some(vec![
-                    "CMD".into(),
-                    format!("{PROBE_DIR}/probe"),
-                    "probe".into(),
-                    format!("http://127.0.0.1:{probe_port}{}", spec.health.path),
-                ]),
-                interval: Some(secs(spec.health.interval_s)),
-                timeout: Some(secs(spec.health.timeout_s)),
-                retries: Some(i64::from(spec.health.retries)),
-                start_period: Some(secs(spec.health.start_period_s)),
-                start_interval: None,
-            }),
+            healthcheck: Some(health_check(
+                spec,
+                &format!("{PROBE_DIR}/probe"),
+                probe_port,
+            )),
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(
                     [(
@@ -312,22 +276,8 @@ impl Replica {
             host_config: Some(HostConfig {
                 network_mode: Some(network.to_string()),
                 init: Some(true),
-                readonly_rootfs: Some(true),
-                cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges:true".into()]),
-                pids_limit: Some(AGENT_PIDS),
-                tmpfs: Some([("/tmp".to_string(), "rw,noexec,nosuid,size=64m".to_string())].into()),
-                restart_policy: Some(DockerRestart {
-                    name: Some(RestartPolicyNameEnum::NO),
-                    maximum_retry_count: None,
-                }),
-                nano_cpus: (spec.nano_cpus > 0).then_some(spec.nano_cpus),
-                memory: (spec.memory > 0).then_some(spec.memory),
-                memory_reservation: (spec.memory_reservation > 0
-                    && spec.memory_reservation <= spec.memory)
-                    .then_some(spec.memory_reservation),
                 mounts: Some(mounts),
-                ..Default::default()
+                ..hardened(spec)
             }),
             ..Default::default()
         }
@@ -565,6 +515,48 @@ impl Replica {
             turn.done();
         }
         Ok(self.outputs(Some(metrics)))
+    }
+}
+
+/// What every replica container runs with, agent or component: no
+/// capabilities, no privilege gain, a read-only root with a small `/tmp`,
+/// the spec's limits, and restart policy `no` until it is healthy (see
+/// [`Replica::start`]).
+fn hardened(spec: &ReplicaSpec) -> HostConfig {
+    HostConfig {
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        pids_limit: Some(AGENT_PIDS),
+        tmpfs: Some([("/tmp".to_string(), "rw,noexec,nosuid,size=64m".to_string())].into()),
+        restart_policy: Some(DockerRestart {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        nano_cpus: (spec.nano_cpus > 0).then_some(spec.nano_cpus),
+        memory: (spec.memory > 0).then_some(spec.memory),
+        memory_reservation: (spec.memory_reservation > 0 && spec.memory_reservation <= spec.memory)
+            .then_some(spec.memory_reservation),
+        ..Default::default()
+    }
+}
+
+/// The readiness probe as a Docker health check: `probe` (a static
+/// binary's `probe` command) GETs the path on `port` inside the container.
+fn health_check(spec: &ReplicaSpec, probe: &str, port: u16) -> HealthConfig {
+    let secs = |s: u32| i64::from(s) * 1_000_000_000;
+    HealthConfig {
+        test: Some(vec![
+            "CMD".into(),
+            probe.into(),
+            "probe".into(),
+            format!("http://127.0.0.1:{port}{}", spec.health.path),
+        ]),
+        interval: Some(secs(spec.health.interval_s)),
+        timeout: Some(secs(spec.health.timeout_s)),
+        retries: Some(i64::from(spec.health.retries)),
+        start_period: Some(secs(spec.health.start_period_s)),
+        start_interval: None,
     }
 }
 
