@@ -182,6 +182,12 @@ async fn agent_images(aws: &Aws, profile: &Profile) -> Result<Vec<Pushed>, Strin
                 tag: image.tag(version),
                 image: image.clone(),
                 keep_images: KEEP_IMAGES,
+                fail_on: profile
+                    .target
+                    .aws
+                    .as_ref()
+                    .and_then(|a| a.image_scan.as_ref())
+                    .map(|s| s.fail_on),
             },
         });
     }

@@ -1239,4 +1239,48 @@ fn the_agent_image_is_pushed_to_ecr_and_the_cluster_runs_it_by_digest() {
     let (reads, writes) = aws_calls(&stderr(&again));
     assert!(writes.is_empty(), "{writes:?}");
     assert!(reads.iter().any(|r| r == "BatchGetImage"), "{reads:?}");
+
+    // The scan gate: production's `fail_on: critical` let moto's finding (one
+    // HIGH, CVE-9999-9999, its fixed answer to a scan) pass; `high` stops
+    // the image before anything in the cluster changes, naming it.
+    assert!(
+        reads.iter().any(|r| r == "DescribeImageScanFindings"),
+        "{reads:?}"
+    );
+    env.layer(
+        "strict-scan.yaml",
+        "apiVersion: taskctl.dev/v1\nkind: Profile\ntarget:\n  aws:\n    region: us-west-2\n    image_scan: { fail_on: high }\n",
+    );
+    let plan = env.run(&["plan", "-o", "json"]);
+    let changed: Vec<Value> = events(&plan)
+        .into_iter()
+        .filter(|e| e["event"] == "step_planned" && e["action"] != "no_op")
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:#?}");
+    assert_eq!(changed[0]["step"], "aws/ecr-image/task-executor");
+    assert_eq!(changed[0]["diffs"][0]["field"], "scan findings");
+    assert_eq!(
+        changed[0]["diffs"][0]["from"], "1 HIGH (CVE-9999-9999)",
+        "{changed:#?}"
+    );
+    let refused = env.run(&["deploy", "--yes", "-o", "json"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    let said = format!("{}{}", stdout(&refused), stderr(&refused));
+    assert!(
+        said.contains(
+            "found 1 HIGH (CVE-9999-9999), at or above `target.aws.image_scan.fail_on: high`"
+        ),
+        "{said}"
+    );
+    let applied: Vec<Value> = events(&refused)
+        .into_iter()
+        .filter(|e| {
+            e["event"] == "step_finished"
+                && e["step"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("kubernetes/"))
+                && e["outcome"] != "skipped"
+        })
+        .collect();
+    assert!(applied.is_empty(), "the cluster was touched: {applied:#?}");
 }

@@ -445,7 +445,9 @@ pub mod image {
     use crate::tags::Tags;
     use aws_sdk_ecr::primitives::Blob as SdkBlob;
     use aws_sdk_ecr::types::ImageIdentifier;
+    use std::collections::BTreeMap;
     use std::sync::Arc;
+    use taskctl_core::profile::model::ScanSeverity;
 
     /// An image to push into a repository under a tag.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,6 +459,9 @@ pub mod image {
         /// Not put on anything (ECR images carry no tags); the engine's kinds
         /// all have them.
         pub tags: Tags,
+        /// The lowest scan finding severity that stops the image
+        /// (`target.aws.image_scan.fail_on`); `None`: findings are not read.
+        pub fail_on: Option<ScanSeverity>,
     }
 
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,6 +470,201 @@ pub mod image {
         pub tag: String,
         /// The digest ECR holds under the tag.
         pub digest: String,
+        /// What ECR's scan found, when findings are read.
+        pub scan: Option<Scan>,
+    }
+
+    /// An image scan as ECR reports it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Scan {
+        /// No scan of this image exists (scan on push did not run).
+        None,
+        /// `IN_PROGRESS`, `PENDING`, `FAILED`, … with ECR's description.
+        Unfinished { status: String, description: String },
+        /// `COMPLETE`: findings per severity (ECR's names), and the names
+        /// of the findings (CVE ids) with their severity.
+        Complete {
+            counts: BTreeMap<String, i32>,
+            findings: Vec<(String, String)>,
+        },
+    }
+
+    impl Scan {
+        /// Findings at or above `fail_on`, as "1 HIGH (CVE-…)".
+        pub fn over(&self, fail_on: ScanSeverity) -> Option<String> {
+            let Scan::Complete { counts, findings } = self else {
+                return None;
+            };
+            let names = fail_on.and_above();
+            let mut parts = Vec::new();
+            for severity in names.iter().rev() {
+                if let Some(n) = counts.get(*severity).filter(|n| **n > 0) {
+                    let ids: Vec<&str> = findings
+                        .iter()
+                        .filter(|(_, s)| s == severity)
+                        .map(|(id, _)| id.as_str())
+                        .take(3)
+                        .collect();
+                    parts.push(if ids.is_empty() {
+                        format!("{n} {severity}")
+                    } else {
+                        format!("{n} {severity} ({})", ids.join(", "))
+                    });
+                }
+            }
+            (!parts.is_empty()).then(|| parts.join(", "))
+        }
+
+        /// For the plan and the step's outputs: `HIGH 1, LOW 2`, `none`.
+        pub fn summary(&self) -> String {
+            match self {
+                Scan::None => "not scanned".into(),
+                Scan::Unfinished { status, .. } => status.to_ascii_lowercase(),
+                Scan::Complete { counts, .. } if counts.values().all(|n| *n == 0) => {
+                    "no findings".into()
+                }
+                Scan::Complete { counts, .. } => counts
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(s, n)| format!("{s} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        }
+    }
+
+    /// ECR's scan of the image `digest`.
+    async fn scan_of(aws: &Aws, repository: &str, digest: &str) -> Result<Scan> {
+        let out = match aws
+            .ecr
+            .describe_image_scan_findings()
+            .repository_name(repository)
+            .image_id(ImageIdentifier::builder().image_digest(digest).build())
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = AwsError::from_sdk("DescribeImageScanFindings", e);
+                return if e.is_not_found() {
+                    Ok(Scan::None)
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        let status = out
+            .image_scan_status()
+            .and_then(|s| s.status())
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default();
+        if status != "COMPLETE" {
+            return Ok(Scan::Unfinished {
+                description: out
+                    .image_scan_status()
+                    .and_then(|s| s.description())
+                    .unwrap_or_default()
+                    .to_owned(),
+                status,
+            });
+        }
+        let findings = out.image_scan_findings();
+        Ok(Scan::Complete {
+            counts: findings
+                .and_then(|f| f.finding_severity_counts())
+                .map(|c| c.iter().map(|(k, v)| (k.as_str().to_owned(), *v)).collect())
+                .unwrap_or_default(),
+            findings: findings
+                .map(|f| {
+                    f.findings()
+                        .iter()
+                        .map(|x| {
+                            (
+                                x.name().unwrap_or_default().to_owned(),
+                                x.severity()
+                                    .map(|s| s.as_str().to_owned())
+                                    .unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Waits for the image's scan to complete, starting one where none
+    /// exists (real ECR starts it on push; ECR allows one basic scan a day,
+    /// so "limit exceeded" means one is there or running).
+    async fn scanned(aws: &Aws, repository: &str, digest: &str) -> Result<Scan> {
+        let deadline = std::time::Instant::now() + SCAN_TIMEOUT;
+        let mut started = false;
+        loop {
+            let scan = scan_of(aws, repository, digest).await?;
+            match &scan {
+                Scan::Complete { .. } => return Ok(scan),
+                Scan::Unfinished {
+                    status,
+                    description,
+                } if status == "FAILED" => {
+                    return Err(AwsError::new(
+                        ErrorKind::Other,
+                        "DescribeImageScanFindings",
+                        format!("ECR's scan of {digest} failed: {description}"),
+                    ));
+                }
+                Scan::None if !started => {
+                    started = true;
+                    if let Err(e) = aws
+                        .ecr
+                        .start_image_scan()
+                        .repository_name(repository)
+                        .image_id(ImageIdentifier::builder().image_digest(digest).build())
+                        .send()
+                        .await
+                    {
+                        let e = AwsError::from_sdk("StartImageScan", e);
+                        if !e
+                            .code
+                            .as_deref()
+                            .is_some_and(|c| c.contains("LimitExceeded"))
+                        {
+                            return Err(e);
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(AwsError::new(
+                    ErrorKind::Other,
+                    "DescribeImageScanFindings",
+                    format!(
+                        "ECR's scan of {digest} did not complete within {}s ({})",
+                        SCAN_TIMEOUT.as_secs(),
+                        scan.summary()
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    }
+
+    /// How long a deploy waits for ECR's scan of a pushed image.
+    pub const SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+    /// The error that stops an image with findings at or above `fail_on`.
+    fn refused(spec: &ImageSpec, fail_on: ScanSeverity, over: &str) -> AwsError {
+        AwsError::new(
+            ErrorKind::Invalid,
+            "DescribeImageScanFindings",
+            format!(
+                "ECR's scan of the agent image {}:{} found {over}, at or above `target.aws.image_scan.fail_on: {}`; the cluster does not get it",
+                spec.repository,
+                spec.tag,
+                fail_on.ecr_name().to_ascii_lowercase()
+            ),
+        )
     }
 
     /// The image ECR holds under the spec's tag.
@@ -487,14 +687,23 @@ pub mod image {
                 return if e.is_not_found() { Ok(None) } else { Err(e) };
             }
         };
-        Ok(out.images().first().map(|i| ImageState {
+        let Some(i) = out.images().first() else {
+            return Ok(None);
+        };
+        let digest = i
+            .image_id()
+            .and_then(|id| id.image_digest())
+            .map(str::to_owned)
+            .unwrap_or_else(|| sha256(i.image_manifest().unwrap_or_default().as_bytes()));
+        let scan = match spec.fail_on {
+            Some(_) => Some(scan_of(aws, &spec.repository, &digest).await?),
+            None => None,
+        };
+        Ok(Some(ImageState {
             repository: spec.repository.clone(),
             tag: spec.tag.clone(),
-            digest: i
-                .image_id()
-                .and_then(|id| id.image_digest())
-                .map(str::to_owned)
-                .unwrap_or_else(|| sha256(i.image_manifest().unwrap_or_default().as_bytes())),
+            digest,
+            scan,
         }))
     }
 
@@ -564,11 +773,32 @@ pub mod image {
                 ),
             ));
         }
-        Ok(ImageState {
+        let mut state = ImageState {
             repository: spec.repository.clone(),
             tag: spec.tag.clone(),
             digest,
-        })
+            scan: None,
+        };
+        gate(aws, spec, &mut state).await?;
+        Ok(state)
+    }
+
+    /// With `fail_on`, waits for the image's scan and refuses findings at
+    /// or above it.
+    async fn gate(aws: &Aws, spec: &ImageSpec, state: &mut ImageState) -> Result<()> {
+        let Some(fail_on) = spec.fail_on else {
+            return Ok(());
+        };
+        let scan = match &state.scan {
+            Some(scan @ Scan::Complete { .. }) => scan.clone(),
+            _ => scanned(aws, &spec.repository, &state.digest).await?,
+        };
+        let over = scan.over(fail_on);
+        state.scan = Some(scan);
+        match over {
+            Some(over) => Err(refused(spec, fail_on, &over)),
+            None => Ok(()),
+        }
     }
 
     /// One blob through `InitiateLayerUpload`, `UploadLayerPart` (in order, of
@@ -632,29 +862,48 @@ pub mod image {
 
     /// The tag names the content (it is the digest's start, and tags are
     /// immutable), so an image found under it is the one wanted, unless
-    /// someone pushed other content under it by hand.
+    /// someone pushed other content under it by hand. With `fail_on`, a scan
+    /// that is missing or unfinished, or found too much, is a change too:
+    /// applying it waits for the scan, and refuses the image.
     pub fn diff(spec: &ImageSpec, state: &ImageState) -> Vec<FieldDiff> {
-        if state.digest == spec.image.digest {
-            Vec::new()
-        } else {
-            vec![FieldDiff::update(
+        let mut out = Vec::new();
+        if state.digest != spec.image.digest {
+            out.push(FieldDiff::update(
                 "digest",
                 &state.digest,
                 &spec.image.digest,
-            )]
+            ));
         }
+        if let (Some(fail_on), Some(scan)) = (spec.fail_on, &state.scan) {
+            let wanted = format!(
+                "nothing at or above {}",
+                fail_on.ecr_name().to_ascii_lowercase()
+            );
+            match scan.over(fail_on) {
+                Some(over) => out.push(FieldDiff::update("scan findings", over, wanted)),
+                None if !matches!(scan, Scan::Complete { .. }) => {
+                    out.push(FieldDiff::update("scan", scan.summary(), "complete"))
+                }
+                None => {}
+            }
+        }
+        out
     }
 
     pub async fn update(aws: &Aws, spec: &ImageSpec, state: &ImageState) -> Result<ImageState> {
-        let _ = aws;
-        Err(AwsError::new(
-            ErrorKind::Conflict,
-            "PutImage",
-            format!(
-                "tag {} of ECR repository {} names {}, not the agent image {}; tags there are immutable: delete that image, or change the agent binary",
-                state.tag, state.repository, state.digest, spec.image.digest
-            ),
-        ))
+        if state.digest != spec.image.digest {
+            return Err(AwsError::new(
+                ErrorKind::Conflict,
+                "PutImage",
+                format!(
+                    "tag {} of ECR repository {} names {}, not the agent image {}; tags there are immutable: delete that image, or change the agent binary",
+                    state.tag, state.repository, state.digest, spec.image.digest
+                ),
+            ));
+        }
+        let mut state = state.clone();
+        gate(aws, spec, &mut state).await?;
+        Ok(state)
     }
 }
 

@@ -689,7 +689,11 @@ kind_impl!(EcrRepo, "ecr-repository", ecr_repository, RepositorySpec, Repository
 
 kind_impl!(EcrImage, "ecr-image", ecr_image, ImageSpec, ImageState;
     fn outputs(s: &ImageState) -> Outputs {
-        outputs([("digest", &s.digest), ("tag", &s.tag)])
+        let mut out = outputs([("digest", &s.digest), ("tag", &s.tag)]);
+        if let Some(scan) = &s.scan {
+            out.insert("scan".into(), scan.summary());
+        }
+        out
     }
     /// Images go with their repository (or its lifecycle policy).
     async fn delete(_aws: &Aws, _state: &ImageState, _ctx: &StepContext) -> AwsResult<()> {
@@ -706,6 +710,8 @@ pub struct AgentImage {
     pub tag: String,
     /// Images the repository keeps.
     pub keep_images: u32,
+    /// `target.aws.image_scan.fail_on`.
+    pub fail_on: Option<taskctl_core::profile::model::ScanSeverity>,
 }
 
 /// The steps that put each agent's image in ECR: `aws/ecr-repository/<agent>`
@@ -752,14 +758,15 @@ pub fn image_steps(
                 tag: i.tag.clone(),
                 image: i.image.clone(),
                 tags: crate::tags::Tags::new(environment, image_resource.as_str(), ""),
+                fail_on: i.fail_on,
             },
             deps: vec![repo.clone()],
             wire: Box::new(move |spec, ctx| {
                 spec.repository = need(ctx, &repo, "name")?;
                 Ok(())
             }),
-            // A 12 MB binary in 10 MB parts: minutes at worst.
-            timeout: Duration::from_secs(15 * 60),
+            // A 12 MB binary in 10 MB parts, then the scan: minutes.
+            timeout: crate::ecr::image::SCAN_TIMEOUT + Duration::from_secs(15 * 60),
             attempts: AtomicU32::new(0),
         }));
     }

@@ -75,13 +75,7 @@ pub fn judge(profile: &Profile, audit: &[AuditEntry], now: SystemTime) -> Vec<It
         monitoring(profile),
         backups(profile, audit, now),
         rollback(profile, audit, now),
-        item(
-            "image_scanning",
-            "Security scanning of container images is implemented",
-            Verdict::Unknown,
-            "taskctl runs no image scanner, so it cannot tell whether the images were scanned elsewhere",
-            vec![],
-        ),
+        image_scanning(profile),
         network(profile),
         item(
             "load_testing",
@@ -325,6 +319,55 @@ fn authenticated_endpoints(profile: &Profile) -> Item {
             ),
             evidence,
         )
+    }
+}
+
+/// Pass where taskctl pushes the agents' images to ECR with a scan gate
+/// (target aws, `build: {}`, `target.aws.image_scan`); otherwise unknown:
+/// images taskctl does not push may be scanned elsewhere.
+fn image_scanning(profile: &Profile) -> Item {
+    const TITLE: &str = "Security scanning of container images is implemented";
+    let gate = profile
+        .target
+        .aws
+        .as_ref()
+        .filter(|_| profile.target.kind == crate::profile::model::TargetKind::Aws)
+        .and_then(|a| a.image_scan.as_ref());
+    let pushed: Vec<&str> = profile
+        .agents
+        .iter()
+        .filter(|a| {
+            a.build
+                .as_ref()
+                .is_some_and(|b| b.dockerfile.is_none() && b.base_image.is_none())
+        })
+        .map(|a| a.name.as_str())
+        .collect();
+    match gate {
+        Some(scan) if !pushed.is_empty() => item(
+            "image_scanning",
+            TITLE,
+            Verdict::Pass,
+            format!(
+                "ECR scans every agent image taskctl pushes, and a finding at or above {} stops the deploy before the cluster runs it",
+                scan.fail_on.ecr_name().to_ascii_lowercase()
+            ),
+            pushed
+                .iter()
+                .map(|a| {
+                    format!(
+                        "agent {a}: pushed to ECR (scan on push), target.aws.image_scan.fail_on"
+                    )
+                })
+                .collect(),
+        ),
+        _ => item(
+            "image_scanning",
+            TITLE,
+            Verdict::Unknown,
+            "taskctl scans only the agent images it pushes to ECR on target aws with `target.aws.image_scan`; it cannot tell whether these images were scanned elsewhere",
+            vec![],
+        ),
     }
 }
 

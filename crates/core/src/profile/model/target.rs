@@ -53,6 +53,60 @@ pub struct AwsTarget {
     /// loopback only (a local test API server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_server: Option<String>,
+    /// What ECR's scan of a pushed agent image may find (agents with
+    /// `build: {}`): a finding at or above `fail_on` fails the deploy before
+    /// the cluster runs the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_scan: Option<ImageScan>,
+}
+
+/// The image scan's gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ImageScan {
+    /// The lowest severity that fails the deploy.
+    pub fail_on: ScanSeverity,
+}
+
+/// ECR's finding severities, lowest first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanSeverity {
+    Informational,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl ScanSeverity {
+    /// ECR's name of it: `HIGH`.
+    pub fn ecr_name(self) -> &'static str {
+        match self {
+            ScanSeverity::Informational => "INFORMATIONAL",
+            ScanSeverity::Low => "LOW",
+            ScanSeverity::Medium => "MEDIUM",
+            ScanSeverity::High => "HIGH",
+            ScanSeverity::Critical => "CRITICAL",
+        }
+    }
+
+    /// Every severity at or above this one, by ECR's names.
+    pub fn and_above(self) -> Vec<&'static str> {
+        [
+            ScanSeverity::Informational,
+            ScanSeverity::Low,
+            ScanSeverity::Medium,
+            ScanSeverity::High,
+            ScanSeverity::Critical,
+        ]
+        .into_iter()
+        .filter(|s| *s >= self)
+        .map(ScanSeverity::ecr_name)
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
