@@ -354,12 +354,14 @@ impl Provider for EksStack {
                 .flatten()
                 .map(|p| p.image.clone())
                 .collect();
-            // Beside the other resources, under the environment's root
-            // when the infrastructure is in this run.
+            // Once the cluster that pulls it is there, when the
+            // infrastructure is in this run: pushed while the node groups
+            // are made, which the cluster's steps wait for anyway; and on
+            // destroy, handled before the cluster goes.
             let root: Vec<StepId> = steps
                 .iter()
                 .map(|s| s.id().clone())
-                .filter(|id| id.as_str() == taskctl_aws::provider::ROOT)
+                .filter(|id| id.as_str() == CLUSTER_STEP)
                 .collect();
             steps.extend(image_steps(
                 self.infrastructure.aws(),

@@ -717,7 +717,8 @@ pub struct AgentImage {
 /// The steps that put each agent's image in ECR: `aws/ecr-repository/<agent>`
 /// and `aws/ecr-image/<agent>`. Apart from the infrastructure's graph, so
 /// a deploy of the in-cluster layers alone still pushes what it deploys;
-/// with `delete_data`, destroy deletes the repositories.
+/// with `delete_data`, destroy deletes the repositories. The repository
+/// steps depend on `after` (the caller's choice: the cluster step).
 pub fn image_steps(
     aws: &Arc<Aws>,
     environment: &Environment,
