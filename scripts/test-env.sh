@@ -293,8 +293,9 @@ ensure_debian_packages() {
     command -v psql >/dev/null || need+=(postgresql-client)
     # The PGP recovery-key test makes operators' keys and decrypts with it.
     command -v gpg >/dev/null || need+=(gnupg)
-    # The components test builds its user image from Debian's static busybox.
-    [[ -x /bin/busybox ]] || need+=(busybox-static)
+    # The components test builds its user image from Debian's static busybox
+    # (a /bin/busybox of the dynamic `busybox` package cannot run on scratch).
+    need+=(busybox-static)
     command -v setsid >/dev/null || need+=(util-linux)
     command -v flock >/dev/null || need+=(util-linux)
     # A venv still to be made needs a python with ensurepip: Debian's python3

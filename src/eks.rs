@@ -121,11 +121,7 @@ async fn agent_images(aws: &Aws, profile: &Profile) -> Result<Vec<Pushed>, Strin
     let wanted: Vec<&taskctl_core::profile::model::Agent> = profile
         .agents
         .iter()
-        .filter(|a| {
-            a.build
-                .as_ref()
-                .is_some_and(|b| b.dockerfile.is_none() && b.base_image.is_none())
-        })
+        .filter(|a| a.packs_static_agent())
         .collect();
     if wanted.is_empty() {
         return Ok(Vec::new());

@@ -860,13 +860,31 @@ fn check_kubeconfig(env: &Env, listing: &Value) {
 /// What boto3 says of the in-cluster Vault's auto-unseal: the key by its
 /// alias (state, rotation), the role (trust policy, inline policy) and the
 /// cluster's OIDC providers.
-fn vault_seal_listing(alias: &str, role: &str) -> Value {
+/// Runs a boto3 `script` (the test-env venv's python) against moto with
+/// `args` after the endpoint, and parses the JSON it prints.
+fn boto3(script: &str, args: &[&str]) -> Value {
     let python = std::env::var("TASKCTL_TEST_ENV_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/taskctl-test-env")
         })
         .join("venv/bin/python");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(moto())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn vault_seal_listing(alias: &str, role: &str) -> Value {
     let script = r#"
 import json, sys, urllib.parse, boto3
 endpoint, alias, role = sys.argv[1:4]
@@ -897,20 +915,7 @@ except iam.exceptions.NoSuchEntityException:
 out["oidc"] = [p["Arn"] for p in iam.list_open_id_connect_providers()["OpenIDConnectProviderList"]]
 print(json.dumps(out))
 "#;
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(moto())
-        .arg(alias)
-        .arg(role)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    boto3(script, &[alias, role])
 }
 
 /// The in-cluster Vault on target `aws`: the infrastructure makes its
@@ -1089,12 +1094,6 @@ fn an_in_cluster_vault_on_aws_gets_its_unseal_key_and_role_and_is_initialized_th
 
 /// The agent's ECR repository and image, as boto3 reads them back.
 fn ecr_listing(repository: &str, tag: &str) -> Value {
-    let python = std::env::var("TASKCTL_TEST_ENV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/taskctl-test-env")
-        })
-        .join("venv/bin/python");
     let script = r#"
 import json, sys, boto3
 endpoint, repository, tag = sys.argv[1:4]
@@ -1116,20 +1115,7 @@ for i in images:
         "missing": layers["failures"]})
 print(json.dumps(out))
 "#;
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(moto())
-        .arg(repository)
-        .arg(tag)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    boto3(script, &[repository, tag])
 }
 
 /// Issue 16's image: an agent with `build: {}` on target aws is packed by

@@ -336,11 +336,7 @@ fn image_scanning(profile: &Profile) -> Item {
     let pushed: Vec<&str> = profile
         .agents
         .iter()
-        .filter(|a| {
-            a.build
-                .as_ref()
-                .is_some_and(|b| b.dockerfile.is_none() && b.base_image.is_none())
-        })
+        .filter(|a| a.packs_static_agent())
         .map(|a| a.name.as_str())
         .collect();
     match gate {

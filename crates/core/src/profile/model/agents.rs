@@ -56,7 +56,22 @@ pub struct Agent {
 /// The user a component runs as when it names none: `nobody`.
 pub const COMPONENT_USER: &str = "65534:65534";
 
+impl ImageBuild {
+    /// `build: {}`: taskctl packs the static agent binary itself (on
+    /// `scratch` for docker, into the OCI image it pushes to ECR for aws),
+    /// rather than building a Dockerfile.
+    pub fn is_static_agent(&self) -> bool {
+        self.dockerfile.is_none() && self.base_image.is_none()
+    }
+}
+
 impl Agent {
+    /// Whether taskctl packs this workload's image from the static agent
+    /// binary (`build: {}`).
+    pub fn packs_static_agent(&self) -> bool {
+        self.build.as_ref().is_some_and(ImageBuild::is_static_agent)
+    }
+
     /// `(uid, gid)` of [`Agent::user`] (or [`COMPONENT_USER`]); `None` when
     /// it is not `UID[:GID]` with numbers, or names root.
     pub fn numeric_user(&self) -> Option<(u32, u32)> {

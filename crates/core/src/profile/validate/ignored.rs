@@ -83,7 +83,7 @@ pub(super) fn check(r: &mut Report, p: &Profile) {
         // An image build: docker builds any; aws packs the static agent
         // (`build: {}`) itself and pushes it to ECR; kubernetes builds none.
         if let Some(build) = &agent.build {
-            let dockerfile = build.dockerfile.is_some() || build.base_image.is_some();
+            let dockerfile = !build.is_static_agent();
             match target {
                 TargetKind::Kubernetes => ignored(
                     r,
